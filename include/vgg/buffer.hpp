@@ -1,0 +1,58 @@
+#pragma once
+// vgg::Buffer: a 64-byte aligned, grow-only array. Every work buffer of the library is one, so
+// steady-state steps never allocate (fresh pages are expensive: touch them once, then reuse).
+
+#include <cstddef>
+#include <cstdlib>
+#include <new>
+#include <span>
+#include <utility>
+
+namespace vgg {
+
+template <class T>
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(std::size_t n) { reserve(n); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), capacity_(std::exchange(o.capacity_, 0)) {}
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      data_ = std::exchange(o.data_, nullptr);
+      capacity_ = std::exchange(o.capacity_, 0);
+    }
+    return *this;
+  }
+  ~Buffer() { release(); }
+
+  /// ensures: capacity() >= n. Grows only; the old contents are NOT kept when it grows.
+  void reserve(std::size_t n) {
+    if (n <= capacity_) return;
+    release();
+    const std::size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign;
+    data_ = static_cast<T*>(std::aligned_alloc(kAlign, bytes));
+    if (!data_) throw std::bad_alloc();
+    capacity_ = n;
+  }
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  std::size_t capacity() const { return capacity_; }
+  std::span<T> span(std::size_t n) { return {data_, n}; }
+  std::span<const T> span(std::size_t n) const { return {data_, n}; }
+
+ private:
+  static constexpr std::size_t kAlign = 64;
+  void release() {
+    std::free(data_);
+    data_ = nullptr;
+    capacity_ = 0;
+  }
+  T* data_ = nullptr;
+  std::size_t capacity_ = 0;
+};
+
+}  // namespace vgg

@@ -1,0 +1,71 @@
+#pragma once
+// Single-threaded GEMM on row-major matrices through Eigen's packed GEBP kernels, with packing
+// buffers owned by the caller. Eigen's public product API allocates its packing buffers on every
+// call (heap traffic and fresh-page faults in every step) and threads internally; the layers here
+// split work across threads themselves, so each thread calls this with its own GemmPlan.
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstddef>
+
+#include "vgg/buffer.hpp"
+
+namespace vgg::cpu {
+
+using Index = Eigen::Index;
+
+namespace detail {
+/// Eigen's blocking descriptor, pointed at buffers we own.
+class OwnedBlocking : public Eigen::internal::level3_blocking<float, float> {
+ public:
+  void set(Index mc, Index nc, Index kc, float* a, float* b) {
+    m_mc = mc;
+    m_nc = nc;
+    m_kc = kc;
+    m_blockA = a;
+    m_blockB = b;
+  }
+};
+}  // namespace detail
+
+/// Packing buffers and cache blocking for GEMMs up to a maximum size, set up once.
+class GemmPlan {
+ public:
+  /// ensures: gemm() may be called with this plan for any m <= max_m, n <= max_n, k <= max_k.
+  void reserve(Index max_m, Index max_n, Index max_k) {
+    if (max_m <= max_m_ && max_n <= max_n_ && max_k <= max_k_) return;
+    max_m_ = std::max(max_m, max_m_);
+    max_n_ = std::max(max_n, max_n_);
+    max_k_ = std::max(max_k, max_k_);
+    // Column-major view of C^T = op(B)^T op(A)^T: rows = n, cols = m, depth = k.
+    Index kc = max_k_, mc = max_n_, nc = max_m_;
+    Eigen::internal::computeProductBlockingSizes<float, float, 1, Index>(kc, mc, nc, Index(1));
+    a_.reserve(std::size_t(kc * mc) + 64);
+    b_.reserve(std::size_t(kc * nc) + 64);
+    blocking_.set(mc, nc, kc, a_.data(), b_.data());
+  }
+  detail::OwnedBlocking& blocking() { return blocking_; }
+
+ private:
+  Index max_m_ = 0, max_n_ = 0, max_k_ = 0;
+  Buffer<float> a_, b_;
+  detail::OwnedBlocking blocking_;
+};
+
+/// C (m x n, row stride ldc) += alpha * op(A) * op(B), all row-major; op(A) is m x k, op(B) is k x n.
+/// A is stored m x k (lda) or, with TransA, k x m; likewise B is k x n (ldb) or, with TransB, n x k.
+/// requires: plan.reserve(M, N, K) was called with M >= m, N >= n, K >= k. Never allocates.
+template <bool TransA, bool TransB>
+inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
+                 Index ldc, GemmPlan& plan, float alpha = 1.0f) {
+  if (m == 0 || n == 0 || k == 0) return;
+  // Row-major C is the column-major C^T; C^T = op(B)^T * op(A)^T needs no copies:
+  // a row-major operand read as column-major is its transpose.
+  using Product = Eigen::internal::general_matrix_matrix_product<
+      Index, float, TransB ? Eigen::RowMajor : Eigen::ColMajor, false, float,
+      TransA ? Eigen::RowMajor : Eigen::ColMajor, false, Eigen::ColMajor, 1>;
+  Product::run(n, m, k, b, ldb, a, lda, c, 1, ldc, alpha, plan.blocking(), nullptr);
+}
+
+}  // namespace vgg::cpu

@@ -1,0 +1,32 @@
+#pragma once
+// CPU kernel: 2x2 max-pool, stride 2, PyTorch's floor rule (a trailing odd row/column is dropped).
+
+#include <omp.h>
+
+#include <algorithm>
+
+#include "vgg/cpu/parallel.hpp"
+
+namespace vgg::cpu {
+
+/// y[p][i][j] = max of x[p][2i..2i+1][2j..2j+1] for `planes` planes of h x w.
+/// requires: y holds planes x (h/2) x (w/2) floats.
+inline void maxpool2x2_forward(const float* x, float* y, long planes, int h, int w, int threads) {
+  const int oh = h / 2, ow = w / 2;
+#pragma omp parallel num_threads(threads)
+  {
+    const Range mine = split(planes, omp_get_thread_num(), omp_get_num_threads());
+    for (long p = mine.begin; p < mine.end; ++p) {
+      const float* in = x + p * h * w;
+      float* out = y + p * oh * ow;
+      for (int i = 0; i < oh; ++i) {
+        const float* r0 = in + long(2 * i) * w;
+        const float* r1 = r0 + w;
+        for (int j = 0; j < ow; ++j)
+          out[i * ow + j] = std::max(std::max(r0[2 * j], r0[2 * j + 1]), std::max(r1[2 * j], r1[2 * j + 1]));
+      }
+    }
+  }
+}
+
+}  // namespace vgg::cpu

@@ -1,0 +1,40 @@
+#pragma once
+// The contract every layer of the flat pack fulfils. A layer is a small type: static input and
+// output shapes, its parameters, and forward (later backward) side by side.
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "vgg/context.hpp"
+#include "vgg/random.hpp"
+#include "vgg/shape.hpp"
+
+namespace vgg {
+
+/// A named parameter tensor as the network exposes it (names follow PyTorch's state_dict).
+struct ParameterView {
+  std::string name;                 ///< e.g. "vgg_block_1.0.weight"
+  std::vector<std::int64_t> shape;  ///< e.g. {8, 1, 3, 3}
+  std::span<float> value;
+};
+
+template <class L>
+concept Layer = requires(L layer, const float* x, float* y, int n, const RunContext& ctx, Rng& rng) {
+  { L::input_shape } -> std::convertible_to<Shape>;
+  { L::output_shape } -> std::convertible_to<Shape>;
+  { L::num_params } -> std::convertible_to<long long>;
+  { L::torch_modules } -> std::convertible_to<int>;  // how many PyTorch modules the layer stands for
+  { L::ends_block } -> std::convertible_to<bool>;    // true for the pool that closes a VGG block
+  { L::flops_per_sample } -> std::convertible_to<double>;
+  layer.reset_parameters(rng);
+  layer.reserve(n, n);  // (batch, threads)
+  layer.forward(x, y, n, ctx);
+  // Forward may skip writing y and return x's data as its output (identity in this mode).
+  { L::is_identity(ctx.mode) } -> std::convertible_to<bool>;
+};
+
+}  // namespace vgg

@@ -1,0 +1,57 @@
+#pragma once
+// Conv2d(In, Out, 3x3, stride 1, padding 1) followed by ReLU, fused: PyTorch modules (k) and (k+1)
+// of a VGG block.
+
+#include <string>
+#include <vector>
+
+#include "vgg/buffer.hpp"
+#include "vgg/context.hpp"
+#include "vgg/init.hpp"
+#include "vgg/kernels.hpp"
+#include "vgg/layer.hpp"
+#include "vgg/shape.hpp"
+
+namespace vgg {
+
+template <int In, int Out, int H, int W>
+class Conv3x3Relu {
+ public:
+  static constexpr Shape input_shape{In, H, W};
+  static constexpr Shape output_shape{Out, H, W};
+  static constexpr long long weight_size = 9LL * In * Out;
+  static constexpr long long num_params = weight_size + Out;
+  static constexpr int torch_modules = 2;
+  static constexpr bool ends_block = false;
+  static constexpr double flops_per_sample = 2.0 * weight_size * H * W;
+  static constexpr bool is_identity(Mode) { return false; }
+
+  Conv3x3Relu() : weight_(std::size_t(weight_size)), bias_(std::size_t(Out)) {}
+
+  void reset_parameters(Rng& rng) { init_pytorch_default(weight(), bias(), 9L * In, rng); }
+  void reserve(int /*batch*/, int threads) { workspace_.reserve(geometry(), threads); }
+  void forward(const float* x, float* y, int n, const RunContext& ctx) {
+    kernels::conv3x3_relu_forward(x, weight_.data(), bias_.data(), y, n, geometry(), workspace_, ctx.threads);
+  }
+
+  std::span<float> weight() { return weight_.span(std::size_t(weight_size)); }
+  std::span<float> bias() { return bias_.span(std::size_t(Out)); }
+  template <class F>
+  void for_each_parameter(F&& f) {
+    f("weight", std::vector<std::int64_t>{Out, In, 3, 3}, weight());
+    f("bias", std::vector<std::int64_t>{Out}, bias());
+  }
+  template <class F>
+  static void describe(F&& emit) {
+    emit("Conv2d(" + std::to_string(In) + ", " + std::to_string(Out) +
+         ", kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))");
+    emit("ReLU()");
+  }
+
+ private:
+  static constexpr cpu::Conv3x3Geometry geometry() { return {In, Out, H, W}; }
+  Buffer<float> weight_, bias_;
+  cpu::Conv3x3Workspace workspace_;
+};
+
+}  // namespace vgg

@@ -1,0 +1,38 @@
+#pragma once
+// MaxPool2d(kernel_size=2, stride=2): the last module of a VGG block.
+
+#include <string>
+
+#include "vgg/context.hpp"
+#include "vgg/kernels.hpp"
+#include "vgg/layer.hpp"
+#include "vgg/shape.hpp"
+
+namespace vgg {
+
+template <int C, int H, int W>
+class MaxPool2x2 {
+ public:
+  static constexpr Shape input_shape{C, H, W};
+  static constexpr Shape output_shape{C, pooled(H), pooled(W)};
+  static_assert(output_shape.h > 0 && output_shape.w > 0, "vgg::MaxPool2x2: the input must be at least 2x2.");
+  static constexpr long long num_params = 0;
+  static constexpr int torch_modules = 1;
+  static constexpr bool ends_block = true;
+  static constexpr double flops_per_sample = 3.0 * output_shape.size();
+  static constexpr bool is_identity(Mode) { return false; }
+
+  void reset_parameters(Rng&) {}
+  void reserve(int, int) {}
+  void forward(const float* x, float* y, int n, const RunContext& ctx) {
+    kernels::maxpool2x2_forward(x, y, long(n) * C, H, W, ctx.threads);
+  }
+  template <class F>
+  void for_each_parameter(F&&) {}
+  template <class F>
+  static void describe(F&& emit) {
+    emit("MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)");
+  }
+};
+
+}  // namespace vgg

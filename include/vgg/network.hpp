@@ -1,0 +1,307 @@
+#pragma once
+// vgg::Vgg<Input, VggBlock..., Classifier>: the pack is checked at compile time, expanded into a
+// flat tuple of layers with static shapes, and run over NCHW batches whose size is a run-time
+// value. Every buffer is allocated once, for the largest batch seen, and reused.
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "vgg/block.hpp"
+#include "vgg/buffer.hpp"
+#include "vgg/checks.hpp"
+#include "vgg/classifier.hpp"
+#include "vgg/context.hpp"
+#include "vgg/cpu/parallel.hpp"
+#include "vgg/layer.hpp"
+#include "vgg/layers/conv2d.hpp"
+#include "vgg/layers/dropout.hpp"
+#include "vgg/layers/flatten.hpp"
+#include "vgg/layers/linear.hpp"
+#include "vgg/layers/maxpool2d.hpp"
+#include "vgg/random.hpp"
+#include "vgg/shape.hpp"
+#include "vgg/tensor.hpp"
+
+namespace vgg {
+
+namespace detail {
+
+/// The layers of one block whose input has shape S: Conv+ReLU (In -> Out), (NumConvs - 1) x
+/// Conv+ReLU (Out -> Out), MaxPool.
+template <Shape S, class Block, class Repeats = std::make_index_sequence<Block::num_convs - 1>>
+struct block_layers;
+template <Shape S, class Block, std::size_t... R>
+struct block_layers<S, Block, std::index_sequence<R...>> {
+  template <std::size_t>
+  using repeated = Conv3x3Relu<Block::out_channels, Block::out_channels, S.h, S.w>;
+  using type = std::tuple<Conv3x3Relu<Block::in_channels, Block::out_channels, S.h, S.w>, repeated<R>...,
+                          MaxPool2x2<Block::out_channels, S.h, S.w>>;
+};
+
+template <Shape Features, class Head>
+using head_layers =
+    std::tuple<Flatten<Features>, Linear<int(Features.size()), Head::hidden, true>, Dropout<Head::hidden, Head::dropout>,
+               Linear<Head::hidden, Head::hidden, true>, Dropout<Head::hidden, Head::dropout>,
+               Linear<Head::hidden, Head::classes, false>>;
+
+/// Everything derived from a valid pack: stage shapes and the flat layer tuple.
+template <class InputT, class BlocksTuple, class Head>
+struct network_spec;
+template <class InputT, class... Blocks, class Head>
+struct network_spec<InputT, std::tuple<Blocks...>, Head> {
+  static constexpr std::size_t num_blocks = sizeof...(Blocks);
+  static constexpr auto shapes = stage_shapes<InputT::shape, Blocks...>();
+  static constexpr Shape feature_shape = shapes[num_blocks];
+  static constexpr int num_classes = Head::classes;
+
+  template <std::size_t... I>
+  static auto all_layers(std::index_sequence<I...>)
+      -> decltype(std::tuple_cat(std::declval<typename block_layers<shapes[I], Blocks>::type>()...,
+                                 std::declval<head_layers<feature_shape, Head>>()));
+  using layers = decltype(all_layers(std::index_sequence_for<Blocks...>{}));
+};
+
+/// Stand-in used after a failed rule, so that one mistake gives one message, not a cascade.
+using fallback_spec = network_spec<Input<1, 2, 2>, std::tuple<VggBlock<1, 1, 1>>, Classifier<1, 1>>;
+
+template <class... Arch>
+struct select_spec {
+  using parsed = parse_arch<Arch...>;
+  static constexpr bool chain_ok =
+      std::conditional_t<parsed::shape_ok,
+                         chain_checks<typename parsed::first, typename parsed::blocks, typename parsed::last>,
+                         std::false_type>::value;
+  using type = std::conditional_t<parsed::shape_ok && chain_ok,
+                                  network_spec<typename parsed::first, typename parsed::blocks, typename parsed::last>,
+                                  fallback_spec>;
+};
+
+/// Where a layer sits in PyTorch's module tree: group (block index, or num_blocks for "fc") and
+/// the index of its first module inside that nn.Sequential.
+struct LayerPlace {
+  int group = 0;
+  int position = 0;
+};
+template <class LayersTuple>
+struct layer_places;
+template <class... L>
+struct layer_places<std::tuple<L...>> {
+  static constexpr std::array<LayerPlace, sizeof...(L)> value = [] {
+    std::array<LayerPlace, sizeof...(L)> places{};
+    int group = 0, position = 0;
+    std::size_t i = 0;
+    ((places[i++] = {group, position}, position += L::torch_modules,
+      L::ends_block ? (++group, position = 0) : 0),
+     ...);
+    return places;
+  }();
+};
+
+}  // namespace detail
+
+template <class... Arch>
+class Vgg {
+  using parsed = detail::parse_arch<Arch...>;
+  static_assert(sizeof...(Arch) >= 3,
+                "vgg::Vgg<...>: the pack must be vgg::Input<C, H, W>, then one or more "
+                "vgg::VggBlock<NumConvs, In, Out>, then vgg::Classifier<Hidden, Classes>.");
+  static_assert(sizeof...(Arch) < 1 || is_input<typename parsed::first>,
+                "vgg::Vgg<...>: the first element of the pack must be vgg::Input<C, H, W>.");
+  static_assert(sizeof...(Arch) < 2 || is_classifier<typename parsed::last>,
+                "vgg::Vgg<...>: the last element of the pack must be vgg::Classifier<Hidden, Classes>.");
+
+  using spec = typename detail::select_spec<Arch...>::type;
+
+ public:
+  using layer_types = typename spec::layers;
+  static constexpr std::size_t num_layers = std::tuple_size_v<layer_types>;
+  static constexpr std::size_t num_blocks = spec::num_blocks;
+  static constexpr Shape input_shape = spec::shapes[0];
+  static constexpr Shape feature_shape = spec::feature_shape;
+  /// The logits of one sample: classes x 1 x 1.
+  static constexpr Shape output_shape = std::tuple_element_t<num_layers - 1, layer_types>::output_shape;
+  static constexpr int num_classes = spec::num_classes;
+
+  /// Output of block i (0-based; block i is named vgg_block_{i+1}). A bad index does not compile
+  /// in a constant expression and throws std::out_of_range otherwise.
+  static constexpr Shape block_output_shape(std::size_t i) {
+    if (i >= num_blocks) throw std::out_of_range("vgg::Vgg::block_output_shape: block index out of range");
+    return spec::shapes[i + 1];
+  }
+
+  static constexpr long long num_params = [] {
+    return []<std::size_t... I>(std::index_sequence<I...>) {
+      return (0LL + ... + std::tuple_element_t<I, layer_types>::num_params);
+    }(std::make_index_sequence<num_layers>{});
+  }();
+  /// Multiply-adds x 2 of one sample's forward pass.
+  static constexpr double flops_per_sample = [] {
+    return []<std::size_t... I>(std::index_sequence<I...>) {
+      return (0.0 + ... + std::tuple_element_t<I, layer_types>::flops_per_sample);
+    }(std::make_index_sequence<num_layers>{});
+  }();
+
+  /// ensures: parameters initialised as PyTorch's defaults, reproducibly from `seed`; eval mode.
+  explicit Vgg(std::uint64_t seed = 0) { reset_parameters(seed); }
+  Vgg(const Vgg&) = delete;
+  Vgg& operator=(const Vgg&) = delete;
+  Vgg(Vgg&&) = default;
+  Vgg& operator=(Vgg&&) = default;
+
+  /// Re-draws every parameter (layer by layer, weights then biases) from `seed`.
+  void reset_parameters(std::uint64_t seed) {
+    seed_ = seed;
+    step_ = 0;
+    Rng rng(seed);
+    std::apply([&](auto&... layer) { (layer.reset_parameters(rng), ...); }, layers_);
+  }
+
+  void set_mode(Mode mode) { mode_ = mode; }
+  void train() { mode_ = Mode::train; }
+  void eval() { mode_ = Mode::eval; }
+  Mode mode() const { return mode_; }
+
+  /// Threads used by every layer; 0 (the default) means OpenMP's maximum at the time of the pass.
+  void set_threads(int threads) { threads_ = threads < 0 ? 0 : threads; }
+  int threads() const { return threads_ > 0 ? threads_ : cpu::default_threads(); }
+
+  /// ensures: a forward pass of up to `batch` samples with the current thread count allocates nothing.
+  void reserve(int batch) {
+    const int t = threads();
+    if (batch <= reserved_batch_ && t <= reserved_threads_) return;
+    reserved_batch_ = std::max(batch, reserved_batch_);
+    reserved_threads_ = std::max(t, reserved_threads_);
+    reserve_layers(std::make_index_sequence<num_layers>{});
+  }
+
+  /// Runs the network on `batch` samples stored contiguously as N x C x H x W.
+  /// requires: x.size() == batch * input_shape.size(), batch >= 1 (else std::invalid_argument).
+  /// ensures: returns batch x num_classes logits, valid until the next pass; no allocation when a
+  ///          batch at least this large was seen before with the same thread count.
+  LogitsView forward(std::span<const float> x, int batch) {
+    return forward(x, batch, [](std::size_t, int) {});
+  }
+  LogitsView forward(const Tensor4& x) { return forward(checked_span(x), int(x.dimension(0))); }
+
+  /// As forward, and calls observer(layer_index, batch) after each layer.
+  template <class Observer>
+  LogitsView forward(std::span<const float> x, int batch, Observer&& observer) {
+    if (batch < 1)
+      throw std::invalid_argument("vgg::Vgg::forward: the batch size must be at least 1, found " +
+                                  std::to_string(batch));
+    if (x.size() != std::size_t(batch) * input_shape.size())
+      throw std::invalid_argument("vgg::Vgg::forward: a batch of " + std::to_string(batch) + " samples of shape " +
+                                  to_string(input_shape) + " needs " +
+                                  std::to_string(std::size_t(batch) * input_shape.size()) + " floats, found " +
+                                  std::to_string(x.size()));
+    reserve(batch);
+    RunContext ctx{mode_, threads(), seed_, step_, 0};
+    const float* out = run_layers(x.data(), batch, ctx, observer, std::make_index_sequence<num_layers>{});
+    if (mode_ == Mode::train) ++step_;
+    return LogitsView(out, batch, num_classes);
+  }
+
+  /// Visits every parameter tensor with its state_dict name, in network order.
+  template <class F>
+  void for_each_parameter(F&& f) {
+    visit_parameters(f, std::make_index_sequence<num_layers>{});
+  }
+
+  /// Visits every PyTorch module the network stands for: f(group_name, position, description).
+  template <class F>
+  static void for_each_module(F&& f) {
+    for_each_module_impl(f, std::make_index_sequence<num_layers>{});
+  }
+
+  static std::string group_name(int group) {
+    return group < int(num_blocks) ? "vgg_block_" + std::to_string(group + 1) : std::string("fc");
+  }
+  static constexpr detail::LayerPlace layer_place(std::size_t i) { return places[i]; }
+
+  template <std::size_t I>
+  auto& layer() {
+    return std::get<I>(layers_);
+  }
+  std::uint64_t seed() const { return seed_; }
+
+ private:
+  static constexpr auto places = detail::layer_places<layer_types>::value;
+
+  static std::string to_string(Shape s) {
+    std::ostringstream os;
+    os << s;
+    return os.str();
+  }
+
+  std::span<const float> checked_span(const Tensor4& x) const {
+    const Shape found{int(x.dimension(1)), int(x.dimension(2)), int(x.dimension(3))};
+    if (found != input_shape || x.dimension(0) < 1) {
+      std::ostringstream os;
+      os << "vgg::Vgg::forward: the input batch has shape [" << x.dimension(0) << ", " << x.dimension(1) << ", "
+         << x.dimension(2) << ", " << x.dimension(3) << "] but the network expects [N, " << input_shape.c << ", "
+         << input_shape.h << ", " << input_shape.w << "] with N >= 1";
+      throw std::invalid_argument(os.str());
+    }
+    return {x.data(), std::size_t(x.size())};
+  }
+
+  template <std::size_t... I>
+  void reserve_layers(std::index_sequence<I...>) {
+    ((std::get<I>(layers_).reserve(reserved_batch_, reserved_threads_),
+      outputs_[I].reserve(std::size_t(reserved_batch_) * std::tuple_element_t<I, layer_types>::output_shape.size())),
+     ...);
+  }
+
+  template <class Observer, std::size_t... I>
+  const float* run_layers(const float* x, int batch, RunContext& ctx, Observer& observer, std::index_sequence<I...>) {
+    const float* current = x;
+    ((current = run_layer<I>(current, batch, ctx), observer(I, batch)), ...);
+    return current;
+  }
+
+  template <std::size_t I>
+  const float* run_layer(const float* in, int batch, RunContext& ctx) {
+    using L = std::tuple_element_t<I, layer_types>;
+    if (L::is_identity(ctx.mode)) return in;
+    ctx.layer_index = I;
+    std::get<I>(layers_).forward(in, outputs_[I].data(), batch, ctx);
+    return outputs_[I].data();
+  }
+
+  template <class F, std::size_t... I>
+  void visit_parameters(F& f, std::index_sequence<I...>) {
+    (std::get<I>(layers_).for_each_parameter([&](const char* suffix, std::vector<std::int64_t> shape,
+                                                 std::span<float> value) {
+      f(ParameterView{group_name(places[I].group) + "." + std::to_string(places[I].position) + "." + suffix,
+                      std::move(shape), value});
+    }),
+     ...);
+  }
+
+  template <class F, std::size_t... I>
+  static void for_each_module_impl(F& f, std::index_sequence<I...>) {
+    (
+        [&] {
+          int position = places[I].position;
+          std::tuple_element_t<I, layer_types>::describe(
+              [&](const std::string& text) { f(group_name(places[I].group), position++, text); });
+        }(),
+        ...);
+  }
+
+  layer_types layers_;
+  std::array<Buffer<float>, num_layers> outputs_;
+  int reserved_batch_ = 0, reserved_threads_ = 0, threads_ = 0;
+  Mode mode_ = Mode::eval;
+  std::uint64_t seed_ = 0, step_ = 0;
+};
+
+}  // namespace vgg

@@ -1,0 +1,41 @@
+#pragma once
+// The paper's configurations A, B, D, E (torchvision's vgg11, vgg13, vgg16, vgg19), with the
+// D2L chapter's width divisor: every conv width and the head width are divided by it.
+// vgg11<Input<1, 224, 224>, 10, 8> is the chapter's small net: 8, 16, 32, 64, 64 channels, head
+// 3136-512-512-10.
+
+#include "vgg/block.hpp"
+#include "vgg/classifier.hpp"
+#include "vgg/network.hpp"
+#include "vgg/shape.hpp"
+
+namespace vgg {
+namespace detail {
+
+template <class InputT, int Classes, int Divisor, int N1, int N2, int N3, int N4, int N5>
+struct preset {
+  static_assert(Divisor >= 1 && 64 % Divisor == 0,
+                "vgg::vgg11/13/16/19<Input, Classes, WidthDivisor>: WidthDivisor must divide 64 (1, 2, 4, 8, "
+                "16, 32 or 64), since every VGG width is a multiple of 64.");
+  static constexpr int d = (Divisor >= 1 && 64 % Divisor == 0) ? Divisor : 1;
+  using type = Vgg<InputT, VggBlock<N1, InputT::shape.c, 64 / d>, VggBlock<N2, 64 / d, 128 / d>,
+                   VggBlock<N3, 128 / d, 256 / d>, VggBlock<N4, 256 / d, 512 / d>, VggBlock<N5, 512 / d, 512 / d>,
+                   Classifier<4096 / d, Classes>>;
+};
+
+}  // namespace detail
+
+/// Configuration A: 1, 1, 2, 2, 2 convolutions per block (VGG-11).
+template <class InputT, int Classes = 1000, int WidthDivisor = 1>
+using vgg11 = typename detail::preset<InputT, Classes, WidthDivisor, 1, 1, 2, 2, 2>::type;
+/// Configuration B: 2, 2, 2, 2, 2 (VGG-13).
+template <class InputT, int Classes = 1000, int WidthDivisor = 1>
+using vgg13 = typename detail::preset<InputT, Classes, WidthDivisor, 2, 2, 2, 2, 2>::type;
+/// Configuration D: 2, 2, 3, 3, 3 (VGG-16).
+template <class InputT, int Classes = 1000, int WidthDivisor = 1>
+using vgg16 = typename detail::preset<InputT, Classes, WidthDivisor, 2, 2, 3, 3, 3>::type;
+/// Configuration E: 2, 2, 4, 4, 4 (VGG-19).
+template <class InputT, int Classes = 1000, int WidthDivisor = 1>
+using vgg19 = typename detail::preset<InputT, Classes, WidthDivisor, 2, 2, 4, 4, 4>::type;
+
+}  // namespace vgg
