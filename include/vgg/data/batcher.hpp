@@ -81,7 +81,7 @@ struct BatcherOptions {
   std::size_t limit = 0;     // use only the first `limit` images of the dataset; 0 means all
   // Optional per-sample hook run on the worker thread after resizing (e.g. normalisation);
   // arguments: the S*S floats of the sample and its dataset index. Exceptions reach the caller.
-  std::function<void(std::span<float>, std::size_t)> transform;
+  std::function<void(std::span<float>, std::size_t)> transform = {};
 };
 
 /// One mini-batch, valid until the next call to Batcher::next() / start_epoch() or destruction.

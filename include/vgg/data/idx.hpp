@@ -61,6 +61,14 @@ namespace detail {
 inline constexpr std::uint32_t idx_images_magic = 0x00000803;
 inline constexpr std::uint32_t idx_labels_magic = 0x00000801;
 
+// Built with += rather than "'" + s + "'", which trips a GCC 12 -Wrestrict false positive.
+inline std::string quoted(const std::filesystem::path& file) {
+  std::string text = "'";
+  text += file.string();
+  text += '\'';
+  return text;
+}
+
 inline std::string hex32(std::uint32_t v) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "0x%08X", v);
@@ -87,10 +95,12 @@ inline std::vector<std::uint8_t> read_gzip_file(const std::filesystem::path& fil
   const char* message = gzerror(gz, &errnum);
   // A truncated stream ends without error from gzread but sets Z_BUF_ERROR ("unexpected end of file").
   const bool failed = errnum != Z_OK && errnum != Z_STREAM_END;
-  const std::string reason = failed ? std::string(message) : std::string();
+  std::string reason = failed ? std::string(message) : std::string();
+  // zlib prefixes its message with the path, which the text below already names.
+  if (const std::string prefix = file.string() + ": "; reason.rfind(prefix, 0) == 0) reason.erase(0, prefix.size());
   gzclose(gz);
   if (failed)
-    throw DataError("'" + file.string() + "' is a corrupt or truncated gzip file: " + reason +
+    throw DataError(quoted(file) + " is a corrupt or truncated gzip file: " + reason +
                     " (after " + std::to_string(bytes.size()) + " decompressed bytes)");
   return bytes;
 }
@@ -118,7 +128,7 @@ inline std::vector<std::uint8_t> read_maybe_gzipped(const std::filesystem::path&
 inline std::vector<std::uint32_t> parse_idx_header(const std::vector<std::uint8_t>& bytes,
                                                    const std::filesystem::path& file,
                                                    std::uint32_t expected_magic, const char* what) {
-  const std::string name = "'" + file.string() + "'";
+  const std::string name = quoted(file);
   const unsigned expected_dims = expected_magic & 0xFFu;
   if (bytes.size() < 4)
     throw DataError(name + " is too short for an IDX file: expected at least 4 bytes of magic number, found " +
@@ -177,10 +187,10 @@ inline IdxImages read_idx_images(const std::filesystem::path& file) {
   std::vector<std::uint8_t> bytes = detail::read_maybe_gzipped(file);
   const auto extents = detail::parse_idx_header(bytes, file, detail::idx_images_magic, "images");
   if (extents[1] == 0 || extents[2] == 0)
-    throw DataError("'" + file.string() + "' has empty images: expected rows and cols > 0, found " +
+    throw DataError(detail::quoted(file) + " has empty images: expected rows and cols > 0, found " +
                     std::to_string(extents[1]) + " x " + std::to_string(extents[2]));
   if (extents[1] > 65536 || extents[2] > 65536)
-    throw DataError("'" + file.string() + "' has implausible image size " + std::to_string(extents[1]) + " x " +
+    throw DataError(detail::quoted(file) + " has implausible image size " + std::to_string(extents[1]) + " x " +
                     std::to_string(extents[2]) + " (expected at most 65536 x 65536)");
   IdxImages images;
   images.count = extents[0];
@@ -203,7 +213,7 @@ inline std::vector<std::uint8_t> read_idx_labels(const std::filesystem::path& fi
   bytes.erase(bytes.begin(), bytes.begin() + 8);
   for (std::size_t i = 0; i < bytes.size(); ++i)
     if (bytes[i] >= num_classes)
-      throw DataError("'" + file.string() + "': label " + std::to_string(i) + " is " + std::to_string(bytes[i]) +
+      throw DataError(detail::quoted(file) + ": label " + std::to_string(i) + " is " + std::to_string(bytes[i]) +
                       ", expected a class in 0.." + std::to_string(num_classes - 1));
   return bytes;
 }
@@ -229,7 +239,7 @@ inline Dataset load_dataset(const std::filesystem::path& dir, Split split, int n
     throw DataError("image/label count mismatch: '" + images_file.string() + "' has " +
                     std::to_string(data.images.count) + " images but '" + labels_file.string() + "' has " +
                     std::to_string(data.labels.size()) + " labels");
-  if (data.labels.empty()) throw DataError("'" + images_file.string() + "' contains no images");
+  if (data.labels.empty()) throw DataError(detail::quoted(images_file) + " contains no images");
   return data;
 }
 

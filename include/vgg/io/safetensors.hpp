@@ -448,6 +448,12 @@ inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
     file.data_start_ = 8 + header_size;
     const std::uint64_t buffer_size = file_size - file.data_start_;
 
+    // nlohmann stops at a NUL as if the input ended, which would accept "{}\0garbage"; valid
+    // JSON never holds a raw NUL (strings must escape it), so refuse it outright.
+    if (const auto nul = header_text.find('\0'); nul != std::string::npos) {
+        fail(path, "header is not valid JSON: NUL byte at header offset " + std::to_string(nul) +
+                       " (padding must be spaces)");
+    }
     detail::HeaderParseGuard guard;
     nlohmann::json header;
     try {

@@ -1,0 +1,172 @@
+// The CPU kernels against naive references and hand-computed values.
+#include <doctest/doctest.h>
+#include <omp.h>
+
+#include <vgg/vgg.hpp>
+
+#include <cmath>
+
+#include "reference.hpp"
+
+namespace {
+
+void check_conv(int n, int cin, int cout, int h, int w, int threads, unsigned seed) {
+  CAPTURE(n);
+  CAPTURE(cin);
+  CAPTURE(cout);
+  CAPTURE(h);
+  CAPTURE(w);
+  CAPTURE(threads);
+  const auto x = ref::random_vector(std::size_t(n) * cin * h * w, seed);
+  const auto wt = ref::random_vector(std::size_t(cout) * cin * 9, seed + 1);
+  const auto b = ref::random_vector(std::size_t(cout), seed + 2, -0.2f, 0.2f);
+  const auto expected = ref::conv3x3_relu(x, wt, b, n, cin, cout, h, w);
+
+  const vgg::cpu::Conv3x3Geometry g{cin, cout, h, w};
+  vgg::cpu::Conv3x3Workspace ws;
+  ws.reserve(g, threads);
+  std::vector<float> y(expected.size(), -7.0f);
+  vgg::kernels::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y.data(), n, g, ws, threads);
+  CHECK(ref::max_abs_diff(expected, y.data()) < 1e-4f * std::sqrt(float(cin * 9)));
+}
+
+}  // namespace
+
+TEST_CASE("conv3x3 + ReLU matches a direct convolution over random shapes and thread counts") {
+  unsigned seed = 1;
+  for (int threads : {1, 2, 3})
+    for (int n : {1, 5}) {
+      check_conv(n, 1, 8, 7, 9, threads, seed++);      // C_in = 1, odd H/W
+      check_conv(n, 1, 3, 31, 29, threads, seed++);
+      check_conv(n, 3, 5, 1, 1, threads, seed++);      // 1x1 image: only the centre tap
+      check_conv(n, 16, 24, 13, 11, threads, seed++);
+      check_conv(n, 2, 4, 97, 75, threads, seed++);    // several bands per image
+    }
+}
+
+TEST_CASE("conv band splitting covers every row when bands are narrower than the image") {
+  const vgg::cpu::Conv3x3Geometry g{1, 2, 200, 60};
+  CHECK(g.max_band_rows() < g.h);  // the shape exercises multi-band images
+  check_conv(2, 1, 2, 200, 60, 2, 99);
+  // Fewer images than threads: bands shrink so every thread has work.
+  CHECK(g.band_rows(1, 4) <= (g.h + 3) / 4);
+  check_conv(1, 1, 2, 200, 60, 4, 100);
+}
+
+TEST_CASE("conv on a hand-computed example") {
+  // 1 input channel 3x3, all ones; kernel all ones; bias -4.5: each output is (#valid taps) - 4.5.
+  std::vector<float> x(9, 1.0f), w(9, 1.0f), b{-4.5f};
+  const vgg::cpu::Conv3x3Geometry g{1, 1, 3, 3};
+  vgg::cpu::Conv3x3Workspace ws;
+  ws.reserve(g, 1);
+  std::vector<float> y(9);
+  vgg::kernels::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), 1, g, ws, 1);
+  // corners: 4 taps -> ReLU(-0.5) = 0; edges: 6 -> 1.5; centre: 9 -> 4.5
+  const std::vector<float> expected{0, 1.5f, 0, 1.5f, 4.5f, 1.5f, 0, 1.5f, 0};
+  for (int i = 0; i < 9; ++i) CHECK(y[std::size_t(i)] == doctest::Approx(expected[std::size_t(i)]));
+}
+
+TEST_CASE("max-pool 2x2 stride 2 on hand-computed values, floor rule for odd sizes") {
+  // 1 plane of 3 x 5: the last row and column are dropped, output 1 x 2.
+  const std::vector<float> x{1, 5, 2, 0, 9,   //
+                             3, -1, 7, 8, 9,  //
+                             9, 9, 9, 9, 9};
+  std::vector<float> y(2, -1);
+  vgg::kernels::maxpool2x2_forward(x.data(), y.data(), 1, 3, 5, 1);
+  CHECK(y[0] == 5.0f);
+  CHECK(y[1] == 8.0f);
+  // negative values survive (no implicit ReLU in the pool)
+  const std::vector<float> neg{-4, -3, -2, -1};
+  float out = 0;
+  vgg::kernels::maxpool2x2_forward(neg.data(), &out, 1, 2, 2, 1);
+  CHECK(out == -1.0f);
+}
+
+TEST_CASE("max-pool matches the reference over many planes and threads") {
+  const int planes = 7, h = 13, w = 10;
+  const auto x = ref::random_vector(std::size_t(planes) * h * w, 5);
+  const auto expected = ref::maxpool2x2(x, planes, h, w);
+  for (int threads : {1, 2, 3}) {
+    std::vector<float> y(expected.size());
+    vgg::kernels::maxpool2x2_forward(x.data(), y.data(), planes, h, w, threads);
+    CHECK(ref::max_abs_diff(expected, y.data()) == 0.0f);
+  }
+}
+
+TEST_CASE("linear on hand-computed values, with and without ReLU") {
+  // y = x W^T + b with W = [[1, 2], [-3, 4], [0, -1]], b = [0.5, 0, -2], x = [[1, 1], [2, -1]].
+  const std::vector<float> x{1, 1, 2, -1}, w{1, 2, -3, 4, 0, -1}, b{0.5f, 0, -2};
+  vgg::cpu::LinearWorkspace ws;
+  ws.reserve(2, 2, 3, 2);
+  std::vector<float> y(6);
+  vgg::kernels::linear_forward(x.data(), w.data(), b.data(), y.data(), 2, 2, 3, false, ws, 2);
+  const std::vector<float> plain{3.5f, 1, -3, 0.5f, -10, -1};
+  for (int i = 0; i < 6; ++i) CHECK(y[std::size_t(i)] == doctest::Approx(plain[std::size_t(i)]));
+  vgg::kernels::linear_forward(x.data(), w.data(), b.data(), y.data(), 2, 2, 3, true, ws, 2);
+  const std::vector<float> relu{3.5f, 1, 0, 0.5f, 0, 0};
+  for (int i = 0; i < 6; ++i) CHECK(y[std::size_t(i)] == doctest::Approx(relu[std::size_t(i)]));
+}
+
+TEST_CASE("linear matches the reference for wide layers and several thread counts") {
+  const int n = 5, in = 300, out = 37;
+  const auto x = ref::random_vector(std::size_t(n) * in, 11);
+  const auto w = ref::random_vector(std::size_t(out) * in, 12);
+  const auto b = ref::random_vector(std::size_t(out), 13);
+  const auto expected = ref::linear(x, w, b, n, in, out, true);
+  for (int threads : {1, 2, 3}) {
+    vgg::cpu::LinearWorkspace ws;
+    ws.reserve(n, in, out, threads);
+    std::vector<float> y(expected.size());
+    vgg::kernels::linear_forward(x.data(), w.data(), b.data(), y.data(), n, in, out, true, ws, threads);
+    CHECK(ref::max_abs_diff(expected, y.data()) < 1e-4f);
+  }
+}
+
+TEST_CASE("dropout keeps about 1-p of the elements, scales them by 1/(1-p), and is thread-independent") {
+  const long count = 100000;
+  std::vector<float> x(count, 2.0f), y1(count), y2(count);
+  vgg::kernels::dropout_forward(x.data(), y1.data(), count, 0.5f, 42, 7, 1);
+  vgg::kernels::dropout_forward(x.data(), y2.data(), count, 0.5f, 42, 7, 3);
+  long kept = 0;
+  for (long i = 0; i < count; ++i) {
+    CHECK_MESSAGE((y1[i] == 0.0f || y1[i] == 4.0f), "element ", i, " is ", y1[i]);
+    kept += y1[i] != 0.0f;
+    REQUIRE(y1[i] == y2[i]);
+  }
+  CHECK(std::abs(double(kept) / count - 0.5) < 0.01);
+  // another stream gives another mask
+  vgg::kernels::dropout_forward(x.data(), y2.data(), count, 0.5f, 42, 8, 1);
+  CHECK(ref::max_abs_diff(std::vector<float>(y1.begin(), y1.end()), y2.data()) > 0.0f);
+}
+
+TEST_CASE("GEMM wrapper: all four transpose combinations against a naive product") {
+  const int m = 7, n = 33, k = 19;
+  const auto a = ref::random_vector(std::size_t(m) * k, 21), b = ref::random_vector(std::size_t(k) * n, 22);
+  std::vector<float> at(a.size()), bt(b.size());
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < k; ++j) at[std::size_t(j) * m + i] = a[std::size_t(i) * k + j];
+  for (int i = 0; i < k; ++i)
+    for (int j = 0; j < n; ++j) bt[std::size_t(j) * k + i] = b[std::size_t(i) * n + j];
+  std::vector<float> expected(std::size_t(m) * n, 0);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j)
+      for (int l = 0; l < k; ++l) expected[std::size_t(i) * n + j] += a[std::size_t(i) * k + l] * b[std::size_t(l) * n + j];
+  vgg::cpu::GemmPlan plan;
+  plan.reserve(m, n, k);
+  using vgg::cpu::gemm;
+  std::vector<float> c(expected.size(), 0);
+  gemm<false, false>(m, n, k, a.data(), k, b.data(), n, c.data(), n, plan);
+  CHECK(ref::max_abs_diff(expected, c.data()) < 1e-4f);
+  std::fill(c.begin(), c.end(), 0.0f);
+  gemm<true, false>(m, n, k, at.data(), m, b.data(), n, c.data(), n, plan);
+  CHECK(ref::max_abs_diff(expected, c.data()) < 1e-4f);
+  std::fill(c.begin(), c.end(), 0.0f);
+  gemm<false, true>(m, n, k, a.data(), k, bt.data(), k, c.data(), n, plan);
+  CHECK(ref::max_abs_diff(expected, c.data()) < 1e-4f);
+  std::fill(c.begin(), c.end(), 0.0f);
+  gemm<true, true>(m, n, k, at.data(), m, bt.data(), k, c.data(), n, plan);
+  CHECK(ref::max_abs_diff(expected, c.data()) < 1e-4f);
+  // accumulates with alpha
+  gemm<false, false>(m, n, k, a.data(), k, b.data(), n, c.data(), n, plan, -1.0f);
+  CHECK(ref::max_abs_diff(std::vector<float>(c.size(), 0.0f), c.data()) < 1e-4f);
+}
