@@ -71,6 +71,8 @@ TEST_CASE("SplitMix64 and the epoch permutation are pinned to fixed values") {
   CHECK(epoch_permutation(10, 42, 0) == std::vector<std::size_t>{4, 7, 2, 9, 0, 6, 8, 5, 3, 1});
   CHECK(epoch_permutation(10, 42, 1) == std::vector<std::size_t>{9, 7, 6, 2, 1, 8, 4, 3, 5, 0});
   CHECK(epoch_permutation(12, 0, 0) == std::vector<std::size_t>{4, 1, 6, 8, 0, 5, 2, 3, 11, 9, 10, 7});
+  CHECK(epoch_permutation(6, 123456789, 2) == std::vector<std::size_t>{3, 4, 1, 5, 0, 2});
+  CHECK(epoch_permutation(2, 1, 0) == std::vector<std::size_t>{1, 0});
   CHECK(epoch_permutation(0, 1, 1).empty());
   CHECK(epoch_permutation(1, 1, 1) == std::vector<std::size_t>{0});
 }

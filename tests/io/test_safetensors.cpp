@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <numbers>
 #include <string>
 #include <vector>
 
@@ -94,7 +95,7 @@ TEST_CASE("round trip of F32, I64, F64, a scalar, a zero-size tensor and metadat
     const fs::path path = dir / "model.safetensors";
     const std::vector<float> weights = {1.5f, -2.0f, 3.25f, 0.0f, -0.0f, 1e-30f};
     const std::vector<std::int64_t> step = {123456789012345};
-    const std::vector<double> doubles = {M_PI, -1e300, 5e-324, 0.1};
+    const std::vector<double> doubles = {std::numbers::pi, -1e300, 5e-324, 0.1};
     const std::vector<float> nothing;
     const std::array<vgg::io::TensorRecord, 4> records = {
         vgg::io::tensor_record("w", {2, 3}, weights),
@@ -166,7 +167,7 @@ TEST_CASE("a file written by tools/safetensors_torch.py reads back exactly") {
     CHECK(file.read_all<float>("fc.1.weight") == std::vector<float>{1e-3f, -2e30f, 3.5f, 1.0f / 3.0f});
     CHECK(file.read_all<std::int64_t>("optimizer.step") == std::vector<std::int64_t>{42});
     CHECK(file.info("optimizer.step").shape.empty());
-    CHECK(file.read_all<double>("double_values") == std::vector<double>{M_PI, -M_E, 1e-300});
+    CHECK(file.read_all<double>("double_values") == std::vector<double>{std::numbers::pi, -std::numbers::e, 1e-300});
     CHECK(file.info("empty").shape == std::vector<std::int64_t>{0, 3});
 }
 
@@ -178,7 +179,7 @@ TEST_CASE("write a file for the Python side to read (safetensors_python ctest)")
     for (std::size_t i = 0; i < conv.size(); ++i) conv[i] = static_cast<float>(i) * 0.5f - 4.0f;
     const std::vector<float> bias = {0.25f, -1.5f};
     const std::vector<std::int64_t> step = {42};
-    const std::vector<double> doubles = {M_PI, -M_E, 1e-300};
+    const std::vector<double> doubles = {std::numbers::pi, -std::numbers::e, 1e-300};
     const std::array records = {
         vgg::io::tensor_record("vgg_block_1.0.weight", {2, 1, 3, 3}, conv),
         vgg::io::tensor_record("vgg_block_1.0.bias", {2}, bias),

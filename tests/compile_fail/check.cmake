@@ -1,0 +1,30 @@
+# Compiles SRC (syntax only) and checks the outcome against the "// expect:" lines at its top:
+# each is a regular expression that the compiler's output must match, and compilation must fail.
+# A file marked "// expect-success:" must compile. One static_assert should fire, not a cascade.
+file(STRINGS "${SRC}" expects REGEX "^// expect: ")
+file(STRINGS "${SRC}" success REGEX "^// expect-success:")
+execute_process(
+  COMMAND "${CXX}" -std=c++20 -fsyntax-only -fopenmp "-I${VGG_INCLUDE}" "-I${EIGEN_INCLUDE}" "${SRC}"
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+set(log "${out}${err}")
+if(success)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "expected ${SRC} to compile, but it failed:\n${log}")
+  endif()
+  return()
+endif()
+if(rc EQUAL 0)
+  message(FATAL_ERROR "${SRC} compiled, but it must not")
+endif()
+foreach(line IN LISTS expects)
+  string(REGEX REPLACE "^// expect: " "" pattern "${line}")
+  if(NOT log MATCHES "${pattern}")
+    message(FATAL_ERROR "the diagnostic of ${SRC} lacks /${pattern}/:\n${log}")
+  endif()
+endforeach()
+string(REGEX MATCHALL "static assertion failed" fired "${log}")
+list(LENGTH fired count)
+if(count GREATER 2)
+  message(FATAL_ERROR "${SRC}: ${count} static assertions fired; one mistake should give one or two messages:\n${log}")
+endif()
+message(STATUS "${SRC}: rejected with the expected message (${count} static assertion(s))")
