@@ -1,7 +1,8 @@
 #pragma once
 // The contract every layer of the flat pack fulfils. A layer is a small type: static input and
-// output shapes, its parameters, and forward (later backward) side by side.
+// output shapes, its parameters, and forward and backward side by side.
 
+#include <array>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -15,11 +16,19 @@
 
 namespace vgg {
 
+/// The shape of a parameter tensor, without heap storage (optimizers visit parameters every step).
+struct TensorShape {
+  std::array<std::int64_t, 4> dims{};
+  int rank = 0;
+  std::vector<std::int64_t> to_vector() const { return {dims.begin(), dims.begin() + rank}; }
+};
+
 /// A named parameter tensor as the network exposes it (names follow PyTorch's state_dict).
 struct ParameterView {
   std::string name;                 ///< e.g. "vgg_block_1.0.weight"
   std::vector<std::int64_t> shape;  ///< e.g. {8, 1, 3, 3}
   std::span<float> value;
+  std::span<float> grad;  ///< empty until the first backward pass
 };
 
 template <class L>
@@ -33,7 +42,11 @@ concept Layer = requires(L layer, const float* x, float* y, int n, const RunCont
   layer.reset_parameters(rng);
   layer.reserve(n, n);  // (batch, threads)
   layer.forward(x, y, n, ctx);
-  // Forward may skip writing y and return x's data as its output (identity in this mode).
+  layer.reserve_backward(n, n);  // (batch, threads)
+  // Backward overwrites dy (with the gradient before the fused ReLU), writes dx unless it is null,
+  // and sets (not accumulates) the parameter gradients.
+  layer.backward(x, x, y, y, n, ctx);
+  // An identity layer in this mode is skipped: its output is its input, its dx is its dy.
   { L::is_identity(ctx.mode) } -> std::convertible_to<bool>;
 };
 

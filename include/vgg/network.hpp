@@ -160,6 +160,7 @@ class Vgg {
   void reset_parameters(std::uint64_t seed) {
     seed_ = seed;
     step_ = 0;
+    last_batch_ = 0;
     Rng rng(seed);
     std::apply([&](auto&... layer) { (layer.reset_parameters(rng), ...); }, layers_);
   }
@@ -203,10 +204,56 @@ class Vgg {
                                   std::to_string(std::size_t(batch) * input_shape.size()) + " floats, found " +
                                   std::to_string(x.size()));
     reserve(batch);
-    RunContext ctx{mode_, threads(), seed_, step_, 0};
-    const float* out = run_layers(x.data(), batch, ctx, observer, std::make_index_sequence<num_layers>{});
-    if (mode_ == Mode::train) ++step_;
-    return LogitsView(out, batch, num_classes);
+    last_ctx_ = RunContext{mode_, threads(), seed_, step_, 0};
+    last_batch_ = batch;
+    if (mode_ == Mode::train) ++step_;  // the next training pass draws new dropout masks
+    activations_[0] = x.data();
+    run_layers(batch, last_ctx_, observer, std::make_index_sequence<num_layers>{});
+    return LogitsView(activations_[num_layers], batch, num_classes);
+  }
+
+  /// The gradient of the loss with respect to the logits of the last forward pass, batch x classes,
+  /// for the caller to fill (softmax_cross_entropy does) before backward().
+  /// requires: a forward pass was run. ensures: allocates only the first time a batch this large is seen.
+  std::span<float> output_gradient() {
+    require_forward("output_gradient");
+    reserve_backward();
+    return grads_[num_layers - 1].span(std::size_t(last_batch_) * std::size_t(num_classes));
+  }
+
+  /// Back-propagates output_gradient() through the last forward pass (in its mode: dropout masks
+  /// are replayed in train mode, dropout is the identity in eval mode) and sets every parameter's
+  /// gradient (set, not accumulated). With input_gradient, also computes the gradient with respect
+  /// to the input batch. requires: the input of that forward pass is still alive and unchanged.
+  void backward(bool input_gradient = false) {
+    require_forward("backward");
+    reserve_backward();
+    if (input_gradient) input_grad_.reserve(std::size_t(last_batch_) * input_shape.size());
+    float* g = grads_[num_layers - 1].data();
+    backward_layers(g, input_gradient, std::make_index_sequence<num_layers>{});
+    has_input_gradient_ = input_gradient;
+  }
+
+  /// The gradient with respect to the input of the last backward(true), batch x C x H x W.
+  std::span<const float> input_gradient() const {
+    if (!has_input_gradient_)
+      throw std::logic_error("vgg::Vgg::input_gradient: call backward(/*input_gradient=*/true) first");
+    return input_grad_.span(std::size_t(last_batch_) * input_shape.size());
+  }
+
+  /// Batch size of the last forward pass (0 before any).
+  int last_batch() const { return last_batch_; }
+
+  /// Visits (value, grad) of every parameter tensor in network order, without allocating: for
+  /// optimizers, which run every step. grad is empty before the first backward pass.
+  template <class F>
+  void for_each_parameter_data(F&& f) {
+    std::apply([&](auto&... layer) {
+      (layer.for_each_parameter([&](const char*, const TensorShape&, std::span<float> value, std::span<float> grad) {
+        f(value, grad);
+      }),
+       ...);
+    }, layers_);
   }
 
   /// Visits every parameter tensor with its state_dict name, in network order.
@@ -231,6 +278,9 @@ class Vgg {
     return std::get<I>(layers_);
   }
   std::uint64_t seed() const { return seed_; }
+  /// Training forward passes so far: dropout masks derive from (seed, step). Checkpoints store it.
+  std::uint64_t step() const { return step_; }
+  void set_step(std::uint64_t step) { step_ = step; }
 
  private:
   static constexpr auto places = detail::layer_places<layer_types>::value;
@@ -261,10 +311,8 @@ class Vgg {
   }
 
   template <class Observer, std::size_t... I>
-  const float* run_layers(const float* x, int batch, RunContext& ctx, Observer& observer, std::index_sequence<I...>) {
-    const float* current = x;
-    ((current = run_layer<I>(current, batch, ctx), observer(I, batch)), ...);
-    return current;
+  void run_layers(int batch, RunContext ctx, Observer& observer, std::index_sequence<I...>) {
+    ((activations_[I + 1] = run_layer<I>(activations_[I], batch, ctx), observer(I, batch)), ...);
   }
 
   template <std::size_t I>
@@ -276,13 +324,51 @@ class Vgg {
     return outputs_[I].data();
   }
 
+  void require_forward(const char* what) const {
+    if (last_batch_ == 0)
+      throw std::logic_error(std::string("vgg::Vgg::") + what + ": no forward pass to differentiate; call forward first");
+  }
+
+  void reserve_backward() {
+    if (last_batch_ <= backward_batch_ && last_ctx_.threads <= backward_threads_) return;
+    backward_batch_ = std::max(backward_batch_, last_batch_);
+    backward_threads_ = std::max(backward_threads_, last_ctx_.threads);
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      ((std::get<I>(layers_).reserve_backward(backward_batch_, backward_threads_),
+        grads_[I].reserve(std::size_t(backward_batch_) * std::tuple_element_t<I, layer_types>::output_shape.size())),
+       ...);
+    }(std::make_index_sequence<num_layers>{});
+  }
+
+  template <std::size_t... I>
+  void backward_layers(float* g, bool input_gradient, std::index_sequence<I...>) {
+    // Reverse order: layer num_layers - 1 - I.
+    ((g = backward_layer<num_layers - 1 - I>(g, input_gradient)), ...);
+  }
+
+  template <std::size_t I>
+  float* backward_layer(float* dy, bool input_gradient) {
+    using L = std::tuple_element_t<I, layer_types>;
+    if (L::is_identity(last_ctx_.mode)) return dy;  // output is input: dx is dy
+    float* dx = nullptr;
+    if constexpr (I > 0) {
+      dx = grads_[I - 1].data();
+    } else {
+      if (input_gradient) dx = input_grad_.data();
+    }
+    RunContext ctx = last_ctx_;
+    ctx.layer_index = I;
+    std::get<I>(layers_).backward(activations_[I], activations_[I + 1], dy, dx, last_batch_, ctx);
+    return dx;
+  }
+
   template <class F, std::size_t... I>
   void visit_parameters(F& f, std::index_sequence<I...>) {
-    (std::get<I>(layers_).for_each_parameter([&](const char* suffix, std::vector<std::int64_t> shape,
-                                                 std::span<float> value) {
-      f(ParameterView{group_name(places[I].group) + "." + std::to_string(places[I].position) + "." + suffix,
-                      std::move(shape), value});
-    }),
+    (std::get<I>(layers_).for_each_parameter(
+         [&](const char* suffix, const TensorShape& shape, std::span<float> value, std::span<float> grad) {
+           f(ParameterView{group_name(places[I].group) + "." + std::to_string(places[I].position) + "." + suffix,
+                           shape.to_vector(), value, grad});
+         }),
      ...);
   }
 
@@ -298,8 +384,14 @@ class Vgg {
   }
 
   layer_types layers_;
-  std::array<Buffer<float>, num_layers> outputs_;
-  int reserved_batch_ = 0, reserved_threads_ = 0, threads_ = 0;
+  std::array<Buffer<float>, num_layers> outputs_;  // output of layer i (unused for identity layers)
+  std::array<Buffer<float>, num_layers> grads_;    // gradient w.r.t. the output of layer i
+  Buffer<float> input_grad_;
+  std::array<const float*, num_layers + 1> activations_{};  // input of layer i; [num_layers] = logits
+  RunContext last_ctx_{};
+  int last_batch_ = 0;
+  bool has_input_gradient_ = false;
+  int reserved_batch_ = 0, reserved_threads_ = 0, backward_batch_ = 0, backward_threads_ = 0, threads_ = 0;
   Mode mode_ = Mode::eval;
   std::uint64_t seed_ = 0, step_ = 0;
 };

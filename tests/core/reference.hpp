@@ -30,6 +30,28 @@ inline std::vector<float> conv3x3_relu(const std::vector<float>& x, const std::v
   return y;
 }
 
+/// Weight gradient of y = relu(conv3x3(x) + b) for an upstream gradient dy, in double.
+inline std::vector<double> conv3x3_relu_weight_grad(const std::vector<float>& x, const std::vector<float>& y,
+                                                    const std::vector<float>& dy, int n, int cin, int cout, int h,
+                                                    int wd) {
+  std::vector<double> dw(std::size_t(cout) * cin * 9, 0.0);
+  for (int i = 0; i < n; ++i)
+    for (int co = 0; co < cout; ++co)
+      for (int r = 0; r < h; ++r)
+        for (int c = 0; c < wd; ++c) {
+          const std::size_t o = ((std::size_t(i) * cout + co) * h + r) * wd + c;
+          if (!(y[o] > 0.0f)) continue;
+          for (int ci = 0; ci < cin; ++ci)
+            for (int k = 0; k < 9; ++k) {
+              const int sy = r + k / 3 - 1, sx = c + k % 3 - 1;
+              if (sy < 0 || sy >= h || sx < 0 || sx >= wd) continue;
+              dw[(std::size_t(co) * cin + ci) * 9 + std::size_t(k)] +=
+                  double(dy[o]) * x[((std::size_t(i) * cin + ci) * h + sy) * wd + sx];
+            }
+        }
+  return dw;
+}
+
 inline std::vector<float> maxpool2x2(const std::vector<float>& x, int planes, int h, int w) {
   const int oh = h / 2, ow = w / 2;
   std::vector<float> y(std::size_t(planes) * oh * ow);

@@ -78,3 +78,25 @@ TEST_CASE("a second forward of the same batch size allocates nothing, in eval an
   (void)net->forward(bigger, 16);
   CHECK(allocations.load() - before > 0);
 }
+
+TEST_CASE("a steady-state training step (forward, loss, backward, Adam / SGD update) allocates nothing") {
+  using Net = vgg::vgg11<vgg::Input<1, 32, 32>, 10, 8>;
+  auto net = std::make_unique<Net>(1);
+  std::vector<float> x(8 * 32 * 32, 0.25f);
+  std::vector<std::int32_t> labels{0, 1, 2, 3, 4, 5, 6, 7};
+  vgg::Adam adam;
+  vgg::Sgd sgd({.lr = 0.01f, .momentum = 0.9f});
+  for (int threads : {1, 2}) {
+    net->set_threads(threads);
+    (void)vgg::train_step(*net, adam, x, labels);  // first step: gradients and optimizer state
+    (void)vgg::train_step(*net, sgd, x, labels);
+    (void)vgg::evaluate_batch(*net, x, labels);
+    const long before = allocations.load();
+    (void)vgg::train_step(*net, adam, x, labels);
+    (void)vgg::train_step(*net, sgd, x, labels);
+    (void)vgg::evaluate_batch(*net, x, labels);
+    const long allocated = allocations.load() - before;
+    CAPTURE(threads);
+    CHECK(allocated == 0);
+  }
+}

@@ -18,15 +18,15 @@ namespace vgg::cpu {
 
 struct Conv3x3Geometry {
   int cin, cout, h, w;
-  long depth() const { return long(cin) * 9; }
-  long plane() const { return long(h) * w; }
+  constexpr long depth() const { return long(cin) * 9; }
+  constexpr long plane() const { return long(h) * w; }
   /// Rows per band: about 2 MB of column buffer per thread, at least one row, at most the image.
-  int max_band_rows() const {
+  constexpr int max_band_rows() const {
     const long target_cols = std::clamp<long>((2L << 20) / (depth() * long(sizeof(float))), w, 4096);
     return int(std::clamp<long>(target_cols / w, 1, h));
   }
   /// Rows per band for a batch of n: bands shrink when there are fewer images than threads.
-  int band_rows(int n, int threads) const {
+  constexpr int band_rows(int n, int threads) const {
     const int bands_wanted = (threads + n - 1) / n;
     return std::clamp((h + bands_wanted - 1) / bands_wanted, 1, max_band_rows());
   }
@@ -36,6 +36,29 @@ struct Conv3x3Geometry {
 struct Conv3x3Workspace {
   std::vector<Buffer<float>> columns;
   std::vector<GemmPlan> plans;
+  // Backward only: per-thread column gradients and partial weight/bias gradients.
+  std::vector<Buffer<float>> column_grads, weight_grads, bias_grads;
+  std::vector<GemmPlan> weight_plans, input_plans;
+
+  void reserve_backward(const Conv3x3Geometry& g, int threads) {
+    reserve(g, threads);
+    if (int(column_grads.size()) < threads) {
+      column_grads.resize(std::size_t(threads));
+      weight_grads.resize(std::size_t(threads));
+      bias_grads.resize(std::size_t(threads));
+      weight_plans.resize(std::size_t(threads));
+      input_plans.resize(std::size_t(threads));
+    }
+    const long band_cols = long(g.max_band_rows()) * g.w;
+    for (int t = 0; t < threads; ++t) {
+      column_grads[std::size_t(t)].reserve(std::size_t(g.depth() * band_cols));
+      weight_grads[std::size_t(t)].reserve(std::size_t(g.depth() * g.cout));
+      bias_grads[std::size_t(t)].reserve(std::size_t(g.cout));
+      weight_plans[std::size_t(t)].reserve(g.cout, g.depth(), band_cols);
+      input_plans[std::size_t(t)].reserve(g.depth(), band_cols, g.cout);
+    }
+  }
+
   void reserve(const Conv3x3Geometry& g, int threads) {
     if (int(columns.size()) < threads) {
       columns.resize(std::size_t(threads));
@@ -75,6 +98,72 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
         float* row = out + co * plane;
         for (long i = 0; i < cols; ++i) row[i] = std::max(row[i], 0.0f);
       }
+    }
+  }
+}
+
+/// Backward of y = relu(conv3x3(x) + b). Overwrites dy with dz = dy * (y > 0), writes the weight
+/// and bias gradients (not accumulated across calls), and, when dx is not null, the input gradient.
+/// Work items are whole images (bands of one image share input rows in col2im), each thread sums
+/// its own partial weight gradient, and the partials are reduced at the end.
+/// requires: ws.reserve_backward(g, t) with t >= threads; y is the forward output for x.
+inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y, float* dy, float* dx,
+                                  float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
+                                  Conv3x3Workspace& ws, int threads) {
+  const int band = g.max_band_rows();
+  const long plane = g.plane(), wsize = long(g.cout) * g.depth();
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+    float* col = ws.columns[std::size_t(tid)].data();
+    float* dcol = ws.column_grads[std::size_t(tid)].data();
+    float* dw = ws.weight_grads[std::size_t(tid)].data();
+    float* db = ws.bias_grads[std::size_t(tid)].data();
+    std::fill(dw, dw + wsize, 0.0f);
+    std::fill(db, db + g.cout, 0.0f);
+    const Range mine = split(n, tid, nth);
+    for (long image = mine.begin; image < mine.end; ++image) {
+      const float* xi = x + image * g.cin * plane;
+      float* dzi = dy + image * g.cout * plane;
+      const float* yi = y + image * g.cout * plane;
+      for (long i = 0; i < g.cout * plane; ++i)
+        if (!(yi[i] > 0.0f)) dzi[i] = 0.0f;
+      for (int co = 0; co < g.cout; ++co) {
+        float s = 0.0f;
+        for (long p = 0; p < plane; ++p) s += dzi[co * plane + p];
+        db[co] += s;
+      }
+      float* dxi = dx ? dx + image * g.cin * plane : nullptr;
+      if (dxi) std::fill(dxi, dxi + g.cin * plane, 0.0f);
+      for (int r0 = 0; r0 < g.h; r0 += band) {
+        const int r1 = std::min(g.h, r0 + band);
+        const long cols = long(r1 - r0) * g.w;
+        const float* dz = dzi + long(r0) * g.w;
+        im2col3x3(xi, g.cin, g.h, g.w, r0, r1, col);
+        // dW (cout x depth) += dz (cout x cols, stride plane) * col^T
+        gemm<false, true>(g.cout, g.depth(), cols, dz, plane, col, cols, dw, g.depth(),
+                          ws.weight_plans[std::size_t(tid)]);
+        if (dxi) {
+          // dcol (depth x cols) = W^T (depth x cout) * dz
+          std::fill(dcol, dcol + g.depth() * cols, 0.0f);
+          gemm<true, false>(g.depth(), cols, g.cout, weight, g.depth(), dz, plane, dcol, cols,
+                            ws.input_plans[std::size_t(tid)]);
+          col2im3x3_add(dcol, g.cin, g.h, g.w, r0, r1, dxi);
+        }
+      }
+    }
+#pragma omp barrier
+    const Range part = split(wsize, tid, nth);
+    for (long i = part.begin; i < part.end; ++i) {
+      float s = 0.0f;
+      for (int t = 0; t < nth; ++t) s += ws.weight_grads[std::size_t(t)].data()[i];
+      weight_grad[i] = s;
+    }
+    const Range bpart = split(g.cout, tid, nth);
+    for (long i = bpart.begin; i < bpart.end; ++i) {
+      float s = 0.0f;
+      for (int t = 0; t < nth; ++t) s += ws.bias_grads[std::size_t(t)].data()[i];
+      bias_grad[i] = s;
     }
   }
 }

@@ -26,4 +26,15 @@ inline void dropout_forward(const float* x, float* y, long count, float p, std::
   }
 }
 
+/// Backward of inverted dropout: the same mask (recomputed from the same seed and stream) and scale.
+inline void dropout_backward(const float* dy, float* dx, long count, float p, std::uint64_t seed,
+                             std::uint64_t stream, int threads) {
+  const float scale = 1.0f / (1.0f - p);
+#pragma omp parallel num_threads(threads)
+  {
+    const Range mine = split(count, omp_get_thread_num(), omp_get_num_threads());
+    for (long i = mine.begin; i < mine.end; ++i) dx[i] = dropout_keeps(seed, stream, i, p) ? dy[i] * scale : 0.0f;
+  }
+}
+
 }  // namespace vgg::cpu

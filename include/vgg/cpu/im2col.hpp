@@ -38,3 +38,33 @@ inline void im2col3x3(const float* in, int cin, int h, int w, int r0, int r1, fl
 }
 
 }  // namespace vgg::cpu
+
+namespace vgg::cpu {
+
+/// The adjoint of im2col3x3: in[ci][r + ky - 1][x + kx - 1] += col[(ci*9 + ky*3 + kx)][(r - r0)*w + x]
+/// for rows r in [r0, r1). Touches input rows r0 - 1 .. r1 only.
+inline void col2im3x3_add(const float* col, int cin, int h, int w, int r0, int r1, float* in) {
+  const long cols = long(r1 - r0) * w;
+  for (int ci = 0; ci < cin; ++ci) {
+    float* plane = in + long(ci) * h * w;
+    for (int ky = 0; ky < 3; ++ky) {
+      for (int kx = 0; kx < 3; ++kx) {
+        const float* src = col + (long(ci) * 9 + ky * 3 + kx) * cols;
+        for (int r = r0; r < r1; ++r, src += w) {
+          const int sy = r + ky - 1;
+          if (sy < 0 || sy >= h) continue;
+          float* dst = plane + long(sy) * w;
+          if (kx == 0) {
+            for (int x = 1; x < w; ++x) dst[x - 1] += src[x];
+          } else if (kx == 1) {
+            for (int x = 0; x < w; ++x) dst[x] += src[x];
+          } else {
+            for (int x = 0; x + 1 < w; ++x) dst[x + 1] += src[x];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace vgg::cpu

@@ -3,7 +3,6 @@
 // of a VGG block.
 
 #include <string>
-#include <vector>
 
 #include "vgg/buffer.hpp"
 #include "vgg/context.hpp"
@@ -30,16 +29,30 @@ class Conv3x3Relu {
 
   void reset_parameters(Rng& rng) { init_pytorch_default(weight(), bias(), 9L * In, rng); }
   void reserve(int /*batch*/, int threads) { workspace_.reserve(geometry(), threads); }
+  void reserve_backward(int /*batch*/, int threads) {
+    workspace_.reserve_backward(geometry(), threads);
+    weight_grad_.reserve(std::size_t(weight_size));
+    bias_grad_.reserve(std::size_t(Out));
+    has_grad_ = true;
+  }
   void forward(const float* x, float* y, int n, const RunContext& ctx) {
     kernels::conv3x3_relu_forward(x, weight_.data(), bias_.data(), y, n, geometry(), workspace_, ctx.threads);
+  }
+  void backward(const float* x, const float* y, float* dy, float* dx, int n, const RunContext& ctx) {
+    kernels::conv3x3_relu_backward(x, weight_.data(), y, dy, dx, weight_grad_.data(), bias_grad_.data(), n,
+                                   geometry(), workspace_, ctx.threads);
   }
 
   std::span<float> weight() { return weight_.span(std::size_t(weight_size)); }
   std::span<float> bias() { return bias_.span(std::size_t(Out)); }
+  std::span<float> weight_grad() { return has_grad_ ? weight_grad_.span(std::size_t(weight_size)) : std::span<float>{}; }
+  std::span<float> bias_grad() { return has_grad_ ? bias_grad_.span(std::size_t(Out)) : std::span<float>{}; }
+
+  /// f(suffix, shape, value, grad) for the weight, then the bias.
   template <class F>
   void for_each_parameter(F&& f) {
-    f("weight", std::vector<std::int64_t>{Out, In, 3, 3}, weight());
-    f("bias", std::vector<std::int64_t>{Out}, bias());
+    f("weight", TensorShape{{Out, In, 3, 3}, 4}, weight(), weight_grad());
+    f("bias", TensorShape{{Out}, 1}, bias(), bias_grad());
   }
   template <class F>
   static void describe(F&& emit) {
@@ -50,7 +63,8 @@ class Conv3x3Relu {
 
  private:
   static constexpr cpu::Conv3x3Geometry geometry() { return {In, Out, H, W}; }
-  Buffer<float> weight_, bias_;
+  Buffer<float> weight_, bias_, weight_grad_, bias_grad_;
+  bool has_grad_ = false;
   cpu::Conv3x3Workspace workspace_;
 };
 

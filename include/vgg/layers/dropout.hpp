@@ -25,6 +25,10 @@ class Dropout {
 
   void reset_parameters(Rng&) {}
   void reserve(int, int) {}
+  void reserve_backward(int, int) {}
+  void backward(const float*, const float*, float* dy, float* dx, int n, const RunContext& ctx) {
+    if (dx) kernels::dropout_backward(dy, dx, long(n) * Features, float(P), ctx.seed, stream(ctx), ctx.threads);
+  }
   void forward(const float* x, float* y, int n, const RunContext& ctx) {
     kernels::dropout_forward(x, y, long(n) * Features, float(P), ctx.seed, stream(ctx), ctx.threads);
   }

@@ -21,6 +21,8 @@ class Flatten {
 
   void reset_parameters(Rng&) {}
   void reserve(int, int) {}
+  void reserve_backward(int, int) {}
+  void backward(const float*, const float*, float*, float*, int, const RunContext&) {}
   void forward(const float*, float*, int, const RunContext&) {}
   template <class F>
   void for_each_parameter(F&&) {}

@@ -24,6 +24,10 @@ class MaxPool2x2 {
 
   void reset_parameters(Rng&) {}
   void reserve(int, int) {}
+  void reserve_backward(int, int) {}
+  void backward(const float* x, const float*, float* dy, float* dx, int n, const RunContext& ctx) {
+    if (dx) kernels::maxpool2x2_backward(x, dy, dx, long(n) * C, H, W, ctx.threads);
+  }
   void forward(const float* x, float* y, int n, const RunContext& ctx) {
     kernels::maxpool2x2_forward(x, y, long(n) * C, H, W, ctx.threads);
   }

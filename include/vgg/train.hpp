@@ -1,0 +1,35 @@
+#pragma once
+// One training step (forward, loss, backward, update) and one evaluation batch, composed from the
+// network, the loss and an optimizer. Neither allocates in steady state.
+
+#include <cstdint>
+#include <span>
+
+#include "vgg/context.hpp"
+#include "vgg/loss.hpp"
+
+namespace vgg {
+
+/// Trains `net` on one batch in train mode. Returns the batch's mean loss and correct count.
+/// requires: x holds labels.size() samples of Net::input_shape; labels in [0, classes).
+template <class Net, class Optimizer>
+LossResult train_step(Net& net, Optimizer& optimizer, std::span<const float> x, std::span<const std::int32_t> labels) {
+  net.set_mode(Mode::train);
+  const auto logits = net.forward(x, int(labels.size()));
+  const LossResult result = softmax_cross_entropy(std::span<const float>(logits.data(), std::size_t(logits.size())),
+                                                  labels, Net::num_classes, net.output_gradient());
+  net.backward();
+  optimizer.step(net);
+  return result;
+}
+
+/// Loss and correct count of one batch in eval mode (dropout off, no gradients).
+template <class Net>
+LossResult evaluate_batch(Net& net, std::span<const float> x, std::span<const std::int32_t> labels) {
+  net.set_mode(Mode::eval);
+  const auto logits = net.forward(x, int(labels.size()));
+  return softmax_cross_entropy(std::span<const float>(logits.data(), std::size_t(logits.size())), labels,
+                               Net::num_classes);
+}
+
+}  // namespace vgg
