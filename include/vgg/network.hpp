@@ -67,6 +67,15 @@ struct network_spec<InputT, std::tuple<Blocks...>, Head> {
       -> decltype(std::tuple_cat(std::declval<typename block_layers<shapes[I], Blocks>::type>()...,
                                  std::declval<head_layers<feature_shape, Head>>()));
   using layers = decltype(all_layers(std::index_sequence_for<Blocks...>{}));
+
+  /// "Input<1,32,32> VggBlock<1,1,4> ... Classifier<256,10,0.5>": written into checkpoints.
+  static std::string architecture() {
+    std::ostringstream os;
+    os << "Input<" << InputT::shape.c << ',' << InputT::shape.h << ',' << InputT::shape.w << '>';
+    ((os << " VggBlock<" << Blocks::num_convs << ',' << Blocks::in_channels << ',' << Blocks::out_channels << '>'), ...);
+    os << " Classifier<" << Head::hidden << ',' << Head::classes << ',' << Head::dropout << '>';
+    return os.str();
+  }
 };
 
 /// Stand-in used after a failed rule, so that one mistake gives one message, not a cascade.
@@ -268,6 +277,9 @@ class Vgg {
     for_each_module_impl(f, std::make_index_sequence<num_layers>{});
   }
 
+  /// The pack written as text, e.g. "Input<1,224,224> VggBlock<1,1,8> ... Classifier<512,10,0.5>".
+  static std::string architecture() { return spec::architecture(); }
+
   static std::string group_name(int group) {
     return group < int(num_blocks) ? "vgg_block_" + std::to_string(group + 1) : std::string("fc");
   }
@@ -281,6 +293,8 @@ class Vgg {
   /// Training forward passes so far: dropout masks derive from (seed, step). Checkpoints store it.
   std::uint64_t step() const { return step_; }
   void set_step(std::uint64_t step) { step_ = step; }
+  /// Sets the seed that dropout masks derive from, leaving the parameters alone (used on resume).
+  void set_seed(std::uint64_t seed) { seed_ = seed; }
 
  private:
   static constexpr auto places = detail::layer_places<layer_types>::value;
