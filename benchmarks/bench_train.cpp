@@ -1,0 +1,68 @@
+// Whole-network throughput: training step (forward, loss, backward, Adam) and eval forward of the
+// chapter's width / 8 VGG-11 at 224x224, batch 64 (the recipe), plus full-width forward at batch 8.
+//
+//   ./build/benchmarks/bench_train --benchmark_counters_tabular=true
+#include <benchmark/benchmark.h>
+#include <sys/resource.h>
+
+#include <vgg/vgg.hpp>
+
+#include <memory>
+#include <vector>
+
+namespace {
+
+using Narrow = vgg::vgg11<vgg::Input<1, 224, 224>, 10, 8>;
+using Wide = vgg::vgg11<vgg::Input<1, 224, 224>, 10, 1>;
+
+long minor_faults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+std::vector<float> batch_data(int n) {
+  std::vector<float> x(std::size_t(n) * 224 * 224);
+  vgg::Rng rng(1);
+  for (float& v : x) v = rng.uniform(0.0f, 1.0f);
+  return x;
+}
+
+void train_step(benchmark::State& state) {
+  const int n = int(state.range(0));
+  auto net = std::make_unique<Narrow>(1);
+  vgg::Adam adam;
+  const auto x = batch_data(n);
+  std::vector<std::int32_t> labels(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) labels[std::size_t(i)] = i % 10;
+  vgg::train_step(*net, adam, x, labels);  // warm-up: buffers are allocated here
+  const long faults = minor_faults();
+  for (auto _ : state) benchmark::DoNotOptimize(vgg::train_step(*net, adam, x, labels).loss);
+  state.counters["images/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
+  // forward + backward ~ 3x the forward FLOPs
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(3.0 * Narrow::flops_per_sample * n * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["faults/step"] = double(minor_faults() - faults) / double(state.iterations());
+}
+
+template <class Net>
+void eval_forward(benchmark::State& state) {
+  const int n = int(state.range(0));
+  auto net = std::make_unique<Net>(1);
+  const auto x = batch_data(n);
+  (void)net->forward(x, n);
+  const long faults = minor_faults();
+  for (auto _ : state) benchmark::DoNotOptimize(net->forward(x, n).data());
+  state.counters["images/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(Net::flops_per_sample * n * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["faults/step"] = double(minor_faults() - faults) / double(state.iterations());
+}
+
+}  // namespace
+
+BENCHMARK(train_step)->Name("vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(eval_forward<Narrow>)->Name("vgg11_w8/eval_forward")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(eval_forward<Wide>)->Name("vgg11_w1/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK_MAIN();
