@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Side-by-side speed of vgg and PyTorch on the same machine, alternating, with ratios.
+
+Runs this library's benchmark (build/benchmarks/bench_train) and the same network in PyTorch
+(Debian's python3-torch under /usr/bin/python3), in rounds that alternate the two so that drift of
+a shared machine hits both, and prints the median and spread of each figure and their ratio:
+
+  - width / 8 VGG-11, 1x224x224, batch 64: training step (forward, loss, backward, Adam)
+  - the same net, eval forward
+  - full-width VGG-11, batch 8: eval forward
+
+PyTorch runs in its best set-up here (tcmalloc preloaded when libtcmalloc-minimal4 is installed,
+channels_last) and, for reference, with the default allocator and NCHW. PyTorch is skipped cleanly
+when it is not installed. OPENBLAS_CORETYPE is left as the machine sets it (PyTorch uses oneDNN
+for these layers, not OpenBLAS).
+
+Usage: /usr/bin/python3 benchmarks/compare_pytorch.py [--rounds 3] [--threads 2] [--build build]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+
+TORCH_PYTHON = "/usr/bin/python3"
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
+TORCH_BENCH = textwrap.dedent(r"""
+    import json, sys, time, torch
+    from torch import nn
+    threads, channels_last = int(sys.argv[1]), sys.argv[2] == "1"
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    def vgg(conv_arch, ratio, classes=10):
+        blocks, cin = [], 1
+        for n, cout in conv_arch:
+            cout //= ratio
+            layers = []
+            for _ in range(n):
+                layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
+                cin = cout
+            blocks.append(nn.Sequential(*layers, nn.MaxPool2d(2, 2)))
+        h = 4096 // ratio
+        return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(cin * 49, h), nn.ReLU(), nn.Dropout(0.5),
+                             nn.Linear(h, h), nn.ReLU(), nn.Dropout(0.5), nn.Linear(h, classes))
+    arch = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    def timed(fn, reps):
+        fn()
+        t = time.perf_counter()
+        for _ in range(reps): fn()
+        return (time.perf_counter() - t) / reps
+    out = {}
+    net = vgg(arch, 8).to(memory_format=fmt)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.rand(64, 1, 224, 224).to(memory_format=fmt)
+    y = torch.randint(0, 10, (64,))
+    loss_fn = nn.CrossEntropyLoss()
+    def step():
+        opt.zero_grad()
+        loss_fn(net(x), y).backward()
+        opt.step()
+    net.train()
+    out["vgg11_w8/train_step"] = 64 / timed(step, 5)
+    net.eval()
+    with torch.no_grad():
+        out["vgg11_w8/eval_forward"] = 64 / timed(lambda: net(x), 10)
+        wide = vgg(arch, 1).to(memory_format=fmt).eval()
+        xw = torch.rand(8, 1, 224, 224).to(memory_format=fmt)
+        out["vgg11_w1/eval_forward"] = 8 / timed(lambda: wide(xw), 3)
+    print(json.dumps(out))
+""")
+
+
+def run_vgg(build, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    res = subprocess.run([os.path.join(build, "benchmarks", "bench_train"), "--benchmark_format=json",
+                          "--benchmark_min_time=2"], capture_output=True, text=True, env=env, check=True)
+    data = json.loads(res.stdout)
+    return {"/".join(b["name"].split("/")[:2]): b["images/s"] for b in data["benchmarks"]}
+
+
+def run_torch(threads, best):
+    env = dict(os.environ)
+    if best and os.path.exists(TCMALLOC):
+        env["LD_PRELOAD"] = TCMALLOC
+    res = subprocess.run([TORCH_PYTHON, "-c", TORCH_BENCH, str(threads), "1" if best else "0"], capture_output=True,
+                         text=True, env=env, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--build", default="build")
+    parser.add_argument("--no-default", action="store_true", help="skip PyTorch's default set-up")
+    args = parser.parse_args()
+    have_torch = subprocess.run([TORCH_PYTHON, "-c", "import torch"], capture_output=True).returncode == 0
+    if not have_torch:
+        print("PyTorch is not installed for /usr/bin/python3 (apt-get install python3-torch): "
+              "measuring vgg only", file=sys.stderr)
+    if not os.path.exists(TCMALLOC):
+        print(f"note: {TCMALLOC} not found (apt-get install libtcmalloc-minimal4): PyTorch's 'best' set-up "
+              "runs with glibc malloc", file=sys.stderr)
+    results = {"vgg": [], "torch_best": [], "torch_default": []}
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+        results["vgg"].append(run_vgg(args.build, args.threads))
+        if have_torch:
+            results["torch_best"].append(run_torch(args.threads, True))
+            if not args.no_default:
+                results["torch_default"].append(run_torch(args.threads, False))
+    names = list(results["vgg"][0])
+    print(f"{'benchmark (images/s)':28} {'vgg':>18} {'torch best':>18} {'torch default':>18} {'vgg/best':>9}")
+    for name in names:
+        cells, medians = [], {}
+        for key in ("vgg", "torch_best", "torch_default"):
+            values = [run[name] for run in results[key] if name in run]
+            if values:
+                medians[key] = statistics.median(values)
+                cells.append(f"{medians[key]:8.1f} ±{(max(values) - min(values)) / 2:6.1f}")
+            else:
+                cells.append(f"{'-':>16}")
+        ratio = f"{medians['vgg'] / medians['torch_best']:8.2f}x" if "torch_best" in medians else f"{'-':>9}"
+        print(f"{name:28} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18} {ratio}")
+    print(json.dumps(results), file=open(os.path.join(args.build, "compare_pytorch.json"), "w"))
+
+
+if __name__ == "__main__":
+    main()
