@@ -4,11 +4,11 @@
 
 #include <string>
 
-#include "vgg/buffer.hpp"
 #include "vgg/context.hpp"
 #include "vgg/init.hpp"
 #include "vgg/kernels.hpp"
 #include "vgg/layer.hpp"
+#include "vgg/parameters.hpp"
 #include "vgg/shape.hpp"
 
 namespace vgg {
@@ -25,34 +25,31 @@ class Conv3x3Relu {
   static constexpr double flops_per_sample = 2.0 * weight_size * H * W;
   static constexpr bool is_identity(Mode) { return false; }
 
-  Conv3x3Relu() : weight_(std::size_t(weight_size)), bias_(std::size_t(Out)) {}
+  Conv3x3Relu() : params_(std::size_t(weight_size), std::size_t(Out)) {}
 
   void reset_parameters(Rng& rng) { init_pytorch_default(weight(), bias(), 9L * In, rng); }
   void reserve(int /*batch*/, int threads) { workspace_.reserve(geometry(), threads); }
   void reserve_backward(int /*batch*/, int threads) {
     workspace_.reserve_backward(geometry(), threads);
-    weight_grad_.reserve(std::size_t(weight_size));
-    bias_grad_.reserve(std::size_t(Out));
-    has_grad_ = true;
+    params_.reserve_gradients();
   }
   void forward(const float* x, float* y, int n, const RunContext& ctx) {
-    kernels::conv3x3_relu_forward(x, weight_.data(), bias_.data(), y, n, geometry(), workspace_, ctx.threads);
+    kernels::conv3x3_relu_forward(x, weight().data(), bias().data(), y, n, geometry(), workspace_, ctx.threads);
   }
   void backward(const float* x, const float* y, float* dy, float* dx, int n, const RunContext& ctx) {
-    kernels::conv3x3_relu_backward(x, weight_.data(), y, dy, dx, weight_grad_.data(), bias_grad_.data(), n,
+    kernels::conv3x3_relu_backward(x, weight().data(), y, dy, dx, weight_grad().data(), bias_grad().data(), n,
                                    geometry(), workspace_, ctx.threads);
   }
 
-  std::span<float> weight() { return weight_.span(std::size_t(weight_size)); }
-  std::span<float> bias() { return bias_.span(std::size_t(Out)); }
-  std::span<float> weight_grad() { return has_grad_ ? weight_grad_.span(std::size_t(weight_size)) : std::span<float>{}; }
-  std::span<float> bias_grad() { return has_grad_ ? bias_grad_.span(std::size_t(Out)) : std::span<float>{}; }
+  std::span<float> weight() { return params_.weight(); }
+  std::span<float> bias() { return params_.bias(); }
+  std::span<float> weight_grad() { return params_.weight_grad(); }
+  std::span<float> bias_grad() { return params_.bias_grad(); }
 
   /// f(suffix, shape, value, grad) for the weight, then the bias.
   template <class F>
   void for_each_parameter(F&& f) {
-    f("weight", TensorShape{{Out, In, 3, 3}, 4}, weight(), weight_grad());
-    f("bias", TensorShape{{Out}, 1}, bias(), bias_grad());
+    params_.visit(f, TensorShape{{Out, In, 3, 3}, 4});
   }
   template <class F>
   static void describe(F&& emit) {
@@ -63,8 +60,7 @@ class Conv3x3Relu {
 
  private:
   static constexpr cpu::Conv3x3Geometry geometry() { return {In, Out, H, W}; }
-  Buffer<float> weight_, bias_, weight_grad_, bias_grad_;
-  bool has_grad_ = false;
+  WeightAndBias params_;
   cpu::Conv3x3Workspace workspace_;
 };
 
