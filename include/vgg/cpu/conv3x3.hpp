@@ -126,11 +126,16 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
       const float* xi = x + image * g.cin * plane;
       float* dzi = dy + image * g.cout * plane;
       const float* yi = y + image * g.cout * plane;
-      for (long i = 0; i < g.cout * plane; ++i)
-        if (!(yi[i] > 0.0f)) dzi[i] = 0.0f;
-      for (int co = 0; co < g.cout; ++co) {
+      for (int co = 0; co < g.cout; ++co) {  // ReLU mask and bias gradient in one pass
+        float* dz = dzi + co * plane;
+        const float* yc = yi + co * plane;
         float s = 0.0f;
-        for (long p = 0; p < plane; ++p) s += dzi[co * plane + p];
+#pragma omp simd reduction(+ : s)
+        for (long p = 0; p < plane; ++p) {
+          const float v = yc[p] > 0.0f ? dz[p] : 0.0f;
+          dz[p] = v;
+          s += v;
+        }
         db[co] += s;
       }
       float* dxi = dx ? dx + image * g.cin * plane : nullptr;
