@@ -229,6 +229,8 @@ int train(const Options& o, Optimizer optimizer) {
     }
   }
 
+  // Fail now, not after the first epoch, if the checkpoint cannot be written there.
+  if (o.save.has_parent_path()) fs::create_directories(o.save.parent_path());
   vgg::data::Batcher train_batches(train_set, {.batch_size = std::size_t(o.batch_size), .output_size = o.resize,
                                                .seed = o.seed, .shuffle = true, .limit = o.limit});
   vgg::data::Batcher test_batches(test_set, {.batch_size = std::size_t(o.batch_size), .output_size = o.resize,
