@@ -61,8 +61,13 @@ void eval_forward(benchmark::State& state) {
 
 }  // namespace
 
+// The recipe's sizes first (compare_pytorch.py reads these three); then how cost grows with the
+// batch size (filter with --benchmark_filter=scaling).
 BENCHMARK(train_step)->Name("vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Narrow>)->Name("vgg11_w8/eval_forward")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Wide>)->Name("vgg11_w1/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(train_step)->Name("scaling/vgg11_w8/train_step")->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(eval_forward<Narrow>)->Name("scaling/vgg11_w8/eval_forward")->Arg(1)->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(eval_forward<Wide>)->Name("scaling/vgg11_w1/eval_forward")->Arg(1)->Arg(2)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();
