@@ -7,3 +7,13 @@ build=${VGG_BUILD_DIR:-build}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)"
+
+# The unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer (bad input must never
+# read out of bounds). VGG_SANITIZE=0 skips this stage.
+if [ "${VGG_SANITIZE:-1}" != 0 ]; then
+  sbuild="${build}-sanitize"
+  cmake -S . -B "$sbuild" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVGG_SANITIZE=ON \
+        -DVGG_BUILD_BENCHMARKS=OFF -DVGG_BUILD_EXAMPLES=OFF -DVGG_BUILD_TOOLS=OFF
+  cmake --build "$sbuild" -j "$(nproc)"
+  ctest --test-dir "$sbuild" --output-on-failure -j "$(nproc)" -L unit
+fi
