@@ -1,5 +1,6 @@
 #pragma once
-// The weight and bias of a parametric layer, with their gradients (allocated on first backward use).
+// The weight and bias of a parametric layer, with their gradients (allocated on first backward
+// use). Conv3x3Relu and Linear derive from it, so the accessors live in one place.
 
 #include <cstddef>
 #include <span>

@@ -14,7 +14,7 @@
 namespace vgg {
 
 template <int In, int Out, int H, int W>
-class Conv3x3Relu {
+class Conv3x3Relu : public WeightAndBias {
  public:
   static constexpr Shape input_shape{In, H, W};
   static constexpr Shape output_shape{Out, H, W};
@@ -25,13 +25,13 @@ class Conv3x3Relu {
   static constexpr double flops_per_sample = 2.0 * weight_size * H * W;
   static constexpr bool is_identity(Mode) { return false; }
 
-  Conv3x3Relu() : params_(std::size_t(weight_size), std::size_t(Out)) {}
+  Conv3x3Relu() : WeightAndBias(std::size_t(weight_size), std::size_t(Out)) {}
 
   void reset_parameters(Rng& rng) { init_pytorch_default(weight(), bias(), 9L * In, rng); }
   void reserve(int /*batch*/, int threads) { workspace_.reserve(geometry(), threads); }
   void reserve_backward(int /*batch*/, int threads) {
     workspace_.reserve_backward(geometry(), threads);
-    params_.reserve_gradients();
+    reserve_gradients();
   }
   void forward(const float* x, float* y, int n, const RunContext& ctx) {
     kernels::conv3x3_relu_forward(x, weight().data(), bias().data(), y, n, geometry(), workspace_, ctx.threads);
@@ -41,15 +41,10 @@ class Conv3x3Relu {
                                    geometry(), workspace_, ctx.threads);
   }
 
-  std::span<float> weight() { return params_.weight(); }
-  std::span<float> bias() { return params_.bias(); }
-  std::span<float> weight_grad() { return params_.weight_grad(); }
-  std::span<float> bias_grad() { return params_.bias_grad(); }
-
   /// f(suffix, shape, value, grad) for the weight, then the bias.
   template <class F>
   void for_each_parameter(F&& f) {
-    params_.visit(f, TensorShape{{Out, In, 3, 3}, 4});
+    visit(f, TensorShape{{Out, In, 3, 3}, 4});
   }
   template <class F>
   static void describe(F&& emit) {
@@ -60,7 +55,6 @@ class Conv3x3Relu {
 
  private:
   static constexpr cpu::Conv3x3Geometry geometry() { return {In, Out, H, W}; }
-  WeightAndBias params_;
   cpu::Conv3x3Workspace workspace_;
 };
 

@@ -13,7 +13,7 @@
 namespace vgg {
 
 template <int In, int Out, bool Relu>
-class Linear {
+class Linear : public WeightAndBias {
  public:
   static constexpr Shape input_shape{In, 1, 1};
   static constexpr Shape output_shape{Out, 1, 1};
@@ -24,13 +24,13 @@ class Linear {
   static constexpr double flops_per_sample = 2.0 * weight_size;
   static constexpr bool is_identity(Mode) { return false; }
 
-  Linear() : params_(std::size_t(weight_size), std::size_t(Out)) {}
+  Linear() : WeightAndBias(std::size_t(weight_size), std::size_t(Out)) {}
 
   void reset_parameters(Rng& rng) { init_pytorch_default(weight(), bias(), In, rng); }
   void reserve(int batch, int threads) { workspace_.reserve(batch, In, Out, threads); }
   void reserve_backward(int batch, int threads) {
     workspace_.reserve_backward(batch, In, Out, threads);
-    params_.reserve_gradients();
+    reserve_gradients();
   }
   void forward(const float* x, float* y, int n, const RunContext& ctx) {
     kernels::linear_forward(x, weight().data(), bias().data(), y, n, In, Out, Relu, workspace_, ctx.threads);
@@ -40,14 +40,9 @@ class Linear {
                              workspace_, ctx.threads);
   }
 
-  std::span<float> weight() { return params_.weight(); }
-  std::span<float> bias() { return params_.bias(); }
-  std::span<float> weight_grad() { return params_.weight_grad(); }
-  std::span<float> bias_grad() { return params_.bias_grad(); }
-
   template <class F>
   void for_each_parameter(F&& f) {
-    params_.visit(f, TensorShape{{Out, In}, 2});
+    visit(f, TensorShape{{Out, In}, 2});
   }
   template <class F>
   static void describe(F&& emit) {
@@ -56,7 +51,6 @@ class Linear {
   }
 
  private:
-  WeightAndBias params_;
   cpu::LinearWorkspace workspace_;
 };
 
