@@ -32,6 +32,17 @@ struct Conv3x3Geometry {
   }
 };
 
+/// out[i] = sum over the first `threads` partial buffers of partials[t][i], for this thread's share of
+/// the `count` elements (called by every thread of a parallel region, after a barrier).
+inline void sum_partials(const std::vector<Buffer<float>>& partials, int threads, long count, float* out, int tid) {
+  const Range mine = split(count, tid, threads);
+  for (long i = mine.begin; i < mine.end; ++i) {
+    float s = 0.0f;
+    for (int t = 0; t < threads; ++t) s += partials[std::size_t(t)].data()[i];
+    out[i] = s;
+  }
+}
+
 /// Per-thread work buffers of one convolution layer, allocated once.
 struct Conv3x3Workspace {
   std::vector<Buffer<float>> columns;
@@ -158,18 +169,8 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
       }
     }
 #pragma omp barrier
-    const Range part = split(wsize, tid, nth);
-    for (long i = part.begin; i < part.end; ++i) {
-      float s = 0.0f;
-      for (int t = 0; t < nth; ++t) s += ws.weight_grads[std::size_t(t)].data()[i];
-      weight_grad[i] = s;
-    }
-    const Range bpart = split(g.cout, tid, nth);
-    for (long i = bpart.begin; i < bpart.end; ++i) {
-      float s = 0.0f;
-      for (int t = 0; t < nth; ++t) s += ws.bias_grads[std::size_t(t)].data()[i];
-      bias_grad[i] = s;
-    }
+    sum_partials(ws.weight_grads, nth, wsize, weight_grad, tid);
+    sum_partials(ws.bias_grads, nth, g.cout, bias_grad, tid);
   }
 }
 

@@ -7,7 +7,8 @@
 //
 // Order: per epoch, a Fisher-Yates shuffle of 0..n-1 driven by SplitMix64 (self-written, so the
 // order is the same with every standard library; std::shuffle and std::uniform_int_distribution
-// are not portable). The generator state starts at splitmix64_mix(seed ^ splitmix64_mix(epoch)).
+// are not portable). The generator (vgg::Rng, random.hpp) starts at
+// splitmix64_finalize(seed ^ splitmix64_finalize(epoch)).
 
 #include <algorithm>
 #include <atomic>
@@ -28,47 +29,16 @@
 
 #include "vgg/data/idx.hpp"
 #include "vgg/data/resize.hpp"
+#include "vgg/random.hpp"
 
 namespace vgg::data {
-
-/// ensures: the SplitMix64 finaliser of x (a bijection on 64-bit values).
-constexpr std::uint64_t splitmix64_mix(std::uint64_t x) {
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough to shuffle training data.
-class SplitMix64 {
- public:
-  explicit constexpr SplitMix64(std::uint64_t seed) : state_(seed) {}
-
-  /// ensures: the next 64-bit output.
-  constexpr std::uint64_t next() {
-    state_ += 0x9E3779B97F4A7C15ULL;
-    return splitmix64_mix(state_);
-  }
-
-  /// requires: bound > 0.  ensures: a uniform value in [0, bound), without modulo bias (outputs
-  /// below 2^64 mod bound are rejected).
-  constexpr std::uint64_t below(std::uint64_t bound) {
-    const std::uint64_t threshold = (0 - bound) % bound;
-    for (;;) {
-      const std::uint64_t r = next();
-      if (r >= threshold) return r % bound;
-    }
-  }
-
- private:
-  std::uint64_t state_;
-};
 
 /// requires: nothing.  ensures: the permutation of 0..n-1 used for (seed, epoch): Fisher-Yates from
 /// the top, swapping i with below(i + 1) for i = n-1 .. 1; identical on every platform.
 inline std::vector<std::size_t> epoch_permutation(std::size_t n, std::uint64_t seed, std::uint64_t epoch) {
   std::vector<std::size_t> order(n);
   std::iota(order.begin(), order.end(), std::size_t{0});
-  SplitMix64 rng(splitmix64_mix(seed ^ splitmix64_mix(epoch)));
+  vgg::Rng rng(vgg::splitmix64_finalize(seed ^ vgg::splitmix64_finalize(epoch)));
   for (std::size_t i = n; i-- > 1;) std::swap(order[i], order[rng.below(i + 1)]);
   return order;
 }

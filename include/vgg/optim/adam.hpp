@@ -10,6 +10,7 @@
 #include <string>
 
 #include "vgg/buffer.hpp"
+#include "vgg/optim/parameter_walk.hpp"
 
 namespace vgg {
 
@@ -39,9 +40,8 @@ class Adam {
     const float bias1 = float(1.0 - std::pow(double(options_.beta1), t));
     const float bias2_sqrt = float(std::sqrt(1.0 - std::pow(double(options_.beta2), t)));
     const float step_size = options_.lr / bias1;
-    std::size_t offset = 0;
-    net.for_each_parameter_data([&](std::span<float> p, std::span<float> g) {
-      if (g.size() != p.size()) throw std::logic_error("vgg::Adam::step: a parameter has no gradient; run backward first");
+    detail::for_each_parameter_with_offset(net, "vgg::Adam::step", [&](std::span<float> p, std::span<float> g,
+                                                                       std::size_t offset) {
       float* m = first_moment_.data() + offset;
       float* v = second_moment_.data() + offset;
       const long n = long(p.size());
@@ -53,7 +53,6 @@ class Adam {
         const float denom = std::sqrt(v[i]) / bias2_sqrt + options_.eps;
         p[std::size_t(i)] -= step_size * m[i] / denom;
       }
-      offset += p.size();
     });
   }
 

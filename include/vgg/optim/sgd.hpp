@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "vgg/buffer.hpp"
+#include "vgg/optim/parameter_walk.hpp"
 
 namespace vgg {
 
@@ -35,9 +36,8 @@ class Sgd {
     const bool first = steps_ == 0;
     ++steps_;
     const SgdOptions o = options_;
-    std::size_t offset = 0;
-    net.for_each_parameter_data([&](std::span<float> p, std::span<float> g) {
-      if (g.size() != p.size()) throw std::logic_error("vgg::Sgd::step: a parameter has no gradient; run backward first");
+    detail::for_each_parameter_with_offset(net, "vgg::Sgd::step", [&](std::span<float> p, std::span<float> g,
+                                                                      std::size_t offset) {
       float* buf = momentum_.data() + offset;
       const long n = long(p.size());
 #pragma omp parallel for simd schedule(static) if (n > 65536)
@@ -49,7 +49,6 @@ class Sgd {
         }
         p[std::size_t(i)] -= o.lr * d;
       }
-      offset += p.size();
     });
   }
 

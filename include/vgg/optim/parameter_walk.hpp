@@ -1,0 +1,25 @@
+#pragma once
+// The walk every optimizer makes: each parameter tensor with its gradient and its offset in the
+// flat, network-ordered state buffers the optimizer owns.
+
+#include <cstddef>
+#include <span>
+#include <stdexcept>
+#include <string>
+
+namespace vgg::detail {
+
+/// Calls f(value, grad, offset) for every parameter tensor of `net`, in network order.
+/// throws std::logic_error naming `who` when a parameter has no gradient yet.
+template <class Net, class F>
+void for_each_parameter_with_offset(Net& net, const char* who, F&& f) {
+  std::size_t offset = 0;
+  net.for_each_parameter_data([&](std::span<float> value, std::span<float> grad) {
+    if (grad.size() != value.size())
+      throw std::logic_error(std::string(who) + ": a parameter has no gradient; run backward first");
+    f(value, grad, offset);
+    offset += value.size();
+  });
+}
+
+}  // namespace vgg::detail
