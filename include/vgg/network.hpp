@@ -360,6 +360,19 @@ class Vgg {
     ((g = backward_layer<num_layers - 1 - I>(g, input_gradient)), ...);
   }
 
+  /// True when layer I - 1 ends in a ReLU and layer I can fold that ReLU's mask into its dx: layer I
+  /// then writes the masked gradient and layer I - 1 skips its own masking pass.
+  template <std::size_t I>
+  static constexpr bool relu_mask_moves_to() {
+    if constexpr (I == 0) {
+      return false;
+    } else {
+      using Below = std::tuple_element_t<I - 1, layer_types>;
+      using Here = std::tuple_element_t<I, layer_types>;
+      return requires { requires Below::relu_output; } && requires { requires Here::can_mask_dx_with_relu; };
+    }
+  }
+
   template <std::size_t I>
   float* backward_layer(float* dy, bool input_gradient) {
     using L = std::tuple_element_t<I, layer_types>;
@@ -372,6 +385,8 @@ class Vgg {
     }
     RunContext ctx = last_ctx_;
     ctx.layer_index = I;
+    ctx.mask_dx_with_relu = relu_mask_moves_to<I>() && dx != nullptr;
+    if constexpr (I + 1 < num_layers) ctx.dy_relu_masked = relu_mask_moves_to<I + 1>();
     std::get<I>(layers_).backward(activations_[I], activations_[I + 1], dy, dx, last_batch_, ctx);
     return dx;
   }

@@ -170,3 +170,48 @@ TEST_CASE("GEMM wrapper: all four transpose combinations against a naive product
   gemm<false, false>(m, n, k, a.data(), k, b.data(), n, c.data(), n, plan, -1.0f);
   CHECK(ref::max_abs_diff(std::vector<float>(c.size(), 0.0f), c.data()) < 1e-4f);
 }
+
+TEST_CASE("moving the ReLU mask into the max-pool's backward gives the same gradients") {
+  // x is a ReLU output (many exact zeros, some all-zero windows); the pool with relu_mask must equal
+  // the pool without it followed by the ReLU's mask (x > 0), in both the plain and the default path.
+  const int planes = 6, h = 9, w = 13;
+  auto x = ref::random_vector(std::size_t(planes) * h * w, 77);
+  for (float& v : x) v = std::max(v, 0.0f);
+  for (int i = 0; i < 4; ++i) x[std::size_t(i)] = 0.0f;  // the first window is all zero
+  const auto dy = ref::random_vector(std::size_t(planes) * (h / 2) * (w / 2), 78);
+  std::vector<float> expected(x.size()), masked(x.size()), masked_plain(x.size());
+  vgg::cpu::maxpool2x2_backward_plain(x.data(), dy.data(), expected.data(), planes, h, w, 2);
+  int zeroed = 0;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (!(x[i] > 0.0f) && expected[i] != 0.0f) {
+      expected[i] = 0.0f;
+      ++zeroed;
+    }
+  CHECK(zeroed > 0);  // the case exercises the mask
+  vgg::cpu::maxpool2x2_backward(x.data(), dy.data(), masked.data(), planes, h, w, 2, /*relu_mask=*/true);
+  vgg::cpu::maxpool2x2_backward_plain(x.data(), dy.data(), masked_plain.data(), planes, h, w, 2, true);
+  CHECK(ref::max_abs_diff(expected, masked.data()) == 0.0f);
+  CHECK(ref::max_abs_diff(expected, masked_plain.data()) == 0.0f);
+
+  // A conv told that dy is already masked leaves it alone and gives the same gradients.
+  const int n = 2, cin = 3, cout = 6, ch = 8, cw = 10;
+  const vgg::cpu::Conv3x3Geometry g{cin, cout, ch, cw};
+  const auto cx = ref::random_vector(std::size_t(n) * cin * ch * cw, 79);
+  const auto wt = ref::random_vector(std::size_t(cout) * cin * 9, 80);
+  const auto b = ref::random_vector(std::size_t(cout), 81);
+  std::vector<float> y(std::size_t(n) * cout * ch * cw);
+  vgg::cpu::Conv3x3Workspace ws;
+  ws.reserve_backward(g, 2);
+  vgg::cpu::conv3x3_relu_forward(cx.data(), wt.data(), b.data(), y.data(), n, g, ws, 2);
+  const auto cdy = ref::random_vector(y.size(), 82);
+  std::vector<float> dz1 = cdy, dx1(cx.size()), dw1(wt.size()), db1(b.size());
+  vgg::cpu::conv3x3_relu_backward(cx.data(), wt.data(), y.data(), dz1.data(), dx1.data(), dw1.data(), db1.data(), n, g,
+                                  ws, 2);
+  std::vector<float> dz2 = dz1, dx2(cx.size()), dw2(wt.size()), db2(b.size());  // dz1 is masked now
+  vgg::cpu::conv3x3_relu_backward(cx.data(), wt.data(), y.data(), dz2.data(), dx2.data(), dw2.data(), db2.data(), n, g,
+                                  ws, 2, /*dy_masked=*/true);
+  CHECK(ref::max_abs_diff(dz1, dz2.data()) == 0.0f);
+  CHECK(ref::max_abs_diff(dx1, dx2.data()) == 0.0f);
+  CHECK(ref::max_abs_diff(dw1, dw2.data()) == 0.0f);
+  CHECK(ref::max_abs_diff(db1, db2.data()) == 0.0f);
+}

@@ -1,8 +1,10 @@
 #pragma once
-// Single-threaded GEMM on row-major matrices through Eigen's packed GEBP kernels, with packing
-// buffers owned by the caller. Eigen's public product API allocates its packing buffers on every
-// call (heap traffic and fresh-page faults in every step) and threads internally; the layers here
-// split work across threads themselves, so each thread calls this with its own GemmPlan.
+// Single-threaded GEMM on row-major matrices, with packing buffers owned by the caller. Two paths:
+// gemm_eigen, through Eigen's packed GEBP kernels (the plain, portable path), and, on AVX-512
+// targets, our own kernel (gemm_avx512.hpp), 1.2-2x faster on every shape the layers use.
+// Eigen's public product API allocates its packing buffers on every call (heap traffic and
+// fresh-page faults in every step) and threads internally; the layers here split work across
+// threads themselves, so each thread calls these with its own GemmPlan.
 
 #include <Eigen/Core>
 
@@ -10,6 +12,7 @@
 #include <cstddef>
 
 #include "vgg/buffer.hpp"
+#include "vgg/cpu/gemm_avx512.hpp"
 
 namespace vgg::cpu {
 
@@ -44,20 +47,27 @@ class GemmPlan {
     a_.reserve(std::size_t(kc * mc) + 64);
     b_.reserve(std::size_t(kc * nc) + 64);
     blocking_.set(mc, nc, kc, a_.data(), b_.data());
+    if constexpr (kFastKernels) {
+      fast_a_.reserve(std::size_t((max_m_ + avx512::kMr - 1) / avx512::kMr * avx512::kMr * avx512::kKc));
+      fast_b_.reserve(std::size_t(avx512::kKc * avx512::kNr));
+    }
   }
   detail::OwnedBlocking& blocking() { return blocking_; }
+  float* fast_a_pack() { return fast_a_.data(); }
+  float* fast_b_pack() { return fast_b_.data(); }
 
  private:
   Index max_m_ = 0, max_n_ = 0, max_k_ = 0;
-  Buffer<float> a_, b_;
+  Buffer<float> a_, b_, fast_a_, fast_b_;
   detail::OwnedBlocking blocking_;
 };
 
 /// C (m x n, row stride ldc) += alpha * op(A) * op(B), all row-major; op(A) is m x k, op(B) is k x n.
 /// A is stored m x k (lda) or, with TransA, k x m; likewise B is k x n (ldb) or, with TransB, n x k.
 /// requires: plan.reserve(M, N, K) was called with M >= m, N >= n, K >= k. Never allocates.
+/// This is the plain path: Eigen's kernels, on every target.
 template <bool TransA, bool TransB>
-inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
+inline void gemm_eigen(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
                  Index ldc, GemmPlan& plan, float alpha = 1.0f) {
   if (m == 0 || n == 0 || k == 0) return;
   // Row-major C is the column-major C^T; C^T = op(B)^T * op(A)^T needs no copies:
@@ -66,6 +76,19 @@ inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const flo
       Index, float, TransB ? Eigen::RowMajor : Eigen::ColMajor, false, float,
       TransA ? Eigen::RowMajor : Eigen::ColMajor, false, Eigen::ColMajor, 1>;
   Product::run(n, m, k, b, ldb, a, lda, c, 1, ldc, alpha, plan.blocking(), nullptr);
+}
+
+/// Same contract as gemm_eigen; takes the AVX-512 kernel where it is built.
+template <bool TransA, bool TransB>
+inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
+                 Index ldc, GemmPlan& plan, float alpha = 1.0f) {
+  if (m == 0 || n == 0 || k == 0) return;
+#ifdef VGG_FAST_KERNELS
+  avx512::gemm<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, plan.fast_a_pack(), plan.fast_b_pack(),
+                               avx512::Epilogue{alpha, true, nullptr, false});
+#else
+  gemm_eigen<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, plan, alpha);
+#endif
 }
 
 }  // namespace vgg::cpu

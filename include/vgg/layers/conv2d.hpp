@@ -22,6 +22,7 @@ class Conv3x3Relu : public WeightAndBias {
   static constexpr long long num_params = weight_size + Out;
   static constexpr int torch_modules = 2;
   static constexpr bool ends_block = false;
+  static constexpr bool relu_output = true;  // outputs are ReLU outputs; a next layer may take over the mask
   static constexpr double flops_per_sample = 2.0 * weight_size * H * W;
   static constexpr bool is_identity(Mode) { return false; }
 
@@ -38,7 +39,7 @@ class Conv3x3Relu : public WeightAndBias {
   }
   void backward(const float* x, const float* y, float* dy, float* dx, int n, const RunContext& ctx) {
     kernels::conv3x3_relu_backward(x, weight().data(), y, dy, dx, weight_grad().data(), bias_grad().data(), n,
-                                   geometry(), workspace_, ctx.threads);
+                                   geometry(), workspace_, ctx.threads, ctx.dy_relu_masked);
   }
 
   /// f(suffix, shape, value, grad) for the weight, then the bias.

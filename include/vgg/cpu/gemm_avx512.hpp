@@ -1,0 +1,224 @@
+#pragma once
+// AVX-512 GEMM: an 8 x 32 register tile (16 zmm accumulators) fed straight from the operands where
+// their layout allows, and packed otherwise. Why our own kernel: Eigen 3.4's float GEBP tile leaves
+// half of AVX-512's 32 registers unused and packs both operands on every call; this kernel runs at
+// ~98% of one core's FMA peak on packed data and skips packing where a row-major operand already
+// has the layout the kernel reads. The plain path (gemm_eigen, materialised im2col) stays as the
+// reference that every fast path is tested against.
+//
+// Compiled only when the compiler targets AVX-512 (-march=native on such a CPU) and VGG_PLAIN_KERNELS
+// is not defined; vgg::cpu::kFastKernels says which path the library uses.
+
+#if defined(__AVX512F__) && !defined(VGG_PLAIN_KERNELS)
+#define VGG_FAST_KERNELS 1
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstddef>
+
+namespace vgg::cpu {
+
+#ifdef VGG_FAST_KERNELS
+inline constexpr bool kFastKernels = true;
+#else
+inline constexpr bool kFastKernels = false;
+#endif
+
+namespace avx512 {
+
+using Index = std::ptrdiff_t;
+inline constexpr int kMr = 8;      // rows of C per tile (broadcast operand A)
+inline constexpr int kNr = 32;     // columns of C per tile (two zmm vectors of operand B)
+inline constexpr Index kKc = 256;  // depth per pass: an 8 x 256 A tile and a 256 x 32 B panel sit in L1
+
+/// What the kernel does with a finished tile T = alpha * A B, element (i, j):
+/// C = (accumulate ? C : 0) + T + (bias ? bias[i] : 0), then max(C, 0) if relu.
+struct Epilogue {
+  float alpha = 1.0f;
+  bool accumulate = true;
+  const float* bias = nullptr;
+  bool relu = false;
+};
+
+#ifdef VGG_FAST_KERNELS
+/// How the kernel finds A(i, p): interleaved (a[p * stride + i]: a packed tile, or a transposed
+/// row-major A read in place) or by rows (a[i * stride + p]: a row-major A read in place).
+enum class ALayout { interleaved, rows };
+
+/// T(i, j) = sum_p A(i, p) * b[p * b_step + j] for i < 8, j < 32; stores rows i < mr and columns
+/// j < nr of C (row stride ldc) through the epilogue.
+/// requires: A readable for i < 8 and b for j < 32 at every p < kc (tails are padded by packing).
+template <ALayout Layout>
+inline void kernel_8x32(Index kc, const float* a, Index a_stride, const float* b, Index b_step, float* c, Index ldc,
+                        int mr, int nr, const Epilogue& e) {
+  __m512 acc[kMr][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  // Row pointers for the row layout: each row is read sequentially, one element per step.
+  const float* rows[kMr];
+#pragma GCC unroll 8
+  for (int i = 0; i < kMr; ++i) rows[i] = a + (Layout == ALayout::rows ? i * a_stride : i);
+  const Index a_step = Layout == ALayout::rows ? 1 : a_stride;
+  for (Index p = 0; p < kc; ++p) {
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < kMr; ++i) {
+      const __m512 ai = _mm512_set1_ps(rows[i][p * a_step]);
+      acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+    }
+    b += b_step;
+  }
+  const __m512 alpha = _mm512_set1_ps(e.alpha), zero = _mm512_setzero_ps();
+  const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1u);
+  const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr <= 16 ? __mmask16(0) : __mmask16((1u << (nr - 16)) - 1u);
+  const bool full = mr == kMr && nr == kNr;
+#pragma GCC unroll 8
+  for (int i = 0; i < kMr; ++i) {
+    if (i >= mr) break;
+    float* row = c + i * ldc;
+    __m512 v0 = _mm512_mul_ps(alpha, acc[i][0]), v1 = _mm512_mul_ps(alpha, acc[i][1]);
+    if (e.accumulate) {
+      v0 = _mm512_add_ps(v0, full ? _mm512_loadu_ps(row) : _mm512_maskz_loadu_ps(m0, row));
+      v1 = _mm512_add_ps(v1, full ? _mm512_loadu_ps(row + 16) : _mm512_maskz_loadu_ps(m1, row + 16));
+    }
+    if (e.bias) {
+      const __m512 bi = _mm512_set1_ps(e.bias[i]);
+      v0 = _mm512_add_ps(v0, bi);
+      v1 = _mm512_add_ps(v1, bi);
+    }
+    if (e.relu) {
+      v0 = _mm512_max_ps(v0, zero);
+      v1 = _mm512_max_ps(v1, zero);
+    }
+    if (full) {
+      _mm512_storeu_ps(row, v0);
+      _mm512_storeu_ps(row + 16, v1);
+    } else {
+      _mm512_mask_storeu_ps(row, m0, v0);
+      _mm512_mask_storeu_ps(row + 16, m1, v1);
+    }
+  }
+}
+
+/// Packs rows [i0, i0 + mr) x depth [p0, p0 + kc) of op(A) into dst[p][8], zero beyond mr.
+/// op(A)(i, p) is a[i * lda + p], or a[p * lda + i] when TransA.
+template <bool TransA>
+inline void pack_a(const float* a, Index lda, Index i0, int mr, Index p0, Index kc, float* dst) {
+  for (Index p = 0; p < kc; ++p) {
+    for (int i = 0; i < kMr; ++i) {
+      float v = 0.0f;
+      if (i < mr) v = TransA ? a[(p0 + p) * lda + i0 + i] : a[(i0 + i) * lda + p0 + p];
+      dst[p * kMr + i] = v;
+    }
+  }
+}
+
+inline __mmask16 first_lanes(int count) {
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
+}
+
+/// Packs depth [p0, p0 + kc) x columns [j0, j0 + nr) of a row-major B (k x n, ldb) into dst[p][32].
+inline void pack_b_edge(const float* b, Index ldb, Index p0, Index kc, Index j0, int nr, float* dst) {
+  const __mmask16 m0 = first_lanes(nr), m1 = first_lanes(nr - 16);
+  for (Index p = 0; p < kc; ++p) {
+    const float* src = b + (p0 + p) * ldb + j0;
+    _mm512_store_ps(dst + p * kNr, _mm512_maskz_loadu_ps(m0, src));
+    _mm512_store_ps(dst + p * kNr + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+  }
+}
+
+/// In-register transpose of 16 vectors (rows) into 16 vectors (columns).
+inline void transpose16x16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+  // r[4q + s] now holds, in each 128-bit lane L, column 4L + s of rows 4q .. 4q + 3 (q = row quad).
+  for (int s = 0; s < 4; ++s) {
+    const __m512 a = _mm512_shuffle_f32x4(r[s], r[4 + s], 0x88), b = _mm512_shuffle_f32x4(r[s], r[4 + s], 0xDD);
+    const __m512 c = _mm512_shuffle_f32x4(r[8 + s], r[12 + s], 0x88), d = _mm512_shuffle_f32x4(r[8 + s], r[12 + s], 0xDD);
+    t[s] = _mm512_shuffle_f32x4(a, c, 0x88);       // column s
+    t[8 + s] = _mm512_shuffle_f32x4(a, c, 0xDD);   // column 8 + s
+    t[4 + s] = _mm512_shuffle_f32x4(b, d, 0x88);   // column 4 + s
+    t[12 + s] = _mm512_shuffle_f32x4(b, d, 0xDD);  // column 12 + s
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+/// Packs op(B) = B^T for a row-major B stored n x k (ldb): dst[p][jj] = b[(j0 + jj) * ldb + p0 + p]
+/// for jj < nr, 0 beyond, p < kc; by 16 x 16 register transposes.
+inline void pack_bt(const float* b, Index ldb, Index p0, Index kc, Index j0, int nr, float* dst) {
+  for (int half = 0; half < 2; ++half) {
+    const int rows = std::min(16, nr - 16 * half);
+    for (Index q = 0; q < kc; q += 16) {
+      const __mmask16 depth = first_lanes(int(std::min<Index>(16, kc - q)));
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < rows ? _mm512_maskz_loadu_ps(depth, b + (j0 + 16 * half + i) * ldb + p0 + q) : _mm512_setzero_ps();
+      transpose16x16(r);
+      const int count = int(std::min<Index>(16, kc - q));
+      for (int i = 0; i < count; ++i) _mm512_store_ps(dst + (q + i) * kNr + 16 * half, r[i]);
+    }
+  }
+}
+
+/// C (m x n, ldc) = out(alpha * op(A) * op(B)), where out is the epilogue: out.accumulate adds to
+/// C's old values, out.bias adds bias[i] to row i, out.relu clamps at 0. A is m x k (lda) or, with
+/// TransA, k x m; B is k x n (ldb) or, with TransB, n x k. Full 32-column panels of an untransposed B
+/// are read in place (they already have the kernel's layout), as are some full tiles of A (below);
+/// the rest is packed (a transposed B by register transposes), A once per depth pass.
+/// requires: a_pack holds round_up(m, 8) * kKc floats and b_pack kKc * kNr floats, 64-byte aligned.
+template <bool TransA, bool TransB = false>
+inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
+                 Index ldc, float* a_pack, float* b_pack, const Epilogue& out) {
+  for (Index p0 = 0; p0 < k; p0 += kKc) {
+    const Index kc = std::min(kKc, k - p0);
+    // Depth passes after the first accumulate; the bias joins in the first, ReLU in the last.
+    const Epilogue e{out.alpha, out.accumulate || p0 > 0, p0 == 0 ? out.bias : nullptr, out.relu && p0 + kc == k};
+    // A tiles: a transposed A's full tiles are read in place, and so are a row-major A's when B is
+    // transposed (few panels of B to amortise a pack over: measured faster); the rest is packed.
+    constexpr bool rows_in_place = !TransA && TransB;
+    for (Index i0 = 0; i0 < m; i0 += kMr) {
+      const int mr = int(std::min<Index>(kMr, m - i0));
+      if ((!TransA && !rows_in_place) || mr < kMr) pack_a<TransA>(a, lda, i0, mr, p0, kc, a_pack + i0 * kc);
+    }
+    for (Index j0 = 0; j0 < n; j0 += kNr) {
+      const int nr = int(std::min<Index>(kNr, n - j0));
+      const float* bp = b + p0 * ldb + j0;
+      Index b_step = ldb;
+      if (TransB || nr < kNr) {
+        if (TransB)
+          pack_bt(b, ldb, p0, kc, j0, nr, b_pack);
+        else
+          pack_b_edge(b, ldb, p0, kc, j0, nr, b_pack);
+        bp = b_pack;
+        b_step = kNr;
+      }
+      for (Index i0 = 0; i0 < m; i0 += kMr) {
+        const int mr = int(std::min<Index>(kMr, m - i0));
+        Epilogue tile = e;
+        if (tile.bias) tile.bias += i0;
+        float* ct = c + i0 * ldc + j0;
+        if (mr < kMr || (!TransA && !rows_in_place))
+          kernel_8x32<ALayout::interleaved>(kc, a_pack + i0 * kc, kMr, bp, b_step, ct, ldc, mr, nr, tile);
+        else if (TransA)
+          kernel_8x32<ALayout::interleaved>(kc, a + p0 * lda + i0, lda, bp, b_step, ct, ldc, mr, nr, tile);
+        else
+          kernel_8x32<ALayout::rows>(kc, a + i0 * lda + p0, lda, bp, b_step, ct, ldc, mr, nr, tile);
+      }
+    }
+  }
+}
+#endif  // VGG_FAST_KERNELS
+
+}  // namespace avx512
+}  // namespace vgg::cpu
