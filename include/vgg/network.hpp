@@ -329,12 +329,31 @@ class Vgg {
     ((activations_[I + 1] = run_layer<I>(activations_[I], batch, ctx), observer(I, batch)), ...);
   }
 
+  /// True when layer I is a 2x2 max-pool that layer I - 1 computes inside its own forward pass
+  /// (while its output is still in cache), so that layer I's forward has nothing left to do.
+  template <std::size_t I>
+  static constexpr bool pool_runs_inside_previous() {
+    if constexpr (I == 0 || I >= num_layers) {
+      return false;
+    } else {
+      using Below = std::tuple_element_t<I - 1, layer_types>;
+      using Here = std::tuple_element_t<I, layer_types>;
+      return requires { requires Below::can_pool_output; } && requires { requires Here::is_2x2_max_pool; };
+    }
+  }
+
   template <std::size_t I>
   const float* run_layer(const float* in, int batch, RunContext& ctx) {
     using L = std::tuple_element_t<I, layer_types>;
     if (L::is_identity(ctx.mode)) return in;
     ctx.layer_index = I;
-    std::get<I>(layers_).forward(in, outputs_[I].data(), batch, ctx);
+    if constexpr (pool_runs_inside_previous<I>()) {
+      // computed by layer I - 1
+    } else if constexpr (pool_runs_inside_previous<I + 1>()) {
+      std::get<I>(layers_).forward_pooled(in, outputs_[I].data(), outputs_[I + 1].data(), batch, ctx);
+    } else {
+      std::get<I>(layers_).forward(in, outputs_[I].data(), batch, ctx);
+    }
     return outputs_[I].data();
   }
 

@@ -215,3 +215,31 @@ TEST_CASE("moving the ReLU mask into the max-pool's backward gives the same grad
   CHECK(ref::max_abs_diff(dw1, dw2.data()) == 0.0f);
   CHECK(ref::max_abs_diff(db1, db2.data()) == 0.0f);
 }
+
+TEST_CASE("conv with the 2x2 max-pool fused in equals conv then pool, on both paths") {
+  // Odd heights (the floor rule drops a row), several bands per image, 1-3 threads.
+  for (auto [n, cin, cout, h, w] : {std::array{2, 3, 5, 9, 11}, std::array{1, 2, 4, 97, 75}, std::array{3, 8, 16, 14, 14},
+                                    std::array{1, 1, 8, 2, 2}})
+    for (int threads : {1, 2, 3}) {
+      CAPTURE(h);
+      CAPTURE(w);
+      CAPTURE(threads);
+      const vgg::cpu::Conv3x3Geometry g{cin, cout, h, w};
+      const auto x = ref::random_vector(std::size_t(n) * cin * h * w, unsigned(h * w + threads));
+      const auto wt = ref::random_vector(std::size_t(cout) * cin * 9, 5);
+      const auto b = ref::random_vector(std::size_t(cout), 6);
+      const std::size_t out = std::size_t(n) * cout * h * w, pooled = std::size_t(n) * cout * (h / 2) * (w / 2);
+      vgg::cpu::Conv3x3Workspace ws;
+      ws.reserve(g, threads);
+      std::vector<float> y(out), expected(pooled);
+      vgg::cpu::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y.data(), n, g, ws, threads);
+      vgg::cpu::maxpool2x2_forward(y.data(), expected.data(), long(n) * cout, h, w, threads);
+      std::vector<float> y2(out, -1.0f), p2(pooled, -1.0f), y3(out, -2.0f), p3(pooled, -2.0f);
+      vgg::cpu::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y2.data(), n, g, ws, threads, p2.data());
+      CHECK(ref::max_abs_diff(y, y2.data()) == 0.0f);
+      CHECK(ref::max_abs_diff(expected, p2.data()) == 0.0f);
+      vgg::cpu::conv3x3_relu_forward_plain(x.data(), wt.data(), b.data(), y3.data(), n, g, ws, threads, p3.data());
+      CHECK(ref::max_abs_diff(y, y3.data()) < 1e-4f);
+      CHECK(ref::max_abs_diff(expected, p3.data()) < 1e-4f);
+    }
+}

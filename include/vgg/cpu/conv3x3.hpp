@@ -17,6 +17,7 @@
 #include "vgg/buffer.hpp"
 #include "vgg/cpu/gemm.hpp"
 #include "vgg/cpu/im2col.hpp"
+#include "vgg/cpu/maxpool.hpp"
 #include "vgg/cpu/parallel.hpp"
 
 namespace vgg::cpu {
@@ -30,12 +31,14 @@ struct Conv3x3Geometry {
   /// layers still give the GEMM long panels; at least one row, at most the image.
   constexpr int max_band_rows() const {
     const long target_cols = std::clamp<long>((512L << 10) / (depth() * long(sizeof(float))), std::max(w, 256), 4096);
-    return int(std::clamp<long>(target_cols / w, 1, h));
+    return int(std::clamp<long>(target_cols / w, std::min(2, h), h));
   }
-  /// Rows per band for a batch of n: bands shrink when there are fewer images than threads.
-  constexpr int band_rows(int n, int threads) const {
+  /// Rows per band for a batch of n: bands shrink when there are fewer images than threads. `even`
+  /// bands (for a fused 2x2 pool) hold whole pooling windows: an even count, at least 2 when h >= 2.
+  constexpr int band_rows(int n, int threads, bool even = false) const {
     const int bands_wanted = (threads + n - 1) / n;
-    return std::clamp((h + bands_wanted - 1) / bands_wanted, 1, max_band_rows());
+    const int rows = std::clamp((h + bands_wanted - 1) / bands_wanted, 1, max_band_rows());
+    return even && h >= 2 ? std::max(2, rows - rows % 2) : rows;
   }
 };
 
@@ -90,14 +93,15 @@ struct Conv3x3Workspace {
   }
 };
 
-/// y = relu(conv3x3(x, weight) + bias) for n images, by the plain path on every target.
-/// requires: ws.reserve(g, t) with t >= threads; weight is cout x cin x 3 x 3, bias has cout entries;
-///           x holds n x cin x h x w, y holds n x cout x h x w floats.
-inline void conv3x3_relu_forward_plain(const float* x, const float* weight, const float* bias, float* y, int n,
-                                 const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
-  const int band = g.band_rows(n, threads);
+namespace detail {
+template <bool Plain>
+inline void conv3x3_relu_forward(const float* x, const float* weight, const float* bias, float* y, float* pooled,
+                                 int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
+  const int band = g.band_rows(n, threads, /*even=*/pooled != nullptr);
   const int bands = (g.h + band - 1) / band;
   const long items = long(n) * bands, plane = g.plane();
+  const int ow = g.w / 2;
+  const long pooled_plane = long(g.h / 2) * ow;
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num();
@@ -109,43 +113,49 @@ inline void conv3x3_relu_forward_plain(const float* x, const float* weight, cons
       const int r0 = int(item % bands) * band, r1 = std::min(g.h, r0 + band);
       const long cols = long(r1 - r0) * g.w;
       im2col3x3(x + image * g.cin * plane, g.cin, g.h, g.w, r0, r1, col);
-      float* out = y + image * g.cout * plane + long(r0) * g.w;
-      for (int co = 0; co < g.cout; ++co) std::fill(out + co * plane, out + co * plane + cols, bias[co]);
-      gemm_eigen<false, false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, out, plane, plan);
-      for (int co = 0; co < g.cout; ++co) {
-        float* row = out + co * plane;
-        for (long i = 0; i < cols; ++i) row[i] = std::max(row[i], 0.0f);
+      float* yi = y + image * g.cout * plane;
+      float* out = yi + long(r0) * g.w;
+#ifdef VGG_FAST_KERNELS
+      if constexpr (!Plain) {
+        avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, out, plane, plan.fast_a_pack(),
+                            plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true});
+      } else
+#endif
+      {
+        for (int co = 0; co < g.cout; ++co) std::fill(out + co * plane, out + co * plane + cols, bias[co]);
+        gemm_eigen<false, false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, out, plane, plan);
+        for (int co = 0; co < g.cout; ++co) {
+          float* row = out + co * plane;
+          for (long i = 0; i < cols; ++i) row[i] = std::max(row[i], 0.0f);
+        }
+      }
+      if (pooled) {  // the band's pooled rows, while its output is still in cache (r0 is even)
+        float* pi = pooled + image * g.cout * pooled_plane;
+        for (int co = 0; co < g.cout; ++co) {
+          if constexpr (Plain)
+            maxpool2x2_rows_plain(yi + co * plane, pi + co * pooled_plane, g.w, r0 / 2, r1 / 2);
+          else
+            maxpool2x2_rows(yi + co * plane, pi + co * pooled_plane, g.w, r0 / 2, r1 / 2);
+        }
       }
     }
   }
 }
+}  // namespace detail
 
-/// y = relu(conv3x3(x, weight) + bias) for n images; the fast path where built, else the plain one.
-/// requires: as conv3x3_relu_forward_plain.
+/// y = relu(conv3x3(x, weight) + bias) for n images, and, when pooled is not null, the 2x2 max-pool
+/// of y as well (pooled = maxpool2x2(y), computed band by band while y is in cache). Takes the fast
+/// path where built; the _plain variant takes the plain one on every target.
+/// requires: ws.reserve(g, t) with t >= threads; weight is cout x cin x 3 x 3, bias has cout entries;
+///           x holds n x cin x h x w, y n x cout x h x w, pooled n x cout x (h/2) x (w/2) floats.
 inline void conv3x3_relu_forward(const float* x, const float* weight, const float* bias, float* y, int n,
-                                 const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
-#ifdef VGG_FAST_KERNELS
-  const int band = g.band_rows(n, threads);
-  const int bands = (g.h + band - 1) / band;
-  const long items = long(n) * bands, plane = g.plane();
-#pragma omp parallel num_threads(threads)
-  {
-    const int tid = omp_get_thread_num();
-    const Range mine = split(items, tid, omp_get_num_threads());
-    float* col = ws.columns[std::size_t(tid)].data();
-    GemmPlan& plan = ws.plans[std::size_t(tid)];
-    for (long item = mine.begin; item < mine.end; ++item) {
-      const long image = item / bands;
-      const int r0 = int(item % bands) * band, r1 = std::min(g.h, r0 + band);
-      const long cols = long(r1 - r0) * g.w;
-      im2col3x3(x + image * g.cin * plane, g.cin, g.h, g.w, r0, r1, col);
-      avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, y + image * g.cout * plane + long(r0) * g.w,
-                          plane, plan.fast_a_pack(), plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true});
-    }
-  }
-#else
-  conv3x3_relu_forward_plain(x, weight, bias, y, n, g, ws, threads);
-#endif
+                                 const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads, float* pooled = nullptr) {
+  detail::conv3x3_relu_forward<false>(x, weight, bias, y, pooled, n, g, ws, threads);
+}
+inline void conv3x3_relu_forward_plain(const float* x, const float* weight, const float* bias, float* y, int n,
+                                       const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads,
+                                       float* pooled = nullptr) {
+  detail::conv3x3_relu_forward<true>(x, weight, bias, y, pooled, n, g, ws, threads);
 }
 
 namespace detail {

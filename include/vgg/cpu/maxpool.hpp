@@ -13,6 +13,17 @@
 
 namespace vgg::cpu {
 
+/// Output rows [i0, i1) of one h x w plane: out[i][j] = max of in[2i..2i+1][2j..2j+1].
+inline void maxpool2x2_rows_plain(const float* in, float* out, int w, int i0, int i1) {
+  const int ow = w / 2;
+  for (int i = i0; i < i1; ++i) {
+    const float* r0 = in + long(2 * i) * w;
+    const float* r1 = r0 + w;
+    for (int j = 0; j < ow; ++j)
+      out[i * ow + j] = std::max(std::max(r0[2 * j], r0[2 * j + 1]), std::max(r1[2 * j], r1[2 * j + 1]));
+  }
+}
+
 /// y[p][i][j] = max of x[p][2i..2i+1][2j..2j+1] for `planes` planes of h x w.
 /// requires: y holds planes x (h/2) x (w/2) floats.
 inline void maxpool2x2_forward_plain(const float* x, float* y, long planes, int h, int w, int threads) {
@@ -20,16 +31,7 @@ inline void maxpool2x2_forward_plain(const float* x, float* y, long planes, int 
 #pragma omp parallel num_threads(threads)
   {
     const Range mine = split(planes, omp_get_thread_num(), omp_get_num_threads());
-    for (long p = mine.begin; p < mine.end; ++p) {
-      const float* in = x + p * h * w;
-      float* out = y + p * oh * ow;
-      for (int i = 0; i < oh; ++i) {
-        const float* r0 = in + long(2 * i) * w;
-        const float* r1 = r0 + w;
-        for (int j = 0; j < ow; ++j)
-          out[i * ow + j] = std::max(std::max(r0[2 * j], r0[2 * j + 1]), std::max(r1[2 * j], r1[2 * j + 1]));
-      }
-    }
+    for (long p = mine.begin; p < mine.end; ++p) maxpool2x2_rows_plain(x + p * h * w, y + p * oh * ow, w, 0, oh);
   }
 }
 
@@ -97,34 +99,38 @@ inline __m512 interleave_hi(__m512 even, __m512 odd) {
 }  // namespace avx512
 #endif
 
+/// maxpool2x2_rows_plain, 16 windows per step where built.
+inline void maxpool2x2_rows(const float* in, float* out, int w, int i0, int i1) {
+#ifdef VGG_FAST_KERNELS
+  using namespace avx512;
+  const int ow = w / 2;
+  for (int i = i0; i < i1; ++i) {
+    const float* r0 = in + long(2 * i) * w;
+    const float* r1 = r0 + w;
+    float* o = out + long(i) * ow;
+    for (int j = 0; j < ow; j += 16) {
+      const int count = std::min(16, ow - j);
+      const __mmask16 lo = first_lanes(2 * count), hi = first_lanes(2 * count - 16);
+      const __m512 v0 = _mm512_max_ps(_mm512_maskz_loadu_ps(lo, r0 + 2 * j), _mm512_maskz_loadu_ps(lo, r1 + 2 * j));
+      const __m512 v1 =
+          _mm512_max_ps(_mm512_maskz_loadu_ps(hi, r0 + 2 * j + 16), _mm512_maskz_loadu_ps(hi, r1 + 2 * j + 16));
+      _mm512_mask_storeu_ps(o + j, first_lanes(count), _mm512_max_ps(evens(v0, v1), odds(v0, v1)));
+    }
+  }
+#else
+  maxpool2x2_rows_plain(in, out, w, i0, i1);
+#endif
+}
+
 /// y[p][i][j] = max of x[p][2i..2i+1][2j..2j+1] for `planes` planes of h x w.
 /// requires: y holds planes x (h/2) x (w/2) floats.
 inline void maxpool2x2_forward(const float* x, float* y, long planes, int h, int w, int threads) {
-#ifdef VGG_FAST_KERNELS
-  using namespace avx512;
   const int oh = h / 2, ow = w / 2;
 #pragma omp parallel num_threads(threads)
   {
     const Range mine = split(planes, omp_get_thread_num(), omp_get_num_threads());
-    for (long p = mine.begin; p < mine.end; ++p) {
-      for (int i = 0; i < oh; ++i) {
-        const float* r0 = x + p * h * w + long(2 * i) * w;
-        const float* r1 = r0 + w;
-        float* out = y + p * oh * ow + long(i) * ow;
-        for (int j = 0; j < ow; j += 16) {
-          const int count = std::min(16, ow - j);
-          const __mmask16 lo = first_lanes(2 * count), hi = first_lanes(2 * count - 16);
-          const __m512 v0 = _mm512_max_ps(_mm512_maskz_loadu_ps(lo, r0 + 2 * j), _mm512_maskz_loadu_ps(lo, r1 + 2 * j));
-          const __m512 v1 =
-              _mm512_max_ps(_mm512_maskz_loadu_ps(hi, r0 + 2 * j + 16), _mm512_maskz_loadu_ps(hi, r1 + 2 * j + 16));
-          _mm512_mask_storeu_ps(out + j, first_lanes(count), _mm512_max_ps(evens(v0, v1), odds(v0, v1)));
-        }
-      }
-    }
+    for (long p = mine.begin; p < mine.end; ++p) maxpool2x2_rows(x + p * h * w, y + p * oh * ow, w, 0, oh);
   }
-#else
-  maxpool2x2_forward_plain(x, y, planes, h, w, threads);
-#endif
 }
 
 /// Backward of the 2x2 max-pool, same contract as maxpool2x2_backward_plain.

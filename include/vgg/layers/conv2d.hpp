@@ -23,6 +23,7 @@ class Conv3x3Relu : public WeightAndBias {
   static constexpr int torch_modules = 2;
   static constexpr bool ends_block = false;
   static constexpr bool relu_output = true;  // outputs are ReLU outputs; a next layer may take over the mask
+  static constexpr bool can_pool_output = true;  // forward_pooled computes a following 2x2 max-pool too
   static constexpr double flops_per_sample = 2.0 * weight_size * H * W;
   static constexpr bool is_identity(Mode) { return false; }
 
@@ -36,6 +37,10 @@ class Conv3x3Relu : public WeightAndBias {
   }
   void forward(const float* x, float* y, int n, const RunContext& ctx) {
     kernels::conv3x3_relu_forward(x, weight().data(), bias().data(), y, n, geometry(), workspace_, ctx.threads);
+  }
+  /// forward, and pooled = maxpool2x2(y), computed band by band while y is still in cache.
+  void forward_pooled(const float* x, float* y, float* pooled, int n, const RunContext& ctx) {
+    kernels::conv3x3_relu_forward(x, weight().data(), bias().data(), y, n, geometry(), workspace_, ctx.threads, pooled);
   }
   void backward(const float* x, const float* y, float* dy, float* dx, int n, const RunContext& ctx) {
     kernels::conv3x3_relu_backward(x, weight().data(), y, dy, dx, weight_grad().data(), bias_grad().data(), n,

@@ -20,6 +20,7 @@ class MaxPool2x2 {
   static constexpr int torch_modules = 1;
   static constexpr bool ends_block = true;
   static constexpr bool can_mask_dx_with_relu = true;  // see RunContext::mask_dx_with_relu
+  static constexpr bool is_2x2_max_pool = true;        // a layer with can_pool_output may compute it
   static constexpr double flops_per_sample = 3.0 * output_shape.size();
   static constexpr bool is_identity(Mode) { return false; }
 
