@@ -46,6 +46,17 @@ void check_gemm(int m, int n, int k, float alpha, bool overwrite, unsigned seed,
   if (overwrite)
     for (int i = 0; i < m; ++i) std::fill(plain.begin() + long(i) * ldc, plain.begin() + long(i) * ldc + n, 0.0f);
   vgg::cpu::gemm_eigen<TransA, TransB>(m, n, k, a.data(), lda, b.data(), ldb, plain.data(), ldc, plan, alpha);
+#ifdef VGG_FAST_KERNELS
+  {  // A packed once up front (as a layer's weights are) gives the very same result
+    vgg::Buffer<float> packed(std::size_t(vgg::cpu::avx512::packed_a_size(m, k)));
+    vgg::cpu::avx512::pack_a_whole<TransA>(a.data(), lda, m, k, packed.data());
+    std::vector<float> again = c0;
+    vgg::cpu::avx512::gemm<TransA, TransB>(
+        m, n, k, nullptr, lda, b.data(), ldb, again.data(), ldc, plan.fast_a_pack(), plan.fast_b_pack(),
+        vgg::cpu::avx512::Epilogue{alpha, !overwrite, bias_relu ? bias.data() : nullptr, bias_relu}, packed.data());
+    CHECK(ref::max_abs_diff(fast, again.data()) == 0.0f);
+  }
+#endif
   if (bias_relu)
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < n; ++j) {

@@ -57,6 +57,7 @@ inline void sum_partials(const std::vector<Buffer<float>>& partials, int threads
 struct Conv3x3Workspace {
   std::vector<Buffer<float>> columns;
   std::vector<GemmPlan> plans;
+  Buffer<float> packed_weights;  // fast forward: the weights packed once per call, shared by threads
   // Backward only: per-thread column gradients and partial weight/bias gradients.
   std::vector<Buffer<float>> column_grads, weight_grads, bias_grads;
   std::vector<GemmPlan> weight_plans, input_plans;
@@ -90,6 +91,7 @@ struct Conv3x3Workspace {
       columns[std::size_t(t)].reserve(std::size_t(g.depth() * band_cols));
       plans[std::size_t(t)].reserve(g.cout, band_cols, g.depth());
     }
+    if constexpr (kFastKernels) packed_weights.reserve(std::size_t(avx512::packed_a_size(g.cout, g.depth())));
   }
 };
 
@@ -102,6 +104,9 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
   const long items = long(n) * bands, plane = g.plane();
   const int ow = g.w / 2;
   const long pooled_plane = long(g.h / 2) * ow;
+#ifdef VGG_FAST_KERNELS
+  if constexpr (!Plain) avx512::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights.data());
+#endif
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num();
@@ -118,7 +123,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
 #ifdef VGG_FAST_KERNELS
       if constexpr (!Plain) {
         avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, out, plane, plan.fast_a_pack(),
-                            plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true});
+                            plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true}, ws.packed_weights.data());
       } else
 #endif
       {

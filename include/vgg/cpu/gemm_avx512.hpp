@@ -115,6 +115,21 @@ inline void pack_a(const float* a, Index lda, Index i0, int mr, Index p0, Index 
   }
 }
 
+/// Floats that pack_a_whole writes for an m x k op(A).
+inline Index packed_a_size(Index m, Index k) { return (m + kMr - 1) / kMr * kMr * k; }
+
+/// All of op(A) packed as gemm reads it pass by pass: pass p0 at dst + p0 * round_up(m, 8), its
+/// tile i0 at + i0 * kc. For an A that many GEMMs share (a layer's weights across its bands).
+template <bool TransA>
+inline void pack_a_whole(const float* a, Index lda, Index m, Index k, float* dst) {
+  const Index m_padded = (m + kMr - 1) / kMr * kMr;
+  for (Index p0 = 0; p0 < k; p0 += kKc) {
+    const Index kc = std::min(kKc, k - p0);
+    for (Index i0 = 0; i0 < m; i0 += kMr)
+      pack_a<TransA>(a, lda, i0, int(std::min<Index>(kMr, m - i0)), p0, kc, dst + p0 * m_padded + i0 * kc);
+  }
+}
+
 inline __mmask16 first_lanes(int count) {
   return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
 }
@@ -176,10 +191,12 @@ inline void pack_bt(const float* b, Index ldb, Index p0, Index kc, Index j0, int
 /// TransA, k x m; B is k x n (ldb) or, with TransB, n x k. Full 32-column panels of an untransposed B
 /// are read in place (they already have the kernel's layout), as are some full tiles of A (below);
 /// the rest is packed (a transposed B by register transposes), A once per depth pass.
+/// With a_packed (from pack_a_whole, for A used by many calls), A is not read nor packed again.
 /// requires: a_pack holds round_up(m, 8) * kKc floats and b_pack kKc * kNr floats, 64-byte aligned.
 template <bool TransA, bool TransB = false>
 inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
-                 Index ldc, float* a_pack, float* b_pack, const Epilogue& out) {
+                 Index ldc, float* a_pack, float* b_pack, const Epilogue& out, const float* a_packed = nullptr) {
+  const Index m_padded = (m + kMr - 1) / kMr * kMr;
   for (Index p0 = 0; p0 < k; p0 += kKc) {
     const Index kc = std::min(kKc, k - p0);
     // Depth passes after the first accumulate; the bias joins in the first, ReLU in the last.
@@ -187,7 +204,8 @@ inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const flo
     // A tiles: a transposed A's full tiles are read in place, and so are a row-major A's when B is
     // transposed (few panels of B to amortise a pack over: measured faster); the rest is packed.
     constexpr bool rows_in_place = !TransA && TransB;
-    for (Index i0 = 0; i0 < m; i0 += kMr) {
+    float* const pass_pack = a_packed ? const_cast<float*>(a_packed + p0 * m_padded) : a_pack;
+    for (Index i0 = 0; i0 < m && !a_packed; i0 += kMr) {
       const int mr = int(std::min<Index>(kMr, m - i0));
       if ((!TransA && !rows_in_place) || mr < kMr) pack_a<TransA>(a, lda, i0, mr, p0, kc, a_pack + i0 * kc);
     }
@@ -208,8 +226,8 @@ inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const flo
         Epilogue tile = e;
         if (tile.bias) tile.bias += i0;
         float* ct = c + i0 * ldc + j0;
-        if (mr < kMr || (!TransA && !rows_in_place))
-          kernel_8x32<ALayout::interleaved>(kc, a_pack + i0 * kc, kMr, bp, b_step, ct, ldc, mr, nr, tile);
+        if (a_packed || mr < kMr || (!TransA && !rows_in_place))
+          kernel_8x32<ALayout::interleaved>(kc, pass_pack + i0 * kc, kMr, bp, b_step, ct, ldc, mr, nr, tile);
         else if (TransA)
           kernel_8x32<ALayout::interleaved>(kc, a + p0 * lda + i0, lda, bp, b_step, ct, ldc, mr, nr, tile);
         else
