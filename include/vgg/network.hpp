@@ -367,29 +367,24 @@ class Vgg {
     backward_batch_ = std::max(backward_batch_, last_batch_);
     backward_threads_ = std::max(backward_threads_, last_ctx_.threads);
     [&]<std::size_t... I>(std::index_sequence<I...>) {
-      ((std::get<I>(layers_).reserve_backward(backward_batch_, backward_threads_),
+      ((reserve_backward_layer<I>(),
         grads_[I].reserve(std::size_t(backward_batch_) * std::tuple_element_t<I, layer_types>::output_shape.size())),
        ...);
     }(std::make_index_sequence<num_layers>{});
+  }
+
+  template <std::size_t I>
+  void reserve_backward_layer() {
+    if constexpr (pool_runs_inside_previous<I + 1>())
+      std::get<I>(layers_).reserve_backward(backward_batch_, backward_threads_, /*pooled=*/true);
+    else
+      std::get<I>(layers_).reserve_backward(backward_batch_, backward_threads_);
   }
 
   template <std::size_t... I>
   void backward_layers(float* g, bool input_gradient, std::index_sequence<I...>) {
     // Reverse order: layer num_layers - 1 - I.
     ((g = backward_layer<num_layers - 1 - I>(g, input_gradient)), ...);
-  }
-
-  /// True when layer I - 1 ends in a ReLU and layer I can fold that ReLU's mask into its dx: layer I
-  /// then writes the masked gradient and layer I - 1 skips its own masking pass.
-  template <std::size_t I>
-  static constexpr bool relu_mask_moves_to() {
-    if constexpr (I == 0) {
-      return false;
-    } else {
-      using Below = std::tuple_element_t<I - 1, layer_types>;
-      using Here = std::tuple_element_t<I, layer_types>;
-      return requires { requires Below::relu_output; } && requires { requires Here::can_mask_dx_with_relu; };
-    }
   }
 
   template <std::size_t I>
@@ -404,9 +399,13 @@ class Vgg {
     }
     RunContext ctx = last_ctx_;
     ctx.layer_index = I;
-    ctx.mask_dx_with_relu = relu_mask_moves_to<I>() && dx != nullptr;
-    if constexpr (I + 1 < num_layers) ctx.dy_relu_masked = relu_mask_moves_to<I + 1>();
-    std::get<I>(layers_).backward(activations_[I], activations_[I + 1], dy, dx, last_batch_, ctx);
+    if constexpr (pool_runs_inside_previous<I>()) {
+      return dy;  // layer I - 1 differentiates through this pool from the pooled gradient
+    } else if constexpr (pool_runs_inside_previous<I + 1>()) {
+      std::get<I>(layers_).backward_pooled(activations_[I], activations_[I + 1], dy, dx, last_batch_, ctx);
+    } else {
+      std::get<I>(layers_).backward(activations_[I], activations_[I + 1], dy, dx, last_batch_, ctx);
+    }
     return dx;
   }
 

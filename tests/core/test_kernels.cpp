@@ -171,7 +171,7 @@ TEST_CASE("GEMM wrapper: all four transpose combinations against a naive product
   CHECK(ref::max_abs_diff(std::vector<float>(c.size(), 0.0f), c.data()) < 1e-4f);
 }
 
-TEST_CASE("moving the ReLU mask into the max-pool's backward gives the same gradients") {
+TEST_CASE("max-pool backward with the ReLU mask equals the pool's backward, then the mask") {
   // x is a ReLU output (many exact zeros, some all-zero windows); the pool with relu_mask must equal
   // the pool without it followed by the ReLU's mask (x > 0), in both the plain and the default path.
   const int planes = 6, h = 9, w = 13;
@@ -192,28 +192,39 @@ TEST_CASE("moving the ReLU mask into the max-pool's backward gives the same grad
   vgg::cpu::maxpool2x2_backward_plain(x.data(), dy.data(), masked_plain.data(), planes, h, w, 2, true);
   CHECK(ref::max_abs_diff(expected, masked.data()) == 0.0f);
   CHECK(ref::max_abs_diff(expected, masked_plain.data()) == 0.0f);
+}
 
-  // A conv told that dy is already masked leaves it alone and gives the same gradients.
-  const int n = 2, cin = 3, cout = 6, ch = 8, cw = 10;
-  const vgg::cpu::Conv3x3Geometry g{cin, cout, ch, cw};
-  const auto cx = ref::random_vector(std::size_t(n) * cin * ch * cw, 79);
-  const auto wt = ref::random_vector(std::size_t(cout) * cin * 9, 80);
-  const auto b = ref::random_vector(std::size_t(cout), 81);
-  std::vector<float> y(std::size_t(n) * cout * ch * cw);
-  vgg::cpu::Conv3x3Workspace ws;
-  ws.reserve_backward(g, 2);
-  vgg::cpu::conv3x3_relu_forward(cx.data(), wt.data(), b.data(), y.data(), n, g, ws, 2);
-  const auto cdy = ref::random_vector(y.size(), 82);
-  std::vector<float> dz1 = cdy, dx1(cx.size()), dw1(wt.size()), db1(b.size());
-  vgg::cpu::conv3x3_relu_backward(cx.data(), wt.data(), y.data(), dz1.data(), dx1.data(), dw1.data(), db1.data(), n, g,
-                                  ws, 2);
-  std::vector<float> dz2 = dz1, dx2(cx.size()), dw2(wt.size()), db2(b.size());  // dz1 is masked now
-  vgg::cpu::conv3x3_relu_backward(cx.data(), wt.data(), y.data(), dz2.data(), dx2.data(), dw2.data(), db2.data(), n, g,
-                                  ws, 2, /*dy_masked=*/true);
-  CHECK(ref::max_abs_diff(dz1, dz2.data()) == 0.0f);
-  CHECK(ref::max_abs_diff(dx1, dx2.data()) == 0.0f);
-  CHECK(ref::max_abs_diff(dw1, dw2.data()) == 0.0f);
-  CHECK(ref::max_abs_diff(db1, db2.data()) == 0.0f);
+TEST_CASE("conv backward through a fused pool equals pool backward, then conv backward") {
+  for (auto [n, cin, cout, h, w] : {std::array{2, 3, 6, 8, 10}, std::array{3, 2, 9, 7, 9}, std::array{1, 1, 8, 34, 40}})
+    for (int threads : {1, 2, 3}) {
+      CAPTURE(h);
+      CAPTURE(w);
+      CAPTURE(threads);
+      const vgg::cpu::Conv3x3Geometry g{cin, cout, h, w};
+      const auto x = ref::random_vector(std::size_t(n) * cin * h * w, 79);
+      const auto wt = ref::random_vector(std::size_t(cout) * cin * 9, 80);
+      const auto b = ref::random_vector(std::size_t(cout), 81);
+      std::vector<float> y(std::size_t(n) * cout * h * w), pooled(std::size_t(n) * cout * (h / 2) * (w / 2));
+      vgg::cpu::Conv3x3Workspace ws;
+      ws.reserve_backward(g, threads, /*pooled=*/true);
+      vgg::cpu::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y.data(), n, g, ws, threads, pooled.data());
+      const auto dp = ref::random_vector(pooled.size(), 82);
+      // Unfused: the pool's backward into a full-size dy, then the conv's backward.
+      std::vector<float> dy(y.size()), dx1(x.size()), dw1(wt.size()), db1(b.size());
+      vgg::cpu::maxpool2x2_backward(y.data(), dp.data(), dy.data(), long(n) * cout, h, w, threads);
+      vgg::cpu::conv3x3_relu_backward(x.data(), wt.data(), y.data(), dy.data(), dx1.data(), dw1.data(), db1.data(), n,
+                                      g, ws, threads);
+      for (bool plain : {false, true}) {
+        CAPTURE(plain);
+        std::vector<float> dx2(x.size(), 9.0f), dw2(wt.size(), 9.0f), db2(b.size(), 9.0f);
+        const auto backward = plain ? vgg::cpu::conv3x3_relu_pool_backward_plain : vgg::cpu::conv3x3_relu_pool_backward;
+        backward(x.data(), wt.data(), y.data(), dp.data(), dx2.data(), dw2.data(), db2.data(), n, g, ws, threads);
+        const float tol = plain ? 1e-4f : 1e-6f;
+        CHECK(ref::max_abs_diff(dx1, dx2.data()) <= tol);
+        CHECK(ref::max_abs_diff(dw1, dw2.data()) <= tol * 10);
+        CHECK(ref::max_abs_diff(db1, db2.data()) <= tol * 10);
+      }
+    }
 }
 
 TEST_CASE("conv with the 2x2 max-pool fused in equals conv then pool, on both paths") {

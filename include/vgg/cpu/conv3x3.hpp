@@ -61,9 +61,14 @@ struct Conv3x3Workspace {
   // Backward only: per-thread column gradients and partial weight/bias gradients.
   std::vector<Buffer<float>> column_grads, weight_grads, bias_grads;
   std::vector<GemmPlan> weight_plans, input_plans;
+  std::vector<Buffer<float>> pooled_grads;  // fused pool backward: one image's dz per thread
 
-  void reserve_backward(const Conv3x3Geometry& g, int threads) {
+  void reserve_backward(const Conv3x3Geometry& g, int threads, bool pooled = false) {
     reserve(g, threads);
+    if (pooled) {
+      if (int(pooled_grads.size()) < threads) pooled_grads.resize(std::size_t(threads));
+      for (int t = 0; t < threads; ++t) pooled_grads[std::size_t(t)].reserve(std::size_t(g.cout * g.plane()));
+    }
     if (int(column_grads.size()) < threads) {
       column_grads.resize(std::size_t(threads));
       weight_grads.resize(std::size_t(threads));
@@ -164,10 +169,12 @@ inline void conv3x3_relu_forward_plain(const float* x, const float* weight, cons
 }
 
 namespace detail {
-template <bool Plain>
+/// dy is the gradient of y, or, with Pooled, of maxpool2x2(y) (then dz is built per image in a
+/// per-thread buffer that stays in cache, instead of a full-batch dy written and read back).
+template <bool Plain, bool Pooled>
 inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y, float* dy, float* dx,
                                   float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
-                                  Conv3x3Workspace& ws, int threads, bool dy_masked) {
+                                  Conv3x3Workspace& ws, int threads) {
   const int band = g.max_band_rows();
   const long plane = g.plane(), wsize = long(g.cout) * g.depth();
 #pragma omp parallel num_threads(threads)
@@ -182,24 +189,32 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
     const Range mine = split(n, tid, nth);
     for (long image = mine.begin; image < mine.end; ++image) {
       const float* xi = x + image * g.cin * plane;
-      float* dzi = dy + image * g.cout * plane;
       const float* yi = y + image * g.cout * plane;
-      for (int co = 0; co < g.cout; ++co) {  // ReLU mask and bias gradient in one pass
-        float* dz = dzi + co * plane;
-        const float* yc = yi + co * plane;
-        float s = 0.0f;
-        if (dy_masked) {  // the next layer applied the mask: only the bias gradient is left
-#pragma omp simd reduction(+ : s)
-          for (long p = 0; p < plane; ++p) s += dz[p];
-        } else {
+      float* dzi = nullptr;
+      if constexpr (Pooled) {  // pool backward with the ReLU mask, and the bias gradient, in one pass
+        const long pooled_plane = long(g.h / 2) * (g.w / 2);
+        dzi = ws.pooled_grads[std::size_t(tid)].data();
+        for (int co = 0; co < g.cout; ++co) {
+          const float* dp = dy + (image * g.cout + co) * pooled_plane;
+          if constexpr (Plain)
+            db[co] += maxpool2x2_backward_plane_plain(yi + co * plane, dp, dzi + co * plane, g.h, g.w, true);
+          else
+            db[co] += maxpool2x2_backward_plane(yi + co * plane, dp, dzi + co * plane, g.h, g.w, true);
+        }
+      } else {  // ReLU mask and bias gradient in one pass
+        dzi = dy + image * g.cout * plane;
+        for (int co = 0; co < g.cout; ++co) {
+          float* dz = dzi + co * plane;
+          const float* yc = yi + co * plane;
+          float s = 0.0f;
 #pragma omp simd reduction(+ : s)
           for (long p = 0; p < plane; ++p) {
             const float v = yc[p] > 0.0f ? dz[p] : 0.0f;
             dz[p] = v;
             s += v;
           }
+          db[co] += s;
         }
-        db[co] += s;
       }
       float* dxi = dx ? dx + image * g.cin * plane : nullptr;
       if (dxi) std::fill(dxi, dxi + g.cin * plane, 0.0f);
@@ -241,20 +256,36 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
 
 /// Backward of y = relu(conv3x3(x) + b). Overwrites dy with dz = dy * (y > 0), writes the weight
 /// and bias gradients (not accumulated across calls), and, when dx is not null, the input gradient.
-/// With dy_masked, dy already is dz (the next layer applied this ReLU's mask) and stays as it is.
 /// Work items are whole images (bands of one image share input rows in col2im), each thread sums
 /// its own partial weight gradient, and the partials are reduced at the end. The GEMMs take the
 /// AVX-512 kernel where it is built; the _plain variant uses Eigen throughout.
 /// requires: ws.reserve_backward(g, t) with t >= threads; y is the forward output for x.
 inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y, float* dy, float* dx,
                                   float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
-                                  Conv3x3Workspace& ws, int threads, bool dy_masked = false) {
-  detail::conv3x3_relu_backward<false>(x, weight, y, dy, dx, weight_grad, bias_grad, n, g, ws, threads, dy_masked);
+                                  Conv3x3Workspace& ws, int threads) {
+  detail::conv3x3_relu_backward<false, false>(x, weight, y, dy, dx, weight_grad, bias_grad, n, g, ws, threads);
 }
 inline void conv3x3_relu_backward_plain(const float* x, const float* weight, const float* y, float* dy, float* dx,
                                         float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
-                                        Conv3x3Workspace& ws, int threads, bool dy_masked = false) {
-  detail::conv3x3_relu_backward<true>(x, weight, y, dy, dx, weight_grad, bias_grad, n, g, ws, threads, dy_masked);
+                                        Conv3x3Workspace& ws, int threads) {
+  detail::conv3x3_relu_backward<true, false>(x, weight, y, dy, dx, weight_grad, bias_grad, n, g, ws, threads);
+}
+
+/// Backward of pooled = maxpool2x2(relu(conv3x3(x) + b)), given dy_pooled, the gradient of pooled
+/// (n x cout x h/2 x w/2, left as it is): the same gradients as maxpool2x2_backward followed by
+/// conv3x3_relu_backward, without the full-size intermediate gradient.
+/// requires: ws.reserve_backward(g, t, /*pooled=*/true) with t >= threads; y is the conv's output.
+inline void conv3x3_relu_pool_backward(const float* x, const float* weight, const float* y, const float* dy_pooled,
+                                       float* dx, float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
+                                       Conv3x3Workspace& ws, int threads) {
+  detail::conv3x3_relu_backward<false, true>(x, weight, y, const_cast<float*>(dy_pooled), dx, weight_grad, bias_grad, n,
+                                             g, ws, threads);
+}
+inline void conv3x3_relu_pool_backward_plain(const float* x, const float* weight, const float* y,
+                                             const float* dy_pooled, float* dx, float* weight_grad, float* bias_grad,
+                                             int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
+  detail::conv3x3_relu_backward<true, true>(x, weight, y, const_cast<float*>(dy_pooled), dx, weight_grad, bias_grad, n,
+                                            g, ws, threads);
 }
 
 }  // namespace vgg::cpu

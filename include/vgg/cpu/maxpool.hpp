@@ -35,48 +35,54 @@ inline void maxpool2x2_forward_plain(const float* x, float* y, long planes, int 
   }
 }
 
-/// Backward of the 2x2 max-pool: each output gradient goes to the arg-max of its window; ties go
-/// to the first maximum in row-major order, as in PyTorch. Rows/columns dropped by the floor rule
-/// get zero gradient. With relu_mask (x is a ReLU output), windows whose maximum is 0 pass nothing:
-/// dx is then the gradient behind that ReLU too. requires: dx holds planes x h x w floats.
+/// Backward of the 2x2 max-pool over one h x w plane: each output gradient goes to the arg-max of
+/// its window; ties go to the first maximum in row-major order, as in PyTorch. Rows/columns dropped
+/// by the floor rule get zero gradient. With relu_mask (x is a ReLU output), windows whose maximum
+/// is 0 pass nothing: dx is then the gradient behind that ReLU too. Returns the sum of dx.
 /// Branch-free: which of the four wins is random, so a branch per comparison would mispredict
 /// about half the time (it made this the costliest loop of a training step).
+inline float maxpool2x2_backward_plane_plain(const float* x, const float* dy, float* dx, int h, int w, bool relu_mask) {
+  const int oh = h / 2, ow = w / 2;
+  float sum = 0.0f;
+  for (int i = 0; i < oh; ++i) {
+    const float* r0 = x + long(2 * i) * w;
+    const float* r1 = r0 + w;
+    float* d0 = dx + long(2 * i) * w;
+    float* d1 = d0 + w;
+    const float* gi = dy + long(i) * ow;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < ow; ++j) {
+      const float a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
+      // First maximum in the order a, b, c, d wins
+      // (bitwise & and float products: no short-circuit, so no branches).
+      const float m = std::max(std::max(a, b), std::max(c, d));
+      const float grad = relu_mask ? gi[j] * float(m > 0.0f) : gi[j];
+      const float a_wins = float(a == m);
+      const float b_wins = float(b == m) * (1.0f - a_wins);
+      const float c_wins = float(c == m) * (1.0f - a_wins) * (1.0f - b_wins);
+      const float d_wins = 1.0f - a_wins - b_wins - c_wins;
+      d0[2 * j] = a_wins * grad;
+      d0[2 * j + 1] = b_wins * grad;
+      d1[2 * j] = c_wins * grad;
+      d1[2 * j + 1] = d_wins * grad;
+      sum += grad;
+    }
+    if (w % 2) d0[w - 1] = d1[w - 1] = 0.0f;  // the column the floor rule dropped
+  }
+  if (h % 2) std::fill(dx + long(h - 1) * w, dx + long(h) * w, 0.0f);  // the dropped row
+  return sum;
+}
+
+/// maxpool2x2_backward_plane_plain over `planes` planes, split across threads.
+/// requires: dx holds planes x h x w floats.
 inline void maxpool2x2_backward_plain(const float* x, const float* dy, float* dx, long planes, int h, int w, int threads,
                                       bool relu_mask = false) {
-  const int oh = h / 2, ow = w / 2;
+  const long in = long(h) * w, out = long(h / 2) * (w / 2);
 #pragma omp parallel num_threads(threads)
   {
     const Range mine = split(planes, omp_get_thread_num(), omp_get_num_threads());
-    for (long p = mine.begin; p < mine.end; ++p) {
-      const float* in = x + p * h * w;
-      const float* g = dy + p * oh * ow;
-      float* out = dx + p * h * w;
-      for (int i = 0; i < oh; ++i) {
-        const float* r0 = in + long(2 * i) * w;
-        const float* r1 = r0 + w;
-        float* d0 = out + long(2 * i) * w;
-        float* d1 = d0 + w;
-        const float* gi = g + long(i) * ow;
-#pragma omp simd
-        for (int j = 0; j < ow; ++j) {
-          const float a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
-          // First maximum in the order a, b, c, d wins
-          // (bitwise & and float products: no short-circuit, so no branches).
-          const float m = std::max(std::max(a, b), std::max(c, d));
-          const float grad = relu_mask ? gi[j] * float(m > 0.0f) : gi[j];
-          const float a_wins = float(a == m);
-          const float b_wins = float(b == m) * (1.0f - a_wins);
-          const float c_wins = float(c == m) * (1.0f - a_wins) * (1.0f - b_wins);
-          const float d_wins = 1.0f - a_wins - b_wins - c_wins;
-          d0[2 * j] = a_wins * grad;
-          d0[2 * j + 1] = b_wins * grad;
-          d1[2 * j] = c_wins * grad;
-          d1[2 * j + 1] = d_wins * grad;
-        }
-        if (w % 2) d0[w - 1] = d1[w - 1] = 0.0f;  // the column the floor rule dropped
-      }
-      if (h % 2) std::fill(out + long(h - 1) * w, out + long(h) * w, 0.0f);  // the dropped row
-    }
+    for (long p = mine.begin; p < mine.end; ++p)
+      maxpool2x2_backward_plane_plain(x + p * in, dy + p * out, dx + p * in, h, w, relu_mask);
   }
 }
 
@@ -133,52 +139,59 @@ inline void maxpool2x2_forward(const float* x, float* y, long planes, int h, int
   }
 }
 
-/// Backward of the 2x2 max-pool, same contract as maxpool2x2_backward_plain.
-inline void maxpool2x2_backward(const float* x, const float* dy, float* dx, long planes, int h, int w, int threads,
-                                bool relu_mask = false) {
+/// maxpool2x2_backward_plane_plain, 16 windows per step where built.
+inline float maxpool2x2_backward_plane(const float* x, const float* dy, float* dx, int h, int w, bool relu_mask) {
 #ifdef VGG_FAST_KERNELS
   using namespace avx512;
   const int oh = h / 2, ow = w / 2;
+  __m512 sum = _mm512_setzero_ps();
+  for (int i = 0; i < oh; ++i) {
+    const float* r0 = x + long(2 * i) * w;
+    const float* r1 = r0 + w;
+    float* d0 = dx + long(2 * i) * w;
+    float* d1 = d0 + w;
+    const float* g = dy + long(i) * ow;
+    for (int j = 0; j < ow; j += 16) {
+      const int count = std::min(16, ow - j);
+      const __mmask16 lo = first_lanes(2 * count), hi = first_lanes(2 * count - 16);
+      const __m512 t0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * j), t1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * j + 16);
+      const __m512 u0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * j), u1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * j + 16);
+      const __m512 a = evens(t0, t1), b = odds(t0, t1), c = evens(u0, u1), d = odds(u0, u1);
+      const __m512 m = _mm512_max_ps(_mm512_max_ps(a, b), _mm512_max_ps(c, d));
+      const __mmask16 live = relu_mask ? _mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_GT_OQ) : __mmask16(0xFFFF);
+      const __m512 grad = _mm512_maskz_loadu_ps(__mmask16(first_lanes(count) & live), g + j);
+      sum = _mm512_add_ps(sum, grad);
+      // First maximum in the order a, b, c, d wins, as in PyTorch.
+      const __mmask16 ka = _mm512_cmp_ps_mask(a, m, _CMP_EQ_OQ);
+      const __mmask16 kb = __mmask16(_mm512_cmp_ps_mask(b, m, _CMP_EQ_OQ) & ~ka);
+      const __mmask16 kc = __mmask16(_mm512_cmp_ps_mask(c, m, _CMP_EQ_OQ) & ~ka & ~kb);
+      const __mmask16 kd = __mmask16(~(ka | kb | kc));
+      const __m512 ga = _mm512_maskz_mov_ps(ka, grad), gb = _mm512_maskz_mov_ps(kb, grad);
+      const __m512 gc = _mm512_maskz_mov_ps(kc, grad), gd = _mm512_maskz_mov_ps(kd, grad);
+      _mm512_mask_storeu_ps(d0 + 2 * j, lo, interleave_lo(ga, gb));
+      _mm512_mask_storeu_ps(d0 + 2 * j + 16, hi, interleave_hi(ga, gb));
+      _mm512_mask_storeu_ps(d1 + 2 * j, lo, interleave_lo(gc, gd));
+      _mm512_mask_storeu_ps(d1 + 2 * j + 16, hi, interleave_hi(gc, gd));
+    }
+    if (w % 2) d0[w - 1] = d1[w - 1] = 0.0f;  // the column the floor rule dropped
+  }
+  if (h % 2) std::fill(dx + long(h - 1) * w, dx + long(h) * w, 0.0f);  // the dropped row
+  return _mm512_reduce_add_ps(sum);
+#else
+  return maxpool2x2_backward_plane_plain(x, dy, dx, h, w, relu_mask);
+#endif
+}
+
+/// Backward of the 2x2 max-pool, same contract as maxpool2x2_backward_plain.
+inline void maxpool2x2_backward(const float* x, const float* dy, float* dx, long planes, int h, int w, int threads,
+                                bool relu_mask = false) {
+  const long in = long(h) * w, out = long(h / 2) * (w / 2);
 #pragma omp parallel num_threads(threads)
   {
     const Range mine = split(planes, omp_get_thread_num(), omp_get_num_threads());
-    for (long p = mine.begin; p < mine.end; ++p) {
-      float* out = dx + p * h * w;
-      for (int i = 0; i < oh; ++i) {
-        const float* r0 = x + p * h * w + long(2 * i) * w;
-        const float* r1 = r0 + w;
-        float* d0 = out + long(2 * i) * w;
-        float* d1 = d0 + w;
-        const float* g = dy + p * oh * ow + long(i) * ow;
-        for (int j = 0; j < ow; j += 16) {
-          const int count = std::min(16, ow - j);
-          const __mmask16 lo = first_lanes(2 * count), hi = first_lanes(2 * count - 16);
-          const __m512 t0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * j), t1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * j + 16);
-          const __m512 u0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * j), u1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * j + 16);
-          const __m512 a = evens(t0, t1), b = odds(t0, t1), c = evens(u0, u1), d = odds(u0, u1);
-          const __m512 m = _mm512_max_ps(_mm512_max_ps(a, b), _mm512_max_ps(c, d));
-          const __mmask16 live = relu_mask ? _mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_GT_OQ) : __mmask16(0xFFFF);
-          const __m512 grad = _mm512_maskz_loadu_ps(__mmask16(first_lanes(count) & live), g + j);
-          // First maximum in the order a, b, c, d wins, as in PyTorch.
-          const __mmask16 ka = _mm512_cmp_ps_mask(a, m, _CMP_EQ_OQ);
-          const __mmask16 kb = __mmask16(_mm512_cmp_ps_mask(b, m, _CMP_EQ_OQ) & ~ka);
-          const __mmask16 kc = __mmask16(_mm512_cmp_ps_mask(c, m, _CMP_EQ_OQ) & ~ka & ~kb);
-          const __mmask16 kd = __mmask16(~(ka | kb | kc));
-          const __m512 ga = _mm512_maskz_mov_ps(ka, grad), gb = _mm512_maskz_mov_ps(kb, grad);
-          const __m512 gc = _mm512_maskz_mov_ps(kc, grad), gd = _mm512_maskz_mov_ps(kd, grad);
-          _mm512_mask_storeu_ps(d0 + 2 * j, lo, interleave_lo(ga, gb));
-          _mm512_mask_storeu_ps(d0 + 2 * j + 16, hi, interleave_hi(ga, gb));
-          _mm512_mask_storeu_ps(d1 + 2 * j, lo, interleave_lo(gc, gd));
-          _mm512_mask_storeu_ps(d1 + 2 * j + 16, hi, interleave_hi(gc, gd));
-        }
-        if (w % 2) d0[w - 1] = d1[w - 1] = 0.0f;  // the column the floor rule dropped
-      }
-      if (h % 2) std::fill(out + long(h - 1) * w, out + long(h) * w, 0.0f);  // the dropped row
-    }
+    for (long p = mine.begin; p < mine.end; ++p)
+      maxpool2x2_backward_plane(x + p * in, dy + p * out, dx + p * in, h, w, relu_mask);
   }
-#else
-  maxpool2x2_backward_plain(x, dy, dx, planes, h, w, threads, relu_mask);
-#endif
 }
 
 }  // namespace vgg::cpu

@@ -22,8 +22,8 @@ class Conv3x3Relu : public WeightAndBias {
   static constexpr long long num_params = weight_size + Out;
   static constexpr int torch_modules = 2;
   static constexpr bool ends_block = false;
-  static constexpr bool relu_output = true;  // outputs are ReLU outputs; a next layer may take over the mask
-  static constexpr bool can_pool_output = true;  // forward_pooled computes a following 2x2 max-pool too
+  // A following 2x2 max-pool can run inside this layer: forward_pooled and backward_pooled.
+  static constexpr bool can_pool_output = true;
   static constexpr double flops_per_sample = 2.0 * weight_size * H * W;
   static constexpr bool is_identity(Mode) { return false; }
 
@@ -31,8 +31,8 @@ class Conv3x3Relu : public WeightAndBias {
 
   void reset_parameters(Rng& rng) { init_pytorch_default(weight(), bias(), 9L * In, rng); }
   void reserve(int /*batch*/, int threads) { workspace_.reserve(geometry(), threads); }
-  void reserve_backward(int /*batch*/, int threads) {
-    workspace_.reserve_backward(geometry(), threads);
+  void reserve_backward(int /*batch*/, int threads, bool pooled = false) {
+    workspace_.reserve_backward(geometry(), threads, pooled);
     reserve_gradients();
   }
   void forward(const float* x, float* y, int n, const RunContext& ctx) {
@@ -44,7 +44,14 @@ class Conv3x3Relu : public WeightAndBias {
   }
   void backward(const float* x, const float* y, float* dy, float* dx, int n, const RunContext& ctx) {
     kernels::conv3x3_relu_backward(x, weight().data(), y, dy, dx, weight_grad().data(), bias_grad().data(), n,
-                                   geometry(), workspace_, ctx.threads, ctx.dy_relu_masked);
+                                   geometry(), workspace_, ctx.threads);
+  }
+  /// backward of maxpool2x2(this layer), given the gradient of the pooled output (left as it is).
+  /// requires: reserve_backward(batch, threads, /*pooled=*/true).
+  void backward_pooled(const float* x, const float* y, const float* dy_pooled, float* dx, int n,
+                       const RunContext& ctx) {
+    kernels::conv3x3_relu_pool_backward(x, weight().data(), y, dy_pooled, dx, weight_grad().data(),
+                                        bias_grad().data(), n, geometry(), workspace_, ctx.threads);
   }
 
   /// f(suffix, shape, value, grad) for the weight, then the bias.

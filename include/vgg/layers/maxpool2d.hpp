@@ -19,8 +19,7 @@ class MaxPool2x2 {
   static constexpr long long num_params = 0;
   static constexpr int torch_modules = 1;
   static constexpr bool ends_block = true;
-  static constexpr bool can_mask_dx_with_relu = true;  // see RunContext::mask_dx_with_relu
-  static constexpr bool is_2x2_max_pool = true;        // a layer with can_pool_output may compute it
+  static constexpr bool is_2x2_max_pool = true;  // a layer before it with can_pool_output may run it
   static constexpr double flops_per_sample = 3.0 * output_shape.size();
   static constexpr bool is_identity(Mode) { return false; }
 
@@ -28,7 +27,7 @@ class MaxPool2x2 {
   void reserve(int, int) {}
   void reserve_backward(int, int) {}
   void backward(const float* x, const float*, float* dy, float* dx, int n, const RunContext& ctx) {
-    if (dx) kernels::maxpool2x2_backward(x, dy, dx, long(n) * C, H, W, ctx.threads, ctx.mask_dx_with_relu);
+    if (dx) kernels::maxpool2x2_backward(x, dy, dx, long(n) * C, H, W, ctx.threads);
   }
   void forward(const float* x, float* y, int n, const RunContext& ctx) {
     kernels::maxpool2x2_forward(x, y, long(n) * C, H, W, ctx.threads);
