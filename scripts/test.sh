@@ -17,3 +17,13 @@ if [ "${VGG_SANITIZE:-1}" != 0 ]; then
   cmake --build "$sbuild" -j "$(nproc)"
   ctest --test-dir "$sbuild" --output-on-failure -j "$(nproc)" -L unit
 fi
+
+# The unit tests once more with only the plain kernels (Eigen GEMM, no AVX-512 code), the path
+# every non-AVX-512 machine takes. VGG_PLAIN=0 skips this stage.
+if [ "${VGG_PLAIN:-1}" != 0 ]; then
+  pbuild="${build}-plain"
+  cmake -S . -B "$pbuild" -DCMAKE_BUILD_TYPE=Release -DVGG_PLAIN_KERNELS=ON \
+        -DVGG_BUILD_BENCHMARKS=OFF -DVGG_BUILD_EXAMPLES=OFF -DVGG_BUILD_TOOLS=OFF
+  cmake --build "$pbuild" -j "$(nproc)"
+  ctest --test-dir "$pbuild" --output-on-failure -j "$(nproc)" -L unit
+fi

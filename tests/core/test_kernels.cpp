@@ -247,8 +247,11 @@ TEST_CASE("conv with the 2x2 max-pool fused in equals conv then pool, on both pa
       vgg::cpu::maxpool2x2_forward(y.data(), expected.data(), long(n) * cout, h, w, threads);
       std::vector<float> y2(out, -1.0f), p2(pooled, -1.0f), y3(out, -2.0f), p3(pooled, -2.0f);
       vgg::cpu::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y2.data(), n, g, ws, threads, p2.data());
-      CHECK(ref::max_abs_diff(y, y2.data()) == 0.0f);
-      CHECK(ref::max_abs_diff(expected, p2.data()) == 0.0f);
+      // Pooling bands have an even row count, so the GEMMs split differently: Eigen's (the plain
+      // path) may round differently, ours sums in the same order whatever the split.
+      const float tol = vgg::cpu::kFastKernels ? 0.0f : 1e-5f;
+      CHECK(ref::max_abs_diff(y, y2.data()) <= tol);
+      CHECK(ref::max_abs_diff(expected, p2.data()) <= tol);
       vgg::cpu::conv3x3_relu_forward_plain(x.data(), wt.data(), b.data(), y3.data(), n, g, ws, threads, p3.data());
       CHECK(ref::max_abs_diff(y, y3.data()) < 1e-4f);
       CHECK(ref::max_abs_diff(expected, p3.data()) < 1e-4f);

@@ -41,6 +41,9 @@ struct Epilogue {
   bool relu = false;
 };
 
+/// Floats that pack_a_whole writes for an m x k op(A).
+inline Index packed_a_size(Index m, Index k) { return (m + kMr - 1) / kMr * kMr * k; }
+
 #ifdef VGG_FAST_KERNELS
 /// How the kernel finds A(i, p): interleaved (a[p * stride + i]: a packed tile, or a transposed
 /// row-major A read in place) or by rows (a[i * stride + p]: a row-major A read in place).
@@ -114,9 +117,6 @@ inline void pack_a(const float* a, Index lda, Index i0, int mr, Index p0, Index 
     }
   }
 }
-
-/// Floats that pack_a_whole writes for an m x k op(A).
-inline Index packed_a_size(Index m, Index k) { return (m + kMr - 1) / kMr * kMr * k; }
 
 /// All of op(A) packed as gemm reads it pass by pass: pass p0 at dst + p0 * round_up(m, 8), its
 /// tile i0 at + i0 * kc. For an A that many GEMMs share (a layer's weights across its bands).
