@@ -1,5 +1,7 @@
 // Forward and backward throughput of each of the five VGG-11 blocks at its real input size
-// (224x224 input), width divisors 1 and 8, batch 8. Counters: images/s, GFLOP/s (useful FLOPs of
+// (224x224 input), width divisors 1 and 8, batch 8, run as the network runs them (the pool that
+// ends a block computed inside the conv before it); and of each of the eight conv layers of the
+// width-1 net alone (conv + bias + ReLU, no pool). Counters: images/s, GFLOP/s (useful FLOPs of
 // direct convolution: 2 * Cout * Cin * 9 * H * W per image and conv; backward counts the weight
 // gradient and, except for the network's first layer, the input gradient, each as much as the
 // forward), and %peak, the fraction of the FMA peak probed at start-up on as many threads.
@@ -54,12 +56,25 @@ struct BlockRig {
     for (std::size_t i = 0; i < in; ++i) acts[0].data()[i] = rng.uniform(0.0f, 1.0f);
     forward();
   }
+  /// Layer K of the block is a pool that layer K - 1 runs inside its own passes (as Vgg does).
+  template <std::size_t K>
+  static constexpr bool pool_inside_previous() {
+    if constexpr (K == 0 || K >= count) {
+      return false;
+    } else {
+      return requires { requires layer_t<K - 1>::can_pool_output; } &&
+             requires { requires layer_t<K>::is_2x2_max_pool; };
+    }
+  }
   template <std::size_t K>
   void reserve() {
     using L = layer_t<K>;
     auto& layer = net->template layer<first + K>();
     layer.reserve(kBatch, ctx.threads);
-    layer.reserve_backward(kBatch, ctx.threads);
+    if constexpr (pool_inside_previous<K + 1>())
+      layer.reserve_backward(kBatch, ctx.threads, /*pooled=*/true);
+    else
+      layer.reserve_backward(kBatch, ctx.threads);
     acts[K + 1].reserve(kBatch * L::output_shape.size());
     grads[K + 1].reserve(kBatch * L::output_shape.size());
     forward_flops += L::flops_per_sample * kBatch;
@@ -68,8 +83,19 @@ struct BlockRig {
   }
   void forward() {
     [&]<std::size_t... K>(std::index_sequence<K...>) {
-      (net->template layer<first + K>().forward(acts[K].data(), acts[K + 1].data(), kBatch, ctx), ...);
+      (forward_layer<K>(), ...);
     }(std::make_index_sequence<count>{});
+  }
+  template <std::size_t K>
+  void forward_layer() {
+    auto& layer = net->template layer<first + K>();
+    if constexpr (pool_inside_previous<K>()) {
+      // done by layer K - 1
+    } else if constexpr (pool_inside_previous<K + 1>()) {
+      layer.forward_pooled(acts[K].data(), acts[K + 1].data(), acts[K + 2].data(), kBatch, ctx);
+    } else {
+      layer.forward(acts[K].data(), acts[K + 1].data(), kBatch, ctx);
+    }
   }
   void backward() {
     const std::size_t out = kBatch * layer_t<count - 1>::output_shape.size();
@@ -81,8 +107,14 @@ struct BlockRig {
   template <std::size_t K>
   void backward_layer() {
     float* dx = (first + K == 0) ? nullptr : grads[K].data();
-    net->template layer<first + K>().backward(acts[K].data(), acts[K + 1].data(), grads[K + 1].data(), dx, kBatch,
-                                              ctx);
+    auto& layer = net->template layer<first + K>();
+    if constexpr (pool_inside_previous<K>()) {
+      // differentiated by layer K - 1 from the pooled gradient
+    } else if constexpr (pool_inside_previous<K + 1>()) {
+      layer.backward_pooled(acts[K].data(), acts[K + 1].data(), grads[K + 2].data(), dx, kBatch, ctx);
+    } else {
+      layer.backward(acts[K].data(), acts[K + 1].data(), grads[K + 1].data(), dx, kBatch, ctx);
+    }
   }
   void report(benchmark::State& state, double flops) const {
     const vgg::Shape in = layer_t<0>::input_shape, out = Net::block_output_shape(Group);
@@ -131,6 +163,79 @@ void register_all(const char* width, std::integer_sequence<int, G...>) {
    ...);
 }
 
+/// One conv + bias + ReLU layer alone, through the kernels the layer calls.
+struct ConvRig {
+  vgg::cpu::Conv3x3Geometry g;
+  bool input_gradient;
+  int threads = vgg::cpu::default_threads();
+  vgg::cpu::Conv3x3Workspace ws;
+  vgg::Buffer<float> x, w, b, y, dy, dx, dw, db;
+  ConvRig(vgg::cpu::Conv3x3Geometry geometry, bool needs_dx) : g(geometry), input_gradient(needs_dx) {
+    ws.reserve_backward(g, threads);
+    const std::size_t in = std::size_t(kBatch) * g.cin * g.plane(), out = std::size_t(kBatch) * g.cout * g.plane();
+    const std::size_t weights = std::size_t(g.cout) * std::size_t(g.depth());
+    for (auto [buffer, size] : {std::pair{&x, in}, {&dx, in}, {&y, out}, {&dy, out}, {&w, weights}, {&dw, weights},
+                                {&b, std::size_t(g.cout)}, {&db, std::size_t(g.cout)}})
+      buffer->reserve(size);
+    vgg::Rng rng(3);
+    for (std::size_t i = 0; i < in; ++i) x.data()[i] = rng.uniform(0.0f, 1.0f);
+    for (std::size_t i = 0; i < weights; ++i) w.data()[i] = rng.uniform(-0.05f, 0.05f);
+    for (int i = 0; i < g.cout; ++i) b.data()[i] = 0.01f;
+    forward();
+  }
+  double flops() const { return 2.0 * kBatch * g.cout * double(g.depth()) * g.plane(); }
+  void forward() {
+    vgg::cpu::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), kBatch, g, ws, threads);
+  }
+  void backward() {
+    std::fill(dy.data(), dy.data() + std::size_t(kBatch) * g.cout * g.plane(), 1e-3f);  // overwritten in place
+    vgg::cpu::conv3x3_relu_backward(x.data(), w.data(), y.data(), dy.data(), input_gradient ? dx.data() : nullptr,
+                                    dw.data(), db.data(), kBatch, g, ws, threads);
+  }
+  void report(benchmark::State& state, double total) const {
+    state.counters["images/s"] = benchmark::Counter(double(kBatch), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GFLOP/s"] = benchmark::Counter(total * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["%peak"] =
+        benchmark::Counter(100.0 * total * 1e-9 / g_peak_gflops, benchmark::Counter::kIsIterationInvariantRate);
+    state.SetLabel(std::to_string(g.cin) + "->" + std::to_string(g.cout) + " at " + std::to_string(g.h) + "x" +
+                   std::to_string(g.w));
+  }
+};
+
+void conv_forward(benchmark::State& state, vgg::cpu::Conv3x3Geometry g, bool needs_dx) {
+  ConvRig rig(g, needs_dx);
+  for (auto _ : state) {
+    rig.forward();
+    benchmark::ClobberMemory();
+  }
+  rig.report(state, rig.flops());
+}
+
+void conv_backward(benchmark::State& state, vgg::cpu::Conv3x3Geometry g, bool needs_dx) {
+  ConvRig rig(g, needs_dx);
+  for (auto _ : state) {
+    rig.backward();
+    benchmark::ClobberMemory();
+  }
+  rig.report(state, rig.flops() * (needs_dx ? 2.0 : 1.0));
+}
+
+/// The eight conv layers of full-width VGG-11 on 1x224x224: (C_in, C_out, H = W).
+void register_wide_convs() {
+  constexpr int layers[8][3] = {{1, 64, 224},   {64, 128, 112}, {128, 256, 56}, {256, 256, 56},
+                                {256, 512, 28}, {512, 512, 28}, {512, 512, 14}, {512, 512, 14}};
+  for (int i = 0; i < 8; ++i) {
+    const vgg::cpu::Conv3x3Geometry g{layers[i][0], layers[i][1], layers[i][2], layers[i][2]};
+    const std::string name = "vgg11_w1/conv" + std::to_string(i + 1);
+    benchmark::RegisterBenchmark((name + "/forward").c_str(), conv_forward, g, i > 0)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark((name + "/backward").c_str(), conv_backward, g, i > 0)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
+}
+
 void fma_peak(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(bench::fma_peak_gflops(vgg::cpu::default_threads()));
   state.counters["GFLOP/s"] = g_peak_gflops;
@@ -144,6 +249,7 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("fma_peak", fma_peak)->Iterations(1)->Unit(benchmark::kMillisecond);
   register_all<Wide>("vgg11_w1", std::make_integer_sequence<int, 5>{});
   register_all<Narrow>("vgg11_w8", std::make_integer_sequence<int, 5>{});
+  register_wide_convs();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

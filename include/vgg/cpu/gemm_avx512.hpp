@@ -31,6 +31,7 @@ using Index = std::ptrdiff_t;
 inline constexpr int kMr = 8;      // rows of C per tile (broadcast operand A)
 inline constexpr int kNr = 32;     // columns of C per tile (two zmm vectors of operand B)
 inline constexpr Index kKc = 256;  // depth per pass: an 8 x 256 A tile and a 256 x 32 B panel sit in L1
+inline constexpr Index kMc = 128;  // rows of C per block: 128 x 256 of A (128 KiB) stays in L2
 
 /// What the kernel does with a finished tile T = alpha * A B, element (i, j):
 /// C = (accumulate ? C : 0) + T + (bias ? bias[i] : 0), then max(C, 0) if relu.
@@ -45,62 +46,64 @@ struct Epilogue {
 inline Index packed_a_size(Index m, Index k) { return (m + kMr - 1) / kMr * kMr * k; }
 
 #ifdef VGG_FAST_KERNELS
+inline __mmask16 first_lanes(int count) {
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
+}
+
 /// How the kernel finds A(i, p): interleaved (a[p * stride + i]: a packed tile, or a transposed
 /// row-major A read in place) or by rows (a[i * stride + p]: a row-major A read in place).
 enum class ALayout { interleaved, rows };
 
 /// T(i, j) = sum_p A(i, p) * b[p * b_step + j] for i < 8, j < 32; stores rows i < mr and columns
 /// j < nr of C (row stride ldc) through the epilogue.
-/// requires: A readable for i < 8 and b for j < 32 at every p < kc (tails are padded by packing).
-template <ALayout Layout>
+/// requires: A readable for i < 8 and b for j < 16 * Vectors at every p < kc (tails are padded by
+/// packing).
+template <ALayout Layout, int Vectors = 2>
 inline void kernel_8x32(Index kc, const float* a, Index a_stride, const float* b, Index b_step, float* c, Index ldc,
                         int mr, int nr, const Epilogue& e) {
-  __m512 acc[kMr][2];
+  static_assert(Vectors == 1 || Vectors == 2);
+  if constexpr (Vectors == 2) {
+    if (nr <= 16) {  // half a tile: skip the empty vector (a 196-column image ends in a 4-column tile)
+      kernel_8x32<Layout, 1>(kc, a, a_stride, b, b_step, c, ldc, mr, nr, e);
+      return;
+    }
+  }
+  __m512 acc[kMr][Vectors];
 #pragma GCC unroll 8
-  for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int i = 0; i < kMr; ++i)
+    for (int v = 0; v < Vectors; ++v) acc[i][v] = _mm512_setzero_ps();
   // Row pointers for the row layout: each row is read sequentially, one element per step.
   const float* rows[kMr];
 #pragma GCC unroll 8
   for (int i = 0; i < kMr; ++i) rows[i] = a + (Layout == ALayout::rows ? i * a_stride : i);
   const Index a_step = Layout == ALayout::rows ? 1 : a_stride;
   for (Index p = 0; p < kc; ++p) {
-    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+    __m512 bv[Vectors];
+    for (int v = 0; v < Vectors; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);
 #pragma GCC unroll 8
     for (int i = 0; i < kMr; ++i) {
       const __m512 ai = _mm512_set1_ps(rows[i][p * a_step]);
-      acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-      acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+      for (int v = 0; v < Vectors; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
     }
     b += b_step;
   }
   const __m512 alpha = _mm512_set1_ps(e.alpha), zero = _mm512_setzero_ps();
-  const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1u);
-  const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr <= 16 ? __mmask16(0) : __mmask16((1u << (nr - 16)) - 1u);
-  const bool full = mr == kMr && nr == kNr;
+  __mmask16 masks[Vectors];
+  for (int v = 0; v < Vectors; ++v) masks[v] = first_lanes(nr - 16 * v);
+  const bool full = mr == kMr && nr == 16 * Vectors;
 #pragma GCC unroll 8
   for (int i = 0; i < kMr; ++i) {
     if (i >= mr) break;
-    float* row = c + i * ldc;
-    __m512 v0 = _mm512_mul_ps(alpha, acc[i][0]), v1 = _mm512_mul_ps(alpha, acc[i][1]);
-    if (e.accumulate) {
-      v0 = _mm512_add_ps(v0, full ? _mm512_loadu_ps(row) : _mm512_maskz_loadu_ps(m0, row));
-      v1 = _mm512_add_ps(v1, full ? _mm512_loadu_ps(row + 16) : _mm512_maskz_loadu_ps(m1, row + 16));
-    }
-    if (e.bias) {
-      const __m512 bi = _mm512_set1_ps(e.bias[i]);
-      v0 = _mm512_add_ps(v0, bi);
-      v1 = _mm512_add_ps(v1, bi);
-    }
-    if (e.relu) {
-      v0 = _mm512_max_ps(v0, zero);
-      v1 = _mm512_max_ps(v1, zero);
-    }
-    if (full) {
-      _mm512_storeu_ps(row, v0);
-      _mm512_storeu_ps(row + 16, v1);
-    } else {
-      _mm512_mask_storeu_ps(row, m0, v0);
-      _mm512_mask_storeu_ps(row + 16, m1, v1);
+    for (int v = 0; v < Vectors; ++v) {
+      float* out = c + i * ldc + 16 * v;
+      __m512 r = _mm512_mul_ps(alpha, acc[i][v]);
+      if (e.accumulate) r = _mm512_add_ps(r, full ? _mm512_loadu_ps(out) : _mm512_maskz_loadu_ps(masks[v], out));
+      if (e.bias) r = _mm512_add_ps(r, _mm512_set1_ps(e.bias[i]));
+      if (e.relu) r = _mm512_max_ps(r, zero);
+      if (full)
+        _mm512_storeu_ps(out, r);
+      else
+        _mm512_mask_storeu_ps(out, masks[v], r);
     }
   }
 }
@@ -130,9 +133,6 @@ inline void pack_a_whole(const float* a, Index lda, Index m, Index k, float* dst
   }
 }
 
-inline __mmask16 first_lanes(int count) {
-  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
-}
 
 /// Packs depth [p0, p0 + kc) x columns [j0, j0 + nr) of a row-major B (k x n, ldb) into dst[p][32].
 inline void pack_b_edge(const float* b, Index ldb, Index p0, Index kc, Index j0, int nr, float* dst) {
@@ -209,29 +209,36 @@ inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const flo
       const int mr = int(std::min<Index>(kMr, m - i0));
       if ((!TransA && !rows_in_place) || mr < kMr) pack_a<TransA>(a, lda, i0, mr, p0, kc, a_pack + i0 * kc);
     }
-    for (Index j0 = 0; j0 < n; j0 += kNr) {
-      const int nr = int(std::min<Index>(kNr, n - j0));
-      const float* bp = b + p0 * ldb + j0;
-      Index b_step = ldb;
-      if (TransB || nr < kNr) {
-        if (TransB)
-          pack_bt(b, ldb, p0, kc, j0, nr, b_pack);
-        else
-          pack_b_edge(b, ldb, p0, kc, j0, nr, b_pack);
-        bp = b_pack;
-        b_step = kNr;
-      }
-      for (Index i0 = 0; i0 < m; i0 += kMr) {
-        const int mr = int(std::min<Index>(kMr, m - i0));
-        Epilogue tile = e;
-        if (tile.bias) tile.bias += i0;
-        float* ct = c + i0 * ldc + j0;
-        if (a_packed || mr < kMr || (!TransA && !rows_in_place))
-          kernel_8x32<ALayout::interleaved>(kc, pass_pack + i0 * kc, kMr, bp, b_step, ct, ldc, mr, nr, tile);
-        else if (TransA)
-          kernel_8x32<ALayout::interleaved>(kc, a + p0 * lda + i0, lda, bp, b_step, ct, ldc, mr, nr, tile);
-        else
-          kernel_8x32<ALayout::rows>(kc, a + i0 * lda + p0, lda, bp, b_step, ct, ldc, mr, nr, tile);
+    // Rows in blocks of kMc: a block's A (<= 128 KiB) and the pass's B panels then share L2. Only
+    // for A B, the forward convolution's product: blocking the input gradient's (A^T B) and the
+    // weight gradient's (A B^T, whose panels are packed once each) measured slower.
+    const Index mc = TransA || TransB ? m : kMc;
+    for (Index ic = 0; ic < m; ic += mc) {
+      const Index i_end = std::min(m, ic + mc);
+      for (Index j0 = 0; j0 < n; j0 += kNr) {
+        const int nr = int(std::min<Index>(kNr, n - j0));
+        const float* bp = b + p0 * ldb + j0;
+        Index b_step = ldb;
+        if (TransB || nr < kNr) {
+          if (TransB)
+            pack_bt(b, ldb, p0, kc, j0, nr, b_pack);
+          else
+            pack_b_edge(b, ldb, p0, kc, j0, nr, b_pack);
+          bp = b_pack;
+          b_step = kNr;
+        }
+        for (Index i0 = ic; i0 < i_end; i0 += kMr) {
+          const int mr = int(std::min<Index>(kMr, m - i0));
+          Epilogue tile = e;
+          if (tile.bias) tile.bias += i0;
+          float* ct = c + i0 * ldc + j0;
+          if (a_packed || mr < kMr || (!TransA && !rows_in_place))
+            kernel_8x32<ALayout::interleaved>(kc, pass_pack + i0 * kc, kMr, bp, b_step, ct, ldc, mr, nr, tile);
+          else if (TransA)
+            kernel_8x32<ALayout::interleaved>(kc, a + p0 * lda + i0, lda, bp, b_step, ct, ldc, mr, nr, tile);
+          else
+            kernel_8x32<ALayout::rows>(kc, a + i0 * lda + p0, lda, bp, b_step, ct, ldc, mr, nr, tile);
+        }
       }
     }
   }
