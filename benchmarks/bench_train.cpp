@@ -14,6 +14,8 @@ namespace {
 
 using Narrow = vgg::vgg11<vgg::Input<1, 224, 224>, 10, 8>;
 using Wide = vgg::vgg11<vgg::Input<1, 224, 224>, 10, 1>;
+using Half = vgg::vgg11<vgg::Input<1, 224, 224>, 10, 2>;
+using Quarter = vgg::vgg11<vgg::Input<1, 224, 224>, 10, 4>;
 
 long minor_faults() {
   rusage u{};
@@ -28,9 +30,10 @@ std::vector<float> batch_data(int n) {
   return x;
 }
 
+template <class Net>
 void train_step(benchmark::State& state) {
   const int n = int(state.range(0));
-  auto net = std::make_unique<Narrow>(1);
+  auto net = std::make_unique<Net>(1);
   vgg::Adam adam;
   const auto x = batch_data(n);
   std::vector<std::int32_t> labels(static_cast<std::size_t>(n));
@@ -41,7 +44,7 @@ void train_step(benchmark::State& state) {
   state.counters["images/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
   // forward + backward ~ 3x the forward FLOPs
   state.counters["GFLOP/s"] =
-      benchmark::Counter(3.0 * Narrow::flops_per_sample * n * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+      benchmark::Counter(3.0 * Net::flops_per_sample * n * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["faults/step"] = double(minor_faults() - faults) / double(state.iterations());
 }
 
@@ -62,12 +65,18 @@ void eval_forward(benchmark::State& state) {
 }  // namespace
 
 // The recipe's sizes first (compare_pytorch.py reads these three); then how cost grows with the
-// batch size (filter with --benchmark_filter=scaling).
-BENCHMARK(train_step)->Name("vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+// batch size and the width (filter with --benchmark_filter=scaling; plot_scaling.py plots them).
+BENCHMARK(train_step<Narrow>)->Name("vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Narrow>)->Name("vgg11_w8/eval_forward")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Wide>)->Name("vgg11_w1/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(train_step)->Name("scaling/vgg11_w8/train_step")->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(train_step<Narrow>)->Name("scaling/vgg11_w8/train_step")->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Narrow>)->Name("scaling/vgg11_w8/eval_forward")->Arg(1)->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Wide>)->Name("scaling/vgg11_w1/eval_forward")->Arg(1)->Arg(2)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+// Width: every divisor at batch 8 (the width-8 figures come from the batch series above).
+BENCHMARK(train_step<Quarter>)->Name("scaling/vgg11_w4/train_step")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(train_step<Half>)->Name("scaling/vgg11_w2/train_step")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(train_step<Wide>)->Name("scaling/vgg11_w1/train_step")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(eval_forward<Quarter>)->Name("scaling/vgg11_w4/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(eval_forward<Half>)->Name("scaling/vgg11_w2/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();
