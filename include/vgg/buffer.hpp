@@ -5,6 +5,9 @@
 #include <cstddef>
 #include <cstdlib>
 #include <new>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #include <span>
 #include <utility>
 
@@ -32,9 +35,15 @@ class Buffer {
   void reserve(std::size_t n) {
     if (n <= capacity_) return;
     release();
-    const std::size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign;
-    data_ = static_cast<T*>(std::aligned_alloc(kAlign, bytes));
+    // Large buffers (activations, gradients) start on a 2 MiB boundary and ask for transparent huge
+    // pages: fewer TLB misses when a layer sweeps hundreds of MiB, and 512x fewer first-touch faults.
+    const std::size_t align = n * sizeof(T) >= kHugeFrom ? kHuge : kAlign;
+    const std::size_t bytes = (n * sizeof(T) + align - 1) / align * align;
+    data_ = static_cast<T*>(std::aligned_alloc(align, bytes));
     if (!data_) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (align == kHuge) (void)madvise(data_, bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
     capacity_ = n;
   }
 
@@ -46,6 +55,7 @@ class Buffer {
 
  private:
   static constexpr std::size_t kAlign = 64;
+  static constexpr std::size_t kHuge = std::size_t(2) << 20, kHugeFrom = std::size_t(4) << 20;
   void release() {
     std::free(data_);
     data_ = nullptr;
