@@ -62,6 +62,24 @@ void eval_forward(benchmark::State& state) {
   state.counters["faults/step"] = double(minor_faults() - faults) / double(state.iterations());
 }
 
+/// A fresh network's first training step: allocation and first touch of every buffer (what huge
+/// pages and allocate-once buffers are about), then the step itself.
+void first_step(benchmark::State& state) {
+  const int n = int(state.range(0));
+  const auto x = batch_data(n);
+  std::vector<std::int32_t> labels(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) labels[std::size_t(i)] = i % 10;
+  long faults = 0;
+  for (auto _ : state) {
+    const long before = minor_faults();
+    auto net = std::make_unique<Narrow>(1);
+    vgg::Adam adam;
+    benchmark::DoNotOptimize(vgg::train_step(*net, adam, x, labels).loss);
+    faults += minor_faults() - before;
+  }
+  state.counters["faults/step"] = double(faults) / double(state.iterations());
+}
+
 }  // namespace
 
 // The recipe's sizes first (compare_pytorch.py reads these three); then how cost grows with the
@@ -78,5 +96,6 @@ BENCHMARK(train_step<Half>)->Name("scaling/vgg11_w2/train_step")->Arg(8)->Unit(b
 BENCHMARK(train_step<Wide>)->Name("scaling/vgg11_w1/train_step")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Quarter>)->Name("scaling/vgg11_w4/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Half>)->Name("scaling/vgg11_w2/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(first_step)->Name("setup/vgg11_w8/first_step")->Arg(64)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -1,0 +1,75 @@
+// Single-threaded GEMM on the shapes the layers use (the layers run one GEMM per thread): the
+// AVX-512 kernel that vgg::cpu::gemm takes where it is built, against the plain path (Eigen 3.4's
+// packed kernels, driven as gemm_eigen drives them). Counter: GFLOP/s (2 m n k per product).
+//
+//   build/benchmarks/bench_gemm --benchmark_counters_tabular=true
+#include <benchmark/benchmark.h>
+
+#include <vgg/vgg.hpp>
+
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Shape {
+  const char* name;
+  long m, n, k;
+  bool trans_a, trans_b;
+};
+
+// The products of width/8 VGG-11 at 224x224 with 512 KiB bands, one of each kind per block size.
+constexpr Shape kShapes[] = {
+    {"forward/w8_block1", 8, 4032, 9, false, false},
+    {"forward/w8_block2", 16, 1792, 72, false, false},
+    {"forward/w8_block3_conv2", 32, 448, 288, false, false},
+    {"forward/w8_block4_conv2", 64, 252, 576, false, false},
+    {"forward/w8_block5", 64, 196, 576, false, false},
+    {"forward/w1_conv6", 512, 252, 4608, false, false},
+    {"input_grad/w8_block3_conv2", 288, 448, 32, true, false},
+    {"input_grad/w8_block4_conv2", 576, 252, 64, true, false},
+    {"weight_grad/w8_block2", 16, 72, 1792, false, true},
+    {"weight_grad/w8_block3_conv2", 32, 288, 448, false, true},
+    {"weight_grad/w8_block5", 64, 576, 196, false, true},
+};
+
+template <bool TransA, bool TransB, bool Plain>
+void run(benchmark::State& state, Shape s) {
+  const long lda = TransA ? s.m : s.k, ldb = TransB ? s.k : s.n;
+  std::vector<float> a(std::size_t(s.m * s.k)), b(std::size_t(s.k * s.n)), c(std::size_t(s.m * s.n));
+  vgg::Rng rng(5);
+  for (float& v : a) v = rng.uniform(-1.0f, 1.0f);
+  for (float& v : b) v = rng.uniform(-1.0f, 1.0f);
+  vgg::cpu::GemmPlan plan;
+  plan.reserve(s.m, s.n, s.k);
+  for (auto _ : state) {
+    if constexpr (Plain)
+      vgg::cpu::gemm_eigen<TransA, TransB>(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), s.n, plan);
+    else
+      vgg::cpu::gemm<TransA, TransB>(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), s.n, plan);
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2e-9 * double(s.m) * double(s.n) * double(s.k), benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(std::to_string(s.m) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k));
+}
+
+template <bool Plain>
+void register_path(const char* path) {
+  for (const Shape& s : kShapes) {
+    const std::string name = std::string(s.name) + "/" + path;
+    if (!s.trans_a && !s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run<false, false, Plain>, s);
+    if (s.trans_a && !s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run<true, false, Plain>, s);
+    if (!s.trans_a && s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run<false, true, Plain>, s);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_path<false>(vgg::cpu::kFastKernels ? "avx512" : "default (plain: no AVX-512 target)");
+  register_path<true>("eigen");
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+}
