@@ -6,6 +6,7 @@
 
 #include <vgg/vgg.hpp>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <vector>

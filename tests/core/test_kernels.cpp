@@ -4,6 +4,7 @@
 
 #include <vgg/vgg.hpp>
 
+#include <array>
 #include <cmath>
 
 #include "reference.hpp"
