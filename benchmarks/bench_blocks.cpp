@@ -12,6 +12,7 @@
 #include <vgg/vgg.hpp>
 
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -236,6 +237,26 @@ void register_wide_convs() {
   }
 }
 
+/// Streaming write bandwidth on the same threads (a memset of 256 MiB, pre-touched, split across
+/// threads): the ceiling of layers that write more bytes than they do FLOPs, like conv1.
+void write_bandwidth(benchmark::State& state) {
+  const std::size_t bytes = std::size_t(256) << 20;
+  vgg::Buffer<char> buffer(bytes);
+  std::memset(buffer.data(), 1, bytes);
+  const int threads = vgg::cpu::default_threads();
+  int value = 0;
+  for (auto _ : state) {
+    value = (value + 1) & 0x7f;
+#pragma omp parallel num_threads(threads)
+    {
+      const vgg::cpu::Range mine = vgg::cpu::split(std::ptrdiff_t(bytes), omp_get_thread_num(), omp_get_num_threads());
+      std::memset(buffer.data() + mine.begin, value, std::size_t(mine.end - mine.begin));
+    }
+    benchmark::ClobberMemory();
+  }
+  state.counters["GB/s"] = benchmark::Counter(double(bytes) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void fma_peak(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(bench::fma_peak_gflops(vgg::cpu::default_threads()));
   state.counters["GFLOP/s"] = g_peak_gflops;
@@ -247,6 +268,7 @@ int main(int argc, char** argv) {
   g_peak_gflops = bench::fma_peak_gflops(vgg::cpu::default_threads());
   std::printf("FMA peak on %d threads: %.1f GFLOP/s\n", vgg::cpu::default_threads(), g_peak_gflops);
   benchmark::RegisterBenchmark("fma_peak", fma_peak)->Iterations(1)->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("write_bandwidth", write_bandwidth)->Unit(benchmark::kMillisecond)->UseRealTime();
   register_all<Wide>("vgg11_w1", std::make_integer_sequence<int, 5>{});
   register_all<Narrow>("vgg11_w8", std::make_integer_sequence<int, 5>{});
   register_wide_convs();
