@@ -144,6 +144,8 @@ TEST_CASE("fast convolution forward and backward match the plain path" * doctest
   const ConvCase cases[] = {
       {2, 1, 8, 28, 28},   // C_in = 1 (9-deep), one full tile
       {1, 1, 3, 5, 40},    // fewer channels than a tile
+      {2, 1, 11, 9, 33},   // C_in = 1 (its own kernel): a row of 2 vectors + 1 lane
+      {1, 1, 4, 3, 1},     // C_in = 1, one-pixel rows
       {3, 3, 13, 7, 9},    // odd everything
       {2, 5, 9, 1, 1},     // 1-pixel images: only the centre tap is inside
       {1, 2, 16, 2, 3},    // panels spanning many image rows

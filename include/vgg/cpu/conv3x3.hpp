@@ -7,7 +7,8 @@
 // Two paths with one contract: the plain one (Eigen GEMM; the forward fills the bias in first and
 // applies ReLU in a pass of its own) and, on AVX-512 targets, the fast one (our GEMM kernel, which
 // adds the bias and applies ReLU as it stores each tile). The unsuffixed functions take the fast
-// one where it is built.
+// one where it is built. A first layer with one input channel takes a kernel of its own
+// (conv3x3_one_channel.hpp): its 9-deep GEMM would spend its time packing and storing.
 
 #include <omp.h>
 
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "vgg/buffer.hpp"
+#include "vgg/cpu/conv3x3_one_channel.hpp"
 #include "vgg/cpu/gemm.hpp"
 #include "vgg/cpu/im2col.hpp"
 #include "vgg/cpu/maxpool.hpp"
@@ -122,11 +124,20 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
       const long image = item / bands;
       const int r0 = int(item % bands) * band, r1 = std::min(g.h, r0 + band);
       const long cols = long(r1 - r0) * g.w;
-      im2col3x3(x + image * g.cin * plane, g.cin, g.h, g.w, r0, r1, col);
       float* yi = y + image * g.cout * plane;
       float* out = yi + long(r0) * g.w;
 #ifdef VGG_FAST_KERNELS
-      if constexpr (!Plain) {
+      if (!Plain && g.cin == 1) {
+        avx512::conv3x3_relu_one_channel(x + image * plane, weight, bias, yi,
+                                         pooled ? pooled + image * g.cout * pooled_plane : nullptr, g.cout, g.h, g.w,
+                                         r0, r1);
+      } else
+#endif
+      im2col3x3(x + image * g.cin * plane, g.cin, g.h, g.w, r0, r1, col);
+#ifdef VGG_FAST_KERNELS
+      if (!Plain && g.cin == 1) {
+        // done above
+      } else if constexpr (!Plain) {
         avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, out, plane, plan.fast_a_pack(),
                             plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true}, ws.packed_weights.data());
       } else
@@ -139,7 +150,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           for (long i = 0; i < cols; ++i) row[i] = std::max(row[i], 0.0f);
         }
       }
-      if (pooled) {  // the band's pooled rows, while its output is still in cache (r0 is even)
+      if (pooled && (Plain || g.cin != 1)) {  // the band's pooled rows, while its output is in cache (r0 even)
         float* pi = pooled + image * g.cout * pooled_plane;
         for (int co = 0; co < g.cout; ++co) {
           if constexpr (Plain)
@@ -222,8 +233,8 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
         const int r1 = std::min(g.h, r0 + band);
         const long cols = long(r1 - r0) * g.w;
         const float* dz = dzi + long(r0) * g.w;
-        im2col3x3(xi, g.cin, g.h, g.w, r0, r1, col);
         // dW (cout x depth) += dz (cout x cols, stride plane) * col^T
+        im2col3x3(xi, g.cin, g.h, g.w, r0, r1, col);
         if constexpr (Plain)
           gemm_eigen<false, true>(g.cout, g.depth(), cols, dz, plane, col, cols, dw, g.depth(),
                                   ws.weight_plans[std::size_t(tid)]);
