@@ -126,8 +126,10 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
       const long cols = long(r1 - r0) * g.w;
       float* yi = y + image * g.cout * plane;
       float* out = yi + long(r0) * g.w;
+      // C_in = 1 has a kernel of its own where the AVX-512 code is built (it also pools).
+      const bool one_channel = kFastKernels && !Plain && g.cin == 1;
 #ifdef VGG_FAST_KERNELS
-      if (!Plain && g.cin == 1) {
+      if (one_channel) {
         avx512::conv3x3_relu_one_channel(x + image * plane, weight, bias, yi,
                                          pooled ? pooled + image * g.cout * pooled_plane : nullptr, g.cout, g.h, g.w,
                                          r0, r1);
@@ -135,7 +137,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
 #endif
       im2col3x3(x + image * g.cin * plane, g.cin, g.h, g.w, r0, r1, col);
 #ifdef VGG_FAST_KERNELS
-      if (!Plain && g.cin == 1) {
+      if (one_channel) {
         // done above
       } else if constexpr (!Plain) {
         avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, out, plane, plan.fast_a_pack(),
@@ -150,7 +152,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           for (long i = 0; i < cols; ++i) row[i] = std::max(row[i], 0.0f);
         }
       }
-      if (pooled && (Plain || g.cin != 1)) {  // the band's pooled rows, while its output is in cache (r0 even)
+      if (pooled && !one_channel) {  // the band's pooled rows, while its output is in cache (r0 even)
         float* pi = pooled + image * g.cout * pooled_plane;
         for (int co = 0; co < g.cout; ++co) {
           if constexpr (Plain)
