@@ -24,6 +24,15 @@ namespace {
 constexpr int kBatch = 8;
 double g_peak_gflops = 0;
 
+/// images/s, GFLOP/s and %peak of the probed FMA peak, for kBatch images and `flops` per iteration.
+void set_counters(benchmark::State& state, double flops, const std::string& label) {
+  state.counters["images/s"] = benchmark::Counter(double(kBatch), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["%peak"] =
+      benchmark::Counter(100.0 * flops * 1e-9 / g_peak_gflops, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(label);
+}
+
 /// The layers of block `Group` of `Net`, with their own activation and gradient buffers.
 template <class Net, int Group>
 struct BlockRig {
@@ -63,8 +72,7 @@ struct BlockRig {
     if constexpr (K == 0 || K >= count) {
       return false;
     } else {
-      return requires { requires layer_t<K - 1>::can_pool_output; } &&
-             requires { requires layer_t<K>::is_2x2_max_pool; };
+      return vgg::pool_runs_inside<layer_t<K - 1>, layer_t<K>>;
     }
   }
   template <std::size_t K>
@@ -119,12 +127,9 @@ struct BlockRig {
   }
   void report(benchmark::State& state, double flops) const {
     const vgg::Shape in = layer_t<0>::input_shape, out = Net::block_output_shape(Group);
-    state.counters["images/s"] = benchmark::Counter(double(kBatch), benchmark::Counter::kIsIterationInvariantRate);
-    state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-    state.counters["%peak"] =
-        benchmark::Counter(100.0 * flops * 1e-9 / g_peak_gflops, benchmark::Counter::kIsIterationInvariantRate);
-    state.SetLabel(std::to_string(in.c) + "x" + std::to_string(in.h) + "x" + std::to_string(in.w) + " -> " +
-                   std::to_string(out.c) + "x" + std::to_string(out.h) + "x" + std::to_string(out.w));
+    set_counters(state, flops,
+                 std::to_string(in.c) + "x" + std::to_string(in.h) + "x" + std::to_string(in.w) + " -> " +
+                     std::to_string(out.c) + "x" + std::to_string(out.h) + "x" + std::to_string(out.w));
   }
 };
 
@@ -194,12 +199,9 @@ struct ConvRig {
                                     dw.data(), db.data(), kBatch, g, ws, threads);
   }
   void report(benchmark::State& state, double total) const {
-    state.counters["images/s"] = benchmark::Counter(double(kBatch), benchmark::Counter::kIsIterationInvariantRate);
-    state.counters["GFLOP/s"] = benchmark::Counter(total * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-    state.counters["%peak"] =
-        benchmark::Counter(100.0 * total * 1e-9 / g_peak_gflops, benchmark::Counter::kIsIterationInvariantRate);
-    state.SetLabel(std::to_string(g.cin) + "->" + std::to_string(g.cout) + " at " + std::to_string(g.h) + "x" +
-                   std::to_string(g.w));
+    set_counters(state, total,
+                 std::to_string(g.cin) + "->" + std::to_string(g.cout) + " at " + std::to_string(g.h) + "x" +
+                     std::to_string(g.w));
   }
 };
 

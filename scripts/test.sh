@@ -8,22 +8,23 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)"
 
-# The unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer (bad input must never
-# read out of bounds). VGG_SANITIZE=0 skips this stage.
+# The unit tests again in a build of their own: `unit_tests_in <dir> <cmake options...>`.
+unit_tests_in() {
+  local dir="$1"
+  shift
+  cmake -S . -B "$dir" "$@" -DVGG_BUILD_BENCHMARKS=OFF -DVGG_BUILD_EXAMPLES=OFF -DVGG_BUILD_TOOLS=OFF
+  cmake --build "$dir" -j "$(nproc)"
+  ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" -L unit
+}
+
+# Under AddressSanitizer + UndefinedBehaviorSanitizer (bad input must never read out of bounds).
+# VGG_SANITIZE=0 skips this stage.
 if [ "${VGG_SANITIZE:-1}" != 0 ]; then
-  sbuild="${build}-sanitize"
-  cmake -S . -B "$sbuild" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVGG_SANITIZE=ON \
-        -DVGG_BUILD_BENCHMARKS=OFF -DVGG_BUILD_EXAMPLES=OFF -DVGG_BUILD_TOOLS=OFF
-  cmake --build "$sbuild" -j "$(nproc)"
-  ctest --test-dir "$sbuild" --output-on-failure -j "$(nproc)" -L unit
+  unit_tests_in "${build}-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVGG_SANITIZE=ON
 fi
 
-# The unit tests once more with only the plain kernels (Eigen GEMM, no AVX-512 code), the path
-# every non-AVX-512 machine takes. VGG_PLAIN=0 skips this stage.
+# With only the plain kernels (Eigen GEMM, no AVX-512 code), the path every non-AVX-512 machine
+# takes. VGG_PLAIN=0 skips this stage.
 if [ "${VGG_PLAIN:-1}" != 0 ]; then
-  pbuild="${build}-plain"
-  cmake -S . -B "$pbuild" -DCMAKE_BUILD_TYPE=Release -DVGG_PLAIN_KERNELS=ON \
-        -DVGG_BUILD_BENCHMARKS=OFF -DVGG_BUILD_EXAMPLES=OFF -DVGG_BUILD_TOOLS=OFF
-  cmake --build "$pbuild" -j "$(nproc)"
-  ctest --test-dir "$pbuild" --output-on-failure -j "$(nproc)" -L unit
+  unit_tests_in "${build}-plain" -DCMAKE_BUILD_TYPE=Release -DVGG_PLAIN_KERNELS=ON
 fi

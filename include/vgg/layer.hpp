@@ -50,4 +50,10 @@ concept Layer = requires(L layer, const float* x, float* y, int n, const RunCont
   { L::is_identity(ctx.mode) } -> std::convertible_to<bool>;
 };
 
+/// True when Here is a 2x2 max-pool that the layer before it (Below) can compute inside its own
+/// passes (Below::forward_pooled / backward_pooled), so that Here's own passes are skipped.
+template <class Below, class Here>
+inline constexpr bool pool_runs_inside = requires { requires Below::can_pool_output; } &&
+                                         requires { requires Here::is_2x2_max_pool; };
+
 }  // namespace vgg

@@ -336,9 +336,7 @@ class Vgg {
     if constexpr (I == 0 || I >= num_layers) {
       return false;
     } else {
-      using Below = std::tuple_element_t<I - 1, layer_types>;
-      using Here = std::tuple_element_t<I, layer_types>;
-      return requires { requires Below::can_pool_output; } && requires { requires Here::is_2x2_max_pool; };
+      return pool_runs_inside<std::tuple_element_t<I - 1, layer_types>, std::tuple_element_t<I, layer_types>>;
     }
   }
 

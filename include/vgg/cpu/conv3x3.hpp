@@ -112,7 +112,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
   const int ow = g.w / 2;
   const long pooled_plane = long(g.h / 2) * ow;
 #ifdef VGG_FAST_KERNELS
-  if constexpr (!Plain) avx512::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights.data());
+  if (!Plain && g.cin != 1) avx512::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights.data());
 #endif
 #pragma omp parallel num_threads(threads)
   {
@@ -126,20 +126,17 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
       const long cols = long(r1 - r0) * g.w;
       float* yi = y + image * g.cout * plane;
       float* out = yi + long(r0) * g.w;
-      // C_in = 1 has a kernel of its own where the AVX-512 code is built (it also pools).
-      const bool one_channel = kFastKernels && !Plain && g.cin == 1;
 #ifdef VGG_FAST_KERNELS
-      if (one_channel) {
+      if (!Plain && g.cin == 1) {  // a kernel of its own, which pools too
         avx512::conv3x3_relu_one_channel(x + image * plane, weight, bias, yi,
                                          pooled ? pooled + image * g.cout * pooled_plane : nullptr, g.cout, g.h, g.w,
                                          r0, r1);
-      } else
+        continue;
+      }
 #endif
       im2col3x3(x + image * g.cin * plane, g.cin, g.h, g.w, r0, r1, col);
 #ifdef VGG_FAST_KERNELS
-      if (one_channel) {
-        // done above
-      } else if constexpr (!Plain) {
+      if constexpr (!Plain) {
         avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, out, plane, plan.fast_a_pack(),
                             plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true}, ws.packed_weights.data());
       } else
@@ -152,7 +149,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           for (long i = 0; i < cols; ++i) row[i] = std::max(row[i], 0.0f);
         }
       }
-      if (pooled && !one_channel) {  // the band's pooled rows, while its output is in cache (r0 even)
+      if (pooled) {  // the band's pooled rows, while its output is in cache (r0 even)
         float* pi = pooled + image * g.cout * pooled_plane;
         for (int co = 0; co < g.cout; ++co) {
           if constexpr (Plain)

@@ -13,6 +13,18 @@
 
 namespace vgg::cpu {
 
+namespace detail {
+/// plane_op(p) for p in [0, planes), split across threads.
+template <class PlaneOp>
+inline void for_each_plane(long planes, int threads, PlaneOp plane_op) {
+#pragma omp parallel num_threads(threads)
+  {
+    const Range mine = split(planes, omp_get_thread_num(), omp_get_num_threads());
+    for (long p = mine.begin; p < mine.end; ++p) plane_op(p);
+  }
+}
+}  // namespace detail
+
 /// Output rows [i0, i1) of one h x w plane: out[i][j] = max of in[2i..2i+1][2j..2j+1].
 inline void maxpool2x2_rows_plain(const float* in, float* out, int w, int i0, int i1) {
   const int ow = w / 2;
@@ -28,11 +40,8 @@ inline void maxpool2x2_rows_plain(const float* in, float* out, int w, int i0, in
 /// requires: y holds planes x (h/2) x (w/2) floats.
 inline void maxpool2x2_forward_plain(const float* x, float* y, long planes, int h, int w, int threads) {
   const int oh = h / 2, ow = w / 2;
-#pragma omp parallel num_threads(threads)
-  {
-    const Range mine = split(planes, omp_get_thread_num(), omp_get_num_threads());
-    for (long p = mine.begin; p < mine.end; ++p) maxpool2x2_rows_plain(x + p * h * w, y + p * oh * ow, w, 0, oh);
-  }
+  detail::for_each_plane(planes, threads,
+                         [&](long p) { maxpool2x2_rows_plain(x + p * h * w, y + p * oh * ow, w, 0, oh); });
 }
 
 /// Backward of the 2x2 max-pool over one h x w plane: each output gradient goes to the arg-max of
@@ -78,12 +87,9 @@ inline float maxpool2x2_backward_plane_plain(const float* x, const float* dy, fl
 inline void maxpool2x2_backward_plain(const float* x, const float* dy, float* dx, long planes, int h, int w, int threads,
                                       bool relu_mask = false) {
   const long in = long(h) * w, out = long(h / 2) * (w / 2);
-#pragma omp parallel num_threads(threads)
-  {
-    const Range mine = split(planes, omp_get_thread_num(), omp_get_num_threads());
-    for (long p = mine.begin; p < mine.end; ++p)
-      maxpool2x2_backward_plane_plain(x + p * in, dy + p * out, dx + p * in, h, w, relu_mask);
-  }
+  detail::for_each_plane(planes, threads, [&](long p) {
+    maxpool2x2_backward_plane_plain(x + p * in, dy + p * out, dx + p * in, h, w, relu_mask);
+  });
 }
 
 #ifdef VGG_FAST_KERNELS
@@ -132,11 +138,7 @@ inline void maxpool2x2_rows(const float* in, float* out, int w, int i0, int i1) 
 /// requires: y holds planes x (h/2) x (w/2) floats.
 inline void maxpool2x2_forward(const float* x, float* y, long planes, int h, int w, int threads) {
   const int oh = h / 2, ow = w / 2;
-#pragma omp parallel num_threads(threads)
-  {
-    const Range mine = split(planes, omp_get_thread_num(), omp_get_num_threads());
-    for (long p = mine.begin; p < mine.end; ++p) maxpool2x2_rows(x + p * h * w, y + p * oh * ow, w, 0, oh);
-  }
+  detail::for_each_plane(planes, threads, [&](long p) { maxpool2x2_rows(x + p * h * w, y + p * oh * ow, w, 0, oh); });
 }
 
 /// maxpool2x2_backward_plane_plain, 16 windows per step where built.
@@ -186,12 +188,9 @@ inline float maxpool2x2_backward_plane(const float* x, const float* dy, float* d
 inline void maxpool2x2_backward(const float* x, const float* dy, float* dx, long planes, int h, int w, int threads,
                                 bool relu_mask = false) {
   const long in = long(h) * w, out = long(h / 2) * (w / 2);
-#pragma omp parallel num_threads(threads)
-  {
-    const Range mine = split(planes, omp_get_thread_num(), omp_get_num_threads());
-    for (long p = mine.begin; p < mine.end; ++p)
-      maxpool2x2_backward_plane(x + p * in, dy + p * out, dx + p * in, h, w, relu_mask);
-  }
+  detail::for_each_plane(planes, threads, [&](long p) {
+    maxpool2x2_backward_plane(x + p * in, dy + p * out, dx + p * in, h, w, relu_mask);
+  });
 }
 
 }  // namespace vgg::cpu
