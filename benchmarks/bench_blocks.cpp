@@ -169,44 +169,59 @@ void register_all(const char* width, std::integer_sequence<int, G...>) {
    ...);
 }
 
-/// One conv + bias + ReLU layer alone, through the kernels the layer calls.
+/// One conv + bias + ReLU layer alone, through the kernels the layer calls; with `pool`, the 2x2
+/// max-pool that follows it in the network runs fused in, as the network runs it.
 struct ConvRig {
   vgg::cpu::Conv3x3Geometry g;
-  bool input_gradient;
+  bool input_gradient, pool;
   int threads = vgg::cpu::default_threads();
   vgg::cpu::Conv3x3Workspace ws;
-  vgg::Buffer<float> x, w, b, y, dy, dx, dw, db;
-  ConvRig(vgg::cpu::Conv3x3Geometry geometry, bool needs_dx) : g(geometry), input_gradient(needs_dx) {
-    ws.reserve_backward(g, threads);
+  vgg::Buffer<float> x, w, b, y, dy, dx, dw, db, pooled, dpooled;
+  ConvRig(vgg::cpu::Conv3x3Geometry geometry, bool needs_dx, bool with_pool)
+      : g(geometry), input_gradient(needs_dx), pool(with_pool) {
+    ws.reserve_backward(g, threads, pool);
     const std::size_t in = std::size_t(kBatch) * g.cin * g.plane(), out = std::size_t(kBatch) * g.cout * g.plane();
     const std::size_t weights = std::size_t(g.cout) * std::size_t(g.depth());
+    const std::size_t pooled_size = std::size_t(kBatch) * g.cout * (g.h / 2) * (g.w / 2);
     for (auto [buffer, size] : {std::pair{&x, in}, {&dx, in}, {&y, out}, {&dy, out}, {&w, weights}, {&dw, weights},
-                                {&b, std::size_t(g.cout)}, {&db, std::size_t(g.cout)}})
+                                {&b, std::size_t(g.cout)}, {&db, std::size_t(g.cout)}, {&pooled, pooled_size},
+                                {&dpooled, pooled_size}})
       buffer->reserve(size);
     vgg::Rng rng(3);
     for (std::size_t i = 0; i < in; ++i) x.data()[i] = rng.uniform(0.0f, 1.0f);
     for (std::size_t i = 0; i < weights; ++i) w.data()[i] = rng.uniform(-0.05f, 0.05f);
+    for (std::size_t i = 0; i < pooled_size; ++i) dpooled.data()[i] = rng.uniform(-1e-3f, 1e-3f);
     for (int i = 0; i < g.cout; ++i) b.data()[i] = 0.01f;
     forward();
   }
   double flops() const { return 2.0 * kBatch * g.cout * double(g.depth()) * g.plane(); }
   void forward() {
-    vgg::cpu::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), kBatch, g, ws, threads);
+    if (pool)
+      vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), y.data(), kBatch, g, ws,
+                                          threads);
+    else
+      vgg::cpu::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), kBatch, g, ws, threads);
   }
   void backward() {
+    float* input_grad = input_gradient ? dx.data() : nullptr;
+    if (pool) {  // the pooled gradient is left as it is
+      vgg::cpu::conv3x3_relu_pool_backward(x.data(), w.data(), y.data(), dpooled.data(), input_grad, dw.data(),
+                                           db.data(), kBatch, g, ws, threads);
+      return;
+    }
     std::fill(dy.data(), dy.data() + std::size_t(kBatch) * g.cout * g.plane(), 1e-3f);  // overwritten in place
-    vgg::cpu::conv3x3_relu_backward(x.data(), w.data(), y.data(), dy.data(), input_gradient ? dx.data() : nullptr,
-                                    dw.data(), db.data(), kBatch, g, ws, threads);
+    vgg::cpu::conv3x3_relu_backward(x.data(), w.data(), y.data(), dy.data(), input_grad, dw.data(), db.data(), kBatch,
+                                    g, ws, threads);
   }
   void report(benchmark::State& state, double total) const {
     set_counters(state, total,
                  std::to_string(g.cin) + "->" + std::to_string(g.cout) + " at " + std::to_string(g.h) + "x" +
-                     std::to_string(g.w));
+                     std::to_string(g.w) + (pool ? " + pool" : ""));
   }
 };
 
-void conv_forward(benchmark::State& state, vgg::cpu::Conv3x3Geometry g, bool needs_dx) {
-  ConvRig rig(g, needs_dx);
+void conv_forward(benchmark::State& state, vgg::cpu::Conv3x3Geometry g, bool needs_dx, bool pool) {
+  ConvRig rig(g, needs_dx, pool);
   for (auto _ : state) {
     rig.forward();
     benchmark::ClobberMemory();
@@ -214,8 +229,8 @@ void conv_forward(benchmark::State& state, vgg::cpu::Conv3x3Geometry g, bool nee
   rig.report(state, rig.flops());
 }
 
-void conv_backward(benchmark::State& state, vgg::cpu::Conv3x3Geometry g, bool needs_dx) {
-  ConvRig rig(g, needs_dx);
+void conv_backward(benchmark::State& state, vgg::cpu::Conv3x3Geometry g, bool needs_dx, bool pool) {
+  ConvRig rig(g, needs_dx, pool);
   for (auto _ : state) {
     rig.backward();
     benchmark::ClobberMemory();
@@ -223,17 +238,20 @@ void conv_backward(benchmark::State& state, vgg::cpu::Conv3x3Geometry g, bool ne
   rig.report(state, rig.flops() * (needs_dx ? 2.0 : 1.0));
 }
 
-/// The eight conv layers of full-width VGG-11 on 1x224x224: (C_in, C_out, H = W).
+/// The eight conv layers of full-width VGG-11 on 1x224x224: (C_in, C_out, H = W), each as the
+/// network runs it: conv1, 2, 4, 6 and 8 end a block, so their pool runs fused in (the figures
+/// count the conv's FLOPs only).
 void register_wide_convs() {
   constexpr int layers[8][3] = {{1, 64, 224},   {64, 128, 112}, {128, 256, 56}, {256, 256, 56},
                                 {256, 512, 28}, {512, 512, 28}, {512, 512, 14}, {512, 512, 14}};
+  constexpr bool ends_block[8] = {true, true, false, true, false, true, false, true};
   for (int i = 0; i < 8; ++i) {
     const vgg::cpu::Conv3x3Geometry g{layers[i][0], layers[i][1], layers[i][2], layers[i][2]};
     const std::string name = "vgg11_w1/conv" + std::to_string(i + 1);
-    benchmark::RegisterBenchmark((name + "/forward").c_str(), conv_forward, g, i > 0)
+    benchmark::RegisterBenchmark((name + "/forward").c_str(), conv_forward, g, i > 0, ends_block[i])
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
-    benchmark::RegisterBenchmark((name + "/backward").c_str(), conv_backward, g, i > 0)
+    benchmark::RegisterBenchmark((name + "/backward").c_str(), conv_backward, g, i > 0, ends_block[i])
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
   }

@@ -348,6 +348,8 @@ class Vgg {
     if constexpr (pool_runs_inside_previous<I>()) {
       // computed by layer I - 1
     } else if constexpr (pool_runs_inside_previous<I + 1>()) {
+      // Layer I's own output buffer becomes the state its backward_pooled reads (possibly not the
+      // full-size output: nothing else reads it, since the pool that would is skipped).
       std::get<I>(layers_).forward_pooled(in, outputs_[I].data(), outputs_[I + 1].data(), batch, ctx);
     } else {
       std::get<I>(layers_).forward(in, outputs_[I].data(), batch, ctx);

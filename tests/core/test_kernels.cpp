@@ -196,36 +196,55 @@ TEST_CASE("max-pool backward with the ReLU mask equals the pool's backward, then
 }
 
 TEST_CASE("conv backward through a fused pool equals pool backward, then conv backward") {
-  for (auto [n, cin, cout, h, w] : {std::array{2, 3, 6, 8, 10}, std::array{3, 2, 9, 7, 9}, std::array{1, 1, 8, 34, 40}})
-    for (int threads : {1, 2, 3}) {
-      CAPTURE(h);
-      CAPTURE(w);
-      CAPTURE(threads);
-      const vgg::cpu::Conv3x3Geometry g{cin, cout, h, w};
-      const auto x = ref::random_vector(std::size_t(n) * cin * h * w, 79);
-      const auto wt = ref::random_vector(std::size_t(cout) * cin * 9, 80);
-      const auto b = ref::random_vector(std::size_t(cout), 81);
-      std::vector<float> y(std::size_t(n) * cout * h * w), pooled(std::size_t(n) * cout * (h / 2) * (w / 2));
-      vgg::cpu::Conv3x3Workspace ws;
-      ws.reserve_backward(g, threads, /*pooled=*/true);
-      vgg::cpu::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y.data(), n, g, ws, threads, pooled.data());
-      const auto dp = ref::random_vector(pooled.size(), 82);
-      // Unfused: the pool's backward into a full-size dy, then the conv's backward.
-      std::vector<float> dy(y.size()), dx1(x.size()), dw1(wt.size()), db1(b.size());
-      vgg::cpu::maxpool2x2_backward(y.data(), dp.data(), dy.data(), long(n) * cout, h, w, threads);
-      vgg::cpu::conv3x3_relu_backward(x.data(), wt.data(), y.data(), dy.data(), dx1.data(), dw1.data(), db1.data(), n,
-                                      g, ws, threads);
-      for (bool plain : {false, true}) {
-        CAPTURE(plain);
-        std::vector<float> dx2(x.size(), 9.0f), dw2(wt.size(), 9.0f), db2(b.size(), 9.0f);
-        const auto backward = plain ? vgg::cpu::conv3x3_relu_pool_backward_plain : vgg::cpu::conv3x3_relu_pool_backward;
-        backward(x.data(), wt.data(), y.data(), dp.data(), dx2.data(), dw2.data(), db2.data(), n, g, ws, threads);
-        const float tol = plain ? 1e-4f : 1e-6f;
-        CHECK(ref::max_abs_diff(dx1, dx2.data()) <= tol);
-        CHECK(ref::max_abs_diff(dw1, dw2.data()) <= tol * 10);
-        CHECK(ref::max_abs_diff(db1, db2.data()) <= tol * 10);
-      }
-    }
+  // C_in = 1 keeps only winner codes on the fast path; its gradients then come straight from them,
+  // or through a full-size dz when the input gradient is asked for. Ties (a constant input gives
+  // equal values across a window) and non-positive windows exercise the codes' order and the ReLU.
+  for (auto [n, cin, cout, h, w] : {std::array{2, 3, 6, 8, 10}, std::array{3, 2, 9, 7, 9}, std::array{1, 1, 8, 34, 40},
+                                    std::array{2, 1, 5, 9, 37}, std::array{3, 1, 8, 36, 224}})
+    for (int threads : {1, 2, 3})
+      for (bool constant : {false, true})
+        for (bool with_dx : {true, false}) {
+          CAPTURE(cin);
+          CAPTURE(h);
+          CAPTURE(w);
+          CAPTURE(threads);
+          CAPTURE(constant);
+          CAPTURE(with_dx);
+          const vgg::cpu::Conv3x3Geometry g{cin, cout, h, w};
+          auto x = ref::random_vector(std::size_t(n) * cin * h * w, 79);
+          auto wt = ref::random_vector(std::size_t(cout) * cin * 9, 80);
+          auto b = ref::random_vector(std::size_t(cout), 81);
+          if (constant) {  // half the batch constant: ties; multiples of 1/64 make every sum exact,
+            std::fill(x.begin(), x.end() - long(x.size() / 2), 0.5f);  // so all paths see the same ties
+            for (auto* v : {&x, &wt, &b})
+              for (float& e : *v) e = std::round(e * 64.0f) / 64.0f;
+          }
+          std::vector<float> y(std::size_t(n) * cout * h * w), pooled(std::size_t(n) * cout * (h / 2) * (w / 2));
+          vgg::cpu::Conv3x3Workspace ws;
+          ws.reserve_backward(g, threads, /*pooled=*/true);
+          vgg::cpu::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y.data(), n, g, ws, threads);
+          const auto dp = ref::random_vector(pooled.size(), 82);
+          // Unfused: the pool's backward into a full-size dy, then the conv's backward.
+          std::vector<float> dy(y.size()), dx1(x.size()), dw1(wt.size()), db1(b.size());
+          vgg::cpu::maxpool2x2_backward(y.data(), dp.data(), dy.data(), long(n) * cout, h, w, threads);
+          vgg::cpu::conv3x3_relu_backward(x.data(), wt.data(), y.data(), dy.data(), dx1.data(), dw1.data(), db1.data(),
+                                          n, g, ws, threads);
+          for (bool plain : {false, true}) {
+            CAPTURE(plain);
+            std::vector<float> state(y.size(), -7.0f), p(pooled.size());
+            std::vector<float> dx2(x.size(), 9.0f), dw2(wt.size(), 9.0f), db2(b.size(), 9.0f);
+            const auto forward = plain ? vgg::cpu::conv3x3_relu_pool_forward_plain : vgg::cpu::conv3x3_relu_pool_forward;
+            const auto backward =
+                plain ? vgg::cpu::conv3x3_relu_pool_backward_plain : vgg::cpu::conv3x3_relu_pool_backward;
+            forward(x.data(), wt.data(), b.data(), p.data(), state.data(), n, g, ws, threads);
+            backward(x.data(), wt.data(), state.data(), dp.data(), with_dx ? dx2.data() : nullptr, dw2.data(),
+                     db2.data(), n, g, ws, threads);
+            const float tol = plain ? 1e-4f : 1e-5f;
+            if (with_dx) CHECK(ref::max_abs_diff(dx1, dx2.data()) <= tol);
+            CHECK(ref::max_abs_diff(dw1, dw2.data()) <= tol * 10);
+            CHECK(ref::max_abs_diff(db1, db2.data()) <= tol * 10);
+          }
+        }
 }
 
 TEST_CASE("conv with the 2x2 max-pool fused in equals conv then pool, on both paths") {
@@ -233,8 +252,9 @@ TEST_CASE("conv with the 2x2 max-pool fused in equals conv then pool, on both pa
   // C_in = 1 has a path of its own on AVX-512 (pool from registers, two rows at a time).
   for (auto [n, cin, cout, h, w] : {std::array{2, 3, 5, 9, 11}, std::array{1, 2, 4, 97, 75}, std::array{3, 8, 16, 14, 14},
                                     std::array{1, 1, 8, 2, 2}, std::array{2, 1, 8, 33, 37}, std::array{1, 1, 5, 40, 48},
-                                    std::array{1, 1, 3, 7, 1}})
+                                    std::array{1, 1, 3, 7, 1}, std::array{1, 1, 3, 1, 7}})
     for (int threads : {1, 2, 3}) {
+      CAPTURE(cin);
       CAPTURE(h);
       CAPTURE(w);
       CAPTURE(threads);
@@ -245,18 +265,22 @@ TEST_CASE("conv with the 2x2 max-pool fused in equals conv then pool, on both pa
       const std::size_t out = std::size_t(n) * cout * h * w, pooled = std::size_t(n) * cout * (h / 2) * (w / 2);
       vgg::cpu::Conv3x3Workspace ws;
       ws.reserve(g, threads);
-      std::vector<float> y(out), expected(pooled);
+      std::vector<float> y(out), expected(pooled), y_plain(out);
       vgg::cpu::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y.data(), n, g, ws, threads);
       vgg::cpu::maxpool2x2_forward(y.data(), expected.data(), long(n) * cout, h, w, threads);
-      std::vector<float> y2(out, -1.0f), p2(pooled, -1.0f), y3(out, -2.0f), p3(pooled, -2.0f);
-      vgg::cpu::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y2.data(), n, g, ws, threads, p2.data());
+      vgg::cpu::conv3x3_relu_forward_plain(x.data(), wt.data(), b.data(), y_plain.data(), n, g, ws, threads);
+      CHECK(ref::max_abs_diff(y, y_plain.data()) < 1e-4f);
+      std::vector<float> s2(out, -1.0f), p2(pooled, -1.0f), s3(out, -2.0f), p3(pooled, -2.0f);
+      vgg::cpu::conv3x3_relu_pool_forward(x.data(), wt.data(), b.data(), p2.data(), s2.data(), n, g, ws, threads);
       // Pooling bands have an even row count, so the GEMMs split differently: Eigen's (the plain
       // path) may round differently, ours sums in the same order whatever the split.
       const float tol = vgg::cpu::kFastKernels ? 0.0f : 1e-5f;
-      CHECK(ref::max_abs_diff(y, y2.data()) <= tol);
       CHECK(ref::max_abs_diff(expected, p2.data()) <= tol);
-      vgg::cpu::conv3x3_relu_forward_plain(x.data(), wt.data(), b.data(), y3.data(), n, g, ws, threads, p3.data());
-      CHECK(ref::max_abs_diff(y, y3.data()) < 1e-4f);
+      // The state is the full-size output, except where only winner codes are kept.
+      if (!vgg::cpu::pool_state_is_winners(g, /*plain=*/false)) CHECK(ref::max_abs_diff(y, s2.data()) <= tol);
+      vgg::cpu::conv3x3_relu_pool_forward_plain(x.data(), wt.data(), b.data(), p3.data(), s3.data(), n, g, ws,
+                                                threads);
+      CHECK(ref::max_abs_diff(y, s3.data()) < 1e-4f);
       CHECK(ref::max_abs_diff(expected, p3.data()) < 1e-4f);
     }
 }

@@ -7,12 +7,18 @@
 // Two paths with one contract: the plain one (Eigen GEMM; the forward fills the bias in first and
 // applies ReLU in a pass of its own) and, on AVX-512 targets, the fast one (our GEMM kernel, which
 // adds the bias and applies ReLU as it stores each tile). The unsuffixed functions take the fast
-// one where it is built. A first layer with one input channel takes a kernel of its own
+// one where it is built. A first layer with one input channel takes kernels of its own
 // (conv3x3_one_channel.hpp): its 9-deep GEMM would spend its time packing and storing.
+//
+// A conv followed by a 2x2 max-pool can run fused (conv3x3_relu_pool_forward/_backward): the pool
+// is taken band by band while the conv's output is in cache, and the caller hands over a `state`
+// buffer the size of the conv's output that carries what the backward pass needs: the full-size
+// output, or, where the fast one-channel kernel runs, only the pool's winner masks.
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "vgg/buffer.hpp"
@@ -64,12 +70,20 @@ struct Conv3x3Workspace {
   std::vector<Buffer<float>> column_grads, weight_grads, bias_grads;
   std::vector<GemmPlan> weight_plans, input_plans;
   std::vector<Buffer<float>> pooled_grads;  // fused pool backward: one image's dz per thread
+  std::vector<Buffer<float>> split_inputs;  // fused one-channel backward: input columns laid out per block
 
   void reserve_backward(const Conv3x3Geometry& g, int threads, bool pooled = false) {
     reserve(g, threads);
     if (pooled) {
       if (int(pooled_grads.size()) < threads) pooled_grads.resize(std::size_t(threads));
       for (int t = 0; t < threads; ++t) pooled_grads[std::size_t(t)].reserve(std::size_t(g.cout * g.plane()));
+#ifdef VGG_FAST_KERNELS
+      if (g.cin == 1) {
+        if (int(split_inputs.size()) < threads) split_inputs.resize(std::size_t(threads));
+        for (int t = 0; t < threads; ++t)
+          split_inputs[std::size_t(t)].reserve(std::size_t(avx512::one_channel_scratch_size(g.w)));
+      }
+#endif
     }
     if (int(column_grads.size()) < threads) {
       column_grads.resize(std::size_t(threads));
@@ -102,7 +116,15 @@ struct Conv3x3Workspace {
   }
 };
 
+/// True where the fused conv + pool keeps only winner masks in its state (half a byte per pooled value)
+/// instead of the full-size output: the fast path with one input channel.
+inline constexpr bool pool_state_is_winners(const Conv3x3Geometry& g, bool plain) {
+  return kFastKernels && !plain && g.cin == 1;
+}
+
 namespace detail {
+/// y = relu(conv3x3(x) + b), or, when pooled is not null, pooled = maxpool2x2 of it with y as the
+/// fused pass's state (see conv3x3_relu_pool_forward).
 template <bool Plain>
 inline void conv3x3_relu_forward(const float* x, const float* weight, const float* bias, float* y, float* pooled,
                                  int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
@@ -127,10 +149,14 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
       float* yi = y + image * g.cout * plane;
       float* out = yi + long(r0) * g.w;
 #ifdef VGG_FAST_KERNELS
-      if (!Plain && g.cin == 1) {  // a kernel of its own, which pools too
-        avx512::conv3x3_relu_one_channel(x + image * plane, weight, bias, yi,
-                                         pooled ? pooled + image * g.cout * pooled_plane : nullptr, g.cout, g.h, g.w,
-                                         r0, r1);
+      if (!Plain && g.cin == 1) {  // kernels of their own; the fused one keeps winner masks as its state
+        const float* xi = x + image * plane;
+        if (pooled)
+          avx512::conv3x3_relu_pool_one_channel(xi, weight, bias, pooled + image * g.cout * pooled_plane,
+                                                reinterpret_cast<std::uint32_t*>(y) + image * g.cout * winner_plane_words(g.h, g.w),
+                                                g.cout, g.h, g.w, r0, r1);
+        else
+          avx512::conv3x3_relu_one_channel(xi, weight, bias, yi, g.cout, g.h, g.w, r0, r1);
         continue;
       }
 #endif
@@ -163,19 +189,33 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
 }
 }  // namespace detail
 
-/// y = relu(conv3x3(x, weight) + bias) for n images, and, when pooled is not null, the 2x2 max-pool
-/// of y as well (pooled = maxpool2x2(y), computed band by band while y is in cache). Takes the fast
-/// path where built; the _plain variant takes the plain one on every target.
+/// y = relu(conv3x3(x, weight) + bias) for n images. Takes the fast path where built; the _plain
+/// variant takes the plain one on every target.
 /// requires: ws.reserve(g, t) with t >= threads; weight is cout x cin x 3 x 3, bias has cout entries;
-///           x holds n x cin x h x w, y n x cout x h x w, pooled n x cout x (h/2) x (w/2) floats.
+///           x holds n x cin x h x w floats, y n x cout x h x w.
 inline void conv3x3_relu_forward(const float* x, const float* weight, const float* bias, float* y, int n,
-                                 const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads, float* pooled = nullptr) {
-  detail::conv3x3_relu_forward<false>(x, weight, bias, y, pooled, n, g, ws, threads);
+                                 const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
+  detail::conv3x3_relu_forward<false>(x, weight, bias, y, nullptr, n, g, ws, threads);
 }
 inline void conv3x3_relu_forward_plain(const float* x, const float* weight, const float* bias, float* y, int n,
-                                       const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads,
-                                       float* pooled = nullptr) {
-  detail::conv3x3_relu_forward<true>(x, weight, bias, y, pooled, n, g, ws, threads);
+                                       const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
+  detail::conv3x3_relu_forward<true>(x, weight, bias, y, nullptr, n, g, ws, threads);
+}
+
+/// pooled = maxpool2x2(relu(conv3x3(x, weight) + bias)), the pool taken band by band while the
+/// conv's output is in cache. `state` receives what conv3x3_relu_pool_backward (of the same path)
+/// needs: the conv's full-size output, or, where pool_state_is_winners, the pool's winner masks
+/// (conv3x3_one_channel.hpp; the full-size output is then never written).
+/// requires: as conv3x3_relu_forward, with state in place of y; pooled holds n x cout x (h/2) x (w/2).
+inline void conv3x3_relu_pool_forward(const float* x, const float* weight, const float* bias, float* pooled,
+                                      float* state, int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws,
+                                      int threads) {
+  detail::conv3x3_relu_forward<false>(x, weight, bias, state, pooled, n, g, ws, threads);
+}
+inline void conv3x3_relu_pool_forward_plain(const float* x, const float* weight, const float* bias, float* pooled,
+                                            float* state, int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws,
+                                            int threads) {
+  detail::conv3x3_relu_forward<true>(x, weight, bias, state, pooled, n, g, ws, threads);
 }
 
 namespace detail {
@@ -204,9 +244,20 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
       if constexpr (Pooled) {  // pool backward with the ReLU mask, and the bias gradient, in one pass
         const long pooled_plane = long(g.h / 2) * (g.w / 2);
         dzi = ws.pooled_grads[std::size_t(tid)].data();
+        const long winner_plane = winner_plane_words(g.h, g.w);
+        const auto* winners = reinterpret_cast<const std::uint32_t*>(y) + image * g.cout * winner_plane;
+#ifdef VGG_FAST_KERNELS
+        if (pool_state_is_winners(g, Plain) && !dx) {  // straight from the masks, nothing full-size
+          avx512::conv3x3_relu_pool_one_channel_grads(xi, winners, dy + image * g.cout * pooled_plane, dw, db, g.cout,
+                                                      g.h, g.w, ws.split_inputs[std::size_t(tid)].data());
+          continue;
+        }
+#endif
         for (int co = 0; co < g.cout; ++co) {
           const float* dp = dy + (image * g.cout + co) * pooled_plane;
-          if constexpr (Plain)
+          if (pool_state_is_winners(g, Plain))
+            db[co] += unpool_from_winners_plane(winners + co * winner_plane, dp, dzi + co * plane, g.h, g.w);
+          else if constexpr (Plain)
             db[co] += maxpool2x2_backward_plane_plain(yi + co * plane, dp, dzi + co * plane, g.h, g.w, true);
           else
             db[co] += maxpool2x2_backward_plane(yi + co * plane, dp, dzi + co * plane, g.h, g.w, true);
@@ -283,18 +334,20 @@ inline void conv3x3_relu_backward_plain(const float* x, const float* weight, con
 
 /// Backward of pooled = maxpool2x2(relu(conv3x3(x) + b)), given dy_pooled, the gradient of pooled
 /// (n x cout x h/2 x w/2, left as it is): the same gradients as maxpool2x2_backward followed by
-/// conv3x3_relu_backward, without the full-size intermediate gradient.
-/// requires: ws.reserve_backward(g, t, /*pooled=*/true) with t >= threads; y is the conv's output.
-inline void conv3x3_relu_pool_backward(const float* x, const float* weight, const float* y, const float* dy_pooled,
+/// conv3x3_relu_backward, without the full-size intermediate gradient. Where pool_state_is_winners
+/// and no input gradient is asked for (a first layer), the gradients come straight from the masks.
+/// requires: ws.reserve_backward(g, t, /*pooled=*/true) with t >= threads; state is what
+///           conv3x3_relu_pool_forward (the same variant, fast or _plain) wrote for x.
+inline void conv3x3_relu_pool_backward(const float* x, const float* weight, const float* state, const float* dy_pooled,
                                        float* dx, float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
                                        Conv3x3Workspace& ws, int threads) {
-  detail::conv3x3_relu_backward<false, true>(x, weight, y, const_cast<float*>(dy_pooled), dx, weight_grad, bias_grad, n,
+  detail::conv3x3_relu_backward<false, true>(x, weight, state, const_cast<float*>(dy_pooled), dx, weight_grad, bias_grad, n,
                                              g, ws, threads);
 }
-inline void conv3x3_relu_pool_backward_plain(const float* x, const float* weight, const float* y,
+inline void conv3x3_relu_pool_backward_plain(const float* x, const float* weight, const float* state,
                                              const float* dy_pooled, float* dx, float* weight_grad, float* bias_grad,
                                              int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
-  detail::conv3x3_relu_backward<true, true>(x, weight, y, const_cast<float*>(dy_pooled), dx, weight_grad, bias_grad, n,
+  detail::conv3x3_relu_backward<true, true>(x, weight, state, const_cast<float*>(dy_pooled), dx, weight_grad, bias_grad, n,
                                             g, ws, threads);
 }
 

@@ -1,10 +1,14 @@
 #pragma once
-// AVX-512 forward kernel for a 3x3 convolution (stride 1, padding 1) + bias + ReLU with ONE input
-// channel, the first layer of every VGG here, with the following 2x2 max-pool taken from registers.
-// With one input channel, im2col + GEMM is a 9-deep product whose time goes to copying and storing;
-// this kernel keeps each 16-pixel segment's nine shifted inputs in registers while it forms every
-// output channel (9 FMAs and one store each), and streams the output past the caches (the output is
-// 8-64x the input). Measured: width-1 conv1 forward 4.6 -> 2.3 ms for 8 images (bench_blocks).
+// AVX-512 kernels for a 3x3 convolution (stride 1, padding 1) + bias + ReLU with ONE input channel,
+// the first layer of every VGG here, alone or with the following 2x2 max-pool fused in.
+//
+// With one input channel, im2col + GEMM is a 9-deep product whose time goes to copying and storing.
+// The forward kernels keep each 16-pixel segment's nine shifted inputs in registers while they form
+// every output channel from them (9 FMAs each). The fused one never writes the full-size output
+// (8-64x the input, which made the layer memory-bound): it stores the pooled value and, per window,
+// four bits saying which elements equal the window's maximum, all that the backward pass needs. The
+// backward kernel forms the weight and bias gradients straight from those bits and the pooled
+// gradient: no full-size gradient is written or read either.
 
 #include <algorithm>
 #include <cstdint>
@@ -13,8 +17,69 @@
 
 namespace vgg::cpu {
 
+/// Winner masks of a fused 2x2 max-pool. A pooled row of `ow` windows has n = ceil(ow / 16)
+/// 32-bit words for the windows' top row, then n for the bottom row; in word k, bits 2l and 2l + 1
+/// say that the left and the right element of window 16k + l equal the window's maximum (the bits
+/// sit where the elements sit in the row: that is how the forward kernel's comparisons produce
+/// them). The winner is the first such element in row-major order, as in PyTorch. No bit is set
+/// where the maximum is not positive (the ReLU before the pool then passes no gradient).
+inline long winner_row_words(int w) { return (long(w / 2) + 15) / 16 * 2; }  // uint32 words per pooled row
+inline long winner_plane_words(int h, int w) { return long(h / 2) * winner_row_words(w); }
+
+/// The even bits of a 32-bit word, packed (the left elements' bits of 16 windows).
+inline std::uint32_t even_bits(std::uint32_t v) {
+  v &= 0x55555555u;
+  v = (v | v >> 1) & 0x33333333u;
+  v = (v | v >> 2) & 0x0F0F0F0Fu;
+  v = (v | v >> 4) & 0x00FF00FFu;
+  return (v | v >> 8) & 0x0000FFFFu;
+}
+
+/// Which element wins each of 16 windows: bit l of each mask, from a top and a bottom word.
+struct Winners {
+  std::uint32_t top_left, top_right, bottom_left, bottom_right;
+  Winners(std::uint32_t top, std::uint32_t bottom) {
+    const std::uint32_t tl = even_bits(top), tr = even_bits(top >> 1), bl = even_bits(bottom);
+    top_left = tl;
+    top_right = tr & ~tl;
+    bottom_left = bl & ~(tl | tr);
+    bottom_right = even_bits(bottom >> 1) & ~(tl | tr | bl);
+  }
+};
+
+/// Gradient of relu(conv) behind a fused pool, from winner masks: dz at the winner of window (i, j)
+/// is dy_pooled[i][j], 0 elsewhere (and in the row/column the floor rule dropped). Returns the sum
+/// of dz (the bias gradient). One h x w plane.
+inline float unpool_from_winners_plane(const std::uint32_t* winners, const float* dy_pooled, float* dz, int h, int w) {
+  const int oh = h / 2, ow = w / 2, n = (ow + 15) / 16;
+  std::fill(dz, dz + long(h) * w, 0.0f);
+  float sum = 0.0f;
+  for (int i = 0; i < oh; ++i)
+    for (int k = 0; k < n; ++k) {
+      const std::uint32_t* row = winners + long(i) * winner_row_words(w);
+      const Winners win(row[k], row[n + k]);
+      const std::uint32_t masks[4] = {win.top_left, win.top_right, win.bottom_left, win.bottom_right};
+      for (int j = 16 * k; j < std::min(ow, 16 * k + 16); ++j)
+        for (int c = 0; c < 4; ++c)
+          if (masks[c] >> (j - 16 * k) & 1) {
+            const float g = dy_pooled[long(i) * ow + j];
+            dz[long(2 * i + c / 2) * w + 2 * j + c % 2] = g;
+            sum += g;
+          }
+    }
+  return sum;
+}
+
 #ifdef VGG_FAST_KERNELS
 namespace avx512 {
+inline void prefetch_for_write(const float* p) {
+#ifdef __PRFCHW__
+  _m_prefetchw(const_cast<float*>(p));
+#else
+  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+#endif
+}
+
 /// The nine shifted 16-pixel input vectors that output row r, pixels [x0, x0 + count), reads.
 inline void one_channel_taps(const float* x, int h, int w, int r, int x0, int count, __m512 v[9]) {
   for (int ky = 0; ky < 3; ++ky) {
@@ -28,8 +93,9 @@ inline void one_channel_taps(const float* x, int h, int w, int r, int x0, int co
   }
 }
 
-/// relu(bias + sum of the nine taps weighted by w[0..8]).
-inline __m512 one_channel_output(const __m512 v[9], const float* w, float bias) {
+/// bias + the nine taps weighted by w[0..8] (before the ReLU), in three interleaved chains: one
+/// chain of nine FMAs made each output channel latency-bound.
+inline __m512 one_channel_chain(const __m512 v[9], const float* w, float bias) {
   __m512 a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[0]), v[0], _mm512_set1_ps(bias));
   __m512 a1 = _mm512_mul_ps(_mm512_set1_ps(w[1]), v[1]);
   __m512 a2 = _mm512_mul_ps(_mm512_set1_ps(w[2]), v[2]);
@@ -39,7 +105,7 @@ inline __m512 one_channel_output(const __m512 v[9], const float* w, float bias) 
   a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[6]), v[6], a0);
   a1 = _mm512_fmadd_ps(_mm512_set1_ps(w[7]), v[7], a1);
   a2 = _mm512_fmadd_ps(_mm512_set1_ps(w[8]), v[8], a2);
-  return _mm512_max_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), a2), _mm512_setzero_ps());
+  return _mm512_add_ps(_mm512_add_ps(a0, a1), a2);
 }
 
 /// Stores 16 outputs (or the first `count`): streamed past the caches when a whole aligned line,
@@ -52,42 +118,195 @@ inline void store_output(float* o, __m512 value, int count) {
 }
 
 /// Rows [r0, r1) of y = relu(conv3x3(x) + bias) for a one-channel image x (h x w) and cout output
-/// planes, and, when pooled is not null, their 2x2 max-pool (r0 even; pooled is the image's
-/// cout x h/2 x w/2 output). A 9-deep GEMM spends its time packing and storing, not multiplying;
-/// here each 16-pixel segment's nine shifted inputs stay in registers while every output channel is
-/// formed from them (9 FMAs and a streamed store), two rows at a time so that the pool is taken
-/// from registers too.
-inline void conv3x3_relu_one_channel(const float* x, const float* weight, const float* bias, float* y,
-                                     float* pooled, int cout, int h, int w, int r0, int r1) {
+/// planes (y is the image's cout x h x w output).
+inline void conv3x3_relu_one_channel(const float* x, const float* weight, const float* bias, float* y, int cout,
+                                     int h, int w, int r0, int r1) {
   const long plane = long(h) * w;
-  const int ow = w / 2;
-  const long pooled_plane = long(h / 2) * ow;
-  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
-  for (int r = r0; r < r1; r += 2) {
-    const bool pair = r + 1 < r1;
+  for (int r = r0; r < r1; ++r)
     for (int x0 = 0; x0 < w; x0 += 16) {
       const int count = std::min(16, w - x0);
+      __m512 taps[9];
+      one_channel_taps(x, h, w, r, x0, count, taps);
+      for (int co = 0; co < cout; ++co) {
+        const __m512 a = _mm512_max_ps(one_channel_chain(taps, weight + co * 9, bias[co]), _mm512_setzero_ps());
+        store_output(y + co * plane + long(r) * w + x0, a, count);
+      }
+    }
+  _mm_sfence();  // streamed stores are visible before the threads meet again
+}
+
+/// Pooled rows [r0 / 2, r1 / 2) of pooled = maxpool2x2(relu(conv3x3(x) + bias)) for a one-channel
+/// image x (h x w), and their winner masks (winners: cout planes of winner_plane_words(h, w)).
+/// The full-size output is formed two rows at a time in registers and never stored; the window
+/// maximum is taken in place (each lane pair holds it twice), so the winner bits are two compares.
+/// requires: r0 even.
+inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, const float* bias, float* pooled,
+                                          std::uint32_t* winners, int cout, int h, int w, int r0, int r1) {
+  const int ow = w / 2;
+  const long pooled_plane = long(h / 2) * ow, row_words = winner_row_words(w), winner_plane = winner_plane_words(h, w);
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14);
+  for (int r = r0; r + 1 < std::min(r1, 2 * (h / 2)); r += 2) {
+    for (int x0 = 0; x0 + 1 < w; x0 += 16) {
+      const int count = std::min(16, w - x0), pooled_count = std::min(8, ow - x0 / 2);
       __m512 top[9], bottom[9];
       one_channel_taps(x, h, w, r, x0, count, top);
-      if (pair) one_channel_taps(x, h, w, r + 1, x0, count, bottom);
-      const int pooled_count = std::min(8, ow - x0 / 2);
+      one_channel_taps(x, h, w, r + 1, x0, count, bottom);
+      const long at = long(r / 2) * ow + x0 / 2;
+      // This segment's 8 windows are the low (x0 % 32 == 0) or high halves of the row's words.
+      auto* masks = reinterpret_cast<std::uint16_t*>(winners + long(r / 2) * row_words + x0 / 32) + x0 / 16 % 2;
+      const long bottom_offset = row_words;  // in uint16: n words on
+      const bool clear_next = x0 % 32 == 0 && x0 + 17 >= w;  // the last segment: clear the words' other half
+      const __mmask16 store = first_lanes(pooled_count), windows = first_lanes(2 * pooled_count);
       for (int co = 0; co < cout; ++co) {
         const float* wc = weight + co * 9;
-        const __m512 a = one_channel_output(top, wc, bias[co]);
-        store_output(y + co * plane + long(r) * w + x0, a, count);
-        if (!pair) continue;
-        const __m512 b = one_channel_output(bottom, wc, bias[co]);
-        store_output(y + co * plane + long(r + 1) * w + x0, b, count);
-        if (pooled && pooled_count > 0) {
-          const __m512 m = _mm512_max_ps(a, b);
-          const __m512 p = _mm512_max_ps(_mm512_permutexvar_ps(evens, m), _mm512_permutexvar_ps(odds, m));
-          _mm512_mask_storeu_ps(pooled + co * pooled_plane + long(r / 2) * ow + x0 / 2, first_lanes(pooled_count), p);
-        }
+        const __m512 a = one_channel_chain(top, wc, bias[co]), b = one_channel_chain(bottom, wc, bias[co]);
+        const __m512 column_max = _mm512_max_ps(a, b);
+        const __m512 m = _mm512_max_ps(column_max, _mm512_permute_ps(column_max, 0xB1));  // lanes 2l, 2l + 1: window l
+        // The ReLU commutes with the max, so it is taken once, on the pooled value.
+        const __mmask16 live = _mm512_mask_cmp_ps_mask(windows, m, _mm512_setzero_ps(), _CMP_GT_OQ);
+        std::uint16_t* out = masks + co * winner_plane * 2;
+        out[0] = std::uint16_t(_mm512_mask_cmp_ps_mask(live, a, m, _CMP_EQ_OQ));
+        out[bottom_offset] = std::uint16_t(_mm512_mask_cmp_ps_mask(live, b, m, _CMP_EQ_OQ));
+        if (clear_next) out[1] = out[bottom_offset + 1] = 0;
+        float* dst = pooled + co * pooled_plane + at;
+        _mm512_mask_storeu_ps(dst, store, _mm512_max_ps(_mm512_permutexvar_ps(evens, m), _mm512_setzero_ps()));
+        // Each store starts a line in one of 2 x cout planes: claim the next line early, or the
+        // stores wait on its read for ownership (measured 1.68 -> 1.46 ms for 8 images at width 1).
+        prefetch_for_write(dst + 16);
       }
     }
   }
-  _mm_sfence();  // streamed stores are visible before the threads meet again
+}
+
+/// Adds to dw (cout x 9) and db (cout) the weight and bias gradients of one image of a fused
+/// one-channel conv + ReLU + 2x2 pool, from its input x (h x w), the winner masks and the pooled
+/// gradient dy_pooled (cout x h/2 x w/2).
+/// Per output channel and 16 windows: 36 masked FMAs (9 taps x 4 window elements; each lane's winner
+/// enables one of them). Their input operands, x at columns 2j + c - 1 (c = 0..3) of the
+/// four input rows that a pooled row reads, are laid out once per block of pooled rows so that all
+/// sixteen are loads at fixed offsets from one pointer, from L1.
+/// requires: scratch holds one_channel_scratch_size(w) floats.
+inline constexpr int kPooledRowsPerBlock = 8;
+inline long split_block_words(int w) { return (kPooledRowsPerBlock * winner_row_words(w) + 15) / 16 * 16; }
+inline long one_channel_scratch_size(int w) {
+  const long steps = (long(w / 2) + 15) / 16;
+  return steps * (2 * kPooledRowsPerBlock + 2) * 64 + 2 * split_block_words(w);  // input, 2 channels' split winners
+}
+
+/// Splits n winner words into their even and odd bits: out[q] = even_bits(words[q]) |
+/// even_bits(words[q] >> 1) << 16, i.e. the left elements' 16-bit mask, then the right ones'.
+/// Sixteen words per vector: splitting them step by step took integer work that the FMA loop could
+/// not spare. requires: out holds n rounded up to 16 words.
+inline void split_winner_words(const std::uint32_t* words, long n, std::uint32_t* out) {
+  const __m512i m1 = _mm512_set1_epi32(0x55555555), m2 = _mm512_set1_epi32(0x33333333);
+  const __m512i m4 = _mm512_set1_epi32(0x0F0F0F0F), m8 = _mm512_set1_epi32(0x00FF00FF);
+  const __m512i m16 = _mm512_set1_epi32(0x0000FFFF);
+  // (a | b) & c is ternary-logic function 0xA8.
+  auto even = [&](__m512i v) {
+    v = _mm512_and_si512(v, m1);
+    v = _mm512_ternarylogic_epi32(v, _mm512_srli_epi32(v, 1), m2, 0xA8);
+    v = _mm512_ternarylogic_epi32(v, _mm512_srli_epi32(v, 2), m4, 0xA8);
+    v = _mm512_ternarylogic_epi32(v, _mm512_srli_epi32(v, 4), m8, 0xA8);
+    return _mm512_ternarylogic_epi32(v, _mm512_srli_epi32(v, 8), m16, 0xA8);
+  };
+  for (long k = 0; k < n; k += 16) {
+    const __m512i v = _mm512_maskz_loadu_epi32(first_lanes(int(std::min(16L, n - k))), words + k);
+    _mm512_storeu_si512(out + k, _mm512_or_si512(even(v), _mm512_slli_epi32(even(_mm512_srli_epi32(v, 1)), 16)));
+  }
+}
+
+inline void conv3x3_relu_pool_one_channel_grads(const float* x, const std::uint32_t* winners, const float* dy_pooled,
+                                                float* dw, float* db, int cout, int h, int w, float* scratch) {
+  const int oh = h / 2, ow = w / 2, steps = (ow + 15) / 16;
+  const long pooled_plane = long(oh) * ow, row_words = winner_row_words(w), winner_plane = winner_plane_words(h, w);
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int i0 = 0; i0 < oh; i0 += kPooledRowsPerBlock) {
+    const int i1 = std::min(oh, i0 + kPooledRowsPerBlock), rows = 2 * (i1 - i0) + 2;
+    // scratch[(step * rows + k) * 64 + c * 16 + l] = x[2 * i0 - 1 + k][2 * (16 * step + l) + c - 1]
+    // (0 outside the image: the conv's padding).
+    for (int step = 0; step < steps; ++step)
+      for (int k = 0; k < rows; ++k) {
+        const int r = 2 * i0 - 1 + k;
+        float* out = scratch + (long(step) * rows + k) * 64;
+        for (int c = 0; c < 4; ++c) {
+          const int first = 32 * step + c - 1;  // lane l reads x[first + 2l]: the evens of 32 from first
+          const int lo = std::max(0, -first), hi = std::clamp(w - first, 0, 32);
+          const bool inside = r >= 0 && r < h && hi > lo;
+          const unsigned live = inside ? (hi >= 32 ? ~0u : (1u << hi) - 1) & ~((1u << lo) - 1) : 0u;
+          const float* src = inside ? x + long(r) * w + first : x;
+          const __m512 v0 = _mm512_maskz_loadu_ps(__mmask16(live), src);
+          const __m512 v1 = _mm512_maskz_loadu_ps(__mmask16(live >> 16), inside ? src + 16 : x);
+          _mm512_storeu_ps(out + c * 16, _mm512_permutex2var_ps(v0, evens, v1));
+        }
+      }
+    // A channel's winner words for the block, split into left/right masks (split_winner_words),
+    // two channels' worth: the next channel's are split while this one computes.
+    auto split_for = [&](int co) {
+      return reinterpret_cast<std::uint32_t*>(scratch + long(steps) * (2 * kPooledRowsPerBlock + 2) * 64) +
+             (co % 2) * split_block_words(w);
+    };
+    auto split_block = [&](int co) {
+      const std::uint32_t* words = winners + co * winner_plane + long(i0) * row_words;
+      const long n = long(i1 - i0) * row_words;
+      split_winner_words(words, n, split_for(co));
+      for (long b = 0; b < n * 4; b += 64)  // the channel after is a plane away: fetch it a channel ahead
+        _mm_prefetch(reinterpret_cast<const char*>(words + winner_plane) + b, _MM_HINT_T0);
+    };
+    split_block(0);
+    for (int co = 0; co < cout; ++co) {
+      // Two accumulators per tap, for the top and the bottom elements of the windows (shorter FMA
+      // chains): t<ky><kx> and b<ky><kx>. Named, not an array: GCC kept an array of them in memory.
+      __m512 t00, t01, t02, t10, t11, t12, t20, t21, t22, b00, b01, b02, b10, b11, b12, b20, b21, b22;
+      t00 = t01 = t02 = t10 = t11 = t12 = t20 = t21 = t22 = _mm512_setzero_ps();
+      b00 = b01 = b02 = b10 = b11 = b12 = b20 = b21 = b22 = _mm512_setzero_ps();
+      __m512 bias_acc = _mm512_setzero_ps();
+      const auto* split = reinterpret_cast<const std::uint16_t*>(split_for(co));
+      if (co + 1 < cout) split_block(co + 1);
+      for (int i = i0; i < i1; ++i) {
+        const float* g_row = dy_pooled + co * pooled_plane + long(i) * ow;
+        const std::uint16_t* mask_row = split + 2 * (i - i0) * row_words;  // top words, then bottom words
+        for (int step = 0; step < steps; ++step) {
+          // The next channel's rows are a plane away: fetch them while this one computes.
+          _mm_prefetch(reinterpret_cast<const char*>(g_row + 16 * step + pooled_plane), _MM_HINT_T0);
+          // Lanes past the row's end load 0: their FMAs add nothing (the padding is 0, never NaN).
+          const __m512 g = _mm512_maskz_loadu_ps(first_lanes(ow - 16 * step), g_row + 16 * step);
+          // Elements equal to the maximum, then the first of them wins.
+          const __mmask16 left_top = mask_row[2 * step], right_top = mask_row[2 * step + 1];
+          const __mmask16 left_bottom = mask_row[2 * (steps + step)], right_bottom = mask_row[2 * (steps + step) + 1];
+          const __mmask16 above = _kor_mask16(left_top, right_top), left_or_above = _kor_mask16(above, left_bottom);
+          const __mmask16 top_left = left_top, top_right = _kandn_mask16(left_top, right_top);
+          const __mmask16 bottom_left = _kandn_mask16(above, left_bottom);
+          const __mmask16 bottom_right = _kandn_mask16(left_or_above, right_bottom);
+          bias_acc = _mm512_mask_add_ps(bias_acc, _kor_mask16(left_or_above, right_bottom), bias_acc, g);
+          // Padded row k of the block feeds taps ky = k - 2 (i - i0) of the top elements and
+          // ky - 1 of the bottom ones. Within a row, slot c (input column 2j + c - 1) feeds tap
+          // kx = c of the left elements and kx = c - 1 of the right ones.
+          const float* in = scratch + (long(step) * rows + 2 * (i - i0)) * 64;
+          auto taps_row = [&](const float* row, __m512& a0, __m512& a1, __m512& a2, __mmask16 left, __mmask16 right) {
+            const __m512 v0 = _mm512_loadu_ps(row), v1 = _mm512_loadu_ps(row + 16);
+            const __m512 v2 = _mm512_loadu_ps(row + 32), v3 = _mm512_loadu_ps(row + 48);
+            a0 = _mm512_mask3_fmadd_ps(g, v0, a0, left);
+            a1 = _mm512_mask3_fmadd_ps(g, v1, a1, left);
+            a2 = _mm512_mask3_fmadd_ps(g, v2, a2, left);
+            a0 = _mm512_mask3_fmadd_ps(g, v1, a0, right);
+            a1 = _mm512_mask3_fmadd_ps(g, v2, a1, right);
+            a2 = _mm512_mask3_fmadd_ps(g, v3, a2, right);
+          };
+          taps_row(in, t00, t01, t02, top_left, top_right);
+          taps_row(in + 64, t10, t11, t12, top_left, top_right);
+          taps_row(in + 64, b00, b01, b02, bottom_left, bottom_right);
+          taps_row(in + 128, t20, t21, t22, top_left, top_right);
+          taps_row(in + 128, b10, b11, b12, bottom_left, bottom_right);
+          taps_row(in + 192, b20, b21, b22, bottom_left, bottom_right);
+        }
+      }
+      const __m512 sums[9] = {_mm512_add_ps(t00, b00), _mm512_add_ps(t01, b01), _mm512_add_ps(t02, b02),
+                              _mm512_add_ps(t10, b10), _mm512_add_ps(t11, b11), _mm512_add_ps(t12, b12),
+                              _mm512_add_ps(t20, b20), _mm512_add_ps(t21, b21), _mm512_add_ps(t22, b22)};
+      for (int t = 0; t < 9; ++t) dw[co * 9 + t] += _mm512_reduce_add_ps(sums[t]);
+      db[co] += _mm512_reduce_add_ps(bias_acc);
+    }
+  }
 }
 
 }  // namespace avx512

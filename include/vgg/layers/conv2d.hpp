@@ -38,19 +38,23 @@ class Conv3x3Relu : public WeightAndBias {
   void forward(const float* x, float* y, int n, const RunContext& ctx) {
     kernels::conv3x3_relu_forward(x, weight().data(), bias().data(), y, n, geometry(), workspace_, ctx.threads);
   }
-  /// forward, and pooled = maxpool2x2(y), computed band by band while y is still in cache.
-  void forward_pooled(const float* x, float* y, float* pooled, int n, const RunContext& ctx) {
-    kernels::conv3x3_relu_forward(x, weight().data(), bias().data(), y, n, geometry(), workspace_, ctx.threads, pooled);
+  /// pooled = maxpool2x2(forward(x)), the pool taken while the conv's output is in cache. `state`
+  /// (output_shape.size() floats per sample) carries what backward_pooled needs; its contents are
+  /// this layer's business (the full-size output, or only the pool's winner codes).
+  void forward_pooled(const float* x, float* state, float* pooled, int n, const RunContext& ctx) {
+    kernels::conv3x3_relu_pool_forward(x, weight().data(), bias().data(), pooled, state, n, geometry(), workspace_,
+                                       ctx.threads);
   }
   void backward(const float* x, const float* y, float* dy, float* dx, int n, const RunContext& ctx) {
     kernels::conv3x3_relu_backward(x, weight().data(), y, dy, dx, weight_grad().data(), bias_grad().data(), n,
                                    geometry(), workspace_, ctx.threads);
   }
-  /// backward of maxpool2x2(this layer), given the gradient of the pooled output (left as it is).
+  /// backward of maxpool2x2(this layer), given the gradient of the pooled output (left as it is)
+  /// and the state that forward_pooled left.
   /// requires: reserve_backward(batch, threads, /*pooled=*/true).
-  void backward_pooled(const float* x, const float* y, const float* dy_pooled, float* dx, int n,
+  void backward_pooled(const float* x, const float* state, const float* dy_pooled, float* dx, int n,
                        const RunContext& ctx) {
-    kernels::conv3x3_relu_pool_backward(x, weight().data(), y, dy_pooled, dx, weight_grad().data(),
+    kernels::conv3x3_relu_pool_backward(x, weight().data(), state, dy_pooled, dx, weight_grad().data(),
                                         bias_grad().data(), n, geometry(), workspace_, ctx.threads);
   }
 
