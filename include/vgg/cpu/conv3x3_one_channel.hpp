@@ -93,9 +93,9 @@ inline void one_channel_taps(const float* x, int h, int w, int r, int x0, int co
   }
 }
 
-/// bias + the nine taps weighted by w[0..8] (before the ReLU), in three interleaved chains: one
+/// bias + the nine taps weighted by w[0..8] (before the ReLU), in three interleaved chains: a single
 /// chain of nine FMAs made each output channel latency-bound.
-inline __m512 one_channel_chain(const __m512 v[9], const float* w, float bias) {
+inline __m512 one_channel_sum(const __m512 v[9], const float* w, float bias) {
   __m512 a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[0]), v[0], _mm512_set1_ps(bias));
   __m512 a1 = _mm512_mul_ps(_mm512_set1_ps(w[1]), v[1]);
   __m512 a2 = _mm512_mul_ps(_mm512_set1_ps(w[2]), v[2]);
@@ -128,7 +128,7 @@ inline void conv3x3_relu_one_channel(const float* x, const float* weight, const 
       __m512 taps[9];
       one_channel_taps(x, h, w, r, x0, count, taps);
       for (int co = 0; co < cout; ++co) {
-        const __m512 a = _mm512_max_ps(one_channel_chain(taps, weight + co * 9, bias[co]), _mm512_setzero_ps());
+        const __m512 a = _mm512_max_ps(one_channel_sum(taps, weight + co * 9, bias[co]), _mm512_setzero_ps());
         store_output(y + co * plane + long(r) * w + x0, a, count);
       }
     }
@@ -154,12 +154,12 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
       const long at = long(r / 2) * ow + x0 / 2;
       // This segment's 8 windows are the low (x0 % 32 == 0) or high halves of the row's words.
       auto* masks = reinterpret_cast<std::uint16_t*>(winners + long(r / 2) * row_words + x0 / 32) + x0 / 16 % 2;
-      const long bottom_offset = row_words;  // in uint16: n words on
+      const long bottom_offset = row_words;  // the bottom row's words: n uint32, i.e. row_words uint16, on
       const bool clear_next = x0 % 32 == 0 && x0 + 17 >= w;  // the last segment: clear the words' other half
       const __mmask16 store = first_lanes(pooled_count), windows = first_lanes(2 * pooled_count);
       for (int co = 0; co < cout; ++co) {
         const float* wc = weight + co * 9;
-        const __m512 a = one_channel_chain(top, wc, bias[co]), b = one_channel_chain(bottom, wc, bias[co]);
+        const __m512 a = one_channel_sum(top, wc, bias[co]), b = one_channel_sum(bottom, wc, bias[co]);
         const __m512 column_max = _mm512_max_ps(a, b);
         const __m512 m = _mm512_max_ps(column_max, _mm512_permute_ps(column_max, 0xB1));  // lanes 2l, 2l + 1: window l
         // The ReLU commutes with the max, so it is taken once, on the pooled value.
@@ -178,14 +178,8 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
   }
 }
 
-/// Adds to dw (cout x 9) and db (cout) the weight and bias gradients of one image of a fused
-/// one-channel conv + ReLU + 2x2 pool, from its input x (h x w), the winner masks and the pooled
-/// gradient dy_pooled (cout x h/2 x w/2).
-/// Per output channel and 16 windows: 36 masked FMAs (9 taps x 4 window elements; each lane's winner
-/// enables one of them). Their input operands, x at columns 2j + c - 1 (c = 0..3) of the
-/// four input rows that a pooled row reads, are laid out once per block of pooled rows so that all
-/// sixteen are loads at fixed offsets from one pointer, from L1.
-/// requires: scratch holds one_channel_scratch_size(w) floats.
+/// Pooled rows per block of the one-channel backward kernel: its input layout (steps x 18 rows x
+/// 64 floats, 32 KiB at 224 columns) then stays in L1 while every output channel reads it.
 inline constexpr int kPooledRowsPerBlock = 8;
 inline long split_block_words(int w) { return (kPooledRowsPerBlock * winner_row_words(w) + 15) / 16 * 16; }
 inline long one_channel_scratch_size(int w) {
@@ -215,6 +209,14 @@ inline void split_winner_words(const std::uint32_t* words, long n, std::uint32_t
   }
 }
 
+/// Adds to dw (cout x 9) and db (cout) the weight and bias gradients of one image of a fused
+/// one-channel conv + ReLU + 2x2 pool, from its input x (h x w), the winner masks and the pooled
+/// gradient dy_pooled (cout x h/2 x w/2).
+/// Per output channel and 16 windows: 36 masked FMAs (9 taps x 4 window elements; each lane's winner
+/// enables one of them). Their input operands, x at columns 2j + c - 1 (c = 0..3) of the
+/// four input rows that a pooled row reads, are laid out once per block of pooled rows so that all
+/// sixteen are loads at fixed offsets from one pointer, from L1.
+/// requires: scratch holds one_channel_scratch_size(w) floats.
 inline void conv3x3_relu_pool_one_channel_grads(const float* x, const std::uint32_t* winners, const float* dy_pooled,
                                                 float* dw, float* db, int cout, int h, int w, float* scratch) {
   const int oh = h / 2, ow = w / 2, steps = (ow + 15) / 16;
