@@ -232,16 +232,6 @@ inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const flo
           Epilogue tile = e;
           if (tile.bias) tile.bias += i0;
           float* ct = c + i0 * ldc + j0;
-          // The next tile's C rows, fetched while this tile computes: in the backward products C (a
-          // weight gradient, or an input gradient's columns) is larger than L2, and a tile's
-          // epilogue otherwise waits on memory (deep layers' backward 0-7% faster; the forward's
-          // row blocks keep C in L2, where this measured slower).
-          if ((TransA || TransB) && i0 + kMr < i_end)
-            for (int i = 0; i < kMr; ++i) {
-              const char* next = reinterpret_cast<const char*>(ct + (kMr + i) * ldc);
-              _mm_prefetch(next, _MM_HINT_T0);
-              _mm_prefetch(next + 64, _MM_HINT_T0);
-            }
           if (a_packed || mr < kMr || (!TransA && !rows_in_place))
             kernel_8x32<ALayout::interleaved>(kc, pass_pack + i0 * kc, kMr, bp, b_step, ct, ldc, mr, nr, tile);
           else if (TransA)
