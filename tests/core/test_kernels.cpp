@@ -276,8 +276,8 @@ TEST_CASE("conv with the 2x2 max-pool fused in equals conv then pool, on both pa
       // path) may round differently, ours sums in the same order whatever the split.
       const float tol = vgg::cpu::kFastKernels ? 0.0f : 1e-5f;
       CHECK(ref::max_abs_diff(expected, p2.data()) <= tol);
-      // The state is the full-size output, except where only winner codes are kept.
-      if (!vgg::cpu::pool_state_is_winners(g, /*plain=*/false)) CHECK(ref::max_abs_diff(y, s2.data()) <= tol);
+      // The state is the full-size output, except where only winner masks are kept.
+      if (!vgg::cpu::pool_state_is_winners(/*plain=*/false)) CHECK(ref::max_abs_diff(y, s2.data()) <= tol);
       vgg::cpu::conv3x3_relu_pool_forward_plain(x.data(), wt.data(), b.data(), p3.data(), s3.data(), n, g, ws,
                                                 threads);
       CHECK(ref::max_abs_diff(y, s3.data()) < 1e-4f);

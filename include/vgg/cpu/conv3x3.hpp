@@ -12,8 +12,9 @@
 //
 // A conv followed by a 2x2 max-pool can run fused (conv3x3_relu_pool_forward/_backward): the pool
 // is taken band by band while the conv's output is in cache, and the caller hands over a `state`
-// buffer the size of the conv's output that carries what the backward pass needs: the full-size
-// output, or, where the fast one-channel kernel runs, only the pool's winner masks.
+// buffer the size of the conv's output that carries what the backward pass needs: on the plain path
+// the full-size output; on the fast path only the pool's winner masks (maxpool.hpp), the band's
+// output being pooled from a per-thread buffer while in cache and never stored.
 
 #include <omp.h>
 
@@ -66,6 +67,7 @@ struct Conv3x3Workspace {
   std::vector<Buffer<float>> columns;
   std::vector<GemmPlan> plans;
   Buffer<float> packed_weights;  // fast forward: the weights packed once per call, shared by threads
+  std::vector<Buffer<float>> band_outputs;  // fast fused pool: a band's conv output, pooled while in cache
   // Backward only: per-thread column gradients and partial weight/bias gradients.
   std::vector<Buffer<float>> column_grads, weight_grads, bias_grads;
   std::vector<GemmPlan> weight_plans, input_plans;
@@ -112,15 +114,17 @@ struct Conv3x3Workspace {
       columns[std::size_t(t)].reserve(std::size_t(g.depth() * band_cols));
       plans[std::size_t(t)].reserve(g.cout, band_cols, g.depth());
     }
-    if constexpr (kFastKernels) packed_weights.reserve(std::size_t(avx512::packed_a_size(g.cout, g.depth())));
+    if constexpr (kFastKernels) {
+      packed_weights.reserve(std::size_t(avx512::packed_a_size(g.cout, g.depth())));
+      if (int(band_outputs.size()) < threads) band_outputs.resize(std::size_t(threads));
+      for (int t = 0; t < threads && g.cin != 1; ++t) band_outputs[std::size_t(t)].reserve(std::size_t(g.cout * band_cols));
+    }
   }
 };
 
-/// True where the fused conv + pool keeps only winner masks in its state (half a byte per pooled value)
-/// instead of the full-size output: the fast path with one input channel.
-inline constexpr bool pool_state_is_winners(const Conv3x3Geometry& g, bool plain) {
-  return kFastKernels && !plain && g.cin == 1;
-}
+/// True where the fused conv + pool keeps only winner masks in its state (half a byte per pooled
+/// value, maxpool.hpp) instead of the full-size output: the fast path.
+inline constexpr bool pool_state_is_winners(bool plain) { return kFastKernels && !plain; }
 
 namespace detail {
 /// y = relu(conv3x3(x) + b), or, when pooled is not null, pooled = maxpool2x2 of it with y as the
@@ -162,6 +166,17 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
 #endif
       im2col3x3(x + image * g.cin * plane, g.cin, g.h, g.w, r0, r1, col);
 #ifdef VGG_FAST_KERNELS
+      if (!Plain && pooled) {  // the band's output stays in a per-thread buffer: pooled, never stored
+        float* band_out = ws.band_outputs[std::size_t(tid)].data();
+        avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, band_out, cols, plan.fast_a_pack(),
+                            plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true}, ws.packed_weights.data());
+        const long winner_plane = winner_plane_words(g.h, g.w);
+        auto* winners = reinterpret_cast<std::uint32_t*>(y) + image * g.cout * winner_plane;
+        for (int co = 0; co < g.cout; ++co)
+          maxpool2x2_rows_winners(band_out + co * cols, r0, pooled + (image * g.cout + co) * pooled_plane,
+                                  winners + co * winner_plane, g.w, r0 / 2, r1 / 2);
+        continue;
+      }
       if constexpr (!Plain) {
         avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, out, plane, plan.fast_a_pack(),
                             plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true}, ws.packed_weights.data());
@@ -205,7 +220,7 @@ inline void conv3x3_relu_forward_plain(const float* x, const float* weight, cons
 /// pooled = maxpool2x2(relu(conv3x3(x, weight) + bias)), the pool taken band by band while the
 /// conv's output is in cache. `state` receives what conv3x3_relu_pool_backward (of the same path)
 /// needs: the conv's full-size output, or, where pool_state_is_winners, the pool's winner masks
-/// (conv3x3_one_channel.hpp; the full-size output is then never written).
+/// (maxpool.hpp; the full-size output is then never written).
 /// requires: as conv3x3_relu_forward, with state in place of y; pooled holds n x cout x (h/2) x (w/2).
 inline void conv3x3_relu_pool_forward(const float* x, const float* weight, const float* bias, float* pooled,
                                       float* state, int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws,
@@ -247,7 +262,7 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
         const long winner_plane = winner_plane_words(g.h, g.w);
         const auto* winners = reinterpret_cast<const std::uint32_t*>(y) + image * g.cout * winner_plane;
 #ifdef VGG_FAST_KERNELS
-        if (pool_state_is_winners(g, Plain) && !dx) {  // straight from the masks, nothing full-size
+        if (pool_state_is_winners(Plain) && g.cin == 1 && !dx) {  // a first layer: from the masks alone
           avx512::conv3x3_relu_pool_one_channel_grads(xi, winners, dy + image * g.cout * pooled_plane, dw, db, g.cout,
                                                       g.h, g.w, ws.split_inputs[std::size_t(tid)].data());
           continue;
@@ -255,9 +270,13 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
 #endif
         for (int co = 0; co < g.cout; ++co) {
           const float* dp = dy + (image * g.cout + co) * pooled_plane;
-          if (pool_state_is_winners(g, Plain))
+#ifdef VGG_FAST_KERNELS
+          if (pool_state_is_winners(Plain)) {
             db[co] += unpool_from_winners_plane(winners + co * winner_plane, dp, dzi + co * plane, g.h, g.w);
-          else if constexpr (Plain)
+            continue;
+          }
+#endif
+          if constexpr (Plain)
             db[co] += maxpool2x2_backward_plane_plain(yi + co * plane, dp, dzi + co * plane, g.h, g.w, true);
           else
             db[co] += maxpool2x2_backward_plane(yi + co * plane, dp, dzi + co * plane, g.h, g.w, true);
@@ -334,8 +353,9 @@ inline void conv3x3_relu_backward_plain(const float* x, const float* weight, con
 
 /// Backward of pooled = maxpool2x2(relu(conv3x3(x) + b)), given dy_pooled, the gradient of pooled
 /// (n x cout x h/2 x w/2, left as it is): the same gradients as maxpool2x2_backward followed by
-/// conv3x3_relu_backward, without the full-size intermediate gradient. Where pool_state_is_winners
-/// and no input gradient is asked for (a first layer), the gradients come straight from the masks.
+/// conv3x3_relu_backward, without the full-size intermediate gradient. Where pool_state_is_winners,
+/// the gradient behind the pool is rebuilt from the winner masks; for a one-channel first layer
+/// (no input gradient asked for), the weight gradient comes straight from them.
 /// requires: ws.reserve_backward(g, t, /*pooled=*/true) with t >= threads; state is what
 ///           conv3x3_relu_pool_forward (the same variant, fast or _plain) wrote for x.
 inline void conv3x3_relu_pool_backward(const float* x, const float* weight, const float* state, const float* dy_pooled,

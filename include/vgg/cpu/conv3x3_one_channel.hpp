@@ -14,61 +14,9 @@
 #include <cstdint>
 
 #include "vgg/cpu/gemm_avx512.hpp"
+#include "vgg/cpu/maxpool.hpp"
 
 namespace vgg::cpu {
-
-/// Winner masks of a fused 2x2 max-pool. A pooled row of `ow` windows has n = ceil(ow / 16)
-/// 32-bit words for the windows' top row, then n for the bottom row; in word k, bits 2l and 2l + 1
-/// say that the left and the right element of window 16k + l equal the window's maximum (the bits
-/// sit where the elements sit in the row: that is how the forward kernel's comparisons produce
-/// them). The winner is the first such element in row-major order, as in PyTorch. No bit is set
-/// where the maximum is not positive (the ReLU before the pool then passes no gradient).
-inline long winner_row_words(int w) { return (long(w / 2) + 15) / 16 * 2; }  // uint32 words per pooled row
-inline long winner_plane_words(int h, int w) { return long(h / 2) * winner_row_words(w); }
-
-/// The even bits of a 32-bit word, packed (the left elements' bits of 16 windows).
-inline std::uint32_t even_bits(std::uint32_t v) {
-  v &= 0x55555555u;
-  v = (v | v >> 1) & 0x33333333u;
-  v = (v | v >> 2) & 0x0F0F0F0Fu;
-  v = (v | v >> 4) & 0x00FF00FFu;
-  return (v | v >> 8) & 0x0000FFFFu;
-}
-
-/// Which element wins each of 16 windows: bit l of each mask, from a top and a bottom word.
-struct Winners {
-  std::uint32_t top_left, top_right, bottom_left, bottom_right;
-  Winners(std::uint32_t top, std::uint32_t bottom) {
-    const std::uint32_t tl = even_bits(top), tr = even_bits(top >> 1), bl = even_bits(bottom);
-    top_left = tl;
-    top_right = tr & ~tl;
-    bottom_left = bl & ~(tl | tr);
-    bottom_right = even_bits(bottom >> 1) & ~(tl | tr | bl);
-  }
-};
-
-/// Gradient of relu(conv) behind a fused pool, from winner masks: dz at the winner of window (i, j)
-/// is dy_pooled[i][j], 0 elsewhere (and in the row/column the floor rule dropped). Returns the sum
-/// of dz (the bias gradient). One h x w plane.
-inline float unpool_from_winners_plane(const std::uint32_t* winners, const float* dy_pooled, float* dz, int h, int w) {
-  const int oh = h / 2, ow = w / 2, n = (ow + 15) / 16;
-  std::fill(dz, dz + long(h) * w, 0.0f);
-  float sum = 0.0f;
-  for (int i = 0; i < oh; ++i)
-    for (int k = 0; k < n; ++k) {
-      const std::uint32_t* row = winners + long(i) * winner_row_words(w);
-      const Winners win(row[k], row[n + k]);
-      const std::uint32_t masks[4] = {win.top_left, win.top_right, win.bottom_left, win.bottom_right};
-      for (int j = 16 * k; j < std::min(ow, 16 * k + 16); ++j)
-        for (int c = 0; c < 4; ++c)
-          if (masks[c] >> (j - 16 * k) & 1) {
-            const float g = dy_pooled[long(i) * ow + j];
-            dz[long(2 * i + c / 2) * w + 2 * j + c % 2] = g;
-            sum += g;
-          }
-    }
-  return sum;
-}
 
 #ifdef VGG_FAST_KERNELS
 namespace avx512 {

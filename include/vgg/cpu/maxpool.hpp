@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "vgg/cpu/gemm_avx512.hpp"
 #include "vgg/cpu/parallel.hpp"
@@ -90,6 +91,28 @@ inline void maxpool2x2_backward_plain(const float* x, const float* dy, float* dx
   detail::for_each_plane(planes, threads, [&](long p) {
     maxpool2x2_backward_plane_plain(x + p * in, dy + p * out, dx + p * in, h, w, relu_mask);
   });
+}
+
+/// Winner masks of a fused 2x2 max-pool. A pooled row of `ow` windows has n = ceil(ow / 16)
+/// 32-bit words for the windows' top row, then n for the bottom row; in word k, bits 2l and 2l + 1
+/// say that the left and the right element of window 16k + l equal the window's maximum (the bits
+/// sit where the elements sit in the row: that is how the forward kernel's comparisons produce
+/// them). The winner is the first such element in row-major order, as in PyTorch. No bit is set
+/// where the maximum is not positive (the ReLU before the pool then passes no gradient).
+inline long winner_row_words(int w) { return (long(w / 2) + 15) / 16 * 2; }  // uint32 words per pooled row
+inline long winner_plane_words(int h, int w) { return long(h / 2) * winner_row_words(w); }
+
+/// The even bits of a 32-bit word, packed (the left elements' bits of 16 windows).
+inline std::uint32_t even_bits(std::uint32_t v) {
+#if defined(VGG_FAST_KERNELS) && defined(__BMI2__)
+  return _pext_u32(v, 0x55555555u);
+#else
+  v &= 0x55555555u;
+  v = (v | v >> 1) & 0x33333333u;
+  v = (v | v >> 2) & 0x0F0F0F0Fu;
+  v = (v | v >> 4) & 0x00FF00FFu;
+  return (v | v >> 8) & 0x0000FFFFu;
+#endif
 }
 
 #ifdef VGG_FAST_KERNELS
@@ -183,6 +206,78 @@ inline float maxpool2x2_backward_plane(const float* x, const float* dy, float* d
   return maxpool2x2_backward_plane_plain(x, dy, dx, h, w, relu_mask);
 #endif
 }
+
+#ifdef VGG_FAST_KERNELS
+/// pooled = maxpool2x2 of pooled rows [i0, i1) of a plane whose rows [r0, ...) are in `in` (row
+/// stride w), and their winner masks (winners: the plane's winner_plane_words(h, w)). 16 windows per
+/// step; the window maximum is formed in place (each lane pair holds it twice), so each row's
+/// winner bits are two compares.
+/// requires: r0 even and rows 2 * i0 - r0 .. 2 * i1 - r0 - 1 of `in` readable.
+inline void maxpool2x2_rows_winners(const float* in, int r0, float* pooled, std::uint32_t* winners, int w, int i0,
+                                    int i1) {
+  using namespace avx512;
+  const int ow = w / 2, n = (ow + 15) / 16;
+  const long row_words = winner_row_words(w);
+  const __m512i pick = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int i = i0; i < i1; ++i) {
+    const float* top = in + long(2 * i - r0) * w;
+    const float* bottom = top + w;
+    std::uint32_t* words = winners + i * row_words;
+    for (int k = 0; k < n; ++k) {
+      const int j = 16 * k, count = std::min(16, ow - j);
+      const __mmask16 lo = first_lanes(2 * count), hi = first_lanes(2 * count - 16);
+      const __m512 t0 = _mm512_maskz_loadu_ps(lo, top + 2 * j), t1 = _mm512_maskz_loadu_ps(hi, top + 2 * j + 16);
+      const __m512 b0 = _mm512_maskz_loadu_ps(lo, bottom + 2 * j), b1 = _mm512_maskz_loadu_ps(hi, bottom + 2 * j + 16);
+      __m512 m0 = _mm512_max_ps(t0, b0), m1 = _mm512_max_ps(t1, b1);
+      m0 = _mm512_max_ps(m0, _mm512_permute_ps(m0, 0xB1));  // lanes 2l, 2l + 1: window l's maximum
+      m1 = _mm512_max_ps(m1, _mm512_permute_ps(m1, 0xB1));
+      // The input is a ReLU output: a maximum of 0 passes no gradient, so it has no winner.
+      const __mmask16 live0 = _mm512_mask_cmp_ps_mask(lo, m0, _mm512_setzero_ps(), _CMP_GT_OQ);
+      const __mmask16 live1 = _mm512_mask_cmp_ps_mask(hi, m1, _mm512_setzero_ps(), _CMP_GT_OQ);
+      // Each compare's mask is one half of a word, stored straight from its mask register.
+      auto* halves = reinterpret_cast<__mmask16*>(words);
+      _store_mask16(halves + 2 * k, _mm512_mask_cmp_ps_mask(live0, t0, m0, _CMP_EQ_OQ));
+      _store_mask16(halves + 2 * k + 1, _mm512_mask_cmp_ps_mask(live1, t1, m1, _CMP_EQ_OQ));
+      _store_mask16(halves + 2 * (n + k), _mm512_mask_cmp_ps_mask(live0, b0, m0, _CMP_EQ_OQ));
+      _store_mask16(halves + 2 * (n + k) + 1, _mm512_mask_cmp_ps_mask(live1, b1, m1, _CMP_EQ_OQ));
+      _mm512_mask_storeu_ps(pooled + long(i) * ow + j, first_lanes(count), _mm512_permutex2var_ps(m0, pick, m1));
+    }
+  }
+}
+
+/// Gradient of relu(conv) behind a fused 2x2 pool, from winner masks: dz at the winner of window
+/// (i, j) is dy_pooled[i][j], 0 elsewhere (and in the row/column the floor rule dropped). Returns
+/// the sum of dz (the bias gradient). One h x w plane, 16 windows per step.
+inline float unpool_from_winners_plane(const std::uint32_t* winners, const float* dy_pooled, float* dz, int h, int w) {
+  using namespace avx512;
+  const int oh = h / 2, ow = w / 2, n = (ow + 15) / 16;
+  const long row_words = winner_row_words(w);
+  __m512 sum = _mm512_setzero_ps();
+  for (int i = 0; i < oh; ++i) {
+    const std::uint32_t* words = winners + i * row_words;
+    float* d0 = dz + long(2 * i) * w;
+    float* d1 = d0 + w;
+    for (int k = 0; k < n; ++k) {
+      const int j = 16 * k, count = std::min(16, ow - j);
+      const __mmask16 lo = first_lanes(2 * count), hi = first_lanes(2 * count - 16);
+      const std::uint32_t tl = even_bits(words[k]), tr = even_bits(words[k] >> 1) & ~tl, above = tl | tr;
+      const std::uint32_t bl = even_bits(words[n + k]) & ~above;
+      const std::uint32_t br = even_bits(words[n + k] >> 1) & ~(above | bl);
+      const __m512 g = _mm512_maskz_loadu_ps(first_lanes(count), dy_pooled + long(i) * ow + j);
+      sum = _mm512_mask_add_ps(sum, __mmask16(above | bl | br), sum, g);
+      const __m512 ga = _mm512_maskz_mov_ps(__mmask16(tl), g), gb = _mm512_maskz_mov_ps(__mmask16(tr), g);
+      const __m512 gc = _mm512_maskz_mov_ps(__mmask16(bl), g), gd = _mm512_maskz_mov_ps(__mmask16(br), g);
+      _mm512_mask_storeu_ps(d0 + 2 * j, lo, interleave_lo(ga, gb));
+      _mm512_mask_storeu_ps(d0 + 2 * j + 16, hi, interleave_hi(ga, gb));
+      _mm512_mask_storeu_ps(d1 + 2 * j, lo, interleave_lo(gc, gd));
+      _mm512_mask_storeu_ps(d1 + 2 * j + 16, hi, interleave_hi(gc, gd));
+    }
+    if (w % 2) d0[w - 1] = d1[w - 1] = 0.0f;  // the column the floor rule dropped
+  }
+  if (h % 2) std::fill(dz + long(h - 1) * w, dz + long(h) * w, 0.0f);  // the dropped row
+  return _mm512_reduce_add_ps(sum);
+}
+#endif
 
 /// Backward of the 2x2 max-pool, same contract as maxpool2x2_backward_plain.
 inline void maxpool2x2_backward(const float* x, const float* dy, float* dx, long planes, int h, int w, int threads,
