@@ -153,11 +153,12 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
       float* yi = y + image * g.cout * plane;
       float* out = yi + long(r0) * g.w;
 #ifdef VGG_FAST_KERNELS
-      if (!Plain && g.cin == 1) {  // kernels of their own; the fused one keeps winner masks as its state
+      // Fused with the pool, an image's state (its output's slot, yi) holds its winner masks.
+      auto* winners = reinterpret_cast<std::uint32_t*>(yi);
+      if (!Plain && g.cin == 1) {  // kernels of their own
         const float* xi = x + image * plane;
         if (pooled)
-          avx512::conv3x3_relu_pool_one_channel(xi, weight, bias, pooled + image * g.cout * pooled_plane,
-                                                reinterpret_cast<std::uint32_t*>(y) + image * g.cout * winner_plane_words(g.h, g.w),
+          avx512::conv3x3_relu_pool_one_channel(xi, weight, bias, pooled + image * g.cout * pooled_plane, winners,
                                                 g.cout, g.h, g.w, r0, r1);
         else
           avx512::conv3x3_relu_one_channel(xi, weight, bias, yi, g.cout, g.h, g.w, r0, r1);
@@ -171,7 +172,6 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
         avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, band_out, cols, plan.fast_a_pack(),
                             plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true}, ws.packed_weights.data());
         const long winner_plane = winner_plane_words(g.h, g.w);
-        auto* winners = reinterpret_cast<std::uint32_t*>(y) + image * g.cout * winner_plane;
         for (int co = 0; co < g.cout; ++co)
           maxpool2x2_rows_winners(band_out + co * cols, r0, pooled + (image * g.cout + co) * pooled_plane,
                                   winners + co * winner_plane, g.w, r0 / 2, r1 / 2);
@@ -254,32 +254,35 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
     const Range mine = split(n, tid, nth);
     for (long image = mine.begin; image < mine.end; ++image) {
       const float* xi = x + image * g.cin * plane;
-      const float* yi = y + image * g.cout * plane;
+      const float* yi = y + image * g.cout * plane;  // the conv's output (or, pooled and fast, its state)
       float* dzi = nullptr;
-      if constexpr (Pooled) {  // pool backward with the ReLU mask, and the bias gradient, in one pass
+      if constexpr (Pooled) {  // the gradient behind the pool and the ReLU, and the bias gradient, in one pass
         const long pooled_plane = long(g.h / 2) * (g.w / 2);
+        const float* dpi = dy + image * g.cout * pooled_plane;
         dzi = ws.pooled_grads[std::size_t(tid)].data();
-        const long winner_plane = winner_plane_words(g.h, g.w);
-        const auto* winners = reinterpret_cast<const std::uint32_t*>(y) + image * g.cout * winner_plane;
 #ifdef VGG_FAST_KERNELS
-        if (pool_state_is_winners(Plain) && g.cin == 1 && !dx) {  // a first layer: from the masks alone
-          avx512::conv3x3_relu_pool_one_channel_grads(xi, winners, dy + image * g.cout * pooled_plane, dw, db, g.cout,
-                                                      g.h, g.w, ws.split_inputs[std::size_t(tid)].data());
-          continue;
-        }
-#endif
-        for (int co = 0; co < g.cout; ++co) {
-          const float* dp = dy + (image * g.cout + co) * pooled_plane;
-#ifdef VGG_FAST_KERNELS
-          if (pool_state_is_winners(Plain)) {
-            db[co] += unpool_from_winners_plane(winners + co * winner_plane, dp, dzi + co * plane, g.h, g.w);
+        if constexpr (!Plain) {  // from the winner masks that the forward kept
+          const long winner_plane = winner_plane_words(g.h, g.w);
+          const auto* winners = reinterpret_cast<const std::uint32_t*>(yi);
+          if (g.cin == 1 && !dx) {  // a first layer: its weight gradient straight from the masks
+            avx512::conv3x3_relu_pool_one_channel_grads(xi, winners, dpi, dw, db, g.cout, g.h, g.w,
+                                                        ws.split_inputs[std::size_t(tid)].data());
             continue;
           }
+          for (int co = 0; co < g.cout; ++co)
+            db[co] += unpool_from_winners_plane(winners + co * winner_plane, dpi + co * pooled_plane,
+                                                dzi + co * plane, g.h, g.w);
+        } else
 #endif
-          if constexpr (Plain)
-            db[co] += maxpool2x2_backward_plane_plain(yi + co * plane, dp, dzi + co * plane, g.h, g.w, true);
-          else
-            db[co] += maxpool2x2_backward_plane(yi + co * plane, dp, dzi + co * plane, g.h, g.w, true);
+        {
+          for (int co = 0; co < g.cout; ++co) {
+            if constexpr (Plain)
+              db[co] += maxpool2x2_backward_plane_plain(yi + co * plane, dpi + co * pooled_plane, dzi + co * plane,
+                                                        g.h, g.w, true);
+            else
+              db[co] += maxpool2x2_backward_plane(yi + co * plane, dpi + co * pooled_plane, dzi + co * plane, g.h,
+                                                  g.w, true);
+          }
         }
       } else {  // ReLU mask and bias gradient in one pass
         dzi = dy + image * g.cout * plane;
