@@ -196,9 +196,9 @@ TEST_CASE("max-pool backward with the ReLU mask equals the pool's backward, then
 }
 
 TEST_CASE("conv backward through a fused pool equals pool backward, then conv backward") {
-  // C_in = 1 keeps only winner codes on the fast path; its gradients then come straight from them,
+  // The fast path keeps only winner masks; for C_in = 1 the gradients then come straight from them,
   // or through a full-size dz when the input gradient is asked for. Ties (a constant input gives
-  // equal values across a window) and non-positive windows exercise the codes' order and the ReLU.
+  // equal values across a window) and non-positive windows exercise the masks' order and the ReLU.
   for (auto [n, cin, cout, h, w] : {std::array{2, 3, 6, 8, 10}, std::array{3, 2, 9, 7, 9}, std::array{1, 1, 8, 34, 40},
                                     std::array{2, 1, 5, 9, 37}, std::array{3, 1, 8, 36, 224}})
     for (int threads : {1, 2, 3})

@@ -40,7 +40,7 @@ class Conv3x3Relu : public WeightAndBias {
   }
   /// pooled = maxpool2x2(forward(x)), the pool taken while the conv's output is in cache. `state`
   /// (output_shape.size() floats per sample) carries what backward_pooled needs; its contents are
-  /// this layer's business (the full-size output, or only the pool's winner codes).
+  /// this layer's business (the full-size output, or only the pool's winner masks).
   void forward_pooled(const float* x, float* state, float* pooled, int n, const RunContext& ctx) {
     kernels::conv3x3_relu_pool_forward(x, weight().data(), bias().data(), pooled, state, n, geometry(), workspace_,
                                        ctx.threads);
