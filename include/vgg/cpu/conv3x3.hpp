@@ -117,7 +117,8 @@ struct Conv3x3Workspace {
     if constexpr (kFastKernels) {
       packed_weights.reserve(std::size_t(avx512::packed_a_size(g.cout, g.depth())));
       if (int(band_outputs.size()) < threads) band_outputs.resize(std::size_t(threads));
-      for (int t = 0; t < threads && g.cin != 1; ++t) band_outputs[std::size_t(t)].reserve(std::size_t(g.cout * band_cols));
+      for (int t = 0; t < threads && g.cin != 1; ++t)
+        band_outputs[std::size_t(t)].reserve(std::size_t(g.cout * band_cols));
     }
   }
 };
@@ -167,19 +168,19 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
 #endif
       im2col3x3(x + image * g.cin * plane, g.cin, g.h, g.w, r0, r1, col);
 #ifdef VGG_FAST_KERNELS
-      if (!Plain && pooled) {  // the band's output stays in a per-thread buffer: pooled, never stored
-        float* band_out = ws.band_outputs[std::size_t(tid)].data();
-        avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, band_out, cols, plan.fast_a_pack(),
-                            plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true}, ws.packed_weights.data());
-        const long winner_plane = winner_plane_words(g.h, g.w);
-        for (int co = 0; co < g.cout; ++co)
-          maxpool2x2_rows_winners(band_out + co * cols, r0, pooled + (image * g.cout + co) * pooled_plane,
-                                  winners + co * winner_plane, g.w, r0 / 2, r1 / 2);
-        continue;
-      }
       if constexpr (!Plain) {
-        avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, out, plane, plan.fast_a_pack(),
-                            plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true}, ws.packed_weights.data());
+        // Fused with the pool, the band's output stays in a per-thread buffer: pooled, never stored.
+        float* dst = pooled ? ws.band_outputs[std::size_t(tid)].data() : out;
+        avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, dst, pooled ? cols : plane,
+                            plan.fast_a_pack(), plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true},
+                            ws.packed_weights.data());
+        if (pooled) {
+          const long winner_plane = winner_plane_words(g.h, g.w);
+          for (int co = 0; co < g.cout; ++co)
+            maxpool2x2_rows_winners(dst + co * cols, r0, pooled + (image * g.cout + co) * pooled_plane,
+                                    winners + co * winner_plane, g.w, r0 / 2, r1 / 2);
+        }
+        continue;
       } else
 #endif
       {
@@ -364,14 +365,14 @@ inline void conv3x3_relu_backward_plain(const float* x, const float* weight, con
 inline void conv3x3_relu_pool_backward(const float* x, const float* weight, const float* state, const float* dy_pooled,
                                        float* dx, float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
                                        Conv3x3Workspace& ws, int threads) {
-  detail::conv3x3_relu_backward<false, true>(x, weight, state, const_cast<float*>(dy_pooled), dx, weight_grad, bias_grad, n,
-                                             g, ws, threads);
+  detail::conv3x3_relu_backward<false, true>(x, weight, state, const_cast<float*>(dy_pooled), dx, weight_grad,
+                                             bias_grad, n, g, ws, threads);
 }
 inline void conv3x3_relu_pool_backward_plain(const float* x, const float* weight, const float* state,
                                              const float* dy_pooled, float* dx, float* weight_grad, float* bias_grad,
                                              int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
-  detail::conv3x3_relu_backward<true, true>(x, weight, state, const_cast<float*>(dy_pooled), dx, weight_grad, bias_grad, n,
-                                            g, ws, threads);
+  detail::conv3x3_relu_backward<true, true>(x, weight, state, const_cast<float*>(dy_pooled), dx, weight_grad,
+                                            bias_grad, n, g, ws, threads);
 }
 
 }  // namespace vgg::cpu

@@ -132,9 +132,10 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
 /// 64 floats, 32 KiB at 224 columns) then stays in L1 while every output channel reads it.
 inline constexpr int kPooledRowsPerBlock = 8;
 inline long split_block_words(int w) { return (kPooledRowsPerBlock * winner_row_words(w) + 15) / 16 * 16; }
+/// Floats of the block's input layout (steps x rows x 4 column slots x 16), ahead of the split winners.
+inline long one_channel_layout_size(int w) { return (long(w / 2) + 15) / 16 * (2 * kPooledRowsPerBlock + 2) * 64; }
 inline long one_channel_scratch_size(int w) {
-  const long steps = (long(w / 2) + 15) / 16;
-  return steps * (2 * kPooledRowsPerBlock + 2) * 64 + 2 * split_block_words(w);  // input, 2 channels' split winners
+  return one_channel_layout_size(w) + 2 * split_block_words(w);  // input layout, 2 channels' split winners
 }
 
 /// Splits n winner words into their even and odd bits: out[q] = even_bits(words[q]) |
@@ -194,8 +195,7 @@ inline void conv3x3_relu_pool_one_channel_grads(const float* x, const std::uint3
     // A channel's winner words for the block, split into left/right masks (split_winner_words),
     // two channels' worth: the next channel's are split while this one computes.
     auto split_for = [&](int co) {
-      return reinterpret_cast<std::uint32_t*>(scratch + long(steps) * (2 * kPooledRowsPerBlock + 2) * 64) +
-             (co % 2) * split_block_words(w);
+      return reinterpret_cast<std::uint32_t*>(scratch + one_channel_layout_size(w)) + (co % 2) * split_block_words(w);
     };
     auto split_block = [&](int co) {
       const std::uint32_t* words = winners + co * winner_plane + long(i0) * row_words;

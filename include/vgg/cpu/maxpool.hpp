@@ -131,6 +131,19 @@ inline __m512 interleave_hi(__m512 even, __m512 odd) {
   return _mm512_permutex2var_ps(even, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
                                 odd);
 }
+
+/// Sends the gradients g of 16 windows to their winners: the top row's 32 columns at top, the bottom
+/// row's at bottom (lanes lo and hi of each row's two halves stored); element c of window l gets
+/// g[l] where bit l of its mask (top left, top right, bottom left, bottom right) is set, else 0.
+inline void scatter_to_winners(float* top, float* bottom, __mmask16 lo, __mmask16 hi, __m512 g, __mmask16 top_left,
+                               __mmask16 top_right, __mmask16 bottom_left, __mmask16 bottom_right) {
+  const __m512 a = _mm512_maskz_mov_ps(top_left, g), b = _mm512_maskz_mov_ps(top_right, g);
+  const __m512 c = _mm512_maskz_mov_ps(bottom_left, g), d = _mm512_maskz_mov_ps(bottom_right, g);
+  _mm512_mask_storeu_ps(top, lo, interleave_lo(a, b));
+  _mm512_mask_storeu_ps(top + 16, hi, interleave_hi(a, b));
+  _mm512_mask_storeu_ps(bottom, lo, interleave_lo(c, d));
+  _mm512_mask_storeu_ps(bottom + 16, hi, interleave_hi(c, d));
+}
 }  // namespace avx512
 #endif
 
@@ -191,12 +204,7 @@ inline float maxpool2x2_backward_plane(const float* x, const float* dy, float* d
       const __mmask16 kb = __mmask16(_mm512_cmp_ps_mask(b, m, _CMP_EQ_OQ) & ~ka);
       const __mmask16 kc = __mmask16(_mm512_cmp_ps_mask(c, m, _CMP_EQ_OQ) & ~ka & ~kb);
       const __mmask16 kd = __mmask16(~(ka | kb | kc));
-      const __m512 ga = _mm512_maskz_mov_ps(ka, grad), gb = _mm512_maskz_mov_ps(kb, grad);
-      const __m512 gc = _mm512_maskz_mov_ps(kc, grad), gd = _mm512_maskz_mov_ps(kd, grad);
-      _mm512_mask_storeu_ps(d0 + 2 * j, lo, interleave_lo(ga, gb));
-      _mm512_mask_storeu_ps(d0 + 2 * j + 16, hi, interleave_hi(ga, gb));
-      _mm512_mask_storeu_ps(d1 + 2 * j, lo, interleave_lo(gc, gd));
-      _mm512_mask_storeu_ps(d1 + 2 * j + 16, hi, interleave_hi(gc, gd));
+      scatter_to_winners(d0 + 2 * j, d1 + 2 * j, lo, hi, grad, ka, kb, kc, kd);
     }
     if (w % 2) d0[w - 1] = d1[w - 1] = 0.0f;  // the column the floor rule dropped
   }
@@ -265,12 +273,7 @@ inline float unpool_from_winners_plane(const std::uint32_t* winners, const float
       const std::uint32_t br = even_bits(words[n + k] >> 1) & ~(above | bl);
       const __m512 g = _mm512_maskz_loadu_ps(first_lanes(count), dy_pooled + long(i) * ow + j);
       sum = _mm512_mask_add_ps(sum, __mmask16(above | bl | br), sum, g);
-      const __m512 ga = _mm512_maskz_mov_ps(__mmask16(tl), g), gb = _mm512_maskz_mov_ps(__mmask16(tr), g);
-      const __m512 gc = _mm512_maskz_mov_ps(__mmask16(bl), g), gd = _mm512_maskz_mov_ps(__mmask16(br), g);
-      _mm512_mask_storeu_ps(d0 + 2 * j, lo, interleave_lo(ga, gb));
-      _mm512_mask_storeu_ps(d0 + 2 * j + 16, hi, interleave_hi(ga, gb));
-      _mm512_mask_storeu_ps(d1 + 2 * j, lo, interleave_lo(gc, gd));
-      _mm512_mask_storeu_ps(d1 + 2 * j + 16, hi, interleave_hi(gc, gd));
+      scatter_to_winners(d0 + 2 * j, d1 + 2 * j, lo, hi, g, __mmask16(tl), __mmask16(tr), __mmask16(bl), __mmask16(br));
     }
     if (w % 2) d0[w - 1] = d1[w - 1] = 0.0f;  // the column the floor rule dropped
   }
