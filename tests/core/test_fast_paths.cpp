@@ -152,6 +152,9 @@ TEST_CASE("fast convolution forward and backward match the plain path" * doctest
       {2, 29, 17, 6, 14},  // depth 261: two depth passes (bias in the first, ReLU in the last)
       {1, 64, 24, 14, 14}, // depth 576: three passes
       {2, 8, 16, 33, 35},  // several bands, rows longer than a panel
+      {5, 3, 10, 7, 9},    // small images side by side in a band: groups of 5, 3 + 2 or 2 + 2 + 1
+      {3, 16, 40, 14, 14}, // 14x14: two images per band, an odd batch
+      {3, 32, 20, 7, 14},  // groups of 3, depth 288: a slice of 256 rows that ends inside a channel
   };
   for (int threads : {1, 2, 3})
     for (const ConvCase& c : cases) check_conv(c, threads, seed++);

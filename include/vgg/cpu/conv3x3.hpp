@@ -31,23 +31,76 @@
 
 namespace vgg::cpu {
 
+/// Rows of the column matrix built at a time (one GEMM depth pass): the slice stays in L2 between
+/// im2col and the GEMMs that read it, at any depth (a 512-channel layer's whole matrix for a band is
+/// 7 MB and went through memory).
+inline constexpr long kColumnSlice = avx512::kKc;
+
+/// An image's output rows cut into `count` bands of nearly equal height: band i is rows
+/// [begin(i), begin(i + 1)). With `even` (a fused 2x2 pool), bands hold whole pooling windows (the
+/// last one also an odd last row). Balanced, because a remainder band (28 rows as 9 + 9 + 9 + 1)
+/// costs a pass over the weight gradient for a few columns of work.
+struct BandSplit {
+  int h, count;
+  bool even;
+  static constexpr BandSplit of(int h, int wanted, bool even) {
+    const int most = even ? std::max(1, h / 2) : std::max(1, h);
+    return {h, std::clamp(wanted, 1, most), even};
+  }
+  constexpr int begin(int i) const {
+    if (i >= count) return h;
+    return even ? 2 * int(long(h / 2) * i / count) : int(long(h) * i / count);
+  }
+};
+
 struct Conv3x3Geometry {
   int cin, cout, h, w;
   constexpr long depth() const { return long(cin) * 9; }
+  constexpr long slice_depth() const { return std::min(depth(), kColumnSlice); }
   constexpr long plane() const { return long(h) * w; }
-  /// Rows per band: about 512 KiB of column buffer per thread (it stays in L2 between im2col and the
-  /// GEMM: measured 5% faster per training step than 2 MB), but at least 256 columns, so that wide
-  /// layers still give the GEMM long panels; at least one row, at most the image.
+  /// Row stride of a band's column buffer on the fast path: whole cache lines (16 floats), so that
+  /// the GEMM's in-place loads of B never split a line (196- and 252-column bands otherwise do).
+  static constexpr long column_stride(long cols) { return kFastKernels ? (cols + 15) / 16 * 16 : cols; }
+  /// Rows per band at most: at least 256 columns, so that wide layers still give the GEMM long panels,
+  /// and up to 512 KiB / (depth * 4 bytes) columns for shallow layers (measured); at least one row,
+  /// at most the image.
   constexpr int max_band_rows() const {
     const long target_cols = std::clamp<long>((512L << 10) / (depth() * long(sizeof(float))), std::max(w, 256), 4096);
     return int(std::clamp<long>(target_cols / w, std::min(2, h), h));
   }
-  /// Rows per band for a batch of n: bands shrink when there are fewer images than threads. `even`
-  /// bands (for a fused 2x2 pool) hold whole pooling windows: an even count, at least 2 when h >= 2.
-  constexpr int band_rows(int n, int threads, bool even = false) const {
-    const int bands_wanted = (threads + n - 1) / n;
-    const int rows = std::clamp((h + bands_wanted - 1) / bands_wanted, 1, max_band_rows());
-    return even && h >= 2 ? std::max(2, rows - rows % 2) : rows;
+  /// Images side by side in one band where a whole image is under 256 columns (14x14 and smaller):
+  /// enough to reach 256, so that the GEMMs' column tail (196 = 6 panels of 32 + 4) and the weight
+  /// gradient's pass over its 9 MB output are paid once per group, not per image. For a batch of n
+  /// on `threads`, no more than leaves every thread a group. The fast path only (the plain one keeps
+  /// one image per band), and not for one input channel (kernels of their own).
+  constexpr int images_per_band() const {
+    return cin == 1 || max_band_rows() < h || plane() >= 256 ? 1 : int((256 + plane() - 1) / plane());
+  }
+  constexpr int images_per_band(int n, int threads) const {
+    return std::clamp((n + threads - 1) / threads, 1, images_per_band());
+  }
+  /// Columns of the widest band (the buffers' size): a balanced split (BandSplit) can exceed
+  /// max_band_rows by two rows.
+  constexpr long max_band_columns() const {
+    return std::max({long(std::min(h, max_band_rows() + 2)) * w, long(backward_band_rows()) * w,
+                     images_per_band() * plane()});
+  }
+  /// The forward's bands for a batch of n: as few as max_band_rows allows, more when there are fewer
+  /// images than threads (so that every thread has work); `even` for a fused 2x2 pool.
+  constexpr BandSplit forward_bands(int n, int threads, bool even) const {
+    const int wanted = std::max((h + max_band_rows() - 1) / max_band_rows(), (threads + n - 1) / n);
+    return BandSplit::of(h, wanted, even);
+  }
+  /// The backward's bands: each band's weight-gradient GEMM passes over the whole weight gradient,
+  /// so where that is over 2 MB (conv4 onwards at full width, 9 MB for 512 channels) bands are twice
+  /// the forward's, at least 512 columns (measured: +3 to +10 points of peak there, -1 to -3 on
+  /// layers whose gradient stays in cache).
+  constexpr int backward_band_rows() const {
+    if (long(cout) * depth() * long(sizeof(float)) <= (2L << 20)) return max_band_rows();
+    return int(std::clamp<long>(std::max(2L * max_band_rows(), (512L + w - 1) / w), 1, h));
+  }
+  constexpr BandSplit backward_bands() const {
+    return BandSplit::of(h, (h + backward_band_rows() - 1) / backward_band_rows(), false);
   }
 };
 
@@ -71,14 +124,19 @@ struct Conv3x3Workspace {
   // Backward only: per-thread column gradients and partial weight/bias gradients.
   std::vector<Buffer<float>> column_grads, weight_grads, bias_grads;
   std::vector<GemmPlan> weight_plans, input_plans;
-  std::vector<Buffer<float>> pooled_grads;  // fused pool backward: one image's dz per thread
+  // Backward, per thread: the gradient behind the ReLU (and the pool) of one image or band group,
+  // channel rows side by side; used when dz is not taken in place from dy (fused pool, groups).
+  std::vector<Buffer<float>> output_grads;
   std::vector<Buffer<float>> split_inputs;  // fused one-channel backward: input columns laid out per block
 
   void reserve_backward(const Conv3x3Geometry& g, int threads, bool pooled = false) {
     reserve(g, threads);
+    if (pooled || (kFastKernels && g.images_per_band() > 1)) {
+      if (int(output_grads.size()) < threads) output_grads.resize(std::size_t(threads));
+      const long size = long(g.cout) * g.plane() * (kFastKernels ? g.images_per_band() : 1);
+      for (int t = 0; t < threads; ++t) output_grads[std::size_t(t)].reserve(std::size_t(size));
+    }
     if (pooled) {
-      if (int(pooled_grads.size()) < threads) pooled_grads.resize(std::size_t(threads));
-      for (int t = 0; t < threads; ++t) pooled_grads[std::size_t(t)].reserve(std::size_t(g.cout * g.plane()));
 #ifdef VGG_FAST_KERNELS
       if (g.cin == 1) {
         if (int(split_inputs.size()) < threads) split_inputs.resize(std::size_t(threads));
@@ -94,13 +152,13 @@ struct Conv3x3Workspace {
       weight_plans.resize(std::size_t(threads));
       input_plans.resize(std::size_t(threads));
     }
-    const long band_cols = long(g.max_band_rows()) * g.w;
+    const long band_cols = g.max_band_columns();
     for (int t = 0; t < threads; ++t) {
-      column_grads[std::size_t(t)].reserve(std::size_t(g.depth() * band_cols));
+      column_grads[std::size_t(t)].reserve(std::size_t(g.slice_depth() * Conv3x3Geometry::column_stride(band_cols)));
       weight_grads[std::size_t(t)].reserve(std::size_t(g.depth() * g.cout));
       bias_grads[std::size_t(t)].reserve(std::size_t(g.cout));
-      weight_plans[std::size_t(t)].reserve(g.cout, g.depth(), band_cols);
-      input_plans[std::size_t(t)].reserve(g.depth(), band_cols, g.cout);
+      weight_plans[std::size_t(t)].reserve(g.cout, g.slice_depth(), band_cols);
+      input_plans[std::size_t(t)].reserve(g.slice_depth(), band_cols, g.cout);
     }
   }
 
@@ -109,10 +167,10 @@ struct Conv3x3Workspace {
       columns.resize(std::size_t(threads));
       plans.resize(std::size_t(threads));
     }
-    const long band_cols = long(g.max_band_rows()) * g.w;
+    const long band_cols = g.max_band_columns();
     for (int t = 0; t < threads; ++t) {
-      columns[std::size_t(t)].reserve(std::size_t(g.depth() * band_cols));
-      plans[std::size_t(t)].reserve(g.cout, band_cols, g.depth());
+      columns[std::size_t(t)].reserve(std::size_t(g.slice_depth() * Conv3x3Geometry::column_stride(band_cols)));
+      plans[std::size_t(t)].reserve(g.cout, band_cols, g.slice_depth());
     }
     if constexpr (kFastKernels) {
       packed_weights.reserve(std::size_t(avx512::packed_a_size(g.cout, g.depth())));
@@ -133,66 +191,90 @@ namespace detail {
 template <bool Plain>
 inline void conv3x3_relu_forward(const float* x, const float* weight, const float* bias, float* y, float* pooled,
                                  int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
-  const int band = g.band_rows(n, threads, /*even=*/pooled != nullptr);
-  const int bands = (g.h + band - 1) / band;
-  const long items = long(n) * bands, plane = g.plane();
+  // Work items: (group of images, band of rows); a group of several images always spans whole images.
+  const int group = Plain || !kFastKernels ? 1 : g.images_per_band(n, threads);
+  const BandSplit split_rows = group > 1 ? BandSplit::of(g.h, 1, false) : g.forward_bands(n, threads, pooled != nullptr);
+  const int bands = split_rows.count;
+  const long items = (n + group - 1) / group * bands, plane = g.plane();
   const int ow = g.w / 2;
   const long pooled_plane = long(g.h / 2) * ow;
-#ifdef VGG_FAST_KERNELS
-  if (!Plain && g.cin != 1) avx512::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights.data());
-#endif
 #pragma omp parallel num_threads(threads)
   {
-    const int tid = omp_get_thread_num();
-    const Range mine = split(items, tid, omp_get_num_threads());
+    const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#ifdef VGG_FAST_KERNELS
+    if (!Plain && g.cin != 1) {  // the weights packed once for all bands, by all threads
+      avx512::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights.data(), tid, nth);
+#pragma omp barrier
+    }
+#endif
+    const Range mine = split(items, tid, nth);
     float* col = ws.columns[std::size_t(tid)].data();
     GemmPlan& plan = ws.plans[std::size_t(tid)];
     for (long item = mine.begin; item < mine.end; ++item) {
-      const long image = item / bands;
-      const int r0 = int(item % bands) * band, r1 = std::min(g.h, r0 + band);
-      const long cols = long(r1 - r0) * g.w;
-      float* yi = y + image * g.cout * plane;
+      const long first = item / bands * group, last = std::min<long>(n, first + group);  // its images
+      const int r0 = split_rows.begin(int(item % bands)), r1 = split_rows.begin(int(item % bands) + 1);
+      const long cols = long(r1 - r0) * g.w;  // per image
+      float* yi = y + first * g.cout * plane;
       float* out = yi + long(r0) * g.w;
 #ifdef VGG_FAST_KERNELS
-      // Fused with the pool, an image's state (its output's slot, yi) holds its winner masks.
-      auto* winners = reinterpret_cast<std::uint32_t*>(yi);
-      if (!Plain && g.cin == 1) {  // kernels of their own
-        const float* xi = x + image * plane;
-        if (pooled)
-          avx512::conv3x3_relu_pool_one_channel(xi, weight, bias, pooled + image * g.cout * pooled_plane, winners,
-                                                g.cout, g.h, g.w, r0, r1);
-        else
-          avx512::conv3x3_relu_one_channel(xi, weight, bias, yi, g.cout, g.h, g.w, r0, r1);
-        continue;
-      }
-#endif
-      im2col3x3(x + image * g.cin * plane, g.cin, g.h, g.w, r0, r1, col);
-#ifdef VGG_FAST_KERNELS
       if constexpr (!Plain) {
-        // Fused with the pool, the band's output stays in a per-thread buffer: pooled, never stored.
-        float* dst = pooled ? ws.band_outputs[std::size_t(tid)].data() : out;
-        avx512::gemm<false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, dst, pooled ? cols : plane,
-                            plan.fast_a_pack(), plan.fast_b_pack(), avx512::Epilogue{1.0f, false, bias, true},
-                            ws.packed_weights.data());
-        if (pooled) {
-          const long winner_plane = winner_plane_words(g.h, g.w);
-          for (int co = 0; co < g.cout; ++co)
-            maxpool2x2_rows_winners(dst + co * cols, r0, pooled + (image * g.cout + co) * pooled_plane,
-                                    winners + co * winner_plane, g.w, r0 / 2, r1 / 2);
+        if (g.cin == 1) {  // kernels of their own (one image per item)
+          const float* xi = x + first * plane;
+          // Fused with the pool, an image's state (its output's slot, yi) holds its winner masks.
+          if (pooled)
+            avx512::conv3x3_relu_pool_one_channel(xi, weight, bias, pooled + first * g.cout * pooled_plane,
+                                                  reinterpret_cast<std::uint32_t*>(yi), g.cout, g.h, g.w, r0, r1);
+          else
+            avx512::conv3x3_relu_one_channel(xi, weight, bias, yi, g.cout, g.h, g.w, r0, r1);
+          continue;
+        }
+        // The group's images side by side: column j of image i at (i - first) * cols + j.
+        const long group_cols = (last - first) * cols, ld = Conv3x3Geometry::column_stride(group_cols);
+        // Fused with the pool, or for several images, the output goes through a per-thread buffer
+        // (pooled while in cache and never stored, or copied to each image's planes).
+        const bool staged = pooled || last - first > 1;
+        float* dst = staged ? ws.band_outputs[std::size_t(tid)].data() : out;
+        const long m_padded = avx512::packed_a_size(g.cout, 1);
+        for (long p0 = 0; p0 < g.depth(); p0 += kColumnSlice) {  // a depth pass per column slice
+          const long p1 = std::min(g.depth(), p0 + kColumnSlice);
+          for (long i = first; i < last; ++i)
+            im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, p0, p1);
+          const avx512::Epilogue e{1.0f, p0 > 0, p0 == 0 ? bias : nullptr, p1 == g.depth()};
+          avx512::gemm<false>(g.cout, group_cols, p1 - p0, weight, g.depth(), col, ld, dst, staged ? group_cols : plane,
+                              plan.fast_a_pack(), plan.fast_b_pack(), e, ws.packed_weights.data() + p0 * m_padded);
+        }
+        for (long i = first; staged && i < last; ++i) {
+          const float* src = dst + (i - first) * cols;  // image i's rows r0 .. r1, channel stride group_cols
+          float* yc = y + i * g.cout * plane + long(r0) * g.w;
+          if (pooled) {
+            // An image's state (its output's slot) holds its winner masks.
+            auto* winners = reinterpret_cast<std::uint32_t*>(y + i * g.cout * plane);
+            const long winner_plane = winner_plane_words(g.h, g.w);
+            for (int co = 0; co < g.cout; ++co)
+              maxpool2x2_rows_winners(src + co * group_cols, r0, pooled + (i * g.cout + co) * pooled_plane,
+                                      winners + co * winner_plane, g.w, r0 / 2, r1 / 2);
+          } else {
+            for (int co = 0; co < g.cout; ++co)
+              std::copy(src + co * group_cols, src + co * group_cols + cols, yc + co * plane);
+          }
         }
         continue;
       } else
 #endif
       {
         for (int co = 0; co < g.cout; ++co) std::fill(out + co * plane, out + co * plane + cols, bias[co]);
-        gemm_eigen<false, false>(g.cout, cols, g.depth(), weight, g.depth(), col, cols, out, plane, plan);
+        for (long p0 = 0; p0 < g.depth(); p0 += kColumnSlice) {
+          const long p1 = std::min(g.depth(), p0 + kColumnSlice);
+          im2col3x3(x + first * g.cin * plane, g.cin, g.h, g.w, r0, r1, col, cols, p0, p1);
+          gemm_eigen<false, false>(g.cout, cols, p1 - p0, weight + p0, g.depth(), col, cols, out, plane, plan);
+        }
         for (int co = 0; co < g.cout; ++co) {
           float* row = out + co * plane;
           for (long i = 0; i < cols; ++i) row[i] = std::max(row[i], 0.0f);
         }
       }
       if (pooled) {  // the band's pooled rows, while its output is in cache (r0 even)
-        float* pi = pooled + image * g.cout * pooled_plane;
+        float* pi = pooled + first * g.cout * pooled_plane;
         for (int co = 0; co < g.cout; ++co) {
           if constexpr (Plain)
             maxpool2x2_rows_plain(yi + co * plane, pi + co * pooled_plane, g.w, r0 / 2, r1 / 2);
@@ -241,7 +323,8 @@ template <bool Plain, bool Pooled>
 inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y, float* dy, float* dx,
                                   float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
                                   Conv3x3Workspace& ws, int threads) {
-  const int band = g.max_band_rows();
+  const int group = Plain || !kFastKernels ? 1 : g.images_per_band(n, threads);
+  const BandSplit bands = g.backward_bands();  // one band where group > 1
   const long plane = g.plane(), wsize = long(g.cout) * g.depth();
 #pragma omp parallel num_threads(threads)
   {
@@ -253,80 +336,97 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
     std::fill(dw, dw + wsize, 0.0f);
     std::fill(db, db + g.cout, 0.0f);
     const Range mine = split(n, tid, nth);
-    for (long image = mine.begin; image < mine.end; ++image) {
-      const float* xi = x + image * g.cin * plane;
-      const float* yi = y + image * g.cout * plane;  // the conv's output (or, pooled and fast, its state)
-      float* dzi = nullptr;
+    for (long first = mine.begin; first < mine.end; first += group) {
+      // This group's images, side by side in dz's channel rows (stride dz_stride) and in the columns.
+      const long last = std::min<long>(mine.end, first + group), count = last - first;
+      const long dz_stride = count * plane;
+      float* dz = nullptr;  // dz(co, (i - first) * plane + p) at dz + co * dz_stride + (i - first) * plane + p
       if constexpr (Pooled) {  // the gradient behind the pool and the ReLU, and the bias gradient, in one pass
         const long pooled_plane = long(g.h / 2) * (g.w / 2);
-        const float* dpi = dy + image * g.cout * pooled_plane;
-        dzi = ws.pooled_grads[std::size_t(tid)].data();
+        dz = ws.output_grads[std::size_t(tid)].data();
+        for (long i = first; i < last; ++i) {
+          const float* xi = x + i * g.cin * plane;
+          const float* yi = y + i * g.cout * plane;  // the conv's output (or, fast, its state)
+          const float* dpi = dy + i * g.cout * pooled_plane;
+          float* dzi = dz + (i - first) * plane;
 #ifdef VGG_FAST_KERNELS
-        if constexpr (!Plain) {  // from the winner masks that the forward kept
-          const long winner_plane = winner_plane_words(g.h, g.w);
-          const auto* winners = reinterpret_cast<const std::uint32_t*>(yi);
-          if (g.cin == 1 && !dx) {  // a first layer: its weight gradient straight from the masks
-            avx512::conv3x3_relu_pool_one_channel_grads(xi, winners, dpi, dw, db, g.cout, g.h, g.w,
-                                                        ws.split_inputs[std::size_t(tid)].data());
-            continue;
-          }
-          for (int co = 0; co < g.cout; ++co)
-            db[co] += unpool_from_winners_plane(winners + co * winner_plane, dpi + co * pooled_plane,
-                                                dzi + co * plane, g.h, g.w);
-        } else
-#endif
-        {
-          for (int co = 0; co < g.cout; ++co) {
-            if constexpr (Plain)
-              db[co] += maxpool2x2_backward_plane_plain(yi + co * plane, dpi + co * pooled_plane, dzi + co * plane,
-                                                        g.h, g.w, true);
-            else
-              db[co] += maxpool2x2_backward_plane(yi + co * plane, dpi + co * pooled_plane, dzi + co * plane, g.h,
-                                                  g.w, true);
-          }
-        }
-      } else {  // ReLU mask and bias gradient in one pass
-        dzi = dy + image * g.cout * plane;
-        for (int co = 0; co < g.cout; ++co) {
-          float* dz = dzi + co * plane;
-          const float* yc = yi + co * plane;
-          float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-          for (long p = 0; p < plane; ++p) {
-            const float v = yc[p] > 0.0f ? dz[p] : 0.0f;
-            dz[p] = v;
-            s += v;
-          }
-          db[co] += s;
-        }
-      }
-      float* dxi = dx ? dx + image * g.cin * plane : nullptr;
-      if (dxi) std::fill(dxi, dxi + g.cin * plane, 0.0f);
-      for (int r0 = 0; r0 < g.h; r0 += band) {
-        const int r1 = std::min(g.h, r0 + band);
-        const long cols = long(r1 - r0) * g.w;
-        const float* dz = dzi + long(r0) * g.w;
-        // dW (cout x depth) += dz (cout x cols, stride plane) * col^T
-        im2col3x3(xi, g.cin, g.h, g.w, r0, r1, col);
-        if constexpr (Plain)
-          gemm_eigen<false, true>(g.cout, g.depth(), cols, dz, plane, col, cols, dw, g.depth(),
-                                  ws.weight_plans[std::size_t(tid)]);
-        else
-          gemm<false, true>(g.cout, g.depth(), cols, dz, plane, col, cols, dw, g.depth(), ws.weight_plans[std::size_t(tid)]);
-        if (dxi) {
-          // dcol (depth x cols) = W^T (depth x cout) * dz
-          GemmPlan& plan = ws.input_plans[std::size_t(tid)];
-#ifdef VGG_FAST_KERNELS
-          if constexpr (!Plain) {
-            avx512::gemm<true>(g.depth(), cols, g.cout, weight, g.depth(), dz, plane, dcol, cols, plan.fast_a_pack(),
-                               plan.fast_b_pack(), avx512::Epilogue{1.0f, false, nullptr, false});
+          if constexpr (!Plain) {  // from the winner masks that the forward kept
+            const long winner_plane = winner_plane_words(g.h, g.w);
+            const auto* winners = reinterpret_cast<const std::uint32_t*>(yi);
+            if (g.cin == 1 && !dx) {  // a first layer (one image per group): its weight gradient from the masks
+              avx512::conv3x3_relu_pool_one_channel_grads(xi, winners, dpi, dw, db, g.cout, g.h, g.w,
+                                                          ws.split_inputs[std::size_t(tid)].data());
+              continue;
+            }
+            for (int co = 0; co < g.cout; ++co)
+              db[co] += unpool_from_winners_plane(winners + co * winner_plane, dpi + co * pooled_plane,
+                                                  dzi + co * dz_stride, g.h, g.w);
           } else
 #endif
           {
-            std::fill(dcol, dcol + g.depth() * cols, 0.0f);
-            gemm_eigen<true, false>(g.depth(), cols, g.cout, weight, g.depth(), dz, plane, dcol, cols, plan);
+            for (int co = 0; co < g.cout; ++co) {
+              if constexpr (Plain)
+                db[co] += maxpool2x2_backward_plane_plain(yi + co * plane, dpi + co * pooled_plane,
+                                                          dzi + co * dz_stride, g.h, g.w, true);
+              else
+                db[co] += maxpool2x2_backward_plane(yi + co * plane, dpi + co * pooled_plane, dzi + co * dz_stride,
+                                                    g.h, g.w, true);
+            }
           }
-          col2im3x3_add(dcol, g.cin, g.h, g.w, r0, r1, dxi);
+        }
+        if (g.cin == 1 && !dx && !Plain && kFastKernels) continue;  // done above
+      } else {  // ReLU mask and bias gradient in one pass; dz in place in dy, and, for a group, side by side
+        dz = count > 1 ? ws.output_grads[std::size_t(tid)].data() : dy + first * g.cout * plane;
+        for (long i = first; i < last; ++i) {
+          for (int co = 0; co < g.cout; ++co) {
+            float* dyc = dy + (i * g.cout + co) * plane;
+            float* dzc = dz + co * dz_stride + (i - first) * plane;  // == dyc for one image
+            const float* yc = y + (i * g.cout + co) * plane;
+            float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (long p = 0; p < plane; ++p) {
+              const float v = yc[p] > 0.0f ? dyc[p] : 0.0f;
+              dyc[p] = v;
+              dzc[p] = v;
+              s += v;
+            }
+            db[co] += s;
+          }
+        }
+      }
+      if (dx) std::fill(dx + first * g.cin * plane, dx + last * g.cin * plane, 0.0f);
+      for (int band = 0; band < bands.count; ++band) {
+        const int r0 = bands.begin(band), r1 = bands.begin(band + 1);
+        const long cols = long(r1 - r0) * g.w, group_cols = count * cols;  // count > 1: whole images
+        const long ld = Plain ? group_cols : Conv3x3Geometry::column_stride(group_cols);
+        const float* dzb = dz + long(r0) * g.w;
+        // A slice of the column matrix at a time, consumed while in cache by both GEMMs:
+        // dW[:, d0:d1] += dz (cout x group_cols, stride dz_stride) * col^T, and
+        // dcol = W[:, d0:d1]^T * dz, added back into dx.
+        for (long d0 = 0; d0 < g.depth(); d0 += kColumnSlice) {
+          const long d1 = std::min(g.depth(), d0 + kColumnSlice), rows = d1 - d0;
+          for (long i = first; i < last; ++i)
+            im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, d0, d1);
+          if constexpr (Plain)
+            gemm_eigen<false, true>(g.cout, rows, group_cols, dzb, dz_stride, col, ld, dw + d0, g.depth(),
+                                    ws.weight_plans[std::size_t(tid)]);
+          else
+            gemm<false, true>(g.cout, rows, group_cols, dzb, dz_stride, col, ld, dw + d0, g.depth(),
+                              ws.weight_plans[std::size_t(tid)]);
+          if (!dx) continue;
+          GemmPlan& plan = ws.input_plans[std::size_t(tid)];
+#ifdef VGG_FAST_KERNELS
+          if constexpr (!Plain) {
+            avx512::gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
+                               plan.fast_a_pack(), plan.fast_b_pack(), avx512::Epilogue{1.0f, false, nullptr, false});
+          } else
+#endif
+          {
+            std::fill(dcol, dcol + rows * ld, 0.0f);
+            gemm_eigen<true, false>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld, plan);
+          }
+          for (long i = first; i < last; ++i)
+            col2im3x3_add(dcol + (i - first) * cols, g.cin, g.h, g.w, r0, r1, dx + i * g.cin * plane, ld, d0, d1);
         }
       }
     }
@@ -376,3 +476,4 @@ inline void conv3x3_relu_pool_backward_plain(const float* x, const float* weight
 }
 
 }  // namespace vgg::cpu
+

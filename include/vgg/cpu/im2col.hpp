@@ -1,73 +1,73 @@
 #pragma once
-// im2col for 3x3 kernels, stride 1, padding 1, over a band of output rows of one image.
+// im2col for 3x3 kernels, stride 1, padding 1, over a band of output rows of one image, and its
+// adjoint. Both take a range of the column matrix's rows (d = ci*9 + ky*3 + kx), so that a caller
+// can build and consume the matrix a slice of depth at a time while the slice is in cache.
 
 #include <algorithm>
 #include <cstring>
 
 namespace vgg::cpu {
 
-/// Writes col[(ci*9 + ky*3 + kx)][(r - r0)*w + x] = in[ci][r + ky - 1][x + kx - 1] (0 outside),
-/// for rows r in [r0, r1). `in` is one C x H x W image; `col` holds (cin*9) x ((r1-r0)*w) floats.
-/// Each tap's rows inside the image are one contiguous run of the input plane, shifted by kx - 1:
-/// one copy per tap, then the column that the shift wrapped across a row edge is zeroed (per-row
-/// copies cost a call each, which dominated on 14- and 28-pixel rows).
-inline void im2col3x3(const float* in, int cin, int h, int w, int r0, int r1, float* col) {
+/// Rows [d0, d1) of the band's column matrix (all cin*9 of them when d1 < 0):
+/// col[(d - d0)*ld + (r - r0)*w + x] = in[ci][r + ky - 1][x + kx - 1] (0 outside) for
+/// d = ci*9 + ky*3 + kx and rows r in [r0, r1). `in` is one C x H x W image; rows of `col` are `ld`
+/// floats apart (ld >= (r1-r0)*w; 0 packs them; a stride of whole cache lines keeps GEMM loads
+/// aligned). Each tap's rows inside the image are one contiguous run of the input plane, shifted by
+/// kx - 1: one copy per tap, then the column that the shift wrapped across a row edge is zeroed
+/// (per-row copies cost a call each, which dominated on 14- and 28-pixel rows).
+inline void im2col3x3(const float* in, int cin, int h, int w, int r0, int r1, float* col, long ld = 0, long d0 = 0,
+                      long d1 = -1) {
   const long cols = long(r1 - r0) * w;
-  for (int ci = 0; ci < cin; ++ci) {
-    const float* plane = in + long(ci) * h * w;
-    for (int ky = 0; ky < 3; ++ky) {
-      // Output rows whose source row r + ky - 1 lies inside the image: [first, last).
-      const int first = std::max(r0, 1 - ky), last = std::min(r1, h + 1 - ky);
-      for (int kx = 0; kx < 3; ++kx) {
-        float* dst = col + (long(ci) * 9 + ky * 3 + kx) * cols;
-        if (first >= last) {
-          std::fill(dst, dst + cols, 0.0f);
-          continue;
-        }
-        const long head = long(first - r0) * w, body = long(last - first) * w;
-        std::fill(dst, dst + head, 0.0f);                  // rows above the image
-        std::fill(dst + head + body, dst + cols, 0.0f);  // rows below it
-        // dst[(r - r0)*w + x] = plane[(r + ky - 1)*w + x + kx - 1]: one run, clipped at the plane's ends.
-        float* out = dst + head;
-        const long src0 = long(first + ky - 1) * w + (kx - 1);
-        long begin = 0, end = body;
-        if (src0 + begin < 0) begin = -src0;                          // kx = 0 at the plane's start
-        if (src0 + end > long(h) * w) end = long(h) * w - src0;       // kx = 2 at the plane's end
-        std::memcpy(out + begin, plane + src0 + begin, sizeof(float) * std::size_t(end - begin));
-        if (kx == 0)
-          for (long r = 0; r < body; r += w) out[r] = 0.0f;  // x = 0 reads x - 1 = -1
-        else if (kx == 2)
-          for (long r = w - 1; r < body; r += w) out[r] = 0.0f;  // x = w - 1 reads x + 1 = w
-      }
+  if (ld == 0) ld = cols;
+  if (d1 < 0) d1 = long(cin) * 9;
+  for (long d = d0; d < d1; ++d) {
+    const float* plane = in + d / 9 * h * w;
+    const int ky = int(d % 9) / 3, kx = int(d % 3);
+    float* dst = col + (d - d0) * ld;
+    // Output rows whose source row r + ky - 1 lies inside the image: [first, last).
+    const int first = std::max(r0, 1 - ky), last = std::min(r1, h + 1 - ky);
+    if (first >= last) {
+      std::fill(dst, dst + cols, 0.0f);
+      continue;
     }
+    const long head = long(first - r0) * w, body = long(last - first) * w;
+    std::fill(dst, dst + head, 0.0f);                // rows above the image
+    std::fill(dst + head + body, dst + cols, 0.0f);  // rows below it
+    // dst[(r - r0)*w + x] = plane[(r + ky - 1)*w + x + kx - 1]: one run, clipped at the plane's ends.
+    float* out = dst + head;
+    const long src0 = long(first + ky - 1) * w + (kx - 1);
+    long begin = 0, end = body;
+    if (src0 + begin < 0) begin = -src0;                     // kx = 0 at the plane's start
+    if (src0 + end > long(h) * w) end = long(h) * w - src0;  // kx = 2 at the plane's end
+    std::memcpy(out + begin, plane + src0 + begin, sizeof(float) * std::size_t(end - begin));
+    if (kx == 0)
+      for (long r = 0; r < body; r += w) out[r] = 0.0f;  // x = 0 reads x - 1 = -1
+    else if (kx == 2)
+      for (long r = w - 1; r < body; r += w) out[r] = 0.0f;  // x = w - 1 reads x + 1 = w
   }
 }
 
-}  // namespace vgg::cpu
-
-namespace vgg::cpu {
-
-/// The adjoint of im2col3x3: in[ci][r + ky - 1][x + kx - 1] += col[(ci*9 + ky*3 + kx)][(r - r0)*w + x]
-/// for rows r in [r0, r1). Touches input rows r0 - 1 .. r1 only.
-inline void col2im3x3_add(const float* col, int cin, int h, int w, int r0, int r1, float* in) {
-  const long cols = long(r1 - r0) * w;
-  for (int ci = 0; ci < cin; ++ci) {
-    float* plane = in + long(ci) * h * w;
-    for (int ky = 0; ky < 3; ++ky) {
-      for (int kx = 0; kx < 3; ++kx) {
-        const float* src = col + (long(ci) * 9 + ky * 3 + kx) * cols;
-        for (int r = r0; r < r1; ++r, src += w) {
-          const int sy = r + ky - 1;
-          if (sy < 0 || sy >= h) continue;
-          float* dst = plane + long(sy) * w;
-          if (kx == 0) {
-            for (int x = 1; x < w; ++x) dst[x - 1] += src[x];
-          } else if (kx == 1) {
-            for (int x = 0; x < w; ++x) dst[x] += src[x];
-          } else {
-            for (int x = 0; x + 1 < w; ++x) dst[x + 1] += src[x];
-          }
-        }
+/// The adjoint of im2col3x3 over the same rows [d0, d1) (all when d1 < 0):
+/// in[ci][r + ky - 1][x + kx - 1] += col[(d - d0)*ld + (r - r0)*w + x] for rows r in [r0, r1), col's
+/// rows `ld` floats apart (0: packed). Touches input rows r0 - 1 .. r1 only.
+inline void col2im3x3_add(const float* col, int cin, int h, int w, int r0, int r1, float* in, long ld = 0,
+                          long d0 = 0, long d1 = -1) {
+  if (ld == 0) ld = long(r1 - r0) * w;
+  if (d1 < 0) d1 = long(cin) * 9;
+  for (long d = d0; d < d1; ++d) {
+    float* plane = in + d / 9 * h * w;
+    const int ky = int(d % 9) / 3, kx = int(d % 3);
+    const float* src = col + (d - d0) * ld;
+    for (int r = r0; r < r1; ++r, src += w) {
+      const int sy = r + ky - 1;
+      if (sy < 0 || sy >= h) continue;
+      float* dst = plane + long(sy) * w;
+      if (kx == 0) {
+        for (int x = 1; x < w; ++x) dst[x - 1] += src[x];
+      } else if (kx == 1) {
+        for (int x = 0; x < w; ++x) dst[x] += src[x];
+      } else {
+        for (int x = 0; x + 1 < w; ++x) dst[x + 1] += src[x];
       }
     }
   }
