@@ -253,7 +253,8 @@ TEST_CASE("conv with the 2x2 max-pool fused in equals conv then pool, on both pa
   // C_in = 1 has a path of its own on AVX-512 (pool from registers, two rows at a time).
   for (auto [n, cin, cout, h, w] : {std::array{2, 3, 5, 9, 11}, std::array{1, 2, 4, 97, 75}, std::array{3, 8, 16, 14, 14},
                                     std::array{1, 1, 8, 2, 2}, std::array{2, 1, 8, 33, 37}, std::array{1, 1, 5, 40, 48},
-                                    std::array{1, 1, 3, 7, 1}, std::array{1, 1, 3, 1, 7}})
+                                    std::array{1, 1, 3, 7, 1}, std::array{1, 1, 3, 1, 7},
+                                    std::array{2, 1, 32, 6, 64}})  // 32+ planes, whole pooled lines: streamed
     for (int threads : {1, 2, 3}) {
       CAPTURE(cin);
       CAPTURE(h);
@@ -271,7 +272,9 @@ TEST_CASE("conv with the 2x2 max-pool fused in equals conv then pool, on both pa
       vgg::cpu::maxpool2x2_forward(y.data(), expected.data(), long(n) * cout, h, w, threads);
       vgg::cpu::conv3x3_relu_forward_plain(x.data(), wt.data(), b.data(), y_plain.data(), n, g, ws, threads);
       CHECK(ref::max_abs_diff(y, y_plain.data()) < 1e-4f);
-      std::vector<float> s2(out, -1.0f), p2(pooled, -1.0f), s3(out, -2.0f), p3(pooled, -2.0f);
+      std::vector<float> s2(out, -1.0f), s3(out, -2.0f), p3(pooled, -2.0f);
+      vgg::Buffer<float> p2(pooled);  // 64-byte aligned, as the network's buffers (streamed stores need it)
+      std::fill(p2.data(), p2.data() + pooled, -1.0f);
       vgg::cpu::conv3x3_relu_pool_forward(x.data(), wt.data(), b.data(), p2.data(), s2.data(), n, g, ws, threads);
       // Pooling bands have an even row count, so the GEMMs split differently: Eigen's (the plain
       // path) may round differently, ours sums in the same order whatever the split.

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "vgg/cpu/gemm_avx512.hpp"
 #include "vgg/cpu/maxpool.hpp"
@@ -20,14 +21,6 @@ namespace vgg::cpu {
 
 #ifdef VGG_FAST_KERNELS
 namespace avx512 {
-inline void prefetch_for_write(const float* p) {
-#ifdef __PRFCHW__
-  _m_prefetchw(const_cast<float*>(p));
-#else
-  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
-#endif
-}
-
 /// The nine shifted 16-pixel input vectors that output row r, pixels [x0, x0 + count), reads.
 inline void one_channel_taps(const float* x, int h, int w, int r, int x0, int count, __m512 v[9]) {
   for (int ky = 0; ky < 3; ++ky) {
@@ -93,10 +86,18 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
   const int ow = w / 2;
   const long pooled_plane = long(h / 2) * ow, row_words = winner_row_words(w), winner_plane = winner_plane_words(h, w);
   const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14);
-  const bool claim_lines = cout >= 32;
+  const __m512 least_positive = _mm512_set1_ps(std::numeric_limits<float>::denorm_min());
+  // Whole pooled lines streamed (below) where there are many planes and the lines are aligned.
+  constexpr int kMaxStaged = 128;
+  alignas(64) float staging[kMaxStaged * 8];
+  const bool stream_lines = cout >= 32 && cout <= kMaxStaged && pooled_plane % 16 == 0 && ow % 16 == 0 &&
+                            (reinterpret_cast<std::uintptr_t>(pooled) & 63) == 0;
+  bool streamed = false;
   for (int r = r0; r + 1 < std::min(r1, 2 * (h / 2)); r += 2) {
     for (int x0 = 0; x0 + 1 < w; x0 += 16) {
       const int count = std::min(16, w - x0), pooled_count = std::min(8, ow - x0 / 2);
+      const bool staged = stream_lines && pooled_count == 8;
+      streamed |= staged;
       __m512 top[9], bottom[9];
       one_channel_taps(x, h, w, r, x0, count, top);
       one_channel_taps(x, h, w, r + 1, x0, count, bottom);
@@ -111,21 +112,32 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
         const __m512 a = one_channel_sum(top, wc, bias[co]), b = one_channel_sum(bottom, wc, bias[co]);
         const __m512 column_max = _mm512_max_ps(a, b);
         const __m512 m = _mm512_max_ps(column_max, _mm512_permute_ps(column_max, 0xB1));  // lanes 2l, 2l + 1: window l
-        // The ReLU commutes with the max, so it is taken once, on the pooled value.
-        const __mmask16 live = _mm512_mask_cmp_ps_mask(windows, m, _mm512_setzero_ps(), _CMP_GT_OQ);
+        // The ReLU commutes with the max, so it is taken once, on the pooled value. A winner is an
+        // element equal to a positive maximum: equal to max(m, the least positive float), which no
+        // element of a window with m <= 0 can equal (one compare fewer per channel than m > 0).
+        const __m512 positive_max = _mm512_max_ps(m, least_positive);
         std::uint16_t* out = masks + co * winner_plane * 2;
-        out[0] = std::uint16_t(_mm512_mask_cmp_ps_mask(live, a, m, _CMP_EQ_OQ));
-        out[bottom_offset] = std::uint16_t(_mm512_mask_cmp_ps_mask(live, b, m, _CMP_EQ_OQ));
+        out[0] = std::uint16_t(_mm512_mask_cmp_ps_mask(windows, a, positive_max, _CMP_EQ_OQ));
+        out[bottom_offset] = std::uint16_t(_mm512_mask_cmp_ps_mask(windows, b, positive_max, _CMP_EQ_OQ));
         if (clear_next) out[1] = out[bottom_offset + 1] = 0;
         float* dst = pooled + co * pooled_plane + at;
-        _mm512_mask_storeu_ps(dst, store, _mm512_max_ps(_mm512_permutexvar_ps(evens, m), _mm512_setzero_ps()));
-        // With many planes (64 at width 1) each store starts a line in one of them: claim the next
-        // line early, or the stores wait on its read for ownership (1.45 -> 1.27 ms for 8 images);
-        // with few (8 at width/8) the hardware keeps up and the prefetch only cost eval time.
-        if (claim_lines) prefetch_for_write(dst + 16);
+        const __m512 value = _mm512_max_ps(_mm512_permutexvar_ps(evens, m), _mm512_setzero_ps());
+        if (staged) {
+          // Many planes (64 at width 1), each written half a line per segment: a line's first half
+          // waits in L1, and the whole line is streamed past the caches with the second, so that
+          // no line is read for ownership first.
+          if (x0 % 32 == 0)
+            _mm256_store_ps(staging + co * 8, _mm512_castps512_ps256(value));
+          else
+            _mm512_stream_ps(dst - 8, _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_load_ps(staging + co * 8)),
+                                                         _mm512_castps512_ps256(value), 1));
+        } else {
+          _mm512_mask_storeu_ps(dst, store, value);
+        }
       }
     }
   }
+  if (streamed) _mm_sfence();  // streamed stores are visible before the threads meet again
 }
 
 /// Pooled rows per block of the one-channel backward kernel: its input layout (steps x 18 rows x
