@@ -101,6 +101,10 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
       __m512 top[9], bottom[9];
       one_channel_taps(x, h, w, r, x0, count, top);
       one_channel_taps(x, h, w, r + 1, x0, count, bottom);
+      // The two input rows that the next pair reads first: a batch's images come from memory, and
+      // with few output planes (8 at width/8) there is too little work per segment to wait for them.
+      for (int k = 3; k <= 4; ++k)
+        if (r + k < h) _mm_prefetch(reinterpret_cast<const char*>(x + long(r + k) * w + x0), _MM_HINT_T0);
       const long at = long(r / 2) * ow + x0 / 2;
       // This segment's 8 windows are the low (x0 % 32 == 0) or high halves of the row's words.
       auto* masks = reinterpret_cast<std::uint16_t*>(winners + long(r / 2) * row_words + x0 / 32) + x0 / 16 % 2;
@@ -153,8 +157,10 @@ inline long one_channel_scratch_size(int w) {
 /// Splits n winner words into their even and odd bits: out[q] = even_bits(words[q]) |
 /// even_bits(words[q] >> 1) << 16, i.e. the left elements' 16-bit mask, then the right ones'.
 /// Sixteen words per vector: splitting them step by step took integer work that the FMA loop could
-/// not spare. requires: out holds n rounded up to 16 words.
-inline void split_winner_words(const std::uint32_t* words, long n, std::uint32_t* out) {
+/// not spare. Never inlined: its five mask constants would stay live across the caller's FMA loop
+/// and push its operands out of registers.
+/// requires: out holds n rounded up to 16 words.
+[[gnu::noinline]] inline void split_winner_words(const std::uint32_t* words, long n, std::uint32_t* out) {
   const __m512i m1 = _mm512_set1_epi32(0x55555555), m2 = _mm512_set1_epi32(0x33333333);
   const __m512i m4 = _mm512_set1_epi32(0x0F0F0F0F), m8 = _mm512_set1_epi32(0x00FF00FF);
   const __m512i m16 = _mm512_set1_epi32(0x0000FFFF);
@@ -246,9 +252,18 @@ inline void conv3x3_relu_pool_one_channel_grads(const float* x, const std::uint3
           // ky - 1 of the bottom ones. Within a row, slot c (input column 2j + c - 1) feeds tap
           // kx = c of the left elements and kx = c - 1 of the right ones.
           const float* in = scratch + (long(step) * rows + 2 * (i - i0)) * 64;
-          auto taps_row = [&](const float* row, __m512& a0, __m512& a1, __m512& a2, __mmask16 left, __mmask16 right) {
-            const __m512 v0 = _mm512_loadu_ps(row), v1 = _mm512_loadu_ps(row + 16);
-            const __m512 v2 = _mm512_loadu_ps(row + 32), v3 = _mm512_loadu_ps(row + 48);
+          // Each row's four vectors are loaded once and feed up to 12 FMAs. The empty asm keeps
+          // GCC from folding them back into the FMAs as memory operands, one load per FMA: the
+          // loop was then bound by its loads (36 per step instead of 16).
+          __m512 v0, v1, v2, v3;
+          auto load_row = [&](const float* row) {
+            v0 = _mm512_load_ps(row);
+            v1 = _mm512_load_ps(row + 16);
+            v2 = _mm512_load_ps(row + 32);
+            v3 = _mm512_load_ps(row + 48);
+            asm("" : "+v"(v0), "+v"(v1), "+v"(v2), "+v"(v3));
+          };
+          auto taps_row = [&](__m512& a0, __m512& a1, __m512& a2, __mmask16 left, __mmask16 right) {
             a0 = _mm512_mask3_fmadd_ps(g, v0, a0, left);
             a1 = _mm512_mask3_fmadd_ps(g, v1, a1, left);
             a2 = _mm512_mask3_fmadd_ps(g, v2, a2, left);
@@ -256,12 +271,16 @@ inline void conv3x3_relu_pool_one_channel_grads(const float* x, const std::uint3
             a1 = _mm512_mask3_fmadd_ps(g, v2, a1, right);
             a2 = _mm512_mask3_fmadd_ps(g, v3, a2, right);
           };
-          taps_row(in, t00, t01, t02, top_left, top_right);
-          taps_row(in + 64, t10, t11, t12, top_left, top_right);
-          taps_row(in + 64, b00, b01, b02, bottom_left, bottom_right);
-          taps_row(in + 128, t20, t21, t22, top_left, top_right);
-          taps_row(in + 128, b10, b11, b12, bottom_left, bottom_right);
-          taps_row(in + 192, b20, b21, b22, bottom_left, bottom_right);
+          load_row(in);
+          taps_row(t00, t01, t02, top_left, top_right);
+          load_row(in + 64);
+          taps_row(t10, t11, t12, top_left, top_right);
+          taps_row(b00, b01, b02, bottom_left, bottom_right);
+          load_row(in + 128);
+          taps_row(t20, t21, t22, top_left, top_right);
+          taps_row(b10, b11, b12, bottom_left, bottom_right);
+          load_row(in + 192);
+          taps_row(b20, b21, b22, bottom_left, bottom_right);
         }
       }
       const __m512 sums[9] = {_mm512_add_ps(t00, b00), _mm512_add_ps(t01, b01), _mm512_add_ps(t02, b02),
