@@ -21,9 +21,12 @@ namespace vgg::cpu {
 
 #ifdef VGG_FAST_KERNELS
 namespace avx512 {
-/// The nine shifted 16-pixel input vectors that output row r, pixels [x0, x0 + count), reads.
-inline void one_channel_taps(const float* x, int h, int w, int r, int x0, int count, __m512 v[9]) {
-  for (int ky = 0; ky < 3; ++ky) {
+/// The shifted 16-pixel input vectors that output rows r .. r + Rows - 3, pixels [x0, x0 + count),
+/// read: v[3 * k + kx] is input row r - 1 + k at column offset kx - 1 (Rows = 3: one output row's
+/// nine taps; 4: two rows' taps, sharing their middle input rows).
+template <int Rows = 3>
+inline void one_channel_taps(const float* x, int h, int w, int r, int x0, int count, __m512 v[3 * Rows]) {
+  for (int ky = 0; ky < Rows; ++ky) {
     const int sy = r + ky - 1;
     for (int kx = 0; kx < 3; ++kx) {
       // Lane l reads x0 + l + kx - 1, which must lie in [0, w) (and l < count).
@@ -98,9 +101,10 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
       const int count = std::min(16, w - x0), pooled_count = std::min(8, ow - x0 / 2);
       const bool staged = stream_lines && pooled_count == 8;
       streamed |= staged;
-      __m512 top[9], bottom[9];
-      one_channel_taps(x, h, w, r, x0, count, top);
-      one_channel_taps(x, h, w, r + 1, x0, count, bottom);
+      __m512 taps[12];  // the four input rows that rows r and r + 1 read: 12 registers, not 18
+      one_channel_taps<4>(x, h, w, r, x0, count, taps);
+      const __m512* top = taps;
+      const __m512* bottom = taps + 3;
       // The two input rows that the next pair reads first: a batch's images come from memory, and
       // with few output planes (8 at width/8) there is too little work per segment to wait for them.
       for (int k = 3; k <= 4; ++k)
