@@ -55,6 +55,46 @@ TEST_CASE("conv band splitting covers every row when bands are narrower than the
   check_conv(1, 1, 2, 200, 60, 4, 100);
 }
 
+TEST_CASE("band splits cover every row once, in bands of nearly equal height") {
+  for (int h : {1, 2, 3, 7, 14, 28, 29, 56, 224})
+    for (int wanted : {1, 2, 3, 4, 9, 100})
+      for (bool even : {false, true}) {
+        CAPTURE(h);
+        CAPTURE(wanted);
+        CAPTURE(even);
+        const vgg::cpu::BandSplit split = vgg::cpu::BandSplit::of(h, wanted, even);
+        REQUIRE(split.count >= 1);
+        CHECK(split.begin(0) == 0);
+        CHECK(split.begin(split.count) == h);
+        int lowest = h, highest = 0;
+        for (int i = 0; i < split.count; ++i) {
+          const int rows = split.begin(i + 1) - split.begin(i);
+          CHECK(rows >= 1);  // no empty band
+          if (even) CHECK(split.begin(i) % 2 == 0);  // whole pooling windows
+          if (i + 1 < split.count || !even || h % 2 == 0) {
+            lowest = std::min(lowest, rows);
+            highest = std::max(highest, rows);
+          }
+        }
+        CHECK(highest - lowest <= (even ? 2 : 1));  // balanced: no remainder band of a row or two
+      }
+  // 28 rows at most 9 per band: 4 bands of 7, not 9 + 9 + 9 + 1.
+  const vgg::cpu::Conv3x3Geometry g{512, 512, 28, 28};
+  CHECK(g.max_band_rows() == 9);
+  CHECK(g.forward_bands(8, 2, false).count == 4);
+  CHECK(g.forward_bands(8, 2, false).begin(3) == 21);
+  // A weight gradient over 2 MB (512 x 4608 floats) takes longer bands in the backward.
+  CHECK(g.backward_bands().count < g.forward_bands(8, 2, false).count);
+  CHECK(vgg::cpu::Conv3x3Geometry{64, 128, 112, 112}.backward_bands().count ==
+        vgg::cpu::Conv3x3Geometry{64, 128, 112, 112}.forward_bands(8, 2, false).count);
+  // 14x14 images go two to a band on the fast path (one where a thread would be left without).
+  const vgg::cpu::Conv3x3Geometry small{512, 512, 14, 14};
+  CHECK(small.images_per_band(8, 2) == 2);
+  CHECK(small.images_per_band(1, 2) == 1);
+  CHECK(g.images_per_band(8, 2) == 1);  // 28x28: 784 columns already
+  CHECK(vgg::cpu::Conv3x3Geometry{1, 64, 14, 14}.images_per_band(8, 2) == 1);  // one channel: own kernels
+}
+
 TEST_CASE("conv on a hand-computed example") {
   // 1 input channel 3x3, all ones; kernel all ones; bias -4.5: each output is (#valid taps) - 4.5.
   std::vector<float> x(9, 1.0f), w(9, 1.0f), b{-4.5f};
