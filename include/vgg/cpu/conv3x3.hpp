@@ -197,7 +197,8 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
                                  int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
   // Work items: (group of images, band of rows); a group of several images always spans whole images.
   const int group = Plain || !kFastKernels ? 1 : g.images_per_band(n, threads);
-  const BandSplit split_rows = group > 1 ? BandSplit::of(g.h, 1, false) : g.forward_bands(n, threads, pooled != nullptr);
+  const BandSplit split_rows =
+      group > 1 ? BandSplit::of(g.h, 1, false) : g.forward_bands(n, threads, /*even=*/pooled != nullptr);
   const int bands = split_rows.count;
   const long items = (n + group - 1) / group * bands, plane = g.plane();
   const int ow = g.w / 2;
@@ -215,7 +216,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
     float* col = ws.columns[std::size_t(tid)].data();
     GemmPlan& plan = ws.plans[std::size_t(tid)];
     for (long item = mine.begin; item < mine.end; ++item) {
-      const long first = item / bands * group, last = std::min<long>(n, first + group);  // its images
+      const long first = item / bands * group;  // its first image
       const int r0 = split_rows.begin(int(item % bands)), r1 = split_rows.begin(int(item % bands) + 1);
       const long cols = long(r1 - r0) * g.w;  // per image
       float* yi = y + first * g.cout * plane;
@@ -233,7 +234,8 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           continue;
         }
         // The group's images side by side: column j of image i at (i - first) * cols + j.
-        const long group_cols = (last - first) * cols, ld = Conv3x3Geometry::column_stride(group_cols);
+        const long last = std::min<long>(n, first + group), group_cols = (last - first) * cols;
+        const long ld = Conv3x3Geometry::column_stride(group_cols);
         // Fused with the pool, or for several images, the output goes through a per-thread buffer
         // (pooled while in cache and never stored, or copied to each image's planes).
         const bool staged = pooled || last - first > 1;
@@ -349,7 +351,6 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
         const long pooled_plane = long(g.h / 2) * (g.w / 2);
         dz = ws.output_grads[std::size_t(tid)].data();
         for (long i = first; i < last; ++i) {
-          const float* xi = x + i * g.cin * plane;
           const float* yi = y + i * g.cout * plane;  // the conv's output (or, fast, its state)
           const float* dpi = dy + i * g.cout * pooled_plane;
           float* dzi = dz + (i - first) * plane;
@@ -358,7 +359,7 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
             const long winner_plane = winner_plane_words(g.h, g.w);
             const auto* winners = reinterpret_cast<const std::uint32_t*>(yi);
             if (g.cin == 1 && !dx) {  // a first layer (one image per group): its weight gradient from the masks
-              avx512::conv3x3_relu_pool_one_channel_grads(xi, winners, dpi, dw, db, g.cout, g.h, g.w,
+              avx512::conv3x3_relu_pool_one_channel_grads(x + i * plane, winners, dpi, dw, db, g.cout, g.h, g.w,
                                                           ws.split_inputs[std::size_t(tid)].data());
               continue;
             }

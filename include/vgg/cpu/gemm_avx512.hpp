@@ -61,8 +61,8 @@ enum class ALayout { interleaved, rows };
 /// Never inlined, so that every caller runs the same code: inlined copies were scheduled differently
 /// per caller and measured anywhere from 8 % slower (conv3's backward) to 5 % faster (conv8's).
 template <ALayout Layout, int Vectors = 2>
-[[gnu::noinline]] inline void kernel_8x32(Index kc, const float* a, Index a_stride, const float* b, Index b_step, float* c, Index ldc,
-                        int mr, int nr, const Epilogue& e) {
+[[gnu::noinline]] inline void kernel_8x32(Index kc, const float* a, Index a_stride, const float* b, Index b_step,
+                                          float* c, Index ldc, int mr, int nr, const Epilogue& e) {
   static_assert(Vectors == 1 || Vectors == 2);
   if constexpr (Vectors == 2) {
     if (nr <= 16) {  // half a tile: skip the empty vector (a 196-column image ends in a 4-column tile)
