@@ -81,6 +81,10 @@ struct Conv3x3Geometry {
   constexpr int images_per_band(int n, int threads) const {
     return std::clamp((n + threads - 1) / threads, 1, images_per_band());
   }
+  /// Images per work item on a path: as above on the fast one, one on the plain one.
+  constexpr int images_per_item(int n, int threads, bool plain) const {
+    return plain || !kFastKernels ? 1 : images_per_band(n, threads);
+  }
   /// Columns of the widest band (the buffers' size): a balanced split (BandSplit) can exceed
   /// max_band_rows by two rows.
   constexpr long max_band_columns() const {
@@ -117,6 +121,12 @@ inline void sum_partials(const std::vector<Buffer<float>>& partials, int threads
   }
 }
 
+/// Grows `buffers` to `threads` buffers of at least `size` floats each.
+inline void reserve_per_thread(std::vector<Buffer<float>>& buffers, int threads, long size) {
+  if (int(buffers.size()) < threads) buffers.resize(std::size_t(threads));
+  for (int t = 0; t < threads; ++t) buffers[std::size_t(t)].reserve(std::size_t(size));
+}
+
 /// Per-thread work buffers of one convolution layer, allocated once.
 struct Conv3x3Workspace {
   std::vector<Buffer<float>> columns;  // per thread: a slice (kColumnSlice rows) of a band's column matrix
@@ -135,52 +145,33 @@ struct Conv3x3Workspace {
 
   void reserve_backward(const Conv3x3Geometry& g, int threads, bool pooled = false) {
     reserve(g, threads);
-    if (pooled || (kFastKernels && g.images_per_band() > 1)) {
-      if (int(output_grads.size()) < threads) output_grads.resize(std::size_t(threads));
-      const long size = long(g.cout) * g.plane() * (kFastKernels ? g.images_per_band() : 1);
-      for (int t = 0; t < threads; ++t) output_grads[std::size_t(t)].reserve(std::size_t(size));
-    }
-    if (pooled) {
+    const int group = kFastKernels ? g.images_per_band() : 1;  // the largest group any batch gets
+    if (pooled || group > 1) reserve_per_thread(output_grads, threads, long(g.cout) * g.plane() * group);
 #ifdef VGG_FAST_KERNELS
-      if (g.cin == 1) {
-        if (int(split_inputs.size()) < threads) split_inputs.resize(std::size_t(threads));
-        for (int t = 0; t < threads; ++t)
-          split_inputs[std::size_t(t)].reserve(std::size_t(avx512::one_channel_scratch_size(g.w)));
-      }
+    if (pooled && g.cin == 1) reserve_per_thread(split_inputs, threads, avx512::one_channel_scratch_size(g.w));
 #endif
-    }
-    if (int(column_grads.size()) < threads) {
-      column_grads.resize(std::size_t(threads));
-      weight_grads.resize(std::size_t(threads));
-      bias_grads.resize(std::size_t(threads));
+    const long band_cols = g.max_band_columns();
+    reserve_per_thread(column_grads, threads, g.slice_depth() * Conv3x3Geometry::column_stride(band_cols));
+    reserve_per_thread(weight_grads, threads, g.depth() * g.cout);
+    reserve_per_thread(bias_grads, threads, g.cout);
+    if (int(weight_plans.size()) < threads) {
       weight_plans.resize(std::size_t(threads));
       input_plans.resize(std::size_t(threads));
     }
-    const long band_cols = g.max_band_columns();
     for (int t = 0; t < threads; ++t) {
-      column_grads[std::size_t(t)].reserve(std::size_t(g.slice_depth() * Conv3x3Geometry::column_stride(band_cols)));
-      weight_grads[std::size_t(t)].reserve(std::size_t(g.depth() * g.cout));
-      bias_grads[std::size_t(t)].reserve(std::size_t(g.cout));
       weight_plans[std::size_t(t)].reserve(g.cout, g.slice_depth(), band_cols);
       input_plans[std::size_t(t)].reserve(g.slice_depth(), band_cols, g.cout);
     }
   }
 
   void reserve(const Conv3x3Geometry& g, int threads) {
-    if (int(columns.size()) < threads) {
-      columns.resize(std::size_t(threads));
-      plans.resize(std::size_t(threads));
-    }
     const long band_cols = g.max_band_columns();
-    for (int t = 0; t < threads; ++t) {
-      columns[std::size_t(t)].reserve(std::size_t(g.slice_depth() * Conv3x3Geometry::column_stride(band_cols)));
-      plans[std::size_t(t)].reserve(g.cout, band_cols, g.slice_depth());
-    }
+    reserve_per_thread(columns, threads, g.slice_depth() * Conv3x3Geometry::column_stride(band_cols));
+    if (int(plans.size()) < threads) plans.resize(std::size_t(threads));
+    for (int t = 0; t < threads; ++t) plans[std::size_t(t)].reserve(g.cout, band_cols, g.slice_depth());
     if constexpr (kFastKernels) {
       packed_weights.reserve(std::size_t(avx512::packed_a_size(g.cout, g.depth())));
-      if (int(band_outputs.size()) < threads) band_outputs.resize(std::size_t(threads));
-      for (int t = 0; t < threads && g.cin != 1; ++t)
-        band_outputs[std::size_t(t)].reserve(std::size_t(g.cout * band_cols));
+      reserve_per_thread(band_outputs, threads, g.cin != 1 ? long(g.cout) * band_cols : 0);
     }
   }
 };
@@ -196,7 +187,7 @@ template <bool Plain>
 inline void conv3x3_relu_forward(const float* x, const float* weight, const float* bias, float* y, float* pooled,
                                  int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
   // Work items: (group of images, band of rows); a group of several images always spans whole images.
-  const int group = Plain || !kFastKernels ? 1 : g.images_per_band(n, threads);
+  const int group = g.images_per_item(n, threads, Plain);
   const BandSplit split_rows =
       group > 1 ? BandSplit::of(g.h, 1, false) : g.forward_bands(n, threads, /*even=*/pooled != nullptr);
   const int bands = split_rows.count;
@@ -329,7 +320,7 @@ template <bool Plain, bool Pooled>
 inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y, float* dy, float* dx,
                                   float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
                                   Conv3x3Workspace& ws, int threads) {
-  const int group = Plain || !kFastKernels ? 1 : g.images_per_band(n, threads);
+  const int group = g.images_per_item(n, threads, Plain);
   const BandSplit bands = g.backward_bands();  // one band where group > 1
   const long plane = g.plane(), wsize = long(g.cout) * g.depth();
 #pragma omp parallel num_threads(threads)
@@ -347,6 +338,18 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
       const long last = std::min<long>(mine.end, first + group), count = last - first;
       const long dz_stride = count * plane;
       float* dz = nullptr;  // dz(co, (i - first) * plane + p) at dz + co * dz_stride + (i - first) * plane + p
+#ifdef VGG_FAST_KERNELS
+      if constexpr (Pooled && !Plain) {
+        if (g.cin == 1 && !dx) {  // a first layer (one image per group): its weight gradient from the masks
+          const long pooled_plane = long(g.h / 2) * (g.w / 2);
+          avx512::conv3x3_relu_pool_one_channel_grads(x + first * plane,
+                                                      reinterpret_cast<const std::uint32_t*>(y + first * g.cout * plane),
+                                                      dy + first * g.cout * pooled_plane, dw, db, g.cout, g.h, g.w,
+                                                      ws.split_inputs[std::size_t(tid)].data());
+          continue;
+        }
+      }
+#endif
       if constexpr (Pooled) {  // the gradient behind the pool and the ReLU, and the bias gradient, in one pass
         const long pooled_plane = long(g.h / 2) * (g.w / 2);
         dz = ws.output_grads[std::size_t(tid)].data();
@@ -358,11 +361,6 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
           if constexpr (!Plain) {  // from the winner masks that the forward kept
             const long winner_plane = winner_plane_words(g.h, g.w);
             const auto* winners = reinterpret_cast<const std::uint32_t*>(yi);
-            if (g.cin == 1 && !dx) {  // a first layer (one image per group): its weight gradient from the masks
-              avx512::conv3x3_relu_pool_one_channel_grads(x + i * plane, winners, dpi, dw, db, g.cout, g.h, g.w,
-                                                          ws.split_inputs[std::size_t(tid)].data());
-              continue;
-            }
             for (int co = 0; co < g.cout; ++co)
               db[co] += unpool_from_winners_plane(winners + co * winner_plane, dpi + co * pooled_plane,
                                                   dzi + co * dz_stride, g.h, g.w);
@@ -379,7 +377,6 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
             }
           }
         }
-        if (g.cin == 1 && !dx && !Plain && kFastKernels) continue;  // done above
       } else {  // ReLU mask and bias gradient in one pass; dz in place in dy, and, for a group, side by side
         dz = count > 1 ? ws.output_grads[std::size_t(tid)].data() : dy + first * g.cout * plane;
         for (long i = first; i < last; ++i) {

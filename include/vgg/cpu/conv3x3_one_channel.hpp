@@ -90,17 +90,15 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
   const long pooled_plane = long(h / 2) * ow, row_words = winner_row_words(w), winner_plane = winner_plane_words(h, w);
   const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14);
   const __m512 least_positive = _mm512_set1_ps(std::numeric_limits<float>::denorm_min());
-  // Whole pooled lines streamed (below) where there are many planes and the lines are aligned.
+  // Whole pooled lines streamed (below) where there are many planes and the lines are aligned
+  // (then every segment holds 8 whole windows, and every pair of segments one line).
   constexpr int kMaxStaged = 128;
   alignas(64) float staging[kMaxStaged * 8];
-  const bool stream_lines = cout >= 32 && cout <= kMaxStaged && pooled_plane % 16 == 0 && ow % 16 == 0 &&
+  const bool stream_lines = cout >= 32 && cout <= kMaxStaged && ow % 16 == 0 &&
                             (reinterpret_cast<std::uintptr_t>(pooled) & 63) == 0;
-  bool streamed = false;
   for (int r = r0; r + 1 < std::min(r1, 2 * (h / 2)); r += 2) {
     for (int x0 = 0; x0 + 1 < w; x0 += 16) {
       const int count = std::min(16, w - x0), pooled_count = std::min(8, ow - x0 / 2);
-      const bool staged = stream_lines && pooled_count == 8;
-      streamed |= staged;
       __m512 taps[12];  // the four input rows that rows r and r + 1 read: 12 registers, not 18
       one_channel_taps<4>(x, h, w, r, x0, count, taps);
       const __m512* top = taps;
@@ -130,7 +128,7 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
         if (clear_next) out[1] = out[bottom_offset + 1] = 0;
         float* dst = pooled + co * pooled_plane + at;
         const __m512 value = _mm512_max_ps(_mm512_permutexvar_ps(evens, m), _mm512_setzero_ps());
-        if (staged) {
+        if (stream_lines) {
           // Many planes (64 at width 1), each written half a line per segment: a line's first half
           // waits in L1, and the whole line is streamed past the caches with the second, so that
           // no line is read for ownership first.
@@ -145,7 +143,7 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
       }
     }
   }
-  if (streamed) _mm_sfence();  // streamed stores are visible before the threads meet again
+  if (stream_lines) _mm_sfence();  // streamed stores are visible before the threads meet again
 }
 
 /// Pooled rows per block of the one-channel backward kernel: its input layout (steps x 18 rows x
