@@ -52,7 +52,8 @@ struct BlockRig {
   std::unique_ptr<Net> net = std::make_unique<Net>(1);
   std::vector<vgg::Buffer<float>> acts = std::vector<vgg::Buffer<float>>(count + 1);
   std::vector<vgg::Buffer<float>> grads = std::vector<vgg::Buffer<float>>(count + 1);
-  vgg::RunContext ctx{vgg::Mode::train, vgg::cpu::default_threads(), 1, 0, 0};
+  typename Net::Context exec;  // the backend's context, default threads, as the network's
+  vgg::RunContext ctx{vgg::Mode::train, 1, 0, 0};
   double forward_flops = 0, backward_flops = 0;
 
   BlockRig() {
@@ -84,11 +85,13 @@ struct BlockRig {
   void reserve() {
     using L = layer_t<K>;
     auto& layer = net->template layer<first + K>();
-    layer.reserve(kBatch, ctx.threads);
-    if constexpr (pool_inside_previous<K + 1>())
-      layer.reserve_backward(kBatch, ctx.threads, /*pooled=*/true);
-    else
-      layer.reserve_backward(kBatch, ctx.threads);
+    if constexpr (pool_inside_previous<K + 1>()) {
+      layer.reserve(exec, kBatch, /*pooled=*/true);
+      layer.reserve_backward(exec, kBatch, /*pooled=*/true);
+    } else {
+      layer.reserve(exec, kBatch);
+      layer.reserve_backward(exec, kBatch);
+    }
     acts[K + 1].reserve(kBatch * L::output_shape.size());
     grads[K + 1].reserve(kBatch * L::output_shape.size());
     forward_flops += L::flops_per_sample * kBatch;
@@ -106,9 +109,9 @@ struct BlockRig {
     if constexpr (pool_inside_previous<K>()) {
       // done by layer K - 1
     } else if constexpr (pool_inside_previous<K + 1>()) {
-      layer.forward_pooled(acts[K].data(), acts[K + 1].data(), acts[K + 2].data(), kBatch, ctx);
+      layer.forward_pooled(exec, acts[K].data(), acts[K + 2].data(), kBatch, ctx);
     } else {
-      layer.forward(acts[K].data(), acts[K + 1].data(), kBatch, ctx);
+      layer.forward(exec, acts[K].data(), acts[K + 1].data(), kBatch, ctx);
     }
   }
   void backward() {
@@ -123,9 +126,9 @@ struct BlockRig {
     if constexpr (pool_inside_previous<K>()) {
       // differentiated by layer K - 1 from the pooled gradient
     } else if constexpr (pool_inside_previous<K + 1>()) {
-      layer.backward_pooled(acts[K].data(), acts[K + 1].data(), grads[K + 2].data(), dx, kBatch, ctx);
+      layer.backward_pooled(exec, acts[K].data(), grads[K + 2].data(), dx, kBatch, ctx);
     } else {
-      layer.backward(acts[K].data(), acts[K + 1].data(), grads[K + 1].data(), dx, kBatch, ctx);
+      layer.backward(exec, acts[K].data(), acts[K + 1].data(), grads[K + 1].data(), dx, kBatch, ctx);
     }
   }
   void report(benchmark::State& state, double flops) const {
@@ -179,10 +182,12 @@ struct ConvRig {
   bool input_gradient, pool;
   int threads = vgg::cpu::default_threads();
   vgg::cpu::Conv3x3Workspace ws;
+  vgg::cpu::PoolState<vgg::cpu::fastest_path> state;
   vgg::Buffer<float> x, w, b, y, dy, dx, dw, db, pooled, dpooled;
   ConvRig(vgg::cpu::Conv3x3Geometry geometry, bool needs_dx, bool with_pool)
       : g(geometry), input_gradient(needs_dx), pool(with_pool) {
     ws.reserve_backward(g, threads, pool);
+    if (pool) state.reserve(g, kBatch);
     const std::size_t in = std::size_t(kBatch) * g.cin * g.plane(), out = std::size_t(kBatch) * g.cout * g.plane();
     const std::size_t weights = std::size_t(g.cout) * std::size_t(g.depth());
     const std::size_t pooled_size = std::size_t(kBatch) * g.cout * (g.h / 2) * (g.w / 2);
@@ -200,16 +205,15 @@ struct ConvRig {
   double flops() const { return 2.0 * kBatch * g.cout * double(g.depth()) * g.plane(); }
   void forward() {
     if (pool)
-      vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), y.data(), kBatch, g, ws,
-                                          threads);
+      vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), state, kBatch, g, ws, threads);
     else
       vgg::cpu::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), kBatch, g, ws, threads);
   }
   void backward() {
     float* input_grad = input_gradient ? dx.data() : nullptr;
     if (pool) {  // the pooled gradient is left as it is
-      vgg::cpu::conv3x3_relu_pool_backward(x.data(), w.data(), y.data(), dpooled.data(), input_grad, dw.data(),
-                                           db.data(), kBatch, g, ws, threads);
+      vgg::cpu::conv3x3_relu_pool_backward(x.data(), w.data(), state, dpooled.data(), input_grad, dw.data(), db.data(),
+                                           kBatch, g, ws, threads);
       return;
     }
     std::fill(dy.data(), dy.data() + std::size_t(kBatch) * g.cout * g.plane(), 1e-3f);  // overwritten in place

@@ -1,5 +1,6 @@
 #pragma once
-// What a layer needs to know about the current pass besides its data.
+// What a layer needs to know about the current pass besides its data. How the pass runs (threads,
+// a stream) is the backend's execution context (backend.hpp), handed to layers beside this one.
 
 #include <cstdint>
 
@@ -10,7 +11,6 @@ enum class Mode { eval, train };
 
 struct RunContext {
   Mode mode = Mode::eval;
-  int threads = 1;
   std::uint64_t seed = 0;         ///< network seed; dropout masks derive from it
   std::uint64_t step = 0;         ///< training forward passes so far; new masks each step
   std::uint64_t layer_index = 0;  ///< position of the layer in the flat pack

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "vgg/backend.hpp"
 #include "vgg/context.hpp"
 #include "vgg/random.hpp"
 #include "vgg/shape.hpp"
@@ -31,27 +32,32 @@ struct ParameterView {
   std::span<float> grad;  ///< empty until the first backward pass
 };
 
+/// A layer runs on one backend (L::backend, backend.hpp): its parameters and buffers live in that
+/// backend's memory, and every pass takes the backend's execution context first.
 template <class L>
-concept Layer = requires(L layer, const float* x, float* y, int n, const RunContext& ctx, Rng& rng) {
+concept Layer = requires(L layer, const float* x, float* y, int n, typename L::backend::Context& exec,
+                         const RunContext& ctx, Rng& rng) {
+  requires Backend<typename L::backend>;
   { L::input_shape } -> std::convertible_to<Shape>;
   { L::output_shape } -> std::convertible_to<Shape>;
   { L::num_params } -> std::convertible_to<long long>;
   { L::torch_modules } -> std::convertible_to<int>;  // how many PyTorch modules the layer stands for
   { L::ends_block } -> std::convertible_to<bool>;    // true for the pool that closes a VGG block
   { L::flops_per_sample } -> std::convertible_to<double>;
-  layer.reset_parameters(rng);
-  layer.reserve(n, n);  // (batch, threads)
-  layer.forward(x, y, n, ctx);
-  layer.reserve_backward(n, n);  // (batch, threads)
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, n);
+  layer.forward(exec, x, y, n, ctx);
+  layer.reserve_backward(exec, n);
   // Backward overwrites dy (with the gradient before the fused ReLU), writes dx unless it is null,
   // and sets (not accumulates) the parameter gradients.
-  layer.backward(x, x, y, y, n, ctx);
+  layer.backward(exec, x, x, y, y, n, ctx);
   // An identity layer in this mode is skipped: its output is its input, its dx is its dy.
   { L::is_identity(ctx.mode) } -> std::convertible_to<bool>;
 };
 
 /// True when Here is a 2x2 max-pool that the layer before it (Below) can compute inside its own
-/// passes (Below::forward_pooled / backward_pooled), so that Here's own passes are skipped.
+/// passes (Below::forward_pooled / backward_pooled, with reserve(exec, n, /*pooled=*/true)), so
+/// that Here's own passes are skipped.
 template <class Below, class Here>
 inline constexpr bool pool_runs_inside = requires { requires Below::can_pool_output; } &&
                                          requires { requires Here::is_2x2_max_pool; };

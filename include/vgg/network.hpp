@@ -2,6 +2,10 @@
 // vgg::Vgg<Input, VggBlock..., Classifier>: the pack is checked at compile time, expanded into a
 // flat tuple of layers with static shapes, and run over NCHW batches whose size is a run-time
 // value. Every buffer is allocated once, for the largest batch seen, and reused.
+//
+// The network runs on a backend (backend.hpp): vgg::Vgg<...> is the CPU network, and
+// vgg::Vgg<...>::on<B> the same network on backend B (vgg::Network<B, Arch...>). Batches, labels
+// and logits cross the API on the host; parameters, activations and gradients live in B's memory.
 
 #include <array>
 #include <cstddef>
@@ -14,13 +18,15 @@
 #include <type_traits>
 #include <utility>
 
+#include "vgg/backend.hpp"
 #include "vgg/block.hpp"
 #include "vgg/buffer.hpp"
 #include "vgg/checks.hpp"
 #include "vgg/classifier.hpp"
 #include "vgg/context.hpp"
-#include "vgg/cpu/parallel.hpp"
+#include "vgg/cpu/backend.hpp"
 #include "vgg/layer.hpp"
+#include "vgg/loss.hpp"
 #include "vgg/layers/conv2d.hpp"
 #include "vgg/layers/dropout.hpp"
 #include "vgg/layers/flatten.hpp"
@@ -36,21 +42,20 @@ namespace detail {
 
 /// The layers of one block whose input has shape S: Conv+ReLU (In -> Out), (NumConvs - 1) x
 /// Conv+ReLU (Out -> Out), MaxPool.
-template <Shape S, class Block, class Repeats = std::make_index_sequence<Block::num_convs - 1>>
+template <Shape S, class Block, class B, class Repeats = std::make_index_sequence<Block::num_convs - 1>>
 struct block_layers;
-template <Shape S, class Block, std::size_t... R>
-struct block_layers<S, Block, std::index_sequence<R...>> {
+template <Shape S, class Block, class B, std::size_t... R>
+struct block_layers<S, Block, B, std::index_sequence<R...>> {
   template <std::size_t>
-  using repeated = Conv3x3Relu<Block::out_channels, Block::out_channels, S.h, S.w>;
-  using type = std::tuple<Conv3x3Relu<Block::in_channels, Block::out_channels, S.h, S.w>, repeated<R>...,
-                          MaxPool2x2<Block::out_channels, S.h, S.w>>;
+  using repeated = Conv3x3Relu<Block::out_channels, Block::out_channels, S.h, S.w, B>;
+  using type = std::tuple<Conv3x3Relu<Block::in_channels, Block::out_channels, S.h, S.w, B>, repeated<R>...,
+                          MaxPool2x2<Block::out_channels, S.h, S.w, B>>;
 };
 
-template <Shape Features, class Head>
-using head_layers =
-    std::tuple<Flatten<Features>, Linear<int(Features.size()), Head::hidden, true>, Dropout<Head::hidden, Head::dropout>,
-               Linear<Head::hidden, Head::hidden, true>, Dropout<Head::hidden, Head::dropout>,
-               Linear<Head::hidden, Head::classes, false>>;
+template <Shape Features, class Head, class B>
+using head_layers = std::tuple<Flatten<Features, B>, Linear<int(Features.size()), Head::hidden, true, B>,
+                               Dropout<Head::hidden, Head::dropout, B>, Linear<Head::hidden, Head::hidden, true, B>,
+                               Dropout<Head::hidden, Head::dropout, B>, Linear<Head::hidden, Head::classes, false, B>>;
 
 /// Everything derived from a valid pack: stage shapes and the flat layer tuple.
 template <class InputT, class BlocksTuple, class Head>
@@ -62,11 +67,12 @@ struct network_spec<InputT, std::tuple<Blocks...>, Head> {
   static constexpr Shape feature_shape = shapes[num_blocks];
   static constexpr int num_classes = Head::classes;
 
-  template <std::size_t... I>
+  template <class B, std::size_t... I>
   static auto all_layers(std::index_sequence<I...>)
-      -> decltype(std::tuple_cat(std::declval<typename block_layers<shapes[I], Blocks>::type>()...,
-                                 std::declval<head_layers<feature_shape, Head>>()));
-  using layers = decltype(all_layers(std::index_sequence_for<Blocks...>{}));
+      -> decltype(std::tuple_cat(std::declval<typename block_layers<shapes[I], Blocks, B>::type>()...,
+                                 std::declval<head_layers<feature_shape, Head, B>>()));
+  template <class B>
+  using layers = decltype(all_layers<B>(std::index_sequence_for<Blocks...>{}));
 
   /// "Input<1,32,32> VggBlock<1,1,4> ... Classifier<256,10,0.5>": written into checkpoints.
   static std::string architecture() {
@@ -116,8 +122,12 @@ struct layer_places<std::tuple<L...>> {
 
 }  // namespace detail
 
-template <class... Arch>
-class Vgg {
+/// The network of the pack Arch... on backend B. Spelled vgg::Vgg<Arch...> for the CPU and
+/// vgg::Vgg<Arch...>::on<B> for another backend.
+template <class B, class... Arch>
+class Network {
+  static_assert(Backend<B>, "vgg::Network<B, ...>: B must be a backend type (see vgg/backend.hpp), such as "
+                            "vgg::cpu::Backend or vgg::cuda::Backend.");
   using parsed = detail::parse_arch<Arch...>;
   static_assert(sizeof...(Arch) >= 3,
                 "vgg::Vgg<...>: the pack must be vgg::Input<C, H, W>, then one or more "
@@ -130,7 +140,13 @@ class Vgg {
   using spec = typename detail::select_spec<Arch...>::type;
 
  public:
-  using layer_types = typename spec::layers;
+  using backend = B;
+  using Context = typename B::Context;
+  /// The same network on another backend, e.g. vgg::vgg11<...>::on<vgg::cuda::Backend>.
+  template <class OtherBackend>
+  using on = Network<OtherBackend, Arch...>;
+
+  using layer_types = typename spec::template layers<B>;
   static constexpr std::size_t num_layers = std::tuple_size_v<layer_types>;
   static constexpr std::size_t num_blocks = spec::num_blocks;
   static constexpr Shape input_shape = spec::shapes[0];
@@ -159,11 +175,11 @@ class Vgg {
   }();
 
   /// ensures: parameters initialised as PyTorch's defaults, reproducibly from `seed`; eval mode.
-  explicit Vgg(std::uint64_t seed = 0) { reset_parameters(seed); }
-  Vgg(const Vgg&) = delete;
-  Vgg& operator=(const Vgg&) = delete;
-  Vgg(Vgg&&) = default;
-  Vgg& operator=(Vgg&&) = default;
+  explicit Network(std::uint64_t seed = 0) { reset_parameters(seed); }
+  Network(const Network&) = delete;
+  Network& operator=(const Network&) = delete;
+  Network(Network&&) = default;
+  Network& operator=(Network&&) = default;
 
   /// Re-draws every parameter (layer by layer, weights then biases) from `seed`.
   void reset_parameters(std::uint64_t seed) {
@@ -171,7 +187,7 @@ class Vgg {
     step_ = 0;
     last_batch_ = 0;
     Rng rng(seed);
-    std::apply([&](auto&... layer) { (layer.reset_parameters(rng), ...); }, layers_);
+    std::apply([&](auto&... layer) { (layer.reset_parameters(rng, context_), ...); }, layers_);
   }
 
   void set_mode(Mode mode) { mode_ = mode; }
@@ -179,9 +195,14 @@ class Vgg {
   void eval() { mode_ = Mode::eval; }
   Mode mode() const { return mode_; }
 
-  /// Threads used by every layer; 0 (the default) means OpenMP's maximum at the time of the pass.
-  void set_threads(int threads) { threads_ = threads < 0 ? 0 : threads; }
-  int threads() const { return threads_ > 0 ? threads_ : cpu::default_threads(); }
+  /// Host threads used by every layer (CPU backends); 0 (the default) means OpenMP's maximum at the
+  /// time of the pass, and more than Context::max_threads is capped there. Backends that run on a
+  /// device use one host thread whatever is set.
+  void set_threads(int threads) { context_.set_threads(threads < 0 ? 0 : threads); }
+  int threads() const { return context_.threads(); }
+
+  /// The backend's execution context (threads on the CPU; a stream and library handles on a GPU).
+  Context& context() { return context_; }
 
   /// ensures: a forward pass of up to `batch` samples with the current thread count allocates nothing.
   void reserve(int batch) {
@@ -189,6 +210,10 @@ class Vgg {
     if (batch <= reserved_batch_ && t <= reserved_threads_) return;
     reserved_batch_ = std::max(batch, reserved_batch_);
     reserved_threads_ = std::max(t, reserved_threads_);
+    if constexpr (!B::host_memory) {
+      input_.reserve(std::size_t(reserved_batch_) * input_shape.size());
+      host_logits_.reserve(std::size_t(reserved_batch_) * std::size_t(num_classes));
+    }
     reserve_layers(std::make_index_sequence<num_layers>{});
   }
 
@@ -213,21 +238,47 @@ class Vgg {
                                   std::to_string(std::size_t(batch) * input_shape.size()) + " floats, found " +
                                   std::to_string(x.size()));
     reserve(batch);
-    last_ctx_ = RunContext{mode_, threads(), seed_, step_, 0};
+    last_ctx_ = RunContext{mode_, seed_, step_, 0};
+    last_threads_ = threads();
     last_batch_ = batch;
     if (mode_ == Mode::train) ++step_;  // the next training pass draws new dropout masks
-    activations_[0] = x.data();
+    if constexpr (B::host_memory) {
+      activations_[0] = x.data();
+    } else {
+      B::copy_from_host(x.data(), input_.data(), x.size(), context_);
+      activations_[0] = input_.data();
+    }
     run_layers(batch, last_ctx_, observer, std::make_index_sequence<num_layers>{});
-    return LogitsView(activations_[num_layers], batch, num_classes);
+    const std::size_t logits = std::size_t(batch) * std::size_t(num_classes);
+    if constexpr (B::host_memory) {
+      return LogitsView(activations_[num_layers], batch, num_classes);
+    } else {
+      B::copy_to_host(activations_[num_layers], host_logits_.data(), logits, context_);
+      return LogitsView(host_logits_.data(), batch, num_classes);
+    }
+  }
+
+  /// Softmax cross-entropy of the last forward pass's logits against `labels` (mean over the batch,
+  /// as torch.nn.CrossEntropyLoss), computed by the backend where the logits live; with gradient,
+  /// also writes output_gradient() (the gradient with respect to the logits) for backward().
+  /// requires: a forward pass was run; labels.size() == last_batch(); every label in
+  ///           [0, num_classes) (else std::invalid_argument naming the sample and the label).
+  LossResult loss(std::span<const std::int32_t> labels, bool gradient = true) {
+    require_forward("loss");
+    if (labels.size() != std::size_t(last_batch_))
+      throw std::invalid_argument("vgg::Vgg::loss: " + std::to_string(labels.size()) + " labels for a batch of " +
+                                  std::to_string(last_batch_) + " samples");
+    float* grad = gradient ? output_gradient().data() : nullptr;
+    return B::softmax_cross_entropy(context_, activations_[num_layers], labels, num_classes, grad);
   }
 
   /// The gradient of the loss with respect to the logits of the last forward pass, batch x classes,
-  /// for the caller to fill (softmax_cross_entropy does) before backward().
+  /// in the backend's memory, for the caller to fill (loss() does) before backward().
   /// requires: a forward pass was run. ensures: allocates only the first time a batch this large is seen.
   std::span<float> output_gradient() {
     require_forward("output_gradient");
     reserve_backward();
-    return grads_[num_layers - 1].span(std::size_t(last_batch_) * std::size_t(num_classes));
+    return {grads_[num_layers - 1].data(), std::size_t(last_batch_) * std::size_t(num_classes)};
   }
 
   /// Back-propagates output_gradient() through the last forward pass (in its mode: dropout masks
@@ -243,18 +294,20 @@ class Vgg {
     has_input_gradient_ = input_gradient;
   }
 
-  /// The gradient with respect to the input of the last backward(true), batch x C x H x W.
+  /// The gradient with respect to the input of the last backward(true), batch x C x H x W, in the
+  /// backend's memory.
   std::span<const float> input_gradient() const {
     if (!has_input_gradient_)
       throw std::logic_error("vgg::Vgg::input_gradient: call backward(/*input_gradient=*/true) first");
-    return input_grad_.span(std::size_t(last_batch_) * input_shape.size());
+    return {input_grad_.data(), std::size_t(last_batch_) * input_shape.size()};
   }
 
   /// Batch size of the last forward pass (0 before any).
   int last_batch() const { return last_batch_; }
 
   /// Visits (value, grad) of every parameter tensor in network order, without allocating: for
-  /// optimizers, which run every step. grad is empty before the first backward pass.
+  /// optimizers, which run every step. Both are in the backend's memory; grad is empty before the
+  /// first backward pass.
   template <class F>
   void for_each_parameter_data(F&& f) {
     std::apply([&](auto&... layer) {
@@ -265,7 +318,8 @@ class Vgg {
     }, layers_);
   }
 
-  /// Visits every parameter tensor with its state_dict name, in network order.
+  /// Visits every parameter tensor with its state_dict name, in network order (value and grad in the
+  /// backend's memory: see copy_parameters_to_host for a host copy).
   template <class F>
   void for_each_parameter(F&& f) {
     visit_parameters(f, std::make_index_sequence<num_layers>{});
@@ -319,9 +373,19 @@ class Vgg {
 
   template <std::size_t... I>
   void reserve_layers(std::index_sequence<I...>) {
-    ((std::get<I>(layers_).reserve(reserved_batch_, reserved_threads_),
-      outputs_[I].reserve(std::size_t(reserved_batch_) * std::tuple_element_t<I, layer_types>::output_shape.size())),
-     ...);
+    (reserve_layer<I>(), ...);
+  }
+  template <std::size_t I>
+  void reserve_layer() {
+    using L = std::tuple_element_t<I, layer_types>;
+    if constexpr (pool_runs_inside_previous<I + 1>()) {
+      // Its output is never stored: the fused pool's state, kept by the layer, stands for it.
+      std::get<I>(layers_).reserve(context_, reserved_batch_, /*pooled=*/true);
+    } else {
+      std::get<I>(layers_).reserve(context_, reserved_batch_);
+      if (!L::is_identity(Mode::train) || !L::is_identity(Mode::eval))
+        outputs_[I].reserve(std::size_t(reserved_batch_) * L::output_shape.size());
+    }
   }
 
   template <class Observer, std::size_t... I>
@@ -348,11 +412,11 @@ class Vgg {
     if constexpr (pool_runs_inside_previous<I>()) {
       // computed by layer I - 1
     } else if constexpr (pool_runs_inside_previous<I + 1>()) {
-      // Layer I's own output buffer becomes the state its backward_pooled reads (possibly not the
-      // full-size output: nothing else reads it, since the pool that would is skipped).
-      std::get<I>(layers_).forward_pooled(in, outputs_[I].data(), outputs_[I + 1].data(), batch, ctx);
+      // Layer I writes the pool's output and keeps its own state; its own output is never stored.
+      std::get<I>(layers_).forward_pooled(context_, in, outputs_[I + 1].data(), batch, ctx);
+      return nullptr;
     } else {
-      std::get<I>(layers_).forward(in, outputs_[I].data(), batch, ctx);
+      std::get<I>(layers_).forward(context_, in, outputs_[I].data(), batch, ctx);
     }
     return outputs_[I].data();
   }
@@ -363,22 +427,23 @@ class Vgg {
   }
 
   void reserve_backward() {
-    if (last_batch_ <= backward_batch_ && last_ctx_.threads <= backward_threads_) return;
+    if (last_batch_ <= backward_batch_ && last_threads_ <= backward_threads_) return;
     backward_batch_ = std::max(backward_batch_, last_batch_);
-    backward_threads_ = std::max(backward_threads_, last_ctx_.threads);
+    backward_threads_ = std::max(backward_threads_, last_threads_);
     [&]<std::size_t... I>(std::index_sequence<I...>) {
-      ((reserve_backward_layer<I>(),
-        grads_[I].reserve(std::size_t(backward_batch_) * std::tuple_element_t<I, layer_types>::output_shape.size())),
-       ...);
+      (reserve_backward_layer<I>(), ...);
     }(std::make_index_sequence<num_layers>{});
   }
 
   template <std::size_t I>
   void reserve_backward_layer() {
-    if constexpr (pool_runs_inside_previous<I + 1>())
-      std::get<I>(layers_).reserve_backward(backward_batch_, backward_threads_, /*pooled=*/true);
-    else
-      std::get<I>(layers_).reserve_backward(backward_batch_, backward_threads_);
+    if constexpr (pool_runs_inside_previous<I + 1>()) {
+      // Differentiated from the pooled gradient: no gradient of its full-size output.
+      std::get<I>(layers_).reserve_backward(context_, backward_batch_, /*pooled=*/true);
+    } else {
+      std::get<I>(layers_).reserve_backward(context_, backward_batch_);
+      grads_[I].reserve(std::size_t(backward_batch_) * std::tuple_element_t<I, layer_types>::output_shape.size());
+    }
   }
 
   template <std::size_t... I>
@@ -402,9 +467,9 @@ class Vgg {
     if constexpr (pool_runs_inside_previous<I>()) {
       return dy;  // layer I - 1 differentiates through this pool from the pooled gradient
     } else if constexpr (pool_runs_inside_previous<I + 1>()) {
-      std::get<I>(layers_).backward_pooled(activations_[I], activations_[I + 1], dy, dx, last_batch_, ctx);
+      std::get<I>(layers_).backward_pooled(context_, activations_[I], dy, dx, last_batch_, ctx);
     } else {
-      std::get<I>(layers_).backward(activations_[I], activations_[I + 1], dy, dx, last_batch_, ctx);
+      std::get<I>(layers_).backward(context_, activations_[I], activations_[I + 1], dy, dx, last_batch_, ctx);
     }
     return dx;
   }
@@ -430,17 +495,28 @@ class Vgg {
         ...);
   }
 
+  template <class T>
+  using Memory = typename B::template Buffer<T>;
+
+  Context context_;
   layer_types layers_;
-  std::array<Buffer<float>, num_layers> outputs_;  // output of layer i (unused for identity layers)
-  std::array<Buffer<float>, num_layers> grads_;    // gradient w.r.t. the output of layer i
-  Buffer<float> input_grad_;
+  // Output of layer i (unused for identity layers, and for a conv whose pool runs inside it).
+  std::array<Memory<float>, num_layers> outputs_;
+  std::array<Memory<float>, num_layers> grads_;  // gradient w.r.t. the output of layer i
+  Memory<float> input_grad_;
+  Memory<float> input_;       // the batch in the backend's memory (device backends only)
+  Buffer<float> host_logits_;  // the logits copied to the host (device backends only)
   std::array<const float*, num_layers + 1> activations_{};  // input of layer i; [num_layers] = logits
   RunContext last_ctx_{};
-  int last_batch_ = 0;
+  int last_batch_ = 0, last_threads_ = 0;
   bool has_input_gradient_ = false;
-  int reserved_batch_ = 0, reserved_threads_ = 0, backward_batch_ = 0, backward_threads_ = 0, threads_ = 0;
+  int reserved_batch_ = 0, reserved_threads_ = 0, backward_batch_ = 0, backward_threads_ = 0;
   Mode mode_ = Mode::eval;
   std::uint64_t seed_ = 0, step_ = 0;
 };
+
+/// The network of the pack Arch... on the CPU (the fastest kernel path compiled in).
+template <class... Arch>
+using Vgg = Network<cpu::Backend, Arch...>;
 
 }  // namespace vgg

@@ -6,7 +6,7 @@
 #include <span>
 
 #include "vgg/context.hpp"
-#include "vgg/loss.hpp"
+#include "vgg/loss.hpp"  // LossResult
 
 namespace vgg {
 
@@ -15,9 +15,8 @@ namespace vgg {
 template <class Net, class Optimizer>
 LossResult train_step(Net& net, Optimizer& optimizer, std::span<const float> x, std::span<const std::int32_t> labels) {
   net.set_mode(Mode::train);
-  const auto logits = net.forward(x, int(labels.size()));
-  const LossResult result = softmax_cross_entropy(std::span<const float>(logits.data(), std::size_t(logits.size())),
-                                                  labels, Net::num_classes, net.output_gradient());
+  net.forward(x, int(labels.size()));
+  const LossResult result = net.loss(labels, /*gradient=*/true);
   net.backward();
   optimizer.step(net);
   return result;
@@ -27,9 +26,8 @@ LossResult train_step(Net& net, Optimizer& optimizer, std::span<const float> x, 
 template <class Net>
 LossResult evaluate_batch(Net& net, std::span<const float> x, std::span<const std::int32_t> labels) {
   net.set_mode(Mode::eval);
-  const auto logits = net.forward(x, int(labels.size()));
-  return softmax_cross_entropy(std::span<const float>(logits.data(), std::size_t(logits.size())), labels,
-                               Net::num_classes);
+  net.forward(x, int(labels.size()));
+  return net.loss(labels, /*gradient=*/false);
 }
 
 }  // namespace vgg

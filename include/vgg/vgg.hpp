@@ -7,10 +7,12 @@
 //   vgg::Tensor4 x(64, 1, 224, 224);
 //   auto logits = net.forward(x);   // 64 x 10
 
+#include "vgg/backend.hpp"
 #include "vgg/block.hpp"
 #include "vgg/buffer.hpp"
 #include "vgg/classifier.hpp"
 #include "vgg/context.hpp"
+#include "vgg/cpu/backend.hpp"
 #include "vgg/loss.hpp"
 #include "vgg/network.hpp"
 #include "vgg/optim/adam.hpp"

@@ -91,15 +91,17 @@ void check_conv(const ConvCase& s, int threads, unsigned seed) {
   ws_plain.reserve_backward(g, threads);
   std::vector<float> y_fast(out, -7.0f), y_plain(out, -9.0f);
   vgg::cpu::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y_fast.data(), s.n, g, ws_fast, threads);
-  vgg::cpu::conv3x3_relu_forward_plain(x.data(), wt.data(), b.data(), y_plain.data(), s.n, g, ws_plain, threads);
+  vgg::cpu::conv3x3_relu_forward<vgg::cpu::KernelPath::plain>(x.data(), wt.data(), b.data(), y_plain.data(), s.n, g,
+                                                              ws_plain, threads);
   CHECK(ref::max_abs_diff(y_plain, y_fast.data()) <= tol * std::max(1.0f, max_abs(y_plain)));
 
   std::vector<float> dz_fast = dy, dz_plain = dy, dx_fast(in, 5.0f), dx_plain(in, 3.0f);
   std::vector<float> dw_fast(wt.size()), dw_plain(wt.size()), db_fast(b.size()), db_plain(b.size());
   vgg::cpu::conv3x3_relu_backward(x.data(), wt.data(), y_plain.data(), dz_fast.data(), dx_fast.data(), dw_fast.data(),
                                   db_fast.data(), s.n, g, ws_fast, threads);
-  vgg::cpu::conv3x3_relu_backward_plain(x.data(), wt.data(), y_plain.data(), dz_plain.data(), dx_plain.data(),
-                                        dw_plain.data(), db_plain.data(), s.n, g, ws_plain, threads);
+  vgg::cpu::conv3x3_relu_backward<vgg::cpu::KernelPath::plain>(x.data(), wt.data(), y_plain.data(), dz_plain.data(),
+                                                               dx_plain.data(), dw_plain.data(), db_plain.data(), s.n,
+                                                               g, ws_plain, threads);
   CHECK(ref::max_abs_diff(dz_plain, dz_fast.data()) == 0.0f);
   CHECK(ref::max_abs_diff(dx_plain, dx_fast.data()) <= tol * std::max(1.0f, max_abs(dx_plain)));
   CHECK(ref::max_abs_diff(dw_plain, dw_fast.data()) <= tol * std::max(1.0f, max_abs(dw_plain)));

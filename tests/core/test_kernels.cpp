@@ -27,7 +27,7 @@ void check_conv(int n, int cin, int cout, int h, int w, int threads, unsigned se
   vgg::cpu::Conv3x3Workspace ws;
   ws.reserve(g, threads);
   std::vector<float> y(expected.size(), -7.0f);
-  vgg::kernels::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y.data(), n, g, ws, threads);
+  vgg::cpu::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y.data(), n, g, ws, threads);
   CHECK(ref::max_abs_diff(expected, y.data()) < 1e-4f * std::sqrt(float(cin * 9)));
 }
 
@@ -102,7 +102,7 @@ TEST_CASE("conv on a hand-computed example") {
   vgg::cpu::Conv3x3Workspace ws;
   ws.reserve(g, 1);
   std::vector<float> y(9);
-  vgg::kernels::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), 1, g, ws, 1);
+  vgg::cpu::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), 1, g, ws, 1);
   // corners: 4 taps -> ReLU(-0.5) = 0; edges: 6 -> 1.5; centre: 9 -> 4.5
   const std::vector<float> expected{0, 1.5f, 0, 1.5f, 4.5f, 1.5f, 0, 1.5f, 0};
   for (int i = 0; i < 9; ++i) CHECK(y[std::size_t(i)] == doctest::Approx(expected[std::size_t(i)]));
@@ -114,13 +114,13 @@ TEST_CASE("max-pool 2x2 stride 2 on hand-computed values, floor rule for odd siz
                              3, -1, 7, 8, 9,  //
                              9, 9, 9, 9, 9};
   std::vector<float> y(2, -1);
-  vgg::kernels::maxpool2x2_forward(x.data(), y.data(), 1, 3, 5, 1);
+  vgg::cpu::maxpool2x2_forward(x.data(), y.data(), 1, 3, 5, 1);
   CHECK(y[0] == 5.0f);
   CHECK(y[1] == 8.0f);
   // negative values survive (no implicit ReLU in the pool)
   const std::vector<float> neg{-4, -3, -2, -1};
   float out = 0;
-  vgg::kernels::maxpool2x2_forward(neg.data(), &out, 1, 2, 2, 1);
+  vgg::cpu::maxpool2x2_forward(neg.data(), &out, 1, 2, 2, 1);
   CHECK(out == -1.0f);
 }
 
@@ -130,7 +130,7 @@ TEST_CASE("max-pool matches the reference over many planes and threads") {
   const auto expected = ref::maxpool2x2(x, planes, h, w);
   for (int threads : {1, 2, 3}) {
     std::vector<float> y(expected.size());
-    vgg::kernels::maxpool2x2_forward(x.data(), y.data(), planes, h, w, threads);
+    vgg::cpu::maxpool2x2_forward(x.data(), y.data(), planes, h, w, threads);
     CHECK(ref::max_abs_diff(expected, y.data()) == 0.0f);
   }
 }
@@ -141,10 +141,10 @@ TEST_CASE("linear on hand-computed values, with and without ReLU") {
   vgg::cpu::LinearWorkspace ws;
   ws.reserve(2, 2, 3, 2);
   std::vector<float> y(6);
-  vgg::kernels::linear_forward(x.data(), w.data(), b.data(), y.data(), 2, 2, 3, false, ws, 2);
+  vgg::cpu::linear_forward(x.data(), w.data(), b.data(), y.data(), 2, 2, 3, false, ws, 2);
   const std::vector<float> plain{3.5f, 1, -3, 0.5f, -10, -1};
   for (int i = 0; i < 6; ++i) CHECK(y[std::size_t(i)] == doctest::Approx(plain[std::size_t(i)]));
-  vgg::kernels::linear_forward(x.data(), w.data(), b.data(), y.data(), 2, 2, 3, true, ws, 2);
+  vgg::cpu::linear_forward(x.data(), w.data(), b.data(), y.data(), 2, 2, 3, true, ws, 2);
   const std::vector<float> relu{3.5f, 1, 0, 0.5f, 0, 0};
   for (int i = 0; i < 6; ++i) CHECK(y[std::size_t(i)] == doctest::Approx(relu[std::size_t(i)]));
 }
@@ -159,7 +159,7 @@ TEST_CASE("linear matches the reference for wide layers and several thread count
     vgg::cpu::LinearWorkspace ws;
     ws.reserve(n, in, out, threads);
     std::vector<float> y(expected.size());
-    vgg::kernels::linear_forward(x.data(), w.data(), b.data(), y.data(), n, in, out, true, ws, threads);
+    vgg::cpu::linear_forward(x.data(), w.data(), b.data(), y.data(), n, in, out, true, ws, threads);
     CHECK(ref::max_abs_diff(expected, y.data()) < 1e-4f);
   }
 }
@@ -167,8 +167,8 @@ TEST_CASE("linear matches the reference for wide layers and several thread count
 TEST_CASE("dropout keeps about 1-p of the elements, scales them by 1/(1-p), and is thread-independent") {
   const long count = 100000;
   std::vector<float> x(count, 2.0f), y1(count), y2(count);
-  vgg::kernels::dropout_forward(x.data(), y1.data(), count, 0.5f, 42, 7, 1);
-  vgg::kernels::dropout_forward(x.data(), y2.data(), count, 0.5f, 42, 7, 3);
+  vgg::cpu::dropout_forward(x.data(), y1.data(), count, 0.5f, 42, 7, 1);
+  vgg::cpu::dropout_forward(x.data(), y2.data(), count, 0.5f, 42, 7, 3);
   long kept = 0;
   for (long i = 0; i < count; ++i) {
     CHECK_MESSAGE((y1[i] == 0.0f || y1[i] == 4.0f), "element ", i, " is ", y1[i]);
@@ -177,7 +177,7 @@ TEST_CASE("dropout keeps about 1-p of the elements, scales them by 1/(1-p), and 
   }
   CHECK(std::abs(double(kept) / count - 0.5) < 0.01);
   // another stream gives another mask
-  vgg::kernels::dropout_forward(x.data(), y2.data(), count, 0.5f, 42, 8, 1);
+  vgg::cpu::dropout_forward(x.data(), y2.data(), count, 0.5f, 42, 8, 1);
   CHECK(ref::max_abs_diff(std::vector<float>(y1.begin(), y1.end()), y2.data()) > 0.0f);
 }
 
@@ -270,21 +270,25 @@ TEST_CASE("conv backward through a fused pool equals pool backward, then conv ba
           vgg::cpu::maxpool2x2_backward(y.data(), dp.data(), dy.data(), long(n) * cout, h, w, threads);
           vgg::cpu::conv3x3_relu_backward(x.data(), wt.data(), y.data(), dy.data(), dx1.data(), dw1.data(), db1.data(),
                                           n, g, ws, threads);
-          for (bool plain : {false, true}) {
+          auto fused = [&]<vgg::cpu::KernelPath Path>() {
+            const bool plain = Path == vgg::cpu::KernelPath::plain;
             CAPTURE(plain);
-            std::vector<float> state(y.size(), -7.0f), p(pooled.size());
+            vgg::cpu::PoolState<Path> state;
+            state.reserve(g, n);
+            std::vector<float> p(pooled.size());
             std::vector<float> dx2(x.size(), 9.0f), dw2(wt.size(), 9.0f), db2(b.size(), 9.0f);
-            const auto forward = plain ? vgg::cpu::conv3x3_relu_pool_forward_plain : vgg::cpu::conv3x3_relu_pool_forward;
-            const auto backward =
-                plain ? vgg::cpu::conv3x3_relu_pool_backward_plain : vgg::cpu::conv3x3_relu_pool_backward;
-            forward(x.data(), wt.data(), b.data(), p.data(), state.data(), n, g, ws, threads);
-            backward(x.data(), wt.data(), state.data(), dp.data(), with_dx ? dx2.data() : nullptr, dw2.data(),
-                     db2.data(), n, g, ws, threads);
+            vgg::cpu::conv3x3_relu_pool_forward<Path>(x.data(), wt.data(), b.data(), p.data(), state, n, g, ws,
+                                                      threads);
+            vgg::cpu::conv3x3_relu_pool_backward<Path>(x.data(), wt.data(), state, dp.data(),
+                                                       with_dx ? dx2.data() : nullptr, dw2.data(), db2.data(), n, g,
+                                                       ws, threads);
             const float tol = plain ? 1e-4f : 1e-5f;
             if (with_dx) CHECK(ref::max_abs_diff(dx1, dx2.data()) <= tol);
             CHECK(ref::max_abs_diff(dw1, dw2.data()) <= tol * 10);
             CHECK(ref::max_abs_diff(db1, db2.data()) <= tol * 10);
-          }
+          };
+          fused.template operator()<vgg::cpu::fastest_path>();
+          fused.template operator()<vgg::cpu::KernelPath::plain>();
         }
 }
 
@@ -310,21 +314,25 @@ TEST_CASE("conv with the 2x2 max-pool fused in equals conv then pool, on both pa
       std::vector<float> y(out), expected(pooled), y_plain(out);
       vgg::cpu::conv3x3_relu_forward(x.data(), wt.data(), b.data(), y.data(), n, g, ws, threads);
       vgg::cpu::maxpool2x2_forward(y.data(), expected.data(), long(n) * cout, h, w, threads);
-      vgg::cpu::conv3x3_relu_forward_plain(x.data(), wt.data(), b.data(), y_plain.data(), n, g, ws, threads);
+      vgg::cpu::conv3x3_relu_forward<vgg::cpu::KernelPath::plain>(x.data(), wt.data(), b.data(), y_plain.data(), n, g,
+                                                                  ws, threads);
       CHECK(ref::max_abs_diff(y, y_plain.data()) < 1e-4f);
-      std::vector<float> s2(out, -1.0f), s3(out, -2.0f), p3(pooled, -2.0f);
+      std::vector<float> p3(pooled, -2.0f);
       vgg::Buffer<float> p2(pooled);  // 64-byte aligned, as the network's buffers (streamed stores need it)
       std::fill(p2.data(), p2.data() + pooled, -1.0f);
-      vgg::cpu::conv3x3_relu_pool_forward(x.data(), wt.data(), b.data(), p2.data(), s2.data(), n, g, ws, threads);
+      vgg::cpu::PoolState<vgg::cpu::fastest_path> s2;
+      vgg::cpu::PoolState<vgg::cpu::KernelPath::plain> s3;
+      s2.reserve(g, n);
+      s3.reserve(g, n);
+      vgg::cpu::conv3x3_relu_pool_forward(x.data(), wt.data(), b.data(), p2.data(), s2, n, g, ws, threads);
       // Pooling bands have an even row count, so the GEMMs split differently: Eigen's (the plain
       // path) may round differently, ours sums in the same order whatever the split.
       const float tol = vgg::cpu::kFastKernels ? 0.0f : 1e-5f;
       CHECK(ref::max_abs_diff(expected, p2.data()) <= tol);
       // The state is the full-size output, except where only winner masks are kept.
-      if (!vgg::cpu::pool_state_is_winners(/*plain=*/false)) CHECK(ref::max_abs_diff(y, s2.data()) <= tol);
-      vgg::cpu::conv3x3_relu_pool_forward_plain(x.data(), wt.data(), b.data(), p3.data(), s3.data(), n, g, ws,
-                                                threads);
-      CHECK(ref::max_abs_diff(y, s3.data()) < 1e-4f);
+      if (!s2.keeps_winners) CHECK(ref::max_abs_diff(y, s2.outputs()) <= tol);
+      vgg::cpu::conv3x3_relu_pool_forward(x.data(), wt.data(), b.data(), p3.data(), s3, n, g, ws, threads);
+      CHECK(ref::max_abs_diff(y, s3.outputs()) < 1e-4f);
       CHECK(ref::max_abs_diff(expected, p3.data()) < 1e-4f);
     }
 }

@@ -30,17 +30,18 @@ static_assert(Vgg11::output_shape == Shape{10, 1, 1});
 
 using Small = vgg::vgg11<Input<1, 224, 224>, 10, 8>;
 // The chapter's small net, layer by layer: 1->8, 8->16, 16->32->32, 32->64->64, 64->64->64, 3136-512-512-10.
+using C = vgg::cpu::Backend;  // the layers of a CPU network run on the CPU backend
 static_assert(std::is_same_v<Small::layer_types,
-                             std::tuple<vgg::Conv3x3Relu<1, 8, 224, 224>, vgg::MaxPool2x2<8, 224, 224>,
-                                        vgg::Conv3x3Relu<8, 16, 112, 112>, vgg::MaxPool2x2<16, 112, 112>,
-                                        vgg::Conv3x3Relu<16, 32, 56, 56>, vgg::Conv3x3Relu<32, 32, 56, 56>,
-                                        vgg::MaxPool2x2<32, 56, 56>, vgg::Conv3x3Relu<32, 64, 28, 28>,
-                                        vgg::Conv3x3Relu<64, 64, 28, 28>, vgg::MaxPool2x2<64, 28, 28>,
-                                        vgg::Conv3x3Relu<64, 64, 14, 14>, vgg::Conv3x3Relu<64, 64, 14, 14>,
-                                        vgg::MaxPool2x2<64, 14, 14>, vgg::Flatten<Shape{64, 7, 7}>,
-                                        vgg::Linear<3136, 512, true>, vgg::Dropout<512, 0.5>,
-                                        vgg::Linear<512, 512, true>, vgg::Dropout<512, 0.5>,
-                                        vgg::Linear<512, 10, false>>>);
+                             std::tuple<vgg::Conv3x3Relu<1, 8, 224, 224, C>, vgg::MaxPool2x2<8, 224, 224, C>,
+                                        vgg::Conv3x3Relu<8, 16, 112, 112, C>, vgg::MaxPool2x2<16, 112, 112, C>,
+                                        vgg::Conv3x3Relu<16, 32, 56, 56, C>, vgg::Conv3x3Relu<32, 32, 56, 56, C>,
+                                        vgg::MaxPool2x2<32, 56, 56, C>, vgg::Conv3x3Relu<32, 64, 28, 28, C>,
+                                        vgg::Conv3x3Relu<64, 64, 28, 28, C>, vgg::MaxPool2x2<64, 28, 28, C>,
+                                        vgg::Conv3x3Relu<64, 64, 14, 14, C>, vgg::Conv3x3Relu<64, 64, 14, 14, C>,
+                                        vgg::MaxPool2x2<64, 14, 14, C>, vgg::Flatten<Shape{64, 7, 7}, C>,
+                                        vgg::Linear<3136, 512, true, C>, vgg::Dropout<512, 0.5, C>,
+                                        vgg::Linear<512, 512, true, C>, vgg::Dropout<512, 0.5, C>,
+                                        vgg::Linear<512, 10, false, C>>>);
 
 // Parameter counts published for torchvision's models (3x224x224, 1000 classes).
 static_assert(vgg::vgg11<Input<3, 224, 224>>::num_params == 132863336LL);
@@ -190,18 +191,20 @@ TEST_CASE("eval mode is deterministic; train mode applies dropout with fresh mas
 }
 
 TEST_CASE("the dropout layer scales kept activations by 1/(1-p) in train mode and is the identity in eval") {
-  vgg::Dropout<1000, 0.25> drop;
+  vgg::Dropout<1000, 0.25, C> drop;
   std::vector<float> x(2000, 3.0f), y(2000, -1.0f);
-  vgg::RunContext ctx{vgg::Mode::train, 2, 9, 0, 0};
-  drop.forward(x.data(), y.data(), 2, ctx);
+  vgg::RunContext ctx{vgg::Mode::train, 9, 0, 0};
+  C::Context exec;
+  exec.set_threads(2);
+  drop.forward(exec, x.data(), y.data(), 2, ctx);
   int kept = 0;
   for (float v : y) {
     CHECK((v == 0.0f || v == doctest::Approx(4.0f)));
     kept += v != 0.0f;
   }
   CHECK(std::abs(kept / 2000.0 - 0.75) < 0.04);
-  CHECK(vgg::Dropout<1000, 0.25>::is_identity(vgg::Mode::eval));
-  CHECK_FALSE(vgg::Dropout<1000, 0.25>::is_identity(vgg::Mode::train));
+  CHECK(vgg::Dropout<1000, 0.25, C>::is_identity(vgg::Mode::eval));
+  CHECK_FALSE(vgg::Dropout<1000, 0.25, C>::is_identity(vgg::Mode::train));
 }
 
 TEST_CASE("bad input is rejected with a message naming expected and found shapes") {

@@ -48,25 +48,34 @@ int compare(std::span<float> values, std::span<const float> analytic, const std:
   return bad;
 }
 
+/// A CPU backend's execution context with `threads` threads.
+template <class B>
+typename B::Context context(int threads) {
+  typename B::Context exec;
+  exec.set_threads(threads);
+  return exec;
+}
+
 template <class L>
 void check_parametric_layer(int n, int threads) {
   CAPTURE(threads);
   L layer;
+  auto exec = context<typename L::backend>(threads);
   vgg::Rng rng(3);
-  layer.reset_parameters(rng);
-  layer.reserve(n, threads);
-  layer.reserve_backward(n, threads);
-  const vgg::RunContext ctx{vgg::Mode::train, threads, 1, 0, 0};
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, n);
+  layer.reserve_backward(exec, n);
+  const vgg::RunContext ctx{vgg::Mode::train, 1, 0, 0};
   auto x = ref::random_vector(std::size_t(n) * L::input_shape.size(), 10);
   const auto r = ref::random_vector(std::size_t(n) * L::output_shape.size(), 11);
   std::vector<float> y(r.size()), dx(x.size());
   auto loss = [&] {
-    layer.forward(x.data(), y.data(), n, ctx);
+    layer.forward(exec, x.data(), y.data(), n, ctx);
     return dot(r, y.data());
   };
   loss();
   std::vector<float> dy = r;
-  layer.backward(x.data(), y.data(), dy.data(), dx.data(), n, ctx);
+  layer.backward(exec, x.data(), y.data(), dy.data(), dx.data(), n, ctx);
   const std::vector<float> wg(layer.weight_grad().begin(), layer.weight_grad().end());
   const std::vector<float> bg(layer.bias_grad().begin(), layer.bias_grad().end());
   CHECK(compare(layer.weight(), wg, loss, 1e-3f, 2e-3) == 0);
@@ -76,32 +85,37 @@ void check_parametric_layer(int n, int threads) {
 
 }  // namespace
 
-TEST_CASE("conv3x3 + ReLU backward: weight, bias and input gradients match finite differences") {
+// Every layer on both CPU kernel paths (on a target without AVX-512 both are the plain path).
+#define CPU_BACKENDS vgg::cpu::Backend, vgg::cpu::PlainBackend
+
+TEST_CASE_TEMPLATE("conv3x3 + ReLU backward: weight, bias and input gradients match finite differences", B,
+                   CPU_BACKENDS) {
   for (int threads : {1, 2, 3}) {
-    check_parametric_layer<vgg::Conv3x3Relu<3, 4, 7, 5>>(2, threads);
-    check_parametric_layer<vgg::Conv3x3Relu<1, 2, 9, 9>>(3, threads);  // C_in = 1, odd sizes
+    check_parametric_layer<vgg::Conv3x3Relu<3, 4, 7, 5, B>>(2, threads);
+    check_parametric_layer<vgg::Conv3x3Relu<1, 2, 9, 9, B>>(3, threads);  // C_in = 1, odd sizes
   }
 }
 
-TEST_CASE("conv backward across several bands per image matches finite differences") {
+TEST_CASE_TEMPLATE("conv backward across several bands per image matches finite differences", B, CPU_BACKENDS) {
   // 2 input channels at 200 x 60 gives bands of fewer rows than the image.
   static_assert(vgg::cpu::Conv3x3Geometry{2, 2, 200, 60}.max_band_rows() < 200);
-  vgg::Conv3x3Relu<2, 2, 200, 60> layer;
+  vgg::Conv3x3Relu<2, 2, 200, 60, B> layer;
+  auto exec = context<B>(2);
   vgg::Rng rng(5);
-  layer.reset_parameters(rng);
-  layer.reserve(1, 2);
-  layer.reserve_backward(1, 2);
-  const vgg::RunContext ctx{vgg::Mode::train, 2, 1, 0, 0};
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, 1);
+  layer.reserve_backward(exec, 1);
+  const vgg::RunContext ctx{vgg::Mode::train, 1, 0, 0};
   auto x = ref::random_vector(2 * 200 * 60, 1);
   const auto r = ref::random_vector(2 * 200 * 60, 2);
   std::vector<float> y(r.size()), dx(x.size());
   auto loss = [&] {
-    layer.forward(x.data(), y.data(), 1, ctx);
+    layer.forward(exec, x.data(), y.data(), 1, ctx);
     return dot(r, y.data());
   };
   loss();
   std::vector<float> dy = r;
-  layer.backward(x.data(), y.data(), dy.data(), dx.data(), 1, ctx);
+  layer.backward(exec, x.data(), y.data(), dy.data(), dx.data(), 1, ctx);
   // Each weight touches 24,000 outputs, too many for clean finite differences across ReLU kinks:
   // compare the weight gradient with the exact double-precision sum instead.
   const auto expected = ref::conv3x3_relu_weight_grad(x, y, r, 1, 2, 2, 200, 60);
@@ -110,27 +124,29 @@ TEST_CASE("conv backward across several bands per image matches finite differenc
   CHECK(compare(x, dx, loss, 1e-3f, 2e-3, 397) == 0);  // a spread sample, crossing band borders
 }
 
-TEST_CASE("linear backward, with and without ReLU, matches finite differences") {
+TEST_CASE_TEMPLATE("linear backward, with and without ReLU, matches finite differences", B, CPU_BACKENDS) {
   for (int threads : {1, 2, 3}) {
-    check_parametric_layer<vgg::Linear<7, 5, true>>(4, threads);
-    check_parametric_layer<vgg::Linear<7, 5, false>>(4, threads);
-    check_parametric_layer<vgg::Linear<33, 2, false>>(1, threads);
+    check_parametric_layer<vgg::Linear<7, 5, true, B>>(4, threads);
+    check_parametric_layer<vgg::Linear<7, 5, false, B>>(4, threads);
+    check_parametric_layer<vgg::Linear<33, 2, false, B>>(1, threads);
   }
 }
 
-TEST_CASE("max-pool backward routes each gradient to the arg-max and ignores rows dropped by the floor rule") {
-  vgg::MaxPool2x2<2, 5, 7> pool;
-  const vgg::RunContext ctx{vgg::Mode::train, 2, 1, 0, 0};
+TEST_CASE_TEMPLATE("max-pool backward routes each gradient to the arg-max and ignores rows dropped by the floor rule",
+                   B, CPU_BACKENDS) {
+  vgg::MaxPool2x2<2, 5, 7, B> pool;
+  auto exec = context<B>(2);
+  const vgg::RunContext ctx{vgg::Mode::train, 1, 0, 0};
   auto x = ref::random_vector(3 * 2 * 5 * 7, 4);
   const auto r = ref::random_vector(3 * 2 * 2 * 3, 5);
   std::vector<float> y(r.size()), dx(x.size());
   auto loss = [&] {
-    pool.forward(x.data(), y.data(), 3, ctx);
+    pool.forward(exec, x.data(), y.data(), 3, ctx);
     return dot(r, y.data());
   };
   loss();
   std::vector<float> dy = r;
-  pool.backward(x.data(), y.data(), dy.data(), dx.data(), 3, ctx);
+  pool.backward(exec, x.data(), y.data(), dy.data(), dx.data(), 3, ctx);
   CHECK(compare(x, dx, loss, 1e-4f, 1e-3) == 0);
   // Last row (index 4) and last column (index 6) of each plane get nothing.
   for (int p = 0; p < 6; ++p) {
@@ -139,21 +155,24 @@ TEST_CASE("max-pool backward routes each gradient to the arg-max and ignores row
   }
 }
 
-TEST_CASE("max-pool ties: the gradient goes to the first maximum in row-major order, as in PyTorch") {
+TEST_CASE_TEMPLATE("max-pool ties: the gradient goes to the first maximum in row-major order, as in PyTorch", B,
+                   CPU_BACKENDS) {
   const std::vector<float> x{1, 3,   //
                              3, 3};
   const float dy = 2.0f;
   std::vector<float> dx(4, -1.0f);
-  vgg::kernels::maxpool2x2_backward(x.data(), &dy, dx.data(), 1, 2, 2, 1);
+  auto exec = context<B>(1);
+  B::maxpool2x2_backward(exec, x.data(), &dy, dx.data(), 1, 2, 2);
   CHECK(dx == std::vector<float>{0, 2, 0, 0});
 }
 
 TEST_CASE("dropout backward replays the forward mask and scale") {
-  vgg::Dropout<1000, 0.3> drop;
-  const vgg::RunContext ctx{vgg::Mode::train, 2, 77, 5, 3};
+  vgg::Dropout<1000, 0.3, vgg::cpu::Backend> drop;
+  auto exec = context<vgg::cpu::Backend>(2);
+  const vgg::RunContext ctx{vgg::Mode::train, 77, 5, 3};
   std::vector<float> ones(2000, 1.0f), y(2000), dy(2000, 1.0f), dx(2000);
-  drop.forward(ones.data(), y.data(), 2, ctx);
-  drop.backward(ones.data(), y.data(), dy.data(), dx.data(), 2, ctx);
+  drop.forward(exec, ones.data(), y.data(), 2, ctx);
+  drop.backward(exec, ones.data(), y.data(), dy.data(), dx.data(), 2, ctx);
   CHECK(dx == y);  // dL/dx = mask * scale = y / x for x = 1
   int dropped = 0;
   for (float v : y) dropped += v == 0.0f;

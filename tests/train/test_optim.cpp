@@ -10,8 +10,12 @@
 
 namespace {
 /// A stand-in "network" with two parameter tensors, for checking update rules by hand.
+/// The least an optimizer steps over: parameters with gradients, on a backend, with its context.
 struct TwoParams {
+  using backend = vgg::cpu::Backend;
   static constexpr long long num_params = 3;
+  backend::Context exec;
+  backend::Context& context() { return exec; }
   std::vector<float> a{1.0f, -2.0f}, b{0.5f}, ga{0.1f, -0.2f}, gb{0.0f};
   template <class F>
   void for_each_parameter_data(F&& f) {

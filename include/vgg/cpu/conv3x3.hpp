@@ -82,9 +82,12 @@ struct Conv3x3Geometry {
     return std::clamp((n + threads - 1) / threads, 1, images_per_band());
   }
   /// Images per work item on a path: as above on the fast one, one on the plain one.
-  constexpr int images_per_item(int n, int threads, bool plain) const {
-    return plain || !kFastKernels ? 1 : images_per_band(n, threads);
+  constexpr int images_per_item(int n, int threads, KernelPath path) const {
+    return path == KernelPath::plain ? 1 : images_per_band(n, threads);
   }
+  /// uint32 words of one image's winner masks (a fused pool's state on the AVX-512 path): cout
+  /// planes of winner_plane_words, rounded to whole cache lines.
+  constexpr long winner_image_words() const { return (long(cout) * winner_plane_words(h, w) + 15) / 16 * 16; }
   /// Columns of the widest band (the buffers' size): a balanced split (BandSplit) can exceed
   /// max_band_rows by two rows.
   constexpr long max_band_columns() const {
@@ -176,20 +179,43 @@ struct Conv3x3Workspace {
   }
 };
 
-/// True where the fused conv + pool keeps only winner masks in its state (half a byte per pooled
-/// value, maxpool.hpp) instead of the full-size output: the fast path.
-inline constexpr bool pool_state_is_winners(bool plain) { return kFastKernels && !plain; }
+/// What a fused conv + 2x2 max-pool keeps between its forward and backward passes: on the AVX-512
+/// path the pool's winner masks (half a byte per pooled value, maxpool.hpp; the conv's output is
+/// pooled while in cache and never stored), on the plain path the conv's full-size output.
+template <KernelPath Path>
+class PoolState {
+ public:
+  static constexpr bool keeps_winners = Path == KernelPath::avx512;
+  /// ensures: room for a batch of n images of a layer of geometry g.
+  void reserve(const Conv3x3Geometry& g, int n) {
+    if constexpr (keeps_winners)
+      winners_.reserve(std::size_t(n * g.winner_image_words()));
+    else
+      outputs_.reserve(std::size_t(n * g.cout * g.plane()));
+  }
+  std::uint32_t* winners() { return winners_.data(); }
+  const std::uint32_t* winners() const { return winners_.data(); }
+  float* outputs() { return outputs_.data(); }
+  const float* outputs() const { return outputs_.data(); }
+
+ private:
+  Buffer<std::uint32_t> winners_;
+  Buffer<float> outputs_;
+};
 
 namespace detail {
-/// y = relu(conv3x3(x) + b), or, when pooled is not null, pooled = maxpool2x2 of it with y as the
-/// fused pass's state (see conv3x3_relu_pool_forward).
-template <bool Plain>
+/// y = relu(conv3x3(x) + b), or, with Pooled, pooled = maxpool2x2 of it, with the fused pass's
+/// state in y (plain path) or in winners (AVX-512 path; y is then unused).
+template <KernelPath Path, bool Pooled>
 inline void conv3x3_relu_forward(const float* x, const float* weight, const float* bias, float* y, float* pooled,
-                                 int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
+                                 std::uint32_t* winners, int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws,
+                                 int threads) {
+  constexpr bool Plain = Path == KernelPath::plain;
+  static_assert(Plain || kFastKernels, "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
   // Work items: (group of images, band of rows); a group of several images always spans whole images.
-  const int group = g.images_per_item(n, threads, Plain);
+  const int group = g.images_per_item(n, threads, Path);
   const BandSplit split_rows =
-      group > 1 ? BandSplit::of(g.h, 1, false) : g.forward_bands(n, threads, /*even=*/pooled != nullptr);
+      group > 1 ? BandSplit::of(g.h, 1, false) : g.forward_bands(n, threads, /*even=*/Pooled);
   const int bands = split_rows.count;
   const long items = (n + group - 1) / group * bands, plane = g.plane();
   const int ow = g.w / 2;
@@ -210,16 +236,15 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
       const long first = item / bands * group;  // its first image
       const int r0 = split_rows.begin(int(item % bands)), r1 = split_rows.begin(int(item % bands) + 1);
       const long cols = long(r1 - r0) * g.w;  // per image
-      float* yi = y + first * g.cout * plane;
-      float* out = yi + long(r0) * g.w;
+      float* yi = y ? y + first * g.cout * plane : nullptr;  // no full-size output for fused fast pools
+      float* out = yi ? yi + long(r0) * g.w : nullptr;
 #ifdef VGG_FAST_KERNELS
       if constexpr (!Plain) {
         if (g.cin == 1) {  // kernels of their own (one image per item)
           const float* xi = x + first * plane;
-          // Fused with the pool, an image's state (its output's slot, yi) holds its winner masks.
-          if (pooled)
+          if constexpr (Pooled)
             avx512::conv3x3_relu_pool_one_channel(xi, weight, bias, pooled + first * g.cout * pooled_plane,
-                                                  reinterpret_cast<std::uint32_t*>(yi), g.cout, g.h, g.w, r0, r1);
+                                                  winners + first * g.winner_image_words(), g.cout, g.h, g.w, r0, r1);
           else
             avx512::conv3x3_relu_one_channel(xi, weight, bias, yi, g.cout, g.h, g.w, r0, r1);
           continue;
@@ -229,7 +254,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
         const long ld = Conv3x3Geometry::column_stride(group_cols);
         // Fused with the pool, or for several images, the output goes through a per-thread buffer
         // (pooled while in cache and never stored, or copied to each image's planes).
-        const bool staged = pooled || last - first > 1;
+        const bool staged = Pooled || last - first > 1;
         float* dst = staged ? ws.band_outputs[std::size_t(tid)].data() : out;
         const long m_padded = avx512::packed_a_size(g.cout, 1);
         for (long p0 = 0; p0 < g.depth(); p0 += kColumnSlice) {  // a depth pass per column slice
@@ -242,15 +267,14 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
         }
         for (long i = first; staged && i < last; ++i) {
           const float* src = dst + (i - first) * cols;  // image i's rows r0 .. r1, channel stride group_cols
-          float* yc = y + i * g.cout * plane + long(r0) * g.w;
-          if (pooled) {
-            // An image's state (its output's slot) holds its winner masks.
-            auto* winners = reinterpret_cast<std::uint32_t*>(y + i * g.cout * plane);
+          if constexpr (Pooled) {
+            std::uint32_t* wi = winners + i * g.winner_image_words();
             const long winner_plane = winner_plane_words(g.h, g.w);
             for (int co = 0; co < g.cout; ++co)
               maxpool2x2_rows_winners(src + co * group_cols, r0, pooled + (i * g.cout + co) * pooled_plane,
-                                      winners + co * winner_plane, g.w, r0 / 2, r1 / 2);
+                                      wi + co * winner_plane, g.w, r0 / 2, r1 / 2);
           } else {
+            float* yc = y + i * g.cout * plane + long(r0) * g.w;
             for (int co = 0; co < g.cout; ++co)
               std::copy(src + co * group_cols, src + co * group_cols + cols, yc + co * plane);
           }
@@ -270,7 +294,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           for (long i = 0; i < cols; ++i) row[i] = std::max(row[i], 0.0f);
         }
       }
-      if (pooled) {  // the band's pooled rows, while its output is in cache (r0 even)
+      if constexpr (Pooled) {  // the band's pooled rows, while its output is in cache (r0 even)
         float* pi = pooled + first * g.cout * pooled_plane;
         for (int co = 0; co < g.cout; ++co) {
           if constexpr (Plain)
@@ -284,43 +308,37 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
 }
 }  // namespace detail
 
-/// y = relu(conv3x3(x, weight) + bias) for n images. Takes the fast path where built; the _plain
-/// variant takes the plain one on every target.
+/// y = relu(conv3x3(x, weight) + bias) for n images, on the given path.
 /// requires: ws.reserve(g, t) with t >= threads; weight is cout x cin x 3 x 3, bias has cout entries;
 ///           x holds n x cin x h x w floats, y n x cout x h x w.
+template <KernelPath Path = fastest_path>
 inline void conv3x3_relu_forward(const float* x, const float* weight, const float* bias, float* y, int n,
                                  const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
-  detail::conv3x3_relu_forward<false>(x, weight, bias, y, nullptr, n, g, ws, threads);
-}
-inline void conv3x3_relu_forward_plain(const float* x, const float* weight, const float* bias, float* y, int n,
-                                       const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
-  detail::conv3x3_relu_forward<true>(x, weight, bias, y, nullptr, n, g, ws, threads);
+  detail::conv3x3_relu_forward<Path, false>(x, weight, bias, y, nullptr, nullptr, n, g, ws, threads);
 }
 
 /// pooled = maxpool2x2(relu(conv3x3(x, weight) + bias)), the pool taken band by band while the
-/// conv's output is in cache. `state` receives what conv3x3_relu_pool_backward (of the same path)
-/// needs: the conv's full-size output, or, where pool_state_is_winners, the pool's winner masks
-/// (maxpool.hpp; the full-size output is then never written).
-/// requires: as conv3x3_relu_forward, with state in place of y; pooled holds n x cout x (h/2) x (w/2).
+/// conv's output is in cache; `state` receives what conv3x3_relu_pool_backward needs.
+/// requires: as conv3x3_relu_forward; state.reserve(g, b) with b >= n; pooled holds
+///           n x cout x (h/2) x (w/2) floats.
+template <KernelPath Path = fastest_path>
 inline void conv3x3_relu_pool_forward(const float* x, const float* weight, const float* bias, float* pooled,
-                                      float* state, int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws,
+                                      PoolState<Path>& state, int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws,
                                       int threads) {
-  detail::conv3x3_relu_forward<false>(x, weight, bias, state, pooled, n, g, ws, threads);
-}
-inline void conv3x3_relu_pool_forward_plain(const float* x, const float* weight, const float* bias, float* pooled,
-                                            float* state, int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws,
-                                            int threads) {
-  detail::conv3x3_relu_forward<true>(x, weight, bias, state, pooled, n, g, ws, threads);
+  detail::conv3x3_relu_forward<Path, true>(x, weight, bias, state.outputs(), pooled, state.winners(), n, g, ws,
+                                           threads);
 }
 
 namespace detail {
 /// dy is the gradient of y, or, with Pooled, of maxpool2x2(y) (then dz is built per image in a
 /// per-thread buffer that stays in cache, instead of a full-batch dy written and read back).
-template <bool Plain, bool Pooled>
-inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y, float* dy, float* dx,
-                                  float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
-                                  Conv3x3Workspace& ws, int threads) {
-  const int group = g.images_per_item(n, threads, Plain);
+template <KernelPath Path, bool Pooled>
+inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y, const std::uint32_t* winners,
+                                  float* dy, float* dx, float* weight_grad, float* bias_grad, int n,
+                                  const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
+  constexpr bool Plain = Path == KernelPath::plain;
+  static_assert(Plain || kFastKernels, "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
+  const int group = g.images_per_item(n, threads, Path);
   const BandSplit bands = g.backward_bands();  // one band where group > 1
   const long plane = g.plane(), wsize = long(g.cout) * g.depth();
 #pragma omp parallel num_threads(threads)
@@ -342,8 +360,7 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
       if constexpr (Pooled && !Plain) {
         if (g.cin == 1 && !dx) {  // a first layer (one image per group): its weight gradient from the masks
           const long pooled_plane = long(g.h / 2) * (g.w / 2);
-          avx512::conv3x3_relu_pool_one_channel_grads(x + first * plane,
-                                                      reinterpret_cast<const std::uint32_t*>(y + first * g.cout * plane),
+          avx512::conv3x3_relu_pool_one_channel_grads(x + first * plane, winners + first * g.winner_image_words(),
                                                       dy + first * g.cout * pooled_plane, dw, db, g.cout, g.h, g.w,
                                                       ws.split_inputs[std::size_t(tid)].data());
           continue;
@@ -354,19 +371,19 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
         const long pooled_plane = long(g.h / 2) * (g.w / 2);
         dz = ws.output_grads[std::size_t(tid)].data();
         for (long i = first; i < last; ++i) {
-          const float* yi = y + i * g.cout * plane;  // the conv's output (or, fast, its state)
           const float* dpi = dy + i * g.cout * pooled_plane;
           float* dzi = dz + (i - first) * plane;
 #ifdef VGG_FAST_KERNELS
           if constexpr (!Plain) {  // from the winner masks that the forward kept
             const long winner_plane = winner_plane_words(g.h, g.w);
-            const auto* winners = reinterpret_cast<const std::uint32_t*>(yi);
+            const std::uint32_t* wi = winners + i * g.winner_image_words();
             for (int co = 0; co < g.cout; ++co)
-              db[co] += unpool_from_winners_plane(winners + co * winner_plane, dpi + co * pooled_plane,
+              db[co] += unpool_from_winners_plane(wi + co * winner_plane, dpi + co * pooled_plane,
                                                   dzi + co * dz_stride, g.h, g.w);
           } else
 #endif
           {
+            const float* yi = y + i * g.cout * plane;  // the conv's output
             for (int co = 0; co < g.cout; ++co) {
               if constexpr (Plain)
                 db[co] += maxpool2x2_backward_plane_plain(yi + co * plane, dpi + co * pooled_plane,
@@ -409,12 +426,8 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
           const long d1 = std::min(g.depth(), d0 + kColumnSlice), rows = d1 - d0;
           for (long i = first; i < last; ++i)
             im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, d0, d1);
-          if constexpr (Plain)
-            gemm_eigen<false, true>(g.cout, rows, group_cols, dzb, dz_stride, col, ld, dw + d0, g.depth(),
-                                    ws.weight_plans[std::size_t(tid)]);
-          else
-            gemm<false, true>(g.cout, rows, group_cols, dzb, dz_stride, col, ld, dw + d0, g.depth(),
-                              ws.weight_plans[std::size_t(tid)]);
+          gemm<false, true, Path>(g.cout, rows, group_cols, dzb, dz_stride, col, ld, dw + d0, g.depth(),
+                                  ws.weight_plans[std::size_t(tid)]);
           if (!dx) continue;
           GemmPlan& plan = ws.input_plans[std::size_t(tid)];
 #ifdef VGG_FAST_KERNELS
@@ -443,38 +456,28 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
 /// Backward of y = relu(conv3x3(x) + b). Overwrites dy with dz = dy * (y > 0), writes the weight
 /// and bias gradients (not accumulated across calls), and, when dx is not null, the input gradient.
 /// Work items are whole images (bands of one image share input rows in col2im), each thread sums
-/// its own partial weight gradient, and the partials are reduced at the end. The GEMMs take the
-/// AVX-512 kernel where it is built; the _plain variant uses Eigen throughout.
+/// its own partial weight gradient, and the partials are reduced at the end.
 /// requires: ws.reserve_backward(g, t) with t >= threads; y is the forward output for x.
+template <KernelPath Path = fastest_path>
 inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y, float* dy, float* dx,
                                   float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
                                   Conv3x3Workspace& ws, int threads) {
-  detail::conv3x3_relu_backward<false, false>(x, weight, y, dy, dx, weight_grad, bias_grad, n, g, ws, threads);
-}
-inline void conv3x3_relu_backward_plain(const float* x, const float* weight, const float* y, float* dy, float* dx,
-                                        float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
-                                        Conv3x3Workspace& ws, int threads) {
-  detail::conv3x3_relu_backward<true, false>(x, weight, y, dy, dx, weight_grad, bias_grad, n, g, ws, threads);
+  detail::conv3x3_relu_backward<Path, false>(x, weight, y, nullptr, dy, dx, weight_grad, bias_grad, n, g, ws, threads);
 }
 
 /// Backward of pooled = maxpool2x2(relu(conv3x3(x) + b)), given dy_pooled, the gradient of pooled
 /// (n x cout x h/2 x w/2, left as it is): the same gradients as maxpool2x2_backward followed by
-/// conv3x3_relu_backward, without the full-size intermediate gradient. Where pool_state_is_winners,
-/// the gradient behind the pool is rebuilt from the winner masks; for a one-channel first layer
-/// (no input gradient asked for), the weight gradient comes straight from them.
+/// conv3x3_relu_backward, without the full-size intermediate gradient. On the AVX-512 path the
+/// gradient behind the pool is rebuilt from the winner masks; for a one-channel first layer (no
+/// input gradient asked for), the weight gradient comes straight from them.
 /// requires: ws.reserve_backward(g, t, /*pooled=*/true) with t >= threads; state is what
-///           conv3x3_relu_pool_forward (the same variant, fast or _plain) wrote for x.
-inline void conv3x3_relu_pool_backward(const float* x, const float* weight, const float* state, const float* dy_pooled,
-                                       float* dx, float* weight_grad, float* bias_grad, int n, const Conv3x3Geometry& g,
-                                       Conv3x3Workspace& ws, int threads) {
-  detail::conv3x3_relu_backward<false, true>(x, weight, state, const_cast<float*>(dy_pooled), dx, weight_grad,
-                                             bias_grad, n, g, ws, threads);
-}
-inline void conv3x3_relu_pool_backward_plain(const float* x, const float* weight, const float* state,
-                                             const float* dy_pooled, float* dx, float* weight_grad, float* bias_grad,
-                                             int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
-  detail::conv3x3_relu_backward<true, true>(x, weight, state, const_cast<float*>(dy_pooled), dx, weight_grad,
-                                            bias_grad, n, g, ws, threads);
+///           conv3x3_relu_pool_forward (on the same path) kept for x.
+template <KernelPath Path = fastest_path>
+inline void conv3x3_relu_pool_backward(const float* x, const float* weight, const PoolState<Path>& state,
+                                       const float* dy_pooled, float* dx, float* weight_grad, float* bias_grad, int n,
+                                       const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
+  detail::conv3x3_relu_backward<Path, true>(x, weight, state.outputs(), state.winners(), const_cast<float*>(dy_pooled),
+                                            dx, weight_grad, bias_grad, n, g, ws, threads);
 }
 
 }  // namespace vgg::cpu

@@ -7,12 +7,12 @@
 #include <cstdint>
 
 #include "vgg/cpu/parallel.hpp"
-#include "vgg/random.hpp"
+#include "vgg/elementwise.hpp"
 
 namespace vgg::cpu {
 
 inline bool dropout_keeps(std::uint64_t seed, std::uint64_t stream, long i, float p) {
-  return unit_float(hash_draw(seed, stream, std::uint64_t(i))) >= p;
+  return elementwise::dropout_keeps(seed, stream, std::uint64_t(i), p);
 }
 
 /// y[i] = x[i] / (1 - p) where kept, 0 where dropped; each element is dropped with probability p.
@@ -22,7 +22,7 @@ inline void dropout_forward(const float* x, float* y, long count, float p, std::
 #pragma omp parallel num_threads(threads)
   {
     const Range mine = split(count, omp_get_thread_num(), omp_get_num_threads());
-    for (long i = mine.begin; i < mine.end; ++i) y[i] = dropout_keeps(seed, stream, i, p) ? x[i] * scale : 0.0f;
+    for (long i = mine.begin; i < mine.end; ++i) y[i] = elementwise::dropout(x[i], seed, stream, std::uint64_t(i), p, scale);
   }
 }
 
@@ -33,7 +33,7 @@ inline void dropout_backward(const float* dy, float* dx, long count, float p, st
 #pragma omp parallel num_threads(threads)
   {
     const Range mine = split(count, omp_get_thread_num(), omp_get_num_threads());
-    for (long i = mine.begin; i < mine.end; ++i) dx[i] = dropout_keeps(seed, stream, i, p) ? dy[i] * scale : 0.0f;
+    for (long i = mine.begin; i < mine.end; ++i) dx[i] = elementwise::dropout(dy[i], seed, stream, std::uint64_t(i), p, scale);
   }
 }
 

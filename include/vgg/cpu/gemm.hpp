@@ -78,17 +78,19 @@ inline void gemm_eigen(Index m, Index n, Index k, const float* a, Index lda, con
   Product::run(n, m, k, b, ldb, a, lda, c, 1, ldc, alpha, plan.blocking(), nullptr);
 }
 
-/// Same contract as gemm_eigen; takes the AVX-512 kernel where it is built.
-template <bool TransA, bool TransB>
+/// Same contract as gemm_eigen; takes the AVX-512 kernel on that path.
+template <bool TransA, bool TransB, KernelPath Path = fastest_path>
 inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
                  Index ldc, GemmPlan& plan, float alpha = 1.0f) {
   if (m == 0 || n == 0 || k == 0) return;
 #ifdef VGG_FAST_KERNELS
-  avx512::gemm<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, plan.fast_a_pack(), plan.fast_b_pack(),
-                               avx512::Epilogue{alpha, true, nullptr, false});
-#else
-  gemm_eigen<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, plan, alpha);
+  if constexpr (Path == KernelPath::avx512) {
+    avx512::gemm<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, plan.fast_a_pack(), plan.fast_b_pack(),
+                                 avx512::Epilogue{alpha, true, nullptr, false});
+    return;
+  }
 #endif
+  gemm_eigen<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, plan, alpha);
 }
 
 }  // namespace vgg::cpu

@@ -7,23 +7,14 @@
 // reference that every fast path is tested against.
 //
 // Compiled only when the compiler targets AVX-512 (-march=native on such a CPU) and VGG_PLAIN_KERNELS
-// is not defined; vgg::cpu::kFastKernels says which path the library uses.
-
-#if defined(__AVX512F__) && !defined(VGG_PLAIN_KERNELS)
-#define VGG_FAST_KERNELS 1
-#include <immintrin.h>
-#endif
+// is not defined (kernel_path.hpp, the one switch).
 
 #include <algorithm>
 #include <cstddef>
 
-namespace vgg::cpu {
+#include "vgg/cpu/kernel_path.hpp"
 
-#ifdef VGG_FAST_KERNELS
-inline constexpr bool kFastKernels = true;
-#else
-inline constexpr bool kFastKernels = false;
-#endif
+namespace vgg::cpu {
 
 namespace avx512 {
 

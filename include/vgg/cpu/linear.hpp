@@ -32,6 +32,7 @@ struct LinearWorkspace {
 };
 
 /// requires: ws.reserve(b, in, out, t) with b >= n and t >= threads.
+template <KernelPath Path = fastest_path>
 inline void linear_forward(const float* x, const float* weight, const float* bias, float* y, int n, int in, int out,
                            bool relu, LinearWorkspace& ws, int threads) {
 #pragma omp parallel num_threads(threads)
@@ -41,7 +42,7 @@ inline void linear_forward(const float* x, const float* weight, const float* bia
     const long cols = mine.end - mine.begin;
     if (cols > 0) {
       for (int i = 0; i < n; ++i) std::copy(bias + mine.begin, bias + mine.end, y + long(i) * out + mine.begin);
-      gemm<false, true>(n, cols, in, x, in, weight + mine.begin * in, in, y + mine.begin, out,
+      gemm<false, true, Path>(n, cols, in, x, in, weight + mine.begin * in, in, y + mine.begin, out,
                         ws.plans[std::size_t(tid)]);
       if (relu)
         for (int i = 0; i < n; ++i) {
@@ -56,6 +57,7 @@ inline void linear_forward(const float* x, const float* weight, const float* bia
 /// the weight and bias gradients, and dx when not null. Threads split the output features for
 /// dW and db, then the input features for dx.
 /// requires: ws.reserve_backward(b, in, out, t) with b >= n and t >= threads.
+template <KernelPath Path = fastest_path>
 inline void linear_backward(const float* x, const float* weight, const float* y, float* dy, float* dx,
                             float* weight_grad, float* bias_grad, int n, int in, int out, bool relu,
                             LinearWorkspace& ws, int threads) {
@@ -75,7 +77,7 @@ inline void linear_backward(const float* x, const float* weight, const float* y,
     if (rows.end > rows.begin) {
       float* dw = weight_grad + rows.begin * in;
       std::fill(dw, dw + (rows.end - rows.begin) * in, 0.0f);
-      gemm<true, false>(rows.end - rows.begin, in, n, dy + rows.begin, out, x, in, dw, in,
+      gemm<true, false, Path>(rows.end - rows.begin, in, n, dy + rows.begin, out, x, in, dw, in,
                         ws.weight_plans[std::size_t(tid)]);
     }
     if (dx) {
@@ -83,7 +85,7 @@ inline void linear_backward(const float* x, const float* weight, const float* y,
       const Range cols = split(in, tid, nth);
       if (cols.end > cols.begin) {
         for (int i = 0; i < n; ++i) std::fill(dx + long(i) * in + cols.begin, dx + long(i) * in + cols.end, 0.0f);
-        gemm<false, false>(n, cols.end - cols.begin, out, dy, out, weight + cols.begin, in, dx + cols.begin, in,
+        gemm<false, false, Path>(n, cols.end - cols.begin, out, dy, out, weight + cols.begin, in, dx + cols.begin, in,
                            ws.input_plans[std::size_t(tid)]);
       }
     }

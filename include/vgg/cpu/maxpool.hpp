@@ -99,8 +99,8 @@ inline void maxpool2x2_backward_plain(const float* x, const float* dy, float* dx
 /// sit where the elements sit in the row: that is how the forward kernel's comparisons produce
 /// them). The winner is the first such element in row-major order, as in PyTorch. No bit is set
 /// where the maximum is not positive (the ReLU before the pool then passes no gradient).
-inline long winner_row_words(int w) { return (long(w / 2) + 15) / 16 * 2; }  // uint32 words per pooled row
-inline long winner_plane_words(int h, int w) { return long(h / 2) * winner_row_words(w); }
+constexpr long winner_row_words(int w) { return (long(w / 2) + 15) / 16 * 2; }  // uint32 words per pooled row
+constexpr long winner_plane_words(int h, int w) { return long(h / 2) * winner_row_words(w); }
 
 /// The even bits of a 32-bit word, packed (the left elements' bits of 16 windows).
 inline std::uint32_t even_bits(std::uint32_t v) {

@@ -45,14 +45,18 @@ void add_weight_records(Net& net, std::vector<TensorRecord>& records) {
 }
 
 /// Optimizer state as (state name, flat buffer in network parameter order).
-inline std::vector<std::pair<std::string, std::span<float>>> optimizer_state(Adam& adam) {
+template <class B>
+std::vector<std::pair<std::string, std::span<float>>> optimizer_state(Adam<B>& adam) {
   return {{"exp_avg", adam.first_moment()}, {"exp_avg_sq", adam.second_moment()}};
 }
-inline std::vector<std::pair<std::string, std::span<float>>> optimizer_state(Sgd& sgd) {
+template <class B>
+std::vector<std::pair<std::string, std::span<float>>> optimizer_state(Sgd<B>& sgd) {
   return {{"momentum_buffer", sgd.momentum_buffer()}};
 }
-inline std::string optimizer_name(const Adam&) { return "adam"; }
-inline std::string optimizer_name(const Sgd&) { return "sgd"; }
+template <class B>
+std::string optimizer_name(const Adam<B>&) { return "adam"; }
+template <class B>
+std::string optimizer_name(const Sgd<B>&) { return "sgd"; }
 
 /// Calls f(tensor name, shape, slice of flat) for each parameter of net, slicing `flat` in order.
 template <class Net, class F>

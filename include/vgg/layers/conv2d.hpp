@@ -4,18 +4,19 @@
 
 #include <string>
 
+#include "vgg/backend.hpp"
 #include "vgg/context.hpp"
-#include "vgg/init.hpp"
-#include "vgg/kernels.hpp"
 #include "vgg/layer.hpp"
 #include "vgg/parameters.hpp"
 #include "vgg/shape.hpp"
 
 namespace vgg {
 
-template <int In, int Out, int H, int W>
-class Conv3x3Relu : public WeightAndBias {
+template <int In, int Out, int H, int W, class B>
+class Conv3x3Relu : public WeightAndBias<B> {
  public:
+  using backend = B;
+  using Context = typename B::Context;
   static constexpr Shape input_shape{In, H, W};
   static constexpr Shape output_shape{Out, H, W};
   static constexpr long long weight_size = 9LL * In * Out;
@@ -25,43 +26,47 @@ class Conv3x3Relu : public WeightAndBias {
   // A following 2x2 max-pool can run inside this layer: forward_pooled and backward_pooled.
   static constexpr bool can_pool_output = true;
   static constexpr double flops_per_sample = 2.0 * weight_size * H * W;
+  static constexpr ConvShape shape{In, Out, H, W};
   static constexpr bool is_identity(Mode) { return false; }
 
-  Conv3x3Relu() : WeightAndBias(std::size_t(weight_size), std::size_t(Out)) {}
+  Conv3x3Relu() : WeightAndBias<B>(std::size_t(weight_size), std::size_t(Out)) {}
 
-  void reset_parameters(Rng& rng) { init_pytorch_default(weight(), bias(), 9L * In, rng); }
-  void reserve(int /*batch*/, int threads) { workspace_.reserve(geometry(), threads); }
-  void reserve_backward(int /*batch*/, int threads, bool pooled = false) {
-    workspace_.reserve_backward(geometry(), threads, pooled);
-    reserve_gradients();
+  void reset_parameters(Rng& rng, Context& exec) { this->reset(rng, 9L * In, exec); }
+  /// With pooled, also the state that forward_pooled keeps for backward_pooled.
+  void reserve(Context& exec, int batch, bool pooled = false) {
+    workspace_.reserve(exec, shape, batch);
+    if (pooled) pool_state_.reserve(shape, batch);
   }
-  void forward(const float* x, float* y, int n, const RunContext& ctx) {
-    kernels::conv3x3_relu_forward(x, weight().data(), bias().data(), y, n, geometry(), workspace_, ctx.threads);
+  void reserve_backward(Context& exec, int batch, bool pooled = false) {
+    workspace_.reserve_backward(exec, shape, batch, pooled);
+    this->reserve_gradients();
   }
-  /// pooled = maxpool2x2(forward(x)), the pool taken while the conv's output is in cache. `state`
-  /// (output_shape.size() floats per sample) carries what backward_pooled needs; its contents are
-  /// this layer's business (the full-size output, or only the pool's winner masks).
-  void forward_pooled(const float* x, float* state, float* pooled, int n, const RunContext& ctx) {
-    kernels::conv3x3_relu_pool_forward(x, weight().data(), bias().data(), pooled, state, n, geometry(), workspace_,
-                                       ctx.threads);
+  void forward(Context& exec, const float* x, float* y, int n, const RunContext&) {
+    B::conv3x3_relu_forward(exec, workspace_, shape, x, this->weight().data(), this->bias().data(), y, n);
   }
-  void backward(const float* x, const float* y, float* dy, float* dx, int n, const RunContext& ctx) {
-    kernels::conv3x3_relu_backward(x, weight().data(), y, dy, dx, weight_grad().data(), bias_grad().data(), n,
-                                   geometry(), workspace_, ctx.threads);
+  /// pooled = maxpool2x2(forward(x)), the pool taken while the conv's output is in cache; the
+  /// layer keeps what backward_pooled needs (the backend's PoolState).
+  /// requires: reserve(exec, batch, /*pooled=*/true) with batch >= n.
+  void forward_pooled(Context& exec, const float* x, float* pooled, int n, const RunContext&) {
+    B::conv3x3_relu_pool_forward(exec, workspace_, pool_state_, shape, x, this->weight().data(), this->bias().data(),
+                                 pooled, n);
   }
-  /// backward of maxpool2x2(this layer), given the gradient of the pooled output (left as it is)
-  /// and the state that forward_pooled left.
-  /// requires: reserve_backward(batch, threads, /*pooled=*/true).
-  void backward_pooled(const float* x, const float* state, const float* dy_pooled, float* dx, int n,
-                       const RunContext& ctx) {
-    kernels::conv3x3_relu_pool_backward(x, weight().data(), state, dy_pooled, dx, weight_grad().data(),
-                                        bias_grad().data(), n, geometry(), workspace_, ctx.threads);
+  void backward(Context& exec, const float* x, const float* y, float* dy, float* dx, int n, const RunContext&) {
+    B::conv3x3_relu_backward(exec, workspace_, shape, x, this->weight().data(), y, dy, dx,
+                             this->weight_grad().data(), this->bias_grad().data(), n);
+  }
+  /// backward of maxpool2x2(this layer) for the last forward_pooled, given the gradient of the
+  /// pooled output (left as it is).
+  /// requires: reserve_backward(exec, batch, /*pooled=*/true); x is the input of that forward_pooled.
+  void backward_pooled(Context& exec, const float* x, const float* dy_pooled, float* dx, int n, const RunContext&) {
+    B::conv3x3_relu_pool_backward(exec, workspace_, pool_state_, shape, x, this->weight().data(), dy_pooled, dx,
+                                  this->weight_grad().data(), this->bias_grad().data(), n);
   }
 
   /// f(suffix, shape, value, grad) for the weight, then the bias.
   template <class F>
   void for_each_parameter(F&& f) {
-    visit(f, TensorShape{{Out, In, 3, 3}, 4});
+    this->visit(f, TensorShape{{Out, In, 3, 3}, 4});
   }
   template <class F>
   static void describe(F&& emit) {
@@ -71,8 +76,8 @@ class Conv3x3Relu : public WeightAndBias {
   }
 
  private:
-  static constexpr cpu::Conv3x3Geometry geometry() { return {In, Out, H, W}; }
-  cpu::Conv3x3Workspace workspace_;
+  typename B::ConvWorkspace workspace_;
+  typename B::PoolState pool_state_;
 };
 
 }  // namespace vgg

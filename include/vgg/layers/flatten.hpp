@@ -2,15 +2,18 @@
 // Flatten(start_dim=1): C x H x W -> C*H*W. NCHW is already contiguous in that order, so it
 // is a view: the layer's output is its input.
 
+#include "vgg/backend.hpp"
 #include "vgg/context.hpp"
 #include "vgg/layer.hpp"
 #include "vgg/shape.hpp"
 
 namespace vgg {
 
-template <Shape In>
+template <Shape In, class B>
 class Flatten {
  public:
+  using backend = B;
+  using Context = typename B::Context;
   static constexpr Shape input_shape = In;
   static constexpr Shape output_shape{int(In.size()), 1, 1};
   static constexpr long long num_params = 0;
@@ -19,11 +22,11 @@ class Flatten {
   static constexpr double flops_per_sample = 0.0;
   static constexpr bool is_identity(Mode) { return true; }
 
-  void reset_parameters(Rng&) {}
-  void reserve(int, int) {}
-  void reserve_backward(int, int) {}
-  void backward(const float*, const float*, float*, float*, int, const RunContext&) {}
-  void forward(const float*, float*, int, const RunContext&) {}
+  void reset_parameters(Rng&, Context&) {}
+  void reserve(Context&, int) {}
+  void reserve_backward(Context&, int) {}
+  void backward(Context&, const float*, const float*, float*, float*, int, const RunContext&) {}
+  void forward(Context&, const float*, float*, int, const RunContext&) {}
   template <class F>
   void for_each_parameter(F&&) {}
   template <class F>

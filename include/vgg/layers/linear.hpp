@@ -3,18 +3,19 @@
 
 #include <string>
 
+#include "vgg/backend.hpp"
 #include "vgg/context.hpp"
-#include "vgg/init.hpp"
-#include "vgg/kernels.hpp"
 #include "vgg/layer.hpp"
 #include "vgg/parameters.hpp"
 #include "vgg/shape.hpp"
 
 namespace vgg {
 
-template <int In, int Out, bool Relu>
-class Linear : public WeightAndBias {
+template <int In, int Out, bool Relu, class B>
+class Linear : public WeightAndBias<B> {
  public:
+  using backend = B;
+  using Context = typename B::Context;
   static constexpr Shape input_shape{In, 1, 1};
   static constexpr Shape output_shape{Out, 1, 1};
   static constexpr long long weight_size = 1LL * In * Out;
@@ -24,25 +25,25 @@ class Linear : public WeightAndBias {
   static constexpr double flops_per_sample = 2.0 * weight_size;
   static constexpr bool is_identity(Mode) { return false; }
 
-  Linear() : WeightAndBias(std::size_t(weight_size), std::size_t(Out)) {}
+  Linear() : WeightAndBias<B>(std::size_t(weight_size), std::size_t(Out)) {}
 
-  void reset_parameters(Rng& rng) { init_pytorch_default(weight(), bias(), In, rng); }
-  void reserve(int batch, int threads) { workspace_.reserve(batch, In, Out, threads); }
-  void reserve_backward(int batch, int threads) {
-    workspace_.reserve_backward(batch, In, Out, threads);
-    reserve_gradients();
+  void reset_parameters(Rng& rng, Context& exec) { this->reset(rng, In, exec); }
+  void reserve(Context& exec, int batch) { workspace_.reserve(exec, batch, In, Out); }
+  void reserve_backward(Context& exec, int batch) {
+    workspace_.reserve_backward(exec, batch, In, Out);
+    this->reserve_gradients();
   }
-  void forward(const float* x, float* y, int n, const RunContext& ctx) {
-    kernels::linear_forward(x, weight().data(), bias().data(), y, n, In, Out, Relu, workspace_, ctx.threads);
+  void forward(Context& exec, const float* x, float* y, int n, const RunContext&) {
+    B::linear_forward(exec, workspace_, x, this->weight().data(), this->bias().data(), y, n, In, Out, Relu);
   }
-  void backward(const float* x, const float* y, float* dy, float* dx, int n, const RunContext& ctx) {
-    kernels::linear_backward(x, weight().data(), y, dy, dx, weight_grad().data(), bias_grad().data(), n, In, Out, Relu,
-                             workspace_, ctx.threads);
+  void backward(Context& exec, const float* x, const float* y, float* dy, float* dx, int n, const RunContext&) {
+    B::linear_backward(exec, workspace_, x, this->weight().data(), y, dy, dx, this->weight_grad().data(),
+                       this->bias_grad().data(), n, In, Out, Relu);
   }
 
   template <class F>
   void for_each_parameter(F&& f) {
-    visit(f, TensorShape{{Out, In}, 2});
+    this->visit(f, TensorShape{{Out, In}, 2});
   }
   template <class F>
   static void describe(F&& emit) {
@@ -51,7 +52,7 @@ class Linear : public WeightAndBias {
   }
 
  private:
-  cpu::LinearWorkspace workspace_;
+  typename B::LinearWorkspace workspace_;
 };
 
 }  // namespace vgg

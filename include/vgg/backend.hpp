@@ -1,0 +1,98 @@
+#pragma once
+// The seam between the network and the numbers: what a backend type supplies. Layers, the network
+// and the optimizers are written once against this contract and name no backend's internals, so
+// several backends live in one program (vgg::cpu::Backend, vgg::cpu::PlainBackend, and, with
+// <vgg/cuda.hpp>, vgg::cuda::Backend) and are tested against each other.
+//
+// A backend B supplies
+//   - memory: B::Buffer<T>, a grow-only array in B's memory (reserve(n), data(), capacity(); the
+//     old contents are not kept when it grows); B::host_memory says whether a host pointer can
+//     read it; B::copy_to_host / B::copy_from_host move parameters (checkpoints, initialisation),
+//     batches and logits; B::device names the memory space (two backends with the same device
+//     share buffers, e.g. the CPU's plain and AVX-512 paths);
+//   - its execution context, B::Context: host threads on the CPU, a stream and library handles on
+//     a GPU. The network owns one; every kernel takes it first;
+//   - per-layer workspaces: B::ConvWorkspace, B::PoolState (what a fused conv + 2x2 max-pool keeps
+//     between its forward and backward passes), B::LinearWorkspace, each reserved once for the
+//     largest batch (no allocation in a steady-state step);
+//   - kernels with one set of signatures (below): conv + bias + ReLU, the fused conv + pool pair,
+//     max-pool, linear (+ ReLU), dropout, softmax cross-entropy, the Adam and SGD updates, and a
+//     finite check (numerical health).
+// Pointers given to kernels point into B's memory; labels and scalars stay on the host.
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "vgg/loss.hpp"
+
+namespace vgg {
+
+/// Where a backend's memory lives. Two backends with the same device can share buffers.
+enum class Device { cpu, cuda };
+
+/// A 3x3 convolution (stride 1, padding 1) from cin channels to cout channels on h x w images.
+struct ConvShape {
+  int cin, cout, h, w;
+  friend constexpr bool operator==(const ConvShape&, const ConvShape&) = default;
+};
+
+/// The scalars of one Adam update (torch.optim.Adam, amsgrad off), computed on the host once a step.
+struct AdamStep {
+  float step_size;   ///< lr / (1 - beta1^t)
+  float beta1, beta2;
+  float bias2_sqrt;  ///< sqrt(1 - beta2^t)
+  float eps, weight_decay;
+};
+
+/// The scalars of one SGD update (torch.optim.SGD).
+struct SgdStep {
+  float lr, momentum, dampening, weight_decay;
+  bool nesterov;
+  bool first;  ///< the first step: the momentum buffer is set to the gradient (as torch does)
+};
+
+// clang-format off
+template <class B>
+concept Backend = requires(typename B::Context& ctx, typename B::ConvWorkspace& conv_ws,
+                           typename B::PoolState& pool_state, typename B::LinearWorkspace& linear_ws,
+                           typename B::template Buffer<float>& buffer, const ConvShape& s, const float* in,
+                           float* out, std::span<const std::int32_t> labels, const AdamStep& adam,
+                           const SgdStep& sgd, int n, long count, std::uint64_t u) {
+  { B::device } -> std::convertible_to<Device>;
+  { B::host_memory } -> std::convertible_to<bool>;
+  { B::name() } -> std::convertible_to<const char*>;
+  buffer.reserve(std::size_t(1));
+  { buffer.data() } -> std::same_as<float*>;
+  B::copy_to_host(in, out, std::size_t(1), ctx);
+  B::copy_from_host(in, out, std::size_t(1), ctx);
+  { ctx.threads() } -> std::convertible_to<int>;
+  ctx.set_threads(n);
+  conv_ws.reserve(ctx, s, n);
+  conv_ws.reserve_backward(ctx, s, n, true);
+  pool_state.reserve(s, n);
+  linear_ws.reserve(ctx, n, n, n);
+  linear_ws.reserve_backward(ctx, n, n, n);
+  // y = relu(conv3x3(x, w) + b)
+  B::conv3x3_relu_forward(ctx, conv_ws, s, in, in, in, out, n);
+  // pooled = maxpool2x2(relu(conv3x3(x, w) + b)); state keeps what the backward needs
+  B::conv3x3_relu_pool_forward(ctx, conv_ws, pool_state, s, in, in, in, out, n);
+  // (x, w, y, dy -> dz in place, dx or null, dw, db)
+  B::conv3x3_relu_backward(ctx, conv_ws, s, in, in, in, out, out, out, out, n);
+  // (x, w, state, dy_pooled, dx or null, dw, db)
+  B::conv3x3_relu_pool_backward(ctx, conv_ws, pool_state, s, in, in, in, out, out, out, n);
+  B::maxpool2x2_forward(ctx, in, out, count, n, n);                   // (x, y, planes, h, w)
+  B::maxpool2x2_backward(ctx, in, in, out, count, n, n);              // (x, dy, dx, planes, h, w)
+  B::linear_forward(ctx, linear_ws, in, in, in, out, n, n, n, true);  // (x, w, b, y, batch, in, out, relu)
+  B::linear_backward(ctx, linear_ws, in, in, in, out, out, out, out, n, n, n, true);
+  B::dropout_forward(ctx, in, out, count, 0.5f, u, u);                // (x, y, count, p, seed, stream)
+  B::dropout_backward(ctx, in, out, count, 0.5f, u, u);
+  { B::softmax_cross_entropy(ctx, in, labels, n, out) } -> std::same_as<LossResult>;  // grad may be null
+  B::adam_update(ctx, out, in, out, out, std::size_t(1), adam);       // (p, g, m, v, count, step)
+  B::sgd_update(ctx, out, in, out, std::size_t(1), sgd);              // (p, g, momentum, count, step)
+  { B::all_finite(ctx, in, std::size_t(1)) } -> std::same_as<bool>;  // no NaN or Inf among count floats
+};
+// clang-format on
+
+}  // namespace vgg

@@ -1,0 +1,196 @@
+#pragma once
+// The CPU backend: host memory, OpenMP threads, and the kernels of cpu/ on one of two paths
+// (kernel_path.hpp). vgg::cpu::Backend takes the fastest path compiled in (the network's default);
+// vgg::cpu::PlainBackend takes the plain one on every target, the reference the tests compare
+// against. Both share memory (Device::cpu), so they run side by side in one program.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+
+#include "vgg/backend.hpp"
+#include "vgg/buffer.hpp"
+#include "vgg/cpu/conv3x3.hpp"
+#include "vgg/cpu/dropout.hpp"
+#include "vgg/cpu/kernel_path.hpp"
+#include "vgg/cpu/linear.hpp"
+#include "vgg/cpu/maxpool.hpp"
+#include "vgg/cpu/parallel.hpp"
+#include "vgg/elementwise.hpp"
+#include "vgg/loss.hpp"
+
+namespace vgg::cpu {
+
+/// The execution context of the CPU backend: how many OpenMP threads its kernels use.
+class Context {
+ public:
+  /// The most threads a network accepts: more than any machine this library targets has cores,
+  /// and few enough that per-thread work buffers stay bounded.
+  static constexpr int max_threads = 256;
+
+  /// 0 (the default) means OpenMP's maximum at the time of each pass; larger than max_threads is capped.
+  void set_threads(int threads) { threads_ = std::clamp(threads, 0, max_threads); }
+  int threads() const { return threads_ > 0 ? threads_ : std::min(default_threads(), max_threads); }
+
+ private:
+  int threads_ = 0;
+};
+
+template <KernelPath Path>
+struct BasicBackend {
+  static_assert(Path == KernelPath::plain || kFastKernels,
+                "vgg::cpu::BasicBackend<KernelPath::avx512>: the AVX-512 kernels are not compiled into this program "
+                "(the target lacks AVX-512, or VGG_PLAIN_KERNELS is defined); use vgg::cpu::Backend.");
+  static constexpr KernelPath path = Path;
+  static constexpr Device device = Device::cpu;
+  static constexpr bool host_memory = true;
+  static constexpr const char* name() { return Path == KernelPath::avx512 ? "cpu (AVX-512 kernels)" : "cpu (plain kernels)"; }
+
+  template <class T>
+  using Buffer = vgg::Buffer<T>;
+  using Context = cpu::Context;
+
+  static void copy_to_host(const float* src, float* dst, std::size_t count, Context&) {
+    if (count) std::memcpy(dst, src, count * sizeof(float));
+  }
+  static void copy_from_host(const float* src, float* dst, std::size_t count, Context&) {
+    if (count) std::memcpy(dst, src, count * sizeof(float));
+  }
+
+  /// Per-thread column slices, GEMM plans and partial gradients of one conv layer.
+  class ConvWorkspace {
+   public:
+    void reserve(const Context& ctx, const ConvShape& s, int /*batch*/) { ws_.reserve(geometry(s), ctx.threads()); }
+    void reserve_backward(const Context& ctx, const ConvShape& s, int /*batch*/, bool pooled) {
+      ws_.reserve_backward(geometry(s), ctx.threads(), pooled);
+    }
+    Conv3x3Workspace& get() { return ws_; }
+
+   private:
+    Conv3x3Workspace ws_;
+  };
+
+  /// The fused conv + pool's state: winner masks (AVX-512 path) or the conv's output (plain path).
+  class PoolState {
+   public:
+    void reserve(const ConvShape& s, int batch) { state_.reserve(geometry(s), batch); }
+    cpu::PoolState<Path>& get() { return state_; }
+    const cpu::PoolState<Path>& get() const { return state_; }
+
+   private:
+    cpu::PoolState<Path> state_;
+  };
+
+  class LinearWorkspace {
+   public:
+    void reserve(const Context& ctx, int batch, int in, int out) { ws_.reserve(batch, in, out, ctx.threads()); }
+    void reserve_backward(const Context& ctx, int batch, int in, int out) {
+      ws_.reserve_backward(batch, in, out, ctx.threads());
+    }
+    cpu::LinearWorkspace& get() { return ws_; }
+
+   private:
+    cpu::LinearWorkspace ws_;
+  };
+
+  // ---- kernels: one set of signatures for every backend (backend.hpp) ----
+
+  static void conv3x3_relu_forward(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
+                                   const float* weight, const float* bias, float* y, int n) {
+    cpu::conv3x3_relu_forward<Path>(x, weight, bias, y, n, geometry(s), ws.get(), ctx.threads());
+  }
+  static void conv3x3_relu_pool_forward(Context& ctx, ConvWorkspace& ws, PoolState& state, const ConvShape& s,
+                                        const float* x, const float* weight, const float* bias, float* pooled, int n) {
+    cpu::conv3x3_relu_pool_forward<Path>(x, weight, bias, pooled, state.get(), n, geometry(s), ws.get(), ctx.threads());
+  }
+  static void conv3x3_relu_backward(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
+                                    const float* weight, const float* y, float* dy, float* dx, float* weight_grad,
+                                    float* bias_grad, int n) {
+    cpu::conv3x3_relu_backward<Path>(x, weight, y, dy, dx, weight_grad, bias_grad, n, geometry(s), ws.get(),
+                                     ctx.threads());
+  }
+  static void conv3x3_relu_pool_backward(Context& ctx, ConvWorkspace& ws, const PoolState& state, const ConvShape& s,
+                                         const float* x, const float* weight, const float* dy_pooled, float* dx,
+                                         float* weight_grad, float* bias_grad, int n) {
+    cpu::conv3x3_relu_pool_backward<Path>(x, weight, state.get(), dy_pooled, dx, weight_grad, bias_grad, n,
+                                          geometry(s), ws.get(), ctx.threads());
+  }
+
+  static void maxpool2x2_forward(Context& ctx, const float* x, float* y, long planes, int h, int w) {
+    if constexpr (Path == KernelPath::avx512)
+      cpu::maxpool2x2_forward(x, y, planes, h, w, ctx.threads());
+    else
+      cpu::maxpool2x2_forward_plain(x, y, planes, h, w, ctx.threads());
+  }
+  static void maxpool2x2_backward(Context& ctx, const float* x, const float* dy, float* dx, long planes, int h, int w) {
+    if constexpr (Path == KernelPath::avx512)
+      cpu::maxpool2x2_backward(x, dy, dx, planes, h, w, ctx.threads());
+    else
+      cpu::maxpool2x2_backward_plain(x, dy, dx, planes, h, w, ctx.threads());
+  }
+
+  static void linear_forward(Context& ctx, LinearWorkspace& ws, const float* x, const float* weight, const float* bias,
+                             float* y, int n, int in, int out, bool relu) {
+    cpu::linear_forward<Path>(x, weight, bias, y, n, in, out, relu, ws.get(), ctx.threads());
+  }
+  static void linear_backward(Context& ctx, LinearWorkspace& ws, const float* x, const float* weight, const float* y,
+                              float* dy, float* dx, float* weight_grad, float* bias_grad, int n, int in, int out,
+                              bool relu) {
+    cpu::linear_backward<Path>(x, weight, y, dy, dx, weight_grad, bias_grad, n, in, out, relu, ws.get(),
+                               ctx.threads());
+  }
+
+  static void dropout_forward(Context& ctx, const float* x, float* y, long count, float p, std::uint64_t seed,
+                              std::uint64_t stream) {
+    cpu::dropout_forward(x, y, count, p, seed, stream, ctx.threads());
+  }
+  static void dropout_backward(Context& ctx, const float* dy, float* dx, long count, float p, std::uint64_t seed,
+                               std::uint64_t stream) {
+    cpu::dropout_backward(dy, dx, count, p, seed, stream, ctx.threads());
+  }
+
+  /// requires: labels in [0, classes) (else std::invalid_argument); grad null or n x classes floats.
+  static LossResult softmax_cross_entropy(Context&, const float* logits, std::span<const std::int32_t> labels,
+                                          int classes, float* grad) {
+    const std::size_t count = labels.size() * std::size_t(classes);
+    return vgg::softmax_cross_entropy({logits, count}, labels, classes,
+                                      grad ? std::span<float>(grad, count) : std::span<float>{});
+  }
+
+  static void adam_update(Context& ctx, float* p, const float* g, float* m, float* v, std::size_t count,
+                          const AdamStep& step) {
+    const long n = long(count);
+    // Small tensors (biases) are not worth waking the threads for.
+#pragma omp parallel for simd schedule(static) num_threads(ctx.threads()) if (n > 65536)
+    for (long i = 0; i < n; ++i) elementwise::adam(p[i], g[i], m[i], v[i], step);
+  }
+  static void sgd_update(Context& ctx, float* p, const float* g, float* momentum, std::size_t count,
+                         const SgdStep& step) {
+    const long n = long(count);
+#pragma omp parallel for simd schedule(static) num_threads(ctx.threads()) if (n > 65536)
+    for (long i = 0; i < n; ++i) elementwise::sgd(p[i], g[i], momentum[i], step);
+  }
+
+  static bool all_finite(Context&, const float* x, std::size_t count) {
+    // One pass, no early exit: the loop vectorises, and a NaN or Inf is the rare case.
+    bool finite = true;
+#pragma omp simd reduction(&& : finite)
+    for (std::size_t i = 0; i < count; ++i) finite = finite && std::isfinite(x[i]);
+    return finite;
+  }
+
+ private:
+  static constexpr Conv3x3Geometry geometry(const ConvShape& s) { return {s.cin, s.cout, s.h, s.w}; }
+};
+
+/// The CPU backend on the fastest kernel path compiled in: the default of every network.
+using Backend = BasicBackend<fastest_path>;
+/// The CPU backend on the plain path (Eigen GEMM, separate bias, ReLU and pool passes).
+using PlainBackend = BasicBackend<KernelPath::plain>;
+
+static_assert(vgg::Backend<Backend> && vgg::Backend<PlainBackend>);
+
+}  // namespace vgg::cpu
