@@ -30,6 +30,7 @@
 #include "vgg/cpu/maxpool.hpp"
 #include "vgg/cpu/parallel.hpp"
 
+VGG_INTRINSICS_BEGIN
 namespace vgg::cpu {
 
 /// Rows of the column matrix built at a time (one GEMM depth pass): the slice stays in L2 between
@@ -481,4 +482,5 @@ inline void conv3x3_relu_pool_backward(const float* x, const float* weight, cons
 }
 
 }  // namespace vgg::cpu
+VGG_INTRINSICS_END
 

@@ -17,6 +17,7 @@
 #include "vgg/cpu/gemm_avx512.hpp"
 #include "vgg/cpu/maxpool.hpp"
 
+VGG_INTRINSICS_BEGIN
 namespace vgg::cpu {
 
 #ifdef VGG_FAST_KERNELS
@@ -298,3 +299,4 @@ inline void conv3x3_relu_pool_one_channel_grads(const float* x, const std::uint3
 #endif
 
 }  // namespace vgg::cpu
+VGG_INTRINSICS_END

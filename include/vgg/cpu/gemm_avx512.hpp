@@ -14,6 +14,7 @@
 
 #include "vgg/cpu/kernel_path.hpp"
 
+VGG_INTRINSICS_BEGIN
 namespace vgg::cpu {
 
 namespace avx512 {
@@ -243,3 +244,4 @@ inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const flo
 
 }  // namespace avx512
 }  // namespace vgg::cpu
+VGG_INTRINSICS_END

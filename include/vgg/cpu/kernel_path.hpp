@@ -11,6 +11,21 @@
 #include <immintrin.h>
 #endif
 
+// GCC 12's AVX-512 intrinsics start masked and permuting operations from _mm512_undefined_*(),
+// which its own -Wuninitialized / -Wmaybe-uninitialized then flag wherever they are inlined (GCC bug
+// 105593, fixed in GCC 13): a consumer compiling with -Wall -Wextra would see dozens of warnings
+// from our kernels. The headers that use intrinsics open and close this region around their code.
+#if defined(__GNUC__) && !defined(__clang__)
+#define VGG_INTRINSICS_BEGIN                                      \
+  _Pragma("GCC diagnostic push")                                  \
+  _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")           \
+  _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define VGG_INTRINSICS_END _Pragma("GCC diagnostic pop")
+#else
+#define VGG_INTRINSICS_BEGIN
+#define VGG_INTRINSICS_END
+#endif
+
 namespace vgg::cpu {
 
 enum class KernelPath { plain, avx512 };

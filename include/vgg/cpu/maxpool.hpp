@@ -12,6 +12,7 @@
 #include "vgg/cpu/gemm_avx512.hpp"
 #include "vgg/cpu/parallel.hpp"
 
+VGG_INTRINSICS_BEGIN
 namespace vgg::cpu {
 
 namespace detail {
@@ -292,3 +293,4 @@ inline void maxpool2x2_backward(const float* x, const float* dy, float* dx, long
 }
 
 }  // namespace vgg::cpu
+VGG_INTRINSICS_END
