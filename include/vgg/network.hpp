@@ -24,7 +24,7 @@
 #include "vgg/checks.hpp"
 #include "vgg/classifier.hpp"
 #include "vgg/context.hpp"
-#include "vgg/cpu/backend.hpp"
+#include "vgg/default_backend.hpp"
 #include "vgg/layer.hpp"
 #include "vgg/loss.hpp"
 #include "vgg/layers/conv2d.hpp"
@@ -148,6 +148,9 @@ class Network {
 
   using layer_types = typename spec::template layers<B>;
   static constexpr std::size_t num_layers = std::tuple_size_v<layer_types>;
+  static_assert([]<std::size_t... I>(std::index_sequence<I...>) {
+    return (Layer<std::tuple_element_t<I, layer_types>> && ...);
+  }(std::make_index_sequence<num_layers>{}), "vgg::Network: every layer type must satisfy vgg::Layer (layer.hpp)");
   static constexpr std::size_t num_blocks = spec::num_blocks;
   static constexpr Shape input_shape = spec::shapes[0];
   static constexpr Shape feature_shape = spec::feature_shape;
@@ -325,6 +328,28 @@ class Network {
     visit_parameters(f, std::make_index_sequence<num_layers>{});
   }
 
+  /// Copies every parameter, in network order (as for_each_parameter visits them), into `host`:
+  /// how checkpoints read a network whatever its backend.
+  /// requires: host.size() == num_params (else std::invalid_argument).
+  void copy_parameters_to_host(std::span<float> host) {
+    check_parameter_count(host.size(), "copy_parameters_to_host");
+    std::size_t offset = 0;
+    for_each_parameter_data([&](std::span<float> value, std::span<float>) {
+      B::copy_to_host(value.data(), host.data() + offset, value.size(), context_);
+      offset += value.size();
+    });
+  }
+  /// Sets every parameter from `host`, in network order: how checkpoints load a network.
+  /// requires: host.size() == num_params (else std::invalid_argument).
+  void copy_parameters_from_host(std::span<const float> host) {
+    check_parameter_count(host.size(), "copy_parameters_from_host");
+    std::size_t offset = 0;
+    for_each_parameter_data([&](std::span<float> value, std::span<float>) {
+      B::copy_from_host(host.data() + offset, value.data(), value.size(), context_);
+      offset += value.size();
+    });
+  }
+
   /// Visits every PyTorch module the network stands for: f(group_name, position, description).
   template <class F>
   static void for_each_module(F&& f) {
@@ -421,6 +446,12 @@ class Network {
     return outputs_[I].data();
   }
 
+  static void check_parameter_count(std::size_t found, const char* what) {
+    if (found != std::size_t(num_params))
+      throw std::invalid_argument(std::string("vgg::Vgg::") + what + ": the network has " + std::to_string(num_params) +
+                                  " parameters, the host buffer holds " + std::to_string(found));
+  }
+
   void require_forward(const char* what) const {
     if (last_batch_ == 0)
       throw std::logic_error(std::string("vgg::Vgg::") + what + ": no forward pass to differentiate; call forward first");
@@ -515,8 +546,8 @@ class Network {
   std::uint64_t seed_ = 0, step_ = 0;
 };
 
-/// The network of the pack Arch... on the CPU (the fastest kernel path compiled in).
+/// The network of the pack Arch... on the default backend (the CPU, default_backend.hpp).
 template <class... Arch>
-using Vgg = Network<cpu::Backend, Arch...>;
+using Vgg = Network<DefaultBackend, Arch...>;
 
 }  // namespace vgg

@@ -146,3 +146,25 @@ TEST_CASE("the loss checks its labels against the last forward pass") {
   const auto r = net->loss(std::vector<std::int32_t>{0, 1}, /*gradient=*/false);
   CHECK(std::isfinite(r.loss));
 }
+
+TEST_CASE("parameters cross to and from the host in network order, whatever the backend") {
+  using Staged = Arch::on<StagedBackend>;
+  auto a = std::make_unique<Staged>(3);
+  auto b = std::make_unique<Arch>(4);  // other weights, another backend
+  std::vector<float> host(std::size_t(Arch::num_params));
+  a->copy_parameters_to_host(host);
+  std::size_t offset = 0;
+  a->for_each_parameter([&](const vgg::ParameterView& p) {
+    CHECK(std::equal(p.value.begin(), p.value.end(), host.begin() + std::ptrdiff_t(offset)));
+    offset += p.value.size();
+  });
+  CHECK(offset == host.size());
+  b->copy_parameters_from_host(host);
+  const auto x = ref::random_vector(3 * Arch::input_shape.size(), 9);
+  const auto la = a->forward(x, 3);
+  const std::vector<float> logits_a(la.data(), la.data() + la.size());
+  const auto lb = b->forward(x, 3);
+  CHECK(ref::max_abs_diff(logits_a, lb.data()) < 1e-5f);  // the same weights: the same net
+  host.pop_back();
+  CHECK_THROWS_AS(b->copy_parameters_from_host(host), std::invalid_argument);
+}

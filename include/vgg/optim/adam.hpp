@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "vgg/backend.hpp"
-#include "vgg/cpu/backend.hpp"
+#include "vgg/default_backend.hpp"
 #include "vgg/optim/parameter_walk.hpp"
 
 namespace vgg {
@@ -27,7 +27,7 @@ struct AdamOptions {
 
 /// Adam over the parameters of a network on backend B (the CPU by default: vgg::Adam adam(...)
 /// deduces vgg::Adam<vgg::cpu::Backend>); the moments live in B's memory and the update runs there.
-template <class B = cpu::Backend>
+template <class B = DefaultBackend>
 class Adam {
  public:
   using backend = B;

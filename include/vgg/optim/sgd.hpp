@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "vgg/backend.hpp"
-#include "vgg/cpu/backend.hpp"
+#include "vgg/default_backend.hpp"
 #include "vgg/optim/parameter_walk.hpp"
 
 namespace vgg {
@@ -26,7 +26,7 @@ struct SgdOptions {
 
 /// SGD over the parameters of a network on backend B (the CPU by default: vgg::Sgd sgd(...)
 /// deduces vgg::Sgd<vgg::cpu::Backend>); the momentum buffer lives in B's memory.
-template <class B = cpu::Backend>
+template <class B = DefaultBackend>
 class Sgd {
  public:
   using backend = B;
