@@ -34,8 +34,12 @@ class WeightAndBias {
   std::span<float> weight() { return {weight_.data(), weight_size_}; }
   std::span<float> bias() { return {bias_.data(), bias_size_}; }
   /// Empty until reserve_gradients().
-  std::span<float> weight_grad() { return has_grad_ ? std::span<float>(weight_grad_.data(), weight_size_) : std::span<float>{}; }
-  std::span<float> bias_grad() { return has_grad_ ? std::span<float>(bias_grad_.data(), bias_size_) : std::span<float>{}; }
+  std::span<float> weight_grad() {
+    return has_grad_ ? std::span<float>(weight_grad_.data(), weight_size_) : std::span<float>{};
+  }
+  std::span<float> bias_grad() {
+    return has_grad_ ? std::span<float>(bias_grad_.data(), bias_size_) : std::span<float>{};
+  }
 
   /// f(suffix, shape, value, grad) for the weight, then the bias, as the Layer concept expects.
   template <class F>

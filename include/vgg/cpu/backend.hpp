@@ -47,7 +47,9 @@ struct BasicBackend {
   static constexpr KernelPath path = Path;
   static constexpr Device device = Device::cpu;
   static constexpr bool host_memory = true;
-  static constexpr const char* name() { return Path == KernelPath::avx512 ? "cpu (AVX-512 kernels)" : "cpu (plain kernels)"; }
+  static constexpr const char* name() {
+    return Path == KernelPath::avx512 ? "cpu (AVX-512 kernels)" : "cpu (plain kernels)";
+  }
 
   template <class T>
   using Buffer = vgg::Buffer<T>;

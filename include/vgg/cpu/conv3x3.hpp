@@ -209,8 +209,8 @@ namespace detail {
 /// state in y (plain path) or in winners (AVX-512 path; y is then unused).
 template <KernelPath Path, bool Pooled>
 inline void conv3x3_relu_forward(const float* x, const float* weight, const float* bias, float* y, float* pooled,
-                                 std::uint32_t* winners, int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws,
-                                 int threads) {
+                                 [[maybe_unused]] std::uint32_t* winners, int n, const Conv3x3Geometry& g,
+                                 Conv3x3Workspace& ws, int threads) {
   constexpr bool Plain = Path == KernelPath::plain;
   static_assert(Plain || kFastKernels, "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
   // Work items: (group of images, band of rows); a group of several images always spans whole images.
@@ -334,7 +334,8 @@ namespace detail {
 /// dy is the gradient of y, or, with Pooled, of maxpool2x2(y) (then dz is built per image in a
 /// per-thread buffer that stays in cache, instead of a full-batch dy written and read back).
 template <KernelPath Path, bool Pooled>
-inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y, const std::uint32_t* winners,
+inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y,
+                                  [[maybe_unused]] const std::uint32_t* winners,
                                   float* dy, float* dx, float* weight_grad, float* bias_grad, int n,
                                   const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
   constexpr bool Plain = Path == KernelPath::plain;

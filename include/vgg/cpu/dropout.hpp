@@ -22,7 +22,8 @@ inline void dropout_forward(const float* x, float* y, long count, float p, std::
 #pragma omp parallel num_threads(threads)
   {
     const Range mine = split(count, omp_get_thread_num(), omp_get_num_threads());
-    for (long i = mine.begin; i < mine.end; ++i) y[i] = elementwise::dropout(x[i], seed, stream, std::uint64_t(i), p, scale);
+    for (long i = mine.begin; i < mine.end; ++i)
+      y[i] = elementwise::dropout(x[i], seed, stream, std::uint64_t(i), p, scale);
   }
 }
 
@@ -33,7 +34,8 @@ inline void dropout_backward(const float* dy, float* dx, long count, float p, st
 #pragma omp parallel num_threads(threads)
   {
     const Range mine = split(count, omp_get_thread_num(), omp_get_num_threads());
-    for (long i = mine.begin; i < mine.end; ++i) dx[i] = elementwise::dropout(dy[i], seed, stream, std::uint64_t(i), p, scale);
+    for (long i = mine.begin; i < mine.end; ++i)
+      dx[i] = elementwise::dropout(dy[i], seed, stream, std::uint64_t(i), p, scale);
   }
 }
 
