@@ -333,7 +333,8 @@ class IdxReader {
         throw DataError(file + " has " + std::to_string(stream_.stored_size() - total) +
                         " trailing bytes: expected exactly " + expected_text + ", found " +
                         std::to_string(stream_.stored_size()));
-    } else if (const std::uint64_t most = stream_.stored_size() * max_deflate_ratio + deflate_ratio_slack_bytes;
+    } else if (const std::uint64_t most =
+                   std::min(stream_.stored_size(), max_idx_payload_bytes) * max_deflate_ratio + deflate_ratio_slack_bytes;
                total > most) {
       throw DataError(file + " is truncated or its header is corrupt: the header declares " + expected_text +
                       ", but a gzip file of " + std::to_string(stream_.stored_size()) +
