@@ -101,11 +101,16 @@ TEST_CASE("IDX and safetensors bombs are refused within an address-space limit" 
     const fs::path idx_lying_raw = write("lying.idx", be32(0x00000803) + be32(4000) + be32(1000) + be32(1000));
 
     // Safetensors: a header length of 2^63, one of 99,999,999 in a 10-byte file, a tensor of 2^40
-    // bytes in a 100-byte buffer.
+    // bytes in a 100-byte buffer, a header of millions of keys.
     const fs::path st_header_huge = write("header-huge.safetensors", le64(std::uint64_t{1} << 63) + "{}");
     const fs::path st_header_past = write("header-past.safetensors", le64(99'999'999) + "{}");
     const std::string tensor_header =
         R"({"w":{"dtype":"U8","shape":[1099511627776],"data_offsets":[0,1099511627776]}})";
+    // 24 MB of tiny keys: the whole tree once cost ~15 times the header's size.
+    std::string many_keys = "{";
+    for (int i = 0; i < 2'000'000; ++i) many_keys += (i ? ",\"" : "\"") + std::to_string(i) + "\":0";
+    many_keys += "}";
+    const fs::path st_many_keys = write("many-keys.safetensors", le64(many_keys.size()) + many_keys);
     const fs::path st_tensor_huge =
         write("tensor-huge.safetensors", le64(tensor_header.size()) + tensor_header + std::string(100, '\0'));
 
@@ -121,6 +126,8 @@ TEST_CASE("IDX and safetensors bombs are refused within an address-space limit" 
         {"safetensors header length 2^63", [&] { (void)vgg::io::load_safetensors(st_header_huge); }, "exceeds"},
         {"safetensors header length past the end", [&] { (void)vgg::io::load_safetensors(st_header_past); },
          "runs past the end of the file"},
+        {"safetensors header of 2,000,000 keys", [&] { (void)vgg::io::load_safetensors(st_many_keys); },
+         "more than 300000 JSON keys and values"},
         {"safetensors tensor of 2^40 bytes",
          [&] {
              const auto file = vgg::io::load_safetensors(st_tensor_huge);

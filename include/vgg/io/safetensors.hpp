@@ -156,6 +156,11 @@ namespace detail {
 inline constexpr std::uint64_t max_header_bytes = 100'000'000;
 // Our schema nests three levels (header > entry > shape); anything deeper is hostile.
 inline constexpr int max_json_depth = 4;
+// Keys and values (containers included) a header may hold. A parsed header costs ~170 bytes per
+// item (the JSON tree plus the duplicate-key sets), so 100 MB of tiny keys would cost 1.5 GB;
+// this caps the tree near 50 MB. A tensor takes ~10 items: room for ~30,000 tensors, where the
+// largest single-file models have a few thousand.
+inline constexpr std::size_t max_header_json_items = 300'000;
 
 inline std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }
 
@@ -227,17 +232,24 @@ inline void write_exactly(int fd, const std::filesystem::path& path, const void*
     }
 }
 
-// Rejects duplicate keys (nlohmann would silently keep the last) and deep nesting (no
-// legitimate header needs it, and it would only cost memory) while the header is parsed.
+// Rejects duplicate keys (nlohmann would silently keep the last), deep nesting and too many
+// items (no legitimate header needs them, and they would only cost memory) while the header is
+// parsed, before the tree grows.
 struct HeaderParseGuard {
     std::vector<std::set<std::string>> open_objects;
     std::optional<std::string> duplicate_key;
     bool too_deep = false;
+    bool too_many_items = false;
+    std::size_t items = 0;
 
     struct Abort {};
 
     bool operator()(int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
         using Event = nlohmann::json::parse_event_t;
+        if (event != Event::object_end && event != Event::array_end && ++items > max_header_json_items) {
+            too_many_items = true;
+            throw Abort{};
+        }
         switch (event) {
             case Event::object_start:
             case Event::array_start:
@@ -442,6 +454,10 @@ inline void SafetensorsFile::parse(std::uint64_t file_size) {
         header = nlohmann::json::parse(header_text, std::ref(guard));
     } catch (const detail::HeaderParseGuard::Abort&) {
         if (guard.duplicate_key) fail(path, "duplicate key '" + *guard.duplicate_key + "' in the header");
+        if (guard.too_many_items) {
+            fail(path, "header holds more than " + std::to_string(detail::max_header_json_items) +
+                           " JSON keys and values, more than any checkpoint this reader accepts (corrupt?)");
+        }
         fail(path, "header JSON nests deeper than any valid safetensors header");
     } catch (const nlohmann::json::exception& error) {
         fail(path, std::string("header is not valid JSON: ") + error.what());
