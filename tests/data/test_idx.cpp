@@ -259,7 +259,8 @@ TEST_CASE("the in-memory entry points read exactly what the file readers read") 
   check_fixture_images(idx_images_from_bytes(as_bytes(images), "mem"));
   check_fixture_images(idx_images_from_bytes(as_bytes(vgg_test::gzip(images)), "mem.gz"));
   CHECK(idx_labels_from_bytes(as_bytes(labels_bytes(7)), "mem") == std::vector<std::uint8_t>{0, 1, 2, 3, 4, 5, 6});
-  const std::string message = data_error_of([&] { idx_images_from_bytes(as_bytes(images.substr(0, 70)), "in-memory.idx"); });
+  const std::string message =
+      data_error_of([&] { idx_images_from_bytes(as_bytes(images.substr(0, 70)), "in-memory.idx"); });
   CHECK(contains(message, "'in-memory.idx' is truncated"));
   CHECK(contains(message, "found 70"));
 }

@@ -77,7 +77,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // as the same file. Any exception here is a reader/writer disagreement, hence a finding.
   const std::string header = vgg::io::detail::build_header("fuzz-roundtrip.safetensors", records, file->metadata());
   std::vector<std::uint8_t> rewritten(8);
-  for (int i = 0; i < 8; ++i) rewritten[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(header.size() >> (8 * i));
+  for (std::size_t i = 0; i < 8; ++i) rewritten[i] = static_cast<std::uint8_t>(header.size() >> (8 * i));
   rewritten.insert(rewritten.end(), header.begin(), header.end());
   rewritten.insert(rewritten.end(), data + data_start, data + size);
   const auto again = vgg::io::load_safetensors_from_bytes(rewritten, "fuzz-roundtrip.safetensors");

@@ -92,8 +92,9 @@ inline std::string gzip_bomb(const std::string& prefix, std::uint64_t zeros) {
         crc = crc32_combine(crc, block_crc, static_cast<z_off_t>(block));
     }
     const std::string rest_zeros(zeros % block, '\0');
-    crc = crc32_combine(crc, crc32(0L, reinterpret_cast<const Bytef*>(rest_zeros.data()), static_cast<uInt>(rest_zeros.size())),
-                        static_cast<z_off_t>(rest_zeros.size()));
+    const uLong rest_crc =
+        crc32(0L, reinterpret_cast<const Bytef*>(rest_zeros.data()), static_cast<uInt>(rest_zeros.size()));
+    crc = crc32_combine(crc, rest_crc, static_cast<z_off_t>(rest_zeros.size()));
     file += rest;
     file += tail;
     const std::uint64_t total = prefix.size() + zeros;

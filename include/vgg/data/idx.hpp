@@ -218,7 +218,8 @@ class IdxByteStream {
             ended_ = true;
             break;
           }
-          throw DataError(in_quotes(name()) + " is a truncated gzip file: the compressed data ends inside a gzip member (after " +
+          throw DataError(in_quotes(name()) +
+                          " is a truncated gzip file: the compressed data ends inside a gzip member (after " +
                           std::to_string(delivered_ + produced) + " decompressed bytes)");
         }
         zs_.next_in = buffer_.data();
@@ -306,7 +307,8 @@ class IdxReader {
     const std::size_t got_extents = stream_.read(head + 4, 4 * std::size_t(dims));
     if (got_extents < 4 * std::size_t(dims))
       throw DataError(file + " is truncated inside its header: expected at least " +
-                      std::to_string(header_.header_bytes) + " bytes, found " + std::to_string(4 + got_extents) + after);
+                      std::to_string(header_.header_bytes) + " bytes, found " + std::to_string(4 + got_extents) +
+                      after);
     header_.extents.resize(dims);
     std::uint64_t payload = 1;
     bool over_limit = false;
@@ -333,8 +335,8 @@ class IdxReader {
         throw DataError(file + " has " + std::to_string(stream_.stored_size() - total) +
                         " trailing bytes: expected exactly " + expected_text + ", found " +
                         std::to_string(stream_.stored_size()));
-    } else if (const std::uint64_t most =
-                   std::min(stream_.stored_size(), max_idx_payload_bytes) * max_deflate_ratio + deflate_ratio_slack_bytes;
+    } else if (const std::uint64_t most = std::min(stream_.stored_size(), max_idx_payload_bytes) * max_deflate_ratio +
+                                          deflate_ratio_slack_bytes;
                total > most) {
       throw DataError(file + " is truncated or its header is corrupt: the header declares " + expected_text +
                       ", but a gzip file of " + std::to_string(stream_.stored_size()) +
@@ -366,7 +368,8 @@ class IdxReader {
       const std::size_t got = stream_.read(payload.data() + have, next - have);
       if (got < next - have)
         throw DataError(file + " is truncated: expected " + expected_text + ", found " +
-                        std::to_string(header_.header_bytes + have + got) + (stream_.gzip() ? " after decompression" : ""));
+                        std::to_string(header_.header_bytes + have + got) +
+                        (stream_.gzip() ? " after decompression" : ""));
     }
     std::uint64_t trailing = 0;
     std::array<std::uint8_t, 4096> scratch{};
@@ -515,7 +518,8 @@ inline Dataset load_dataset(const std::filesystem::path& dir, Split split, int n
     if (error != ENOENT)
       throw DataError("data directory " + detail::in_quotes(dir) + " cannot be examined: " + std::strerror(error));
     throw DataError("data directory '" + dir.string() + "' does not exist; run scripts/fetch_data.sh " +
-                    dir.string() + " to download Fashion-MNIST, or put the official IDX files there (see docs/DATA.md)");
+                    dir.string() +
+                    " to download Fashion-MNIST, or put the official IDX files there (see docs/DATA.md)");
   }
   if (!S_ISDIR(status.st_mode))
     throw DataError("data directory " + detail::in_quotes(dir) + " is " + io::detail::file_type_name(status.st_mode) +

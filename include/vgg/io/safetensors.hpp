@@ -586,11 +586,14 @@ inline void SafetensorsFile::parse(std::uint64_t file_size) {
 }
 
 // requires: nothing (the file is untrusted).
-// ensures: the file is opened (without blocking on a FIFO) and its header fully validated: a JSON object of well-formed
-// entries with known dtypes and non-negative integer dims, whose byte ranges match
-// shape x dtype size, are unique, and tile the data buffer exactly (no overlap, no hole, no
-// trailing bytes), plus an optional string->string "__metadata__".  Otherwise throws
-// CheckpointError naming the file, the tensor and expected vs found.
+// ensures: the file is opened (a FIFO or any other non-regular file is refused without
+// blocking) and its header fully validated: a JSON object of well-formed entries with known
+// dtypes and non-negative integer dims, whose byte ranges match shape x dtype size, are unique,
+// and tile the data buffer exactly (no overlap, no hole, no trailing bytes), plus an optional
+// string->string "__metadata__"; the header is at most max_header_bytes long, nests at most
+// max_json_depth deep and holds at most max_header_json_items keys and values, each checked
+// before memory is spent on it.  Otherwise throws CheckpointError naming the file, the tensor
+// and expected vs found.
 inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
     SafetensorsFile file;
     file.path_ = path;
