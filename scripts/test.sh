@@ -28,3 +28,25 @@ fi
 if [ "${VGG_PLAIN:-1}" != 0 ]; then
   unit_tests_in "${build}-plain" -DCMAKE_BUILD_TYPE=Release -DVGG_PLAIN_KERNELS=ON
 fi
+
+# The libFuzzer targets (tests/fuzz/fuzz_*.cpp) built with clang-14 under ASan + UBSan, each run for
+# VGG_FUZZ_SECONDS (default 30) over a copy of its corpus (tests/fuzz/run.sh). VGG_FUZZ=0 skips
+# this stage; without a clang++-14 that links -fsanitize=fuzzer (scripts/setup.sh installs
+# clang-14 and libclang-rt-14-dev) it is skipped with a message.
+if [ "${VGG_FUZZ:-1}" != 0 ]; then
+  probe=$(mktemp -d)
+  echo 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }' > "$probe/probe.cpp"
+  have_libfuzzer=0
+  if command -v clang++-14 >/dev/null 2>&1 && clang++-14 -fsanitize=fuzzer "$probe/probe.cpp" -o "$probe/probe" 2>/dev/null; then
+    have_libfuzzer=1
+  fi
+  rm -rf "$probe"
+  if [ "$have_libfuzzer" = 1 ]; then
+    CC=clang-14 CXX=clang++-14 cmake -S . -B "${build}-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVGG_FUZZ=ON \
+      -DVGG_BUILD_BENCHMARKS=OFF -DVGG_BUILD_EXAMPLES=OFF -DVGG_BUILD_TOOLS=OFF
+    cmake --build "${build}-fuzz" -j "$(nproc)" --target vgg_fuzzers
+    bash tests/fuzz/run.sh "${build}-fuzz" "${VGG_FUZZ_SECONDS:-30}"
+  else
+    echo "test.sh: fuzz stage SKIPPED: no clang++-14 with libFuzzer (run scripts/setup.sh: clang-14, libclang-rt-14-dev)"
+  fi
+fi

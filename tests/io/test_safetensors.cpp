@@ -16,7 +16,10 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include "hostile_files.hpp"
 
 namespace fs = std::filesystem;
 using vgg::io::CheckpointError;
@@ -518,7 +521,7 @@ TEST_CASE("a failed save leaves the previous file intact and no temp file") {
 
 TEST_CASE("opening a missing file names the path and the OS error") {
     TempDir dir;
-    check_load_fails(dir / "absent.safetensors", {"cannot open", "No such file or directory"});
+    check_load_fails(dir / "absent.safetensors", {"cannot be opened", "No such file or directory"});
     check_load_fails(dir.path, {"not a regular file"});
 }
 
@@ -568,4 +571,82 @@ TEST_CASE("random corruption of a valid file is rejected cleanly or read in boun
         }
     }
     CHECK(rejected > 1000);
+}
+
+// ---- Reliability (issue 12) -----------------------------------------------------------------
+
+TEST_CASE("a tensor ending one byte past the buffer is refused by the range check, naming both offsets") {
+    TempDir dir;
+    // Alone, and as the second of two tensors (the last one is where an off-by-one would hide).
+    const fs::path alone = write_safetensors(dir / "alone", R"({"w":{"dtype":"U8","shape":[13],"data_offsets":[0,13]}})", 12);
+    check_load_fails(alone, {"tensor 'w'", "data_offsets [0,13]", "end past the data buffer of 12 bytes (by 1)"});
+    const fs::path second = write_safetensors(dir / "second",
+                                              R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                              R"("b":{"dtype":"U8","shape":[5],"data_offsets":[8,13]}})",
+                                              12);
+    check_load_fails(second, {"tensor 'b'", "data_offsets [8,13]", "end past the data buffer of 12 bytes"});
+    for (const fs::path& path : {alone, second}) {
+        const std::string message = checkpoint_error([&] { (void)vgg::io::load_safetensors(path); });
+        CHECK(message.find("18446744073709551615") == std::string::npos);
+        CHECK(message.find("trailing") == std::string::npos);
+    }
+}
+
+TEST_CASE("load_safetensors_from_bytes judges and reads exactly as the file reader does") {
+    TempDir dir;
+    const std::vector<float> w = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, -1.0f};
+    const std::vector<std::int64_t> step = {42};
+    const std::array records = {vgg::io::tensor_record("w", {2, 3}, w), vgg::io::tensor_record("step", {}, step)};
+    vgg::io::save_safetensors(dir / "m.safetensors", records, {{"k", "v"}});
+    const std::string bytes = read_bytes(dir / "m.safetensors");
+    const auto span = std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+    const auto from_bytes = vgg::io::load_safetensors_from_bytes(span, "memory.safetensors");
+    const auto from_file = vgg::io::load_safetensors(dir / "m.safetensors");
+    CHECK(from_bytes.names() == from_file.names());
+    CHECK(from_bytes.metadata() == from_file.metadata());
+    CHECK(from_bytes.read_all<float>("w") == w);
+    CHECK(from_bytes.read_all<std::int64_t>("step") == step);
+    const std::string message = checkpoint_error(
+        [&] { (void)vgg::io::load_safetensors_from_bytes(span.first(span.size() - 1), "memory.safetensors"); });
+    CHECK(message.find("'memory.safetensors'") != std::string::npos);
+    CHECK(message.find("end past the data buffer") != std::string::npos);
+}
+
+TEST_CASE("a directory or FIFO given as a checkpoint is called what it is, without blocking") {
+    TempDir dir;
+    check_load_fails(dir.path, {"is a directory, not a regular file"});
+    REQUIRE(::mkfifo((dir / "fifo").c_str(), 0600) == 0);
+    // open() on a FIFO blocks until a writer appears: in a child, so a hang fails this test only.
+    const auto child = vgg_test::run_in_child(
+        [&](const auto& report) {
+            try {
+                (void)vgg::io::load_safetensors(dir / "fifo");
+                report("accepted");
+            } catch (const CheckpointError& error) {
+                report(error.what());
+            }
+            return 0;
+        },
+        10.0);
+    CHECK_FALSE(child.timed_out);
+    CHECK(child.output.find("is a FIFO (named pipe), not a regular file") != std::string::npos);
+    const fs::path under_a_file = dir / "fifo-is-not-a-dir" / "x";
+    write_bytes(dir / "fifo-is-not-a-dir", "");
+    check_load_fails(under_a_file, {"cannot be opened for reading: Not a directory"});
+}
+
+TEST_CASE("a header of too many keys and values is refused while parsing, before its tree grows") {
+    // 100 MB of tiny keys once cost 1.5 GB and 11 s; now parsing stops at 300,000 items. Items
+    // here: the root object, the "__metadata__" key, its object, and a key plus a value per entry.
+    TempDir dir;
+    auto metadata_header = [](int keys) {
+        std::string header = R"({"__metadata__":{)";
+        for (int i = 0; i < keys; ++i) header += (i ? ",\"" : "\"") + std::to_string(i) + "\":\"\"";
+        return header + "}}";
+    };
+    const int most = static_cast<int>((vgg::io::detail::max_header_json_items - 3) / 2);
+    const auto file = vgg::io::load_safetensors(write_safetensors(dir / "most", metadata_header(most), 0));
+    CHECK(file.metadata().size() == static_cast<std::size_t>(most));
+    check_load_fails(write_safetensors(dir / "over", metadata_header(most + 1), 0),
+                     {"more than 300000 JSON keys and values"});
 }

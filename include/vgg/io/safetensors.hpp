@@ -41,6 +41,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "vgg/io/posix_file.hpp"
+
 namespace vgg::io {
 
 static_assert(std::endian::native == std::endian::little,
@@ -154,6 +156,11 @@ namespace detail {
 inline constexpr std::uint64_t max_header_bytes = 100'000'000;
 // Our schema nests three levels (header > entry > shape); anything deeper is hostile.
 inline constexpr int max_json_depth = 4;
+// Keys and values (containers included) a header may hold. A parsed header costs ~170 bytes per
+// item (the JSON tree plus the duplicate-key sets), so 100 MB of tiny keys would cost 1.5 GB;
+// this caps the tree near 50 MB. A tensor takes ~10 items: room for ~30,000 tensors, where the
+// largest single-file models have a few thousand.
+inline constexpr std::size_t max_header_json_items = 300'000;
 
 inline std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }
 
@@ -190,33 +197,6 @@ inline std::optional<std::uint64_t> element_count(std::span<const std::int64_t> 
 
 inline std::string json_type(const nlohmann::json& value) { return value.type_name(); }
 
-// Closes a file descriptor on scope exit; the owner may release() it to close explicitly.
-class FileDescriptor {
-public:
-    FileDescriptor() = default;
-    explicit FileDescriptor(int fd) noexcept : fd_(fd) {}
-    FileDescriptor(FileDescriptor&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-    FileDescriptor& operator=(FileDescriptor&& other) noexcept {
-        if (this != &other) {
-            reset();
-            fd_ = std::exchange(other.fd_, -1);
-        }
-        return *this;
-    }
-    FileDescriptor(const FileDescriptor&) = delete;
-    FileDescriptor& operator=(const FileDescriptor&) = delete;
-    ~FileDescriptor() { reset(); }
-    int get() const noexcept { return fd_; }
-    int release() noexcept { return std::exchange(fd_, -1); }
-    void reset() noexcept {
-        if (fd_ >= 0) ::close(fd_);
-        fd_ = -1;
-    }
-
-private:
-    int fd_ = -1;
-};
-
 // requires: fd open for reading.  ensures: exactly `size` bytes at `offset` are in `dst`,
 // else CheckpointError (a short read means the file shrank after it was validated).
 inline void read_exactly(int fd, const std::filesystem::path& path, std::uint64_t offset, void* dst,
@@ -252,17 +232,24 @@ inline void write_exactly(int fd, const std::filesystem::path& path, const void*
     }
 }
 
-// Rejects duplicate keys (nlohmann would silently keep the last) and deep nesting (no
-// legitimate header needs it, and it would only cost memory) while the header is parsed.
+// Rejects duplicate keys (nlohmann would silently keep the last), deep nesting and too many
+// items (no legitimate header needs them, and they would only cost memory) while the header is
+// parsed, before the tree grows.
 struct HeaderParseGuard {
     std::vector<std::set<std::string>> open_objects;
     std::optional<std::string> duplicate_key;
     bool too_deep = false;
+    bool too_many_items = false;
+    std::size_t items = 0;
 
     struct Abort {};
 
     bool operator()(int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
         using Event = nlohmann::json::parse_event_t;
+        if (event != Event::object_end && event != Event::array_end && ++items > max_header_json_items) {
+            too_many_items = true;
+            throw Abort{};
+        }
         switch (event) {
             case Event::object_start:
             case Event::array_start:
@@ -357,7 +344,7 @@ public:
                                         std::to_string(dst.size()) + " elements");
         }
         const TensorInfo& found = checked_info<T>(name, expected_shape);
-        detail::read_exactly(fd_.get(), path_, data_start_ + found.begin, dst.data(), found.byte_size());
+        read_at(data_start_ + found.begin, dst.data(), found.byte_size());
     }
     template <SafetensorsElement T>
     void read(std::string_view name, std::span<T> dst, std::initializer_list<std::int64_t> expected_shape) const {
@@ -375,13 +362,30 @@ public:
     std::vector<T> read_all(std::string_view name) const {
         const TensorInfo& found = checked_info<T>(name, std::nullopt);
         std::vector<T> values(static_cast<std::size_t>(found.element_count()));
-        detail::read_exactly(fd_.get(), path_, data_start_ + found.begin, values.data(), found.byte_size());
+        read_at(data_start_ + found.begin, values.data(), found.byte_size());
         return values;
     }
 
 private:
     friend SafetensorsFile load_safetensors(const std::filesystem::path& path);
+    friend SafetensorsFile load_safetensors_from_bytes(std::span<const std::uint8_t> bytes,
+                                                       const std::filesystem::path& name);
     SafetensorsFile() = default;
+
+    // requires: [offset, offset + size) within the file (validated by parse).
+    void read_at(std::uint64_t offset, void* dst, std::uint64_t size) const {
+        if (fd_.get() >= 0) {
+            detail::read_exactly(fd_.get(), path_, offset, dst, size);
+            return;
+        }
+        if (offset > bytes_.size() || size > bytes_.size() - offset) {
+            detail::fail(path_, "read of " + std::to_string(size) + " bytes at offset " + std::to_string(offset) +
+                                    " past the end of " + std::to_string(bytes_.size()) + " bytes");
+        }
+        if (size > 0) std::memcpy(dst, bytes_.data() + offset, static_cast<std::size_t>(size));
+    }
+
+    void parse(std::uint64_t file_size);
 
     template <SafetensorsElement T>
     const TensorInfo& checked_info(std::string_view name,
@@ -401,38 +405,28 @@ private:
     }
 
     std::filesystem::path path_;
-    detail::FileDescriptor fd_;
+    detail::FileDescriptor fd_;           // the open file, or -1 when reading from bytes_
+    std::vector<std::uint8_t> bytes_;     // the whole file, for load_safetensors_from_bytes
     std::uint64_t data_start_ = 0;  // 8 + header length
     std::map<std::string, std::string> metadata_;
     std::vector<std::string> names_;
     std::map<std::string, TensorInfo, std::less<>> tensors_;
 };
 
-// requires: nothing (the file is untrusted).
-// ensures: the file is opened and its header fully validated: a JSON object of well-formed
-// entries with known dtypes and non-negative integer dims, whose byte ranges match
-// shape x dtype size, are unique, and tile the data buffer exactly (no overlap, no hole, no
-// trailing bytes), plus an optional string->string "__metadata__".  Otherwise throws
-// CheckpointError naming the file, the tensor and expected vs found.
-inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
+// Validates the layout and header of the file behind read_at (file_size bytes) and fills the
+// tensor index.  Shared by both entry points, so a file and its bytes are judged identically.
+inline void SafetensorsFile::parse(std::uint64_t file_size) {
     using detail::fail;
     using detail::fail_tensor;
-
-    SafetensorsFile file;
-    file.path_ = path;
-    file.fd_ = detail::FileDescriptor(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (file.fd_.get() < 0) detail::fail_os(path, "open", errno);
-    struct stat status {};
-    if (::fstat(file.fd_.get(), &status) != 0) detail::fail_os(path, "stat", errno);
-    if (!S_ISREG(status.st_mode)) fail(path, "not a regular file");
-    const auto file_size = static_cast<std::uint64_t>(status.st_size);
+    SafetensorsFile& file = *this;
+    const std::filesystem::path& path = path_;
 
     if (file_size < 8) {
         fail(path, "truncated: " + std::to_string(file_size) +
                        " bytes, but the 8-byte header length alone needs 8");
     }
     unsigned char length_bytes[8];
-    detail::read_exactly(file.fd_.get(), path, 0, length_bytes, 8);
+    file.read_at(0, length_bytes, 8);
     std::uint64_t header_size = 0;
     for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | length_bytes[i];
     if (header_size > detail::max_header_bytes) {
@@ -444,7 +438,7 @@ inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
                        std::to_string(file_size - 8) + " bytes after the length field)");
     }
     std::string header_text(static_cast<std::size_t>(header_size), '\0');
-    detail::read_exactly(file.fd_.get(), path, 8, header_text.data(), header_size);
+    file.read_at(8, header_text.data(), header_size);
     file.data_start_ = 8 + header_size;
     const std::uint64_t buffer_size = file_size - file.data_start_;
 
@@ -460,6 +454,10 @@ inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
         header = nlohmann::json::parse(header_text, std::ref(guard));
     } catch (const detail::HeaderParseGuard::Abort&) {
         if (guard.duplicate_key) fail(path, "duplicate key '" + *guard.duplicate_key + "' in the header");
+        if (guard.too_many_items) {
+            fail(path, "header holds more than " + std::to_string(detail::max_header_json_items) +
+                           " JSON keys and values, more than any checkpoint this reader accepts (corrupt?)");
+        }
         fail(path, "header JSON nests deeper than any valid safetensors header");
     } catch (const nlohmann::json::exception& error) {
         fail(path, std::string("header is not valid JSON: ") + error.what());
@@ -524,9 +522,11 @@ inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
             fail_tensor(path, name, "data_offsets [" + std::to_string(*begin) + "," + std::to_string(*end) +
                                         "] begin after end");
         }
+        // Every range is checked here, against the buffer, before any size is derived from it.
         if (*end > buffer_size) {
             fail_tensor(path, name, "data_offsets [" + std::to_string(*begin) + "," + std::to_string(*end) +
-                                        "] end past the data buffer of " + std::to_string(buffer_size) + " bytes");
+                                        "] end past the data buffer of " + std::to_string(buffer_size) +
+                                        " bytes (by " + std::to_string(*end - buffer_size) + ")");
         }
         const auto count = detail::element_count(info.shape);
         const auto bytes = count ? detail::checked_mul(*count, dtype_size(info.dtype)) : std::nullopt;
@@ -572,11 +572,47 @@ inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
         previous = tensor.name;
         file.names_.push_back(*tensor.name);
     }
+    // Unreachable while every end is checked against buffer_size above; kept so that the
+    // subtraction below can never wrap into "18446744073709551615 trailing bytes".
+    if (covered > buffer_size) {
+        fail(path, "tensors cover " + std::to_string(covered) + " bytes, past the data buffer of " +
+                       std::to_string(buffer_size) + " bytes");
+    }
     if (covered != buffer_size) {
         fail(path, "data buffer has " + std::to_string(buffer_size) + " bytes but the tensors cover only " +
                        std::to_string(covered) + " (" + std::to_string(buffer_size - covered) +
                        " trailing bytes belong to no tensor)");
     }
+}
+
+// requires: nothing (the file is untrusted).
+// ensures: the file is opened (a FIFO or any other non-regular file is refused without
+// blocking) and its header fully validated: a JSON object of well-formed entries with known
+// dtypes and non-negative integer dims, whose byte ranges match shape x dtype size, are unique,
+// and tile the data buffer exactly (no overlap, no hole, no trailing bytes), plus an optional
+// string->string "__metadata__"; the header is at most max_header_bytes long, nests at most
+// max_json_depth deep and holds at most max_header_json_items keys and values, each checked
+// before memory is spent on it.  Otherwise throws CheckpointError naming the file, the tensor
+// and expected vs found.
+inline SafetensorsFile load_safetensors(const std::filesystem::path& path) {
+    SafetensorsFile file;
+    file.path_ = path;
+    detail::OpenedFile opened = detail::open_regular_file(path);
+    if (!opened.problem.empty()) detail::fail(path, opened.problem + "; expected a safetensors file");
+    file.fd_ = std::move(opened.fd);
+    file.parse(opened.size);
+    return file;
+}
+
+// requires: nothing (the bytes are untrusted).
+// ensures: load_safetensors of a file holding `bytes` (copied; reads come from the copy), with
+// `name` standing for the file in messages.  For fuzzing and for files already in memory.
+inline SafetensorsFile load_safetensors_from_bytes(std::span<const std::uint8_t> bytes,
+                                                   const std::filesystem::path& name) {
+    SafetensorsFile file;
+    file.path_ = name;
+    file.bytes_.assign(bytes.begin(), bytes.end());
+    file.parse(file.bytes_.size());
     return file;
 }
 
