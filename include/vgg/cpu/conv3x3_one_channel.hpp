@@ -72,11 +72,28 @@ inline void conv3x3_relu_one_channel(const float* x, const float* weight, const 
       __m512 taps[9];
       one_channel_taps(x, h, w, r, x0, count, taps);
       for (int co = 0; co < cout; ++co) {
-        const __m512 a = _mm512_max_ps(one_channel_sum(taps, weight + co * 9, bias[co]), _mm512_setzero_ps());
+        // max(0, sum), in this order: MAXPS returns its second operand where one is NaN, and
+        // torch's ReLU keeps NaN.
+        const __m512 a = _mm512_max_ps(_mm512_setzero_ps(), one_channel_sum(taps, weight + co * 9, bias[co]));
         store_output(y + co * plane + long(r) * w + x0, a, count);
       }
     }
   _mm_sfence();  // streamed stores are visible before the threads meet again
+}
+
+/// The pooled values (lanes 0 .. count - 1 of value) and winner bits of one channel's segment, from
+/// its two rows a and b before the ReLU, window by window as PyTorch (relu_pool_windows_scalar): the
+/// path of segments holding a NaN. Out of line, so that the hot loop keeps its registers.
+[[gnu::noinline, gnu::cold]] inline void relu_pool_nan_segment(__m512 a, __m512 b, int count, __mmask16& top_bits,
+                                                              __mmask16& bottom_bits, __m512& value) {
+  alignas(64) float top[16], bottom[16], pooled[16] = {};
+  _mm512_store_ps(top, a);
+  _mm512_store_ps(bottom, b);
+  std::uint32_t top_word = 0, bottom_word = 0;
+  relu_pool_windows_scalar(top, bottom, count, pooled, top_word, bottom_word);
+  top_bits = __mmask16(top_word);
+  bottom_bits = __mmask16(bottom_word);
+  value = _mm512_load_ps(pooled);
 }
 
 /// Pooled rows [r0 / 2, r1 / 2) of pooled = maxpool2x2(relu(conv3x3(x) + bias)) for a one-channel
@@ -122,12 +139,16 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
         // element equal to a positive maximum: equal to max(m, the least positive float), which no
         // element of a window with m <= 0 can equal (one compare fewer per channel than m > 0).
         const __m512 positive_max = _mm512_max_ps(m, least_positive);
+        __mmask16 top_bits = _mm512_mask_cmp_ps_mask(windows, a, positive_max, _CMP_EQ_OQ);
+        __mmask16 bottom_bits = _mm512_mask_cmp_ps_mask(windows, b, positive_max, _CMP_EQ_OQ);
+        __m512 value = _mm512_max_ps(_mm512_permutexvar_ps(evens, m), _mm512_setzero_ps());
+        if (__builtin_expect(_mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) != 0, 0))  // a NaN: PyTorch's choice
+          relu_pool_nan_segment(a, b, pooled_count, top_bits, bottom_bits, value);
         std::uint16_t* out = masks + co * winner_plane * 2;
-        out[0] = std::uint16_t(_mm512_mask_cmp_ps_mask(windows, a, positive_max, _CMP_EQ_OQ));
-        out[bottom_offset] = std::uint16_t(_mm512_mask_cmp_ps_mask(windows, b, positive_max, _CMP_EQ_OQ));
+        out[0] = std::uint16_t(top_bits);
+        out[bottom_offset] = std::uint16_t(bottom_bits);
         if (clear_next) out[1] = out[bottom_offset + 1] = 0;
         float* dst = pooled + co * pooled_plane + at;
-        const __m512 value = _mm512_max_ps(_mm512_permutexvar_ps(evens, m), _mm512_setzero_ps());
         if (stream_lines) {
           // Many planes (64 at width 1), each written half a line per segment: a line's first half
           // waits in L1, and the whole line is streamed past the caches with the second, so that
