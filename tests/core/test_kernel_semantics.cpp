@@ -205,6 +205,7 @@ TEST_CASE("fused pool's winner masks: one winner per window, PyTorch's, ties and
 #endif
 }
 
+#ifdef VGG_FAST_KERNELS
 namespace {
 
 /// Direct 3x3 convolution (padding 1) + bias of one-channel images, the padding's zeros multiplied
@@ -227,6 +228,7 @@ std::vector<float> conv_one_channel(const std::vector<float>& x, const std::vect
 }
 
 }  // namespace
+#endif
 
 TEST_CASE("one-channel conv + ReLU + pool: weight gradient from PyTorch's winner, ties and NaN included" *
           doctest::skip(!vgg::cpu::kFastKernels)) {

@@ -29,8 +29,8 @@ inline void for_each_plane(long planes, int threads, PlaneOp plane_op) {
 
 /// The element of a 2x2 window (0..3: top left, top right, bottom left, bottom right) that PyTorch's
 /// max_pool2d takes: it scans them in that order keeping `v > max || isnan(v)`, so the first maximum
-/// wins ties, a NaN wins over any number, and a later NaN over an earlier one (torch 1.13 and since).
-/// max receives the winner's value.
+/// wins ties, a NaN wins over any number, and a later NaN over an earlier one (checked with torch
+/// 1.13: the gradient of [[1, nan], [nan, 3]] goes to the bottom left). max receives the winner's value.
 inline int pool_window_winner(float a, float b, float c, float d, float& max) {
   int winner = 0;
   max = a;
