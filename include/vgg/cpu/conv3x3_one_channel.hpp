@@ -11,6 +11,7 @@
 // gradient: no full-size gradient is written or read either.
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <limits>
 
@@ -73,20 +74,65 @@ inline void conv3x3_relu_one_channel(const float* x, const float* weight, const 
       __m512 taps[9];
       one_channel_taps(x, h, w, r, x0, count, taps);
       for (int co = 0; co < cout; ++co) {
-        const __m512 a = _mm512_max_ps(one_channel_sum(taps, weight + co * 9, bias[co]), _mm512_setzero_ps());
+        // max(0, sum), in this order: MAXPS returns its second operand where one is NaN, and
+        // torch's ReLU keeps NaN.
+        const __m512 a = _mm512_max_ps(_mm512_setzero_ps(), one_channel_sum(taps, weight + co * 9, bias[co]));
         store_output(y + co * plane + long(r) * w + x0, a, count);
       }
     }
   _mm_sfence();  // streamed stores are visible before the threads meet again
 }
 
+/// Pooled values (lanes 0 .. count - 1) and winner bits of one channel's segment.
+struct PooledSegment {
+  __m512 value;
+  __mmask16 top_bits, bottom_bits;
+};
+
+/// The segment of one channel from its two rows a and b before the ReLU, window by window as PyTorch
+/// (relu_pool_windows_scalar): the path of segments holding a NaN. Out of line and returned by
+/// value, so that the hot loop keeps its registers (no variable of it has its address taken).
+[[gnu::noinline, gnu::cold]] inline PooledSegment relu_pool_nan_segment(__m512 a, __m512 b, int count) {
+  alignas(64) float top[16], bottom[16], pooled[16] = {};
+  _mm512_store_ps(top, a);
+  _mm512_store_ps(bottom, b);
+  std::uint32_t top_word = 0, bottom_word = 0;
+  relu_pool_windows_scalar(top, bottom, count, pooled, top_word, bottom_word);
+  return {_mm512_load_ps(pooled), __mmask16(top_word), __mmask16(bottom_word)};
+}
+
+/// True when every input pixel that conv rows [r0, r1) read, every weight and every bias lies
+/// within +-2^60: then each output (a bias plus nine products below 2^120) is finite, and no pooling
+/// window can hold a NaN. One pass over the band's input: a NaN test per channel and segment in the
+/// fused kernel instead made the first block's forward 12% slower (bench_blocks, 1 thread).
+inline bool one_channel_outputs_finite(const float* x, const float* weight, const float* bias, int cout, int h, int w,
+                                       int r0, int r1) {
+  // The bits of v shifted left by one (the sign dropped) order as |v| does, unsigned, with infinity
+  // and NaN above every finite value.
+  __m512i largest = _mm512_setzero_si512();
+  auto scan = [&](const float* p, long n) {
+    long i = 0;
+    for (; i + 16 <= n; i += 16) largest = _mm512_max_epu32(largest, _mm512_slli_epi32(_mm512_loadu_si512(p + i), 1));
+    if (i < n)
+      largest = _mm512_max_epu32(largest, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(first_lanes(int(n - i)), p + i), 1));
+  };
+  const int first = std::max(0, r0 - 1), last = std::min(h, r1 + 1);  // a pair of rows reads one row more each side
+  if (last > first) scan(x + long(first) * w, long(last - first) * w);
+  scan(weight, 9L * cout);
+  scan(bias, cout);
+  return _mm512_reduce_max_epu32(largest) <= std::bit_cast<std::uint32_t>(0x1p60f) << 1;
+}
+
 /// Pooled rows [r0 / 2, r1 / 2) of pooled = maxpool2x2(relu(conv3x3(x) + bias)) for a one-channel
 /// image x (h x w), and their winner masks (winners: cout planes of winner_plane_words(h, w)).
 /// The full-size output is formed two rows at a time in registers and never stored; the window
 /// maximum is taken in place (each lane pair holds it twice), so the winner bits are two compares.
+/// Segments holding a NaN go as in PyTorch; they are looked for only where some input or
+/// weight is not small and finite (MayHoldNaN; see one_channel_outputs_finite).
 /// requires: r0 even.
-inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, const float* bias, float* pooled,
-                                          std::uint32_t* winners, int cout, int h, int w, int r0, int r1) {
+template <bool MayHoldNaN>
+inline void conv3x3_relu_pool_one_channel_rows(const float* x, const float* weight, const float* bias, float* pooled,
+                                               std::uint32_t* winners, int cout, int h, int w, int r0, int r1) {
   const int ow = w / 2;
   const long pooled_plane = long(h / 2) * ow, row_words = winner_row_words(w), winner_plane = winner_plane_words(h, w);
   const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14);
@@ -123,12 +169,22 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
         // element equal to a positive maximum: equal to max(m, the least positive float), which no
         // element of a window with m <= 0 can equal (one compare fewer per channel than m > 0).
         const __m512 positive_max = _mm512_max_ps(m, least_positive);
+        __mmask16 top_bits = _mm512_mask_cmp_ps_mask(windows, a, positive_max, _CMP_EQ_OQ);
+        __mmask16 bottom_bits = _mm512_mask_cmp_ps_mask(windows, b, positive_max, _CMP_EQ_OQ);
+        __m512 value = _mm512_max_ps(_mm512_permutexvar_ps(evens, m), _mm512_setzero_ps());
+        if constexpr (MayHoldNaN) {
+          if (_mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) != 0) {  // a NaN: PyTorch's choice
+            const PooledSegment nan_path = relu_pool_nan_segment(a, b, pooled_count);
+            value = nan_path.value;
+            top_bits = nan_path.top_bits;
+            bottom_bits = nan_path.bottom_bits;
+          }
+        }
         std::uint16_t* out = masks + co * winner_plane * 2;
-        out[0] = std::uint16_t(_mm512_mask_cmp_ps_mask(windows, a, positive_max, _CMP_EQ_OQ));
-        out[bottom_offset] = std::uint16_t(_mm512_mask_cmp_ps_mask(windows, b, positive_max, _CMP_EQ_OQ));
+        out[0] = std::uint16_t(top_bits);
+        out[bottom_offset] = std::uint16_t(bottom_bits);
         if (clear_next) out[1] = out[bottom_offset + 1] = 0;
         float* dst = pooled + co * pooled_plane + at;
-        const __m512 value = _mm512_max_ps(_mm512_permutexvar_ps(evens, m), _mm512_setzero_ps());
         if (stream_lines) {
           // Many planes (64 at width 1), each written half a line per segment: a line's first half
           // waits in L1, and the whole line is streamed past the caches with the second, so that
@@ -145,6 +201,15 @@ inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, c
     }
   }
   if (stream_lines) _mm_sfence();  // streamed stores are visible before the threads meet again
+}
+
+/// conv3x3_relu_pool_one_channel_rows, NaN tests only where they can find one.
+inline void conv3x3_relu_pool_one_channel(const float* x, const float* weight, const float* bias, float* pooled,
+                                          std::uint32_t* winners, int cout, int h, int w, int r0, int r1) {
+  if (one_channel_outputs_finite(x, weight, bias, cout, h, w, r0, r1))
+    conv3x3_relu_pool_one_channel_rows<false>(x, weight, bias, pooled, winners, cout, h, w, r0, r1);
+  else
+    conv3x3_relu_pool_one_channel_rows<true>(x, weight, bias, pooled, winners, cout, h, w, r0, r1);
 }
 
 /// Pooled rows per block of the one-channel backward kernel: its input layout (steps x 18 rows x

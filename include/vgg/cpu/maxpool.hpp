@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "vgg/cpu/gemm_avx512.hpp"
@@ -27,14 +28,41 @@ inline void for_each_plane(long planes, int threads, PlaneOp plane_op) {
 }
 }  // namespace detail
 
+/// The element of a 2x2 window (0..3: top left, top right, bottom left, bottom right) that PyTorch's
+/// max_pool2d takes: it scans them in that order keeping `v > max || isnan(v)`, so the first maximum
+/// wins ties, a NaN wins over any number, and a later NaN over an earlier one (checked with torch
+/// 1.13: the gradient of [[1, nan], [nan, 3]] goes to the bottom left). max receives the winner's value.
+inline int pool_window_winner(float a, float b, float c, float d, float& max) {
+  int winner = 0;
+  max = a;
+  const float rest[3] = {b, c, d};
+  for (int k = 0; k < 3; ++k)
+    if (rest[k] > max || std::isnan(rest[k])) {
+      max = rest[k];
+      winner = k + 1;
+    }
+  return winner;
+}
+
+/// The maximum of a 2x2 window as PyTorch takes it (pool_window_winner): NaN if any element is NaN.
+inline float pool_window_max(float a, float b, float c, float d) {
+  float m = a;
+  m = b > m || std::isnan(b) ? b : m;
+  m = c > m || std::isnan(c) ? c : m;
+  return d > m || std::isnan(d) ? d : m;
+}
+
+/// Windows [j0, j1) of the pooled row whose input rows are r0 and r1.
+inline void maxpool2x2_windows_plain(const float* r0, const float* r1, float* out, int j0, int j1) {
+  for (int j = j0; j < j1; ++j) out[j] = pool_window_max(r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]);
+}
+
 /// Output rows [i0, i1) of one h x w plane: out[i][j] = max of in[2i..2i+1][2j..2j+1].
 inline void maxpool2x2_rows_plain(const float* in, float* out, int w, int i0, int i1) {
   const int ow = w / 2;
   for (int i = i0; i < i1; ++i) {
     const float* r0 = in + long(2 * i) * w;
-    const float* r1 = r0 + w;
-    for (int j = 0; j < ow; ++j)
-      out[i * ow + j] = std::max(std::max(r0[2 * j], r0[2 * j + 1]), std::max(r1[2 * j], r1[2 * j + 1]));
+    maxpool2x2_windows_plain(r0, r0 + w, out + long(i) * ow, 0, ow);
   }
 }
 
@@ -46,10 +74,11 @@ inline void maxpool2x2_forward_plain(const float* x, float* y, long planes, int 
                          [&](long p) { maxpool2x2_rows_plain(x + p * h * w, y + p * oh * ow, w, 0, oh); });
 }
 
-/// Backward of the 2x2 max-pool over one h x w plane: each output gradient goes to the arg-max of
-/// its window; ties go to the first maximum in row-major order, as in PyTorch. Rows/columns dropped
-/// by the floor rule get zero gradient. With relu_mask (x is a ReLU output), windows whose maximum
-/// is 0 pass nothing: dx is then the gradient behind that ReLU too. Returns the sum of dx.
+/// Backward of the 2x2 max-pool over one h x w plane: each output gradient goes to the element that
+/// PyTorch picks (pool_window_winner: the first maximum in row-major order, or the last NaN). Rows/
+/// columns dropped by the floor rule get zero gradient. With relu_mask (x is a ReLU output), windows
+/// whose maximum is 0 pass nothing (a NaN maximum passes, as through torch's ReLU): dx is then the
+/// gradient behind that ReLU too. Returns the sum of dx.
 /// Branch-free: which of the four wins is random, so a branch per comparison would mispredict
 /// about half the time (it made this the costliest loop of a training step).
 inline float maxpool2x2_backward_plane_plain(const float* x, const float* dy, float* dx, int h, int w, bool relu_mask) {
@@ -64,18 +93,19 @@ inline float maxpool2x2_backward_plane_plain(const float* x, const float* dy, fl
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j < ow; ++j) {
       const float a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
-      // First maximum in the order a, b, c, d wins
-      // (bitwise & and float products: no short-circuit, so no branches).
-      const float m = std::max(std::max(a, b), std::max(c, d));
-      const float grad = relu_mask ? gi[j] * float(m > 0.0f) : gi[j];
-      const float a_wins = float(a == m);
-      const float b_wins = float(b == m) * (1.0f - a_wins);
-      const float c_wins = float(c == m) * (1.0f - a_wins) * (1.0f - b_wins);
-      const float d_wins = 1.0f - a_wins - b_wins - c_wins;
-      d0[2 * j] = a_wins * grad;
-      d0[2 * j + 1] = b_wins * grad;
-      d1[2 * j] = c_wins * grad;
-      d1[2 * j + 1] = d_wins * grad;
+      // PyTorch's scan (pool_window_winner): a later element takes over when greater, or NaN; the
+      // last to take over wins. Selects, not branches (the omp simd loop blends them).
+      const bool to_b = b > a || std::isnan(b);
+      const float ab = to_b ? b : a;
+      const bool to_c = c > ab || std::isnan(c);
+      const float abc = to_c ? c : ab;
+      const bool to_d = d > abc || std::isnan(d);
+      const float m = to_d ? d : abc;
+      const float grad = relu_mask && m <= 0.0f ? 0.0f : gi[j];
+      d0[2 * j] = to_b || to_c || to_d ? 0.0f : grad;
+      d0[2 * j + 1] = to_b && !to_c && !to_d ? grad : 0.0f;
+      d1[2 * j] = to_c && !to_d ? grad : 0.0f;
+      d1[2 * j + 1] = to_d ? grad : 0.0f;
       sum += grad;
     }
     if (w % 2) d0[w - 1] = d1[w - 1] = 0.0f;  // the column the floor rule dropped
@@ -99,7 +129,9 @@ inline void maxpool2x2_backward_plain(const float* x, const float* dy, float* dx
 /// say that the left and the right element of window 16k + l equal the window's maximum (the bits
 /// sit where the elements sit in the row: that is how the forward kernel's comparisons produce
 /// them). The winner is the first such element in row-major order, as in PyTorch. No bit is set
-/// where the maximum is not positive (the ReLU before the pool then passes no gradient).
+/// where the maximum is not positive (the ReLU before the pool then passes no gradient). In a window
+/// holding a NaN only PyTorch's winner has its bit (pool_window_winner: the last NaN), whatever the
+/// sign: a NaN passes torch's ReLU backward.
 constexpr long winner_row_words(int w) { return (long(w / 2) + 15) / 16 * 2; }  // uint32 words per pooled row
 constexpr long winner_plane_words(int h, int w) { return long(h / 2) * winner_row_words(w); }
 
@@ -116,8 +148,43 @@ inline std::uint32_t even_bits(std::uint32_t v) {
 #endif
 }
 
+/// Windows [0, count) of a pooled row whose input rows, before a ReLU, are top and bottom, one at a
+/// time: pooled[l] = relu(the window's maximum), and the winner bits (layout above) of PyTorch's
+/// winner where the ReLU passes the gradient. The vector kernels' path for windows holding a NaN.
+inline void relu_pool_windows_scalar(const float* top, const float* bottom, int count, float* pooled,
+                                     std::uint32_t& top_bits, std::uint32_t& bottom_bits) {
+  top_bits = bottom_bits = 0;
+  for (int l = 0; l < count; ++l) {
+    float m = 0;
+    const int winner = pool_window_winner(top[2 * l], top[2 * l + 1], bottom[2 * l], bottom[2 * l + 1], m);
+    const bool live = !(m <= 0.0f);  // NaN included
+    pooled[l] = live ? m : 0.0f;
+    if (live) (winner < 2 ? top_bits : bottom_bits) |= 1u << (2 * l + winner % 2);
+  }
+}
+
 #ifdef VGG_FAST_KERNELS
 namespace avx512 {
+/// Lanes whose window (elements a, b, c, d) holds a NaN. The vector kernels test this once per 16
+/// windows and leave NaN windows to a rare path: propagating NaN in every max would cost a blend each.
+inline __mmask16 nan_windows(__m512 a, __m512 b, __m512 c, __m512 d) {
+  return _kor_mask16(_mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q), _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q));
+}
+
+/// Winner masks ka..kd (first maximum) corrected in the windows `nan` that hold a NaN: PyTorch's
+/// winner there is the last NaN, and the ReLU mask `live` passes it.
+inline void route_to_last_nan(__m512 a, __m512 b, __m512 c, __m512 d, __mmask16 nan, __mmask16& live, __mmask16& ka,
+                              __mmask16& kb, __mmask16& kc, __mmask16& kd) {
+  const unsigned na = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), nb = _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q);
+  const unsigned nc = _mm512_cmp_ps_mask(c, c, _CMP_UNORD_Q), nd = _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q);
+  const unsigned keep = ~unsigned(nan);
+  live = __mmask16(live | nan);
+  ka = __mmask16((ka & keep) | (na & ~(nb | nc | nd)));
+  kb = __mmask16((kb & keep) | (nb & ~(nc | nd)));
+  kc = __mmask16((kc & keep) | (nc & ~nd));
+  kd = __mmask16((kd & keep) | nd);
+}
+
 /// Even and odd elements of the 32 floats (lo, hi), and the inverse.
 inline __m512 evens(__m512 lo, __m512 hi) {
   return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), hi);
@@ -160,9 +227,13 @@ inline void maxpool2x2_rows(const float* in, float* out, int w, int i0, int i1) 
     for (int j = 0; j < ow; j += 16) {
       const int count = std::min(16, ow - j);
       const __mmask16 lo = first_lanes(2 * count), hi = first_lanes(2 * count - 16);
-      const __m512 v0 = _mm512_max_ps(_mm512_maskz_loadu_ps(lo, r0 + 2 * j), _mm512_maskz_loadu_ps(lo, r1 + 2 * j));
-      const __m512 v1 =
-          _mm512_max_ps(_mm512_maskz_loadu_ps(hi, r0 + 2 * j + 16), _mm512_maskz_loadu_ps(hi, r1 + 2 * j + 16));
+      const __m512 t0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * j), t1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * j + 16);
+      const __m512 u0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * j), u1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * j + 16);
+      if (__builtin_expect(nan_windows(t0, u0, t1, u1) != 0, 0)) {  // a NaN: PyTorch's max, window by window
+        maxpool2x2_windows_plain(r0, r1, o, j, j + count);
+        continue;
+      }
+      const __m512 v0 = _mm512_max_ps(t0, u0), v1 = _mm512_max_ps(t1, u1);
       _mm512_mask_storeu_ps(o + j, first_lanes(count), _mm512_max_ps(evens(v0, v1), odds(v0, v1)));
     }
   }
@@ -197,14 +268,16 @@ inline float maxpool2x2_backward_plane(const float* x, const float* dy, float* d
       const __m512 u0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * j), u1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * j + 16);
       const __m512 a = evens(t0, t1), b = odds(t0, t1), c = evens(u0, u1), d = odds(u0, u1);
       const __m512 m = _mm512_max_ps(_mm512_max_ps(a, b), _mm512_max_ps(c, d));
-      const __mmask16 live = relu_mask ? _mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_GT_OQ) : __mmask16(0xFFFF);
+      __mmask16 live = relu_mask ? _mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_GT_OQ) : __mmask16(0xFFFF);
+      // First maximum in the order a, b, c, d wins, as in PyTorch.
+      __mmask16 ka = _mm512_cmp_ps_mask(a, m, _CMP_EQ_OQ);
+      __mmask16 kb = __mmask16(_mm512_cmp_ps_mask(b, m, _CMP_EQ_OQ) & ~ka);
+      __mmask16 kc = __mmask16(_mm512_cmp_ps_mask(c, m, _CMP_EQ_OQ) & ~ka & ~kb);
+      __mmask16 kd = __mmask16(~(ka | kb | kc));
+      const __mmask16 nan = nan_windows(a, b, c, d);
+      if (__builtin_expect(nan != 0, 0)) route_to_last_nan(a, b, c, d, nan, live, ka, kb, kc, kd);
       const __m512 grad = _mm512_maskz_loadu_ps(__mmask16(first_lanes(count) & live), g + j);
       sum = _mm512_add_ps(sum, grad);
-      // First maximum in the order a, b, c, d wins, as in PyTorch.
-      const __mmask16 ka = _mm512_cmp_ps_mask(a, m, _CMP_EQ_OQ);
-      const __mmask16 kb = __mmask16(_mm512_cmp_ps_mask(b, m, _CMP_EQ_OQ) & ~ka);
-      const __mmask16 kc = __mmask16(_mm512_cmp_ps_mask(c, m, _CMP_EQ_OQ) & ~ka & ~kb);
-      const __mmask16 kd = __mmask16(~(ka | kb | kc));
       scatter_to_winners(d0 + 2 * j, d1 + 2 * j, lo, hi, grad, ka, kb, kc, kd);
     }
     if (w % 2) d0[w - 1] = d1[w - 1] = 0.0f;  // the column the floor rule dropped
@@ -220,7 +293,7 @@ inline float maxpool2x2_backward_plane(const float* x, const float* dy, float* d
 /// pooled = maxpool2x2 of pooled rows [i0, i1) of a plane whose rows [r0, ...) are in `in` (row
 /// stride w), and their winner masks (winners: the plane's winner_plane_words(h, w)). 16 windows per
 /// step; the window maximum is formed in place (each lane pair holds it twice), so each row's
-/// winner bits are two compares.
+/// winner bits are two compares. Windows holding a NaN go as in PyTorch (relu_pool_windows_scalar).
 /// requires: r0 even and rows 2 * i0 - r0 .. 2 * i1 - r0 - 1 of `in` readable.
 inline void maxpool2x2_rows_winners(const float* in, int r0, float* pooled, std::uint32_t* winners, int w, int i0,
                                     int i1) {
@@ -237,6 +310,16 @@ inline void maxpool2x2_rows_winners(const float* in, int r0, float* pooled, std:
       const __mmask16 lo = first_lanes(2 * count), hi = first_lanes(2 * count - 16);
       const __m512 t0 = _mm512_maskz_loadu_ps(lo, top + 2 * j), t1 = _mm512_maskz_loadu_ps(hi, top + 2 * j + 16);
       const __m512 b0 = _mm512_maskz_loadu_ps(lo, bottom + 2 * j), b1 = _mm512_maskz_loadu_ps(hi, bottom + 2 * j + 16);
+      auto* halves = reinterpret_cast<__mmask16*>(words);
+      if (__builtin_expect(nan_windows(t0, b0, t1, b1) != 0, 0)) {  // a NaN: PyTorch's choice, window by window
+        std::uint32_t top_bits = 0, bottom_bits = 0;
+        relu_pool_windows_scalar(top + 2 * j, bottom + 2 * j, count, pooled + long(i) * ow + j, top_bits, bottom_bits);
+        halves[2 * k] = __mmask16(top_bits);
+        halves[2 * k + 1] = __mmask16(top_bits >> 16);
+        halves[2 * (n + k)] = __mmask16(bottom_bits);
+        halves[2 * (n + k) + 1] = __mmask16(bottom_bits >> 16);
+        continue;
+      }
       __m512 m0 = _mm512_max_ps(t0, b0), m1 = _mm512_max_ps(t1, b1);
       m0 = _mm512_max_ps(m0, _mm512_permute_ps(m0, 0xB1));  // lanes 2l, 2l + 1: window l's maximum
       m1 = _mm512_max_ps(m1, _mm512_permute_ps(m1, 0xB1));
@@ -244,7 +327,6 @@ inline void maxpool2x2_rows_winners(const float* in, int r0, float* pooled, std:
       const __mmask16 live0 = _mm512_mask_cmp_ps_mask(lo, m0, _mm512_setzero_ps(), _CMP_GT_OQ);
       const __mmask16 live1 = _mm512_mask_cmp_ps_mask(hi, m1, _mm512_setzero_ps(), _CMP_GT_OQ);
       // Each compare's mask is one half of a word, stored straight from its mask register.
-      auto* halves = reinterpret_cast<__mmask16*>(words);
       _store_mask16(halves + 2 * k, _mm512_mask_cmp_ps_mask(live0, t0, m0, _CMP_EQ_OQ));
       _store_mask16(halves + 2 * k + 1, _mm512_mask_cmp_ps_mask(live1, t1, m1, _CMP_EQ_OQ));
       _store_mask16(halves + 2 * (n + k), _mm512_mask_cmp_ps_mask(live0, b0, m0, _CMP_EQ_OQ));
