@@ -168,3 +168,15 @@ TEST_CASE("parameters cross to and from the host in network order, whatever the 
   host.pop_back();
   CHECK_THROWS_AS(b->copy_parameters_from_host(host), std::invalid_argument);
 }
+
+TEST_CASE_TEMPLATE("a NaN in the input reaches every logit on every CPU path, as in PyTorch", B, vgg::cpu::Backend,
+                   vgg::cpu::PlainBackend) {
+  // The fused ReLUs keep NaN (torch's ReLU does) and the pools propagate it: a bad pixel must not be
+  // laundered into a finite loss. Two input channels, so the first conv runs the GEMM epilogue.
+  auto net = std::make_unique<Arch::on<B>>(1);
+  auto x = ref::random_vector(2 * Arch::input_shape.size(), 5);
+  x[40] = std::nanf("");
+  const auto logits = net->forward(x, 2);
+  for (int c = 0; c < Arch::num_classes; ++c) CHECK(std::isnan(logits(0, c)));
+  for (int c = 0; c < Arch::num_classes; ++c) CHECK(std::isfinite(logits(1, c)));  // the other sample is clean
+}

@@ -406,7 +406,7 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
             float s = 0.0f;
 #pragma omp simd reduction(+ : s)
             for (long p = 0; p < plane; ++p) {
-              const float v = yc[p] > 0.0f ? dyc[p] : 0.0f;
+              const float v = yc[p] <= 0.0f ? 0.0f : dyc[p];  // a NaN output passes, as in torch
               dyc[p] = v;
               dzc[p] = v;
               s += v;

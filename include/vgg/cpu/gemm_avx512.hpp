@@ -93,7 +93,7 @@ template <ALayout Layout, int Vectors = 2>
       __m512 r = _mm512_mul_ps(alpha, acc[i][v]);
       if (e.accumulate) r = _mm512_add_ps(r, full ? _mm512_loadu_ps(out) : _mm512_maskz_loadu_ps(masks[v], out));
       if (e.bias) r = _mm512_add_ps(r, _mm512_set1_ps(e.bias[i]));
-      if (e.relu) r = _mm512_max_ps(r, zero);
+      if (e.relu) r = _mm512_max_ps(zero, r);  // zero first: a NaN passes, as in torch's ReLU
       if (full)
         _mm512_storeu_ps(out, r);
       else

@@ -68,7 +68,7 @@ inline void linear_backward(const float* x, const float* weight, const float* y,
     if (relu)
       for (int i = 0; i < n; ++i)
         for (long j = rows.begin; j < rows.end; ++j)
-          dy[long(i) * out + j] = y[long(i) * out + j] > 0.0f ? dy[long(i) * out + j] : 0.0f;
+          dy[long(i) * out + j] = y[long(i) * out + j] <= 0.0f ? 0.0f : dy[long(i) * out + j];  // NaN passes
     for (long j = rows.begin; j < rows.end; ++j) {
       float s = 0.0f;
       for (int i = 0; i < n; ++i) s += dy[long(i) * out + j];
