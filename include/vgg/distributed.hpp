@@ -435,7 +435,8 @@ struct StepResult {
   double loss = 0;          ///< mean loss over the global batch
   long long correct = 0;    ///< correct predictions in the global batch
   long long samples = 0;    ///< samples in the global batch
-  double communication_seconds = 0;  ///< this rank's time in the step's collectives (waits for slower ranks included)
+  double wait_seconds = 0;           ///< this rank's wait for the slowest rank (the first, tiny allreduce)
+  double communication_seconds = 0;  ///< this rank's time reducing the gradient buckets
 };
 
 /// Rank `rank`'s part [begin, end) of a global batch of `global` samples split over `ranks` ranks:
@@ -548,9 +549,11 @@ class DataParallel {
     } else {
       net_.set_step(step + 1);  // the ranks' dropout counters advance together
     }
-    const auto communication_start = std::chrono::steady_clock::now();
+    using Clock = std::chrono::steady_clock;
+    const auto wait_start = Clock::now();
     double totals[3] = {double(n), local.loss * double(n), double(local.correct)};
     comm_.allreduce_sum(std::span<double>(totals), "loss allreduce", step);
+    const auto communication_start = Clock::now();
     if (totals[0] < 1.0) throw std::invalid_argument("vgg::distributed::DataParallel::step: the global batch is empty");
 
     std::size_t i = 0;
@@ -565,10 +568,11 @@ class DataParallel {
                              std::to_string(size()) + " samples");
     // Weight rank r's mean gradient by n_r / N: the sum over ranks is the global batch's mean gradient.
     reduce_gradients(float(double(n) / totals[0]), step);
-    const double communication =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - communication_start).count();
+    const auto communication_end = Clock::now();
     optimizer.step(net_);
-    return {totals[1] / totals[0], (long long)(totals[2]), (long long)(totals[0]), communication};
+    return {totals[1] / totals[0], (long long)(totals[2]), (long long)(totals[0]),
+            std::chrono::duration<double>(communication_start - wait_start).count(),
+            std::chrono::duration<double>(communication_end - communication_start).count()};
   }
 
   /// Fingerprint of this rank's parameter values (bits).

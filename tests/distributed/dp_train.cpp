@@ -122,7 +122,7 @@ int train(const Options& o) {
       .data_fingerprint = dist::fingerprint_of(std::span<const float>(x))};
   dist::DataParallel dp(*net, identity,
                         {.bucket_bytes = std::size_t(o.bucket_mb * 1048576.0), .timeout_seconds = o.timeout});
-  double compute = 0, communication = 0;
+  double compute = 0, wait = 0, communication = 0;
   long timed = 0;
   for (long step = first; step < o.steps; ++step) {
     if (dp.rank() == o.die_rank && step == o.die_step) {
@@ -139,7 +139,8 @@ int train(const Options& o) {
                 std::span<const std::int32_t>(labels).subspan(mine.begin, mine.size()));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (step - first >= 2) {  // the first steps allocate
-      compute += seconds - r.communication_seconds;
+      compute += seconds - r.wait_seconds - r.communication_seconds;
+      wait += r.wait_seconds;
       communication += r.communication_seconds;
       ++timed;
     }
@@ -157,11 +158,11 @@ int train(const Options& o) {
                 same ? "identical on every rank" : "DIFFER between ranks",
                 static_cast<unsigned long long>(dp.parameters_fingerprint()));
     if (timed > 0)
-      std::printf("timing: %ld steps of global batch %zu, %.4f s/step (compute %.4f s, communication %.4f s), "
-                  "%.1f images/s, %d threads per rank\n",
-                  timed, o.batch, (compute + communication) / double(timed), compute / double(timed),
-                  communication / double(timed), double(o.batch) * double(timed) / (compute + communication),
-                  net->threads());
+      std::printf("timing: %ld steps of global batch %zu, %.4f s/step (compute %.4f s, waiting for the slowest "
+                  "rank %.4f s, gradient allreduce %.4f s), %.1f images/s, %d threads per rank\n",
+                  timed, o.batch, (compute + wait + communication) / double(timed), compute / double(timed),
+                  wait / double(timed), communication / double(timed),
+                  double(o.batch) * double(timed) / (compute + wait + communication), net->threads());
   }
   return same ? 0 : 1;
 }
