@@ -26,6 +26,14 @@
 // this MPI communicator, ncclAllReduce with ncclRedOpCreatePreMulSum per piece inside one
 // ncclGroupStart/End on the backend's stream) fits the same calls for networks on a GPU backend.
 
+// Only MPI's C API is used: skip the C++ bindings (removed in MPI-3) that Open MPI and MPICH would
+// otherwise pull in, with their warnings under -Wextra.
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 
 #include <algorithm>
@@ -285,8 +293,11 @@ class MpiCommunicator {
   /// zeros, whatever its pieces hold). requires: the pieces total at most capacity() floats.
   void allreduce_sum(std::span<const std::span<float>> pieces, float pre_scale, const char* what,
                      std::uint64_t step) {
-    float* staging = staging_.data();
     std::size_t n = 0;
+    for (std::span<float> p : pieces) n += p.size();
+    if (n > staging_.capacity()) throw std::logic_error("vgg::distributed::MpiCommunicator: bucket over capacity");
+    float* staging = staging_.data();
+    n = 0;
     for (std::span<float> p : pieces) {
       if (pre_scale == 0.0f) {
         std::fill_n(staging + n, p.size(), 0.0f);
@@ -297,7 +308,6 @@ class MpiCommunicator {
       }
       n += p.size();
     }
-    if (n > staging_.capacity()) throw std::logic_error("vgg::distributed::MpiCommunicator: bucket over capacity");
     {
       auto guard = watchdog_.arm(what, step);
       check(MPI_Allreduce(MPI_IN_PLACE, staging, checked_count(n), MPI_FLOAT, MPI_SUM, comm_), "MPI_Allreduce", step,
@@ -393,7 +403,7 @@ inline std::uint64_t fingerprint(std::span<const std::byte> bytes, std::uint64_t
     h = mix64(h ^ word);
   }
   std::uint64_t tail = 0;
-  std::memcpy(&tail, bytes.data() + i, bytes.size() - i);
+  if (i < bytes.size()) std::memcpy(&tail, bytes.data() + i, bytes.size() - i);
   return mix64(h ^ tail);
 }
 template <class T>
@@ -403,18 +413,22 @@ std::uint64_t fingerprint_of(std::span<const T> values, std::uint64_t h = 0) {
 
 /// Fingerprint of the running executable's file (Linux: /proc/self/exe), so that ranks built from
 /// different sources are refused; 0 where the file cannot be read (the check then compares zeros).
+/// Read once per process.
 inline std::uint64_t executable_fingerprint() {
-  std::ifstream in("/proc/self/exe", std::ios::binary);
-  if (!in) return 0;
-  std::vector<char> block(std::size_t(1) << 20);
-  std::uint64_t h = 0;
-  while (in) {
-    in.read(block.data(), std::streamsize(block.size()));
-    const auto got = std::size_t(in.gcount());
-    if (got == 0) break;
-    h = fingerprint(std::as_bytes(std::span<const char>(block.data(), got)), h);
-  }
-  return h;
+  static const std::uint64_t value = [] {
+    std::ifstream in("/proc/self/exe", std::ios::binary);
+    if (!in) return std::uint64_t{0};
+    std::vector<char> block(std::size_t(1) << 20);
+    std::uint64_t h = 0;
+    while (in) {
+      in.read(block.data(), std::streamsize(block.size()));
+      const auto got = std::size_t(in.gcount());
+      if (got == 0) break;
+      h = fingerprint(std::as_bytes(std::span<const char>(block.data(), got)), h);
+    }
+    return h;
+  }();
+  return value;
 }
 
 /// What every rank must agree on before training starts, besides the network's architecture and
@@ -541,18 +555,29 @@ class DataParallel {
     const std::uint64_t step = net_.step();
     const std::size_t n = labels.size();
     LossResult local{};
-    if (n > 0) {
-      net_.set_mode(Mode::train);
-      net_.forward(x, int(n));
-      local = net_.loss(labels, /*gradient=*/true);
-      net_.backward();
-    } else {
-      net_.set_step(step + 1);  // the ranks' dropout counters advance together
+    // A local failure (bad labels, a shape) is shared through the first collective, so that every
+    // rank stops at once instead of the others waiting for this one until the timeout.
+    std::exception_ptr failure;
+    try {
+      if (n > 0) {
+        net_.set_mode(Mode::train);
+        net_.forward(x, int(n));
+        local = net_.loss(labels, /*gradient=*/true);
+        net_.backward();
+      } else {
+        net_.set_step(step + 1);  // the ranks' dropout counters advance together
+      }
+    } catch (...) {
+      failure = std::current_exception();
     }
     using Clock = std::chrono::steady_clock;
     const auto wait_start = Clock::now();
-    double totals[3] = {double(n), local.loss * double(n), double(local.correct)};
+    double totals[4] = {double(n), local.loss * double(n), double(local.correct), failure ? 1.0 : 0.0};
     comm_.allreduce_sum(std::span<double>(totals), "loss allreduce", step);
+    if (failure) std::rethrow_exception(failure);
+    if (totals[3] > 0)
+      throw Error("vgg::distributed: rank " + std::to_string(rank()) + ": " + std::to_string(int(totals[3])) +
+                  " other rank(s) failed in step " + std::to_string(step) + " (see their messages); stopping");
     const auto communication_start = Clock::now();
     if (totals[0] < 1.0) throw std::invalid_argument("vgg::distributed::DataParallel::step: the global batch is empty");
 

@@ -182,6 +182,8 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "dp_train: " << e.what() << '\n';
+    // An error on one rank only (a checkpoint it cannot write) would leave the others waiting.
+    if (dist::Environment::world_size() > 1) dist::Environment::abort(1);
     return 1;
   }
 }

@@ -186,6 +186,24 @@ TEST_CASE("ranks that disagree on settings or architecture are refused at start-
   }
 }
 
+TEST_CASE("a bad shard on one rank stops every rank in the same step, each with a message") {
+  if (world_size() < 2) return;
+  auto net = std::make_unique<Plain>(1);
+  vgg::Adam adam({.lr = 1e-2f});
+  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  GlobalBatch batch(4 * std::size_t(world_size()), 7);
+  const dist::Shard mine = dp.shard(batch.labels.size());
+  dp.step(adam, batch.images(mine), batch.labels_of(mine));
+  batch.labels[dp.shard(batch.labels.size()).begin] = dp.rank() == 1 ? 12 : 0;  // class 12 of 10 on rank 1
+  if (dp.rank() == 1) {
+    CHECK_THROWS_AS(dp.step(adam, batch.images(mine), batch.labels_of(mine)), std::invalid_argument);
+  } else {
+    CHECK_THROWS_WITH_AS(dp.step(adam, batch.images(mine), batch.labels_of(mine)),
+                         doctest::Contains("other rank(s) failed in step 1"), dist::Error);
+  }
+  CHECK(adam.steps() == 1);  // nobody updated
+}
+
 TEST_CASE("a checkpoint written by the root resumes on another number of ranks") {
   const int ranks = world_size();
   long long root_pid = ::getpid();  // one directory for the job, named by the root
