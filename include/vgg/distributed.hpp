@@ -570,6 +570,17 @@ class DataParallel {
     } catch (...) {
       failure = std::current_exception();
     }
+    std::size_t i = 0;
+    bool has_gradient = true;
+    net_.for_each_parameter_data([&](std::span<float> value, std::span<float> grad) {
+      has_gradient = has_gradient && grad.size() == value.size();
+      grads_[i++] = grad;
+    });
+    if (!has_gradient && !failure)
+      failure = std::make_exception_ptr(std::logic_error(
+          "vgg::distributed::DataParallel::step: rank " + std::to_string(rank()) +
+          " got no samples before its first backward pass; use a global batch of at least " + std::to_string(size()) +
+          " samples"));
     using Clock = std::chrono::steady_clock;
     const auto wait_start = Clock::now();
     double totals[4] = {double(n), local.loss * double(n), double(local.correct), failure ? 1.0 : 0.0};
@@ -580,17 +591,6 @@ class DataParallel {
                   " other rank(s) failed in step " + std::to_string(step) + " (see their messages); stopping");
     const auto communication_start = Clock::now();
     if (totals[0] < 1.0) throw std::invalid_argument("vgg::distributed::DataParallel::step: the global batch is empty");
-
-    std::size_t i = 0;
-    bool has_gradient = true;
-    net_.for_each_parameter_data([&](std::span<float> value, std::span<float> grad) {
-      has_gradient = has_gradient && grad.size() == value.size();
-      grads_[i++] = grad;
-    });
-    if (!has_gradient)
-      throw std::logic_error("vgg::distributed::DataParallel::step: rank " + std::to_string(rank()) +
-                             " got no samples before its first backward pass; use a global batch of at least " +
-                             std::to_string(size()) + " samples");
     // Weight rank r's mean gradient by n_r / N: the sum over ranks is the global batch's mean gradient.
     reduce_gradients(float(double(n) / totals[0]), step);
     const auto communication_end = Clock::now();

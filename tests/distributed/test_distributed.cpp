@@ -202,6 +202,19 @@ TEST_CASE("a bad shard on one rank stops every rank in the same step, each with 
                          doctest::Contains("other rank(s) failed in step 1"), dist::Error);
   }
   CHECK(adam.steps() == 1);  // nobody updated
+
+  // A rank whose first step has no samples has no gradient to contribute: every rank is told.
+  auto fresh = std::make_unique<Plain>(1);
+  vgg::Adam fresh_adam({.lr = 1e-2f});
+  dist::DataParallel first(*fresh, {}, kSmallBuckets);
+  const GlobalBatch one(1, 8);
+  const dist::Shard shard = first.shard(1);
+  if (shard.size() == 0) {
+    CHECK_THROWS_WITH_AS(first.step(fresh_adam, one.images(shard), one.labels_of(shard)),
+                         doctest::Contains("got no samples before its first backward pass"), std::logic_error);
+  } else {
+    CHECK_THROWS_AS(first.step(fresh_adam, one.images(shard), one.labels_of(shard)), dist::Error);
+  }
 }
 
 TEST_CASE("a checkpoint written by the root resumes on another number of ranks") {
