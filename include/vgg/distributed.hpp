@@ -548,7 +548,8 @@ class DataParallel {
   /// Collective: one training step on the global batch whose shard this rank holds (x: labels.size()
   /// samples of Net::input_shape; a shard may be empty once the first step is done). Forward and
   /// backward on the shard, gradients averaged over the global batch, one optimizer update.
-  /// ensures: identical weights on every rank; no allocation after the first step.
+  /// ensures: identical weights on every rank; no allocation by vgg after the first step (Open MPI
+  ///          mallocs and frees a temporary buffer inside each allreduce).
   template <class Optimizer>
   StepResult step(Optimizer& optimizer, std::span<const float> x, std::span<const std::int32_t> labels) {
     if (!synchronized_) synchronize(optimizer);

@@ -12,7 +12,10 @@
 #include <vgg/vgg.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -20,6 +23,31 @@
 
 namespace fs = std::filesystem;
 namespace dist = vgg::distributed;
+
+// C++ allocations are counted: ours. (Open MPI's C code mallocs a temporary buffer in each
+// allreduce and frees it; that is its business, and not counted here.)
+extern "C" {
+void* __libc_malloc(std::size_t);
+void* __libc_memalign(std::size_t, std::size_t);
+void __libc_free(void*);
+}
+namespace {
+std::atomic<long> allocations{0};
+}
+void* operator new(std::size_t n) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = __libc_malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = __libc_memalign(std::size_t(a), n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { __libc_free(p); }
+void operator delete(void* p, std::size_t) noexcept { __libc_free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { __libc_free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { __libc_free(p); }
 
 namespace {
 
@@ -114,6 +142,22 @@ TEST_CASE("N ranks with per-rank batch B give one process's weights with batch N
   CHECK(max_relative_difference(trained, expected) < 1e-5);
   CHECK(dp.in_sync());
   CHECK(adam.steps() == 5);
+}
+
+TEST_CASE("a steady data-parallel step makes no C++ allocation") {
+  auto net = std::make_unique<WithDropout>(2);
+  vgg::Adam adam({.lr = 1e-3f});
+  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  const GlobalBatch batch(4 * std::size_t(world_size()), 1);
+  const dist::Shard mine = dp.shard(batch.labels.size());
+  for (int i = 0; i < 2; ++i) dp.step(adam, batch.images(mine), batch.labels_of(mine));  // buffers, moments
+  const long before = allocations.load();
+  for (int i = 0; i < 3; ++i) dp.step(adam, batch.images(mine), batch.labels_of(mine));
+  const long during = allocations.load() - before;
+  CHECK(during == 0);  // the step, the communicator and the watchdog
+  const long control = allocations.load();
+  auto probe = std::make_unique<std::vector<int>>(10);  // the counter sees allocations
+  CHECK(allocations.load() - control >= 2);
 }
 
 TEST_CASE("uneven shards and an empty shard weight each rank by its sample count (SGD with momentum)") {
