@@ -1,0 +1,328 @@
+// Data-parallel training, run by CTest under `mpirun -np 2`: N ranks with shards of a global batch
+// end every step with the weights one process gets from the whole batch (dropout off), dropout
+// draws different masks per rank and the weights still agree bit for bit, ranks that disagree are
+// refused, and a checkpoint moves between rank counts. Every test case is collective: all ranks
+// run the same cases in the same order.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <vgg/distributed.hpp>
+#include <vgg/io/checkpoint.hpp>
+#include <vgg/vgg.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <new>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+namespace dist = vgg::distributed;
+
+// C++ allocations are counted: ours. (Open MPI's C code mallocs a temporary buffer in each
+// allreduce and frees it; that is its business, and not counted here.)
+extern "C" {
+void* __libc_malloc(std::size_t);
+void* __libc_memalign(std::size_t, std::size_t);
+void __libc_free(void*);
+}
+namespace {
+std::atomic<long> allocations{0};
+}
+void* operator new(std::size_t n) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = __libc_malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = __libc_memalign(std::size_t(a), n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { __libc_free(p); }
+void operator delete(void* p, std::size_t) noexcept { __libc_free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { __libc_free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { __libc_free(p); }
+
+namespace {
+
+template <double P>
+using TinyNet = vgg::Vgg<vgg::Input<1, 16, 16>, vgg::VggBlock<1, 1, 4>, vgg::VggBlock<1, 4, 8>, vgg::Classifier<32, 10, P>>;
+using Plain = TinyNet<0.0>;
+using WithDropout = TinyNet<0.5>;
+
+/// A deterministic global batch number `step` of `global` samples, the same on every rank.
+struct GlobalBatch {
+  std::vector<float> x;
+  std::vector<std::int32_t> labels;
+  GlobalBatch(std::size_t global, std::uint64_t step) : x(global * Plain::input_shape.size()), labels(global) {
+    vgg::Rng rng(1000 + step);
+    for (float& v : x) v = vgg::unit_float(rng.next()) * 2.0f - 1.0f;
+    for (auto& l : labels) l = std::int32_t(rng.below(10));
+  }
+  std::span<const float> images(dist::Shard s) const {
+    const std::size_t per = Plain::input_shape.size();
+    return std::span<const float>(x).subspan(s.begin * per, s.size() * per);
+  }
+  std::span<const std::int32_t> labels_of(dist::Shard s) const {
+    return std::span<const std::int32_t>(labels).subspan(s.begin, s.size());
+  }
+  dist::Shard all() const { return {0, labels.size()}; }
+};
+
+std::vector<float> all_params(auto& net) {
+  std::vector<float> v;
+  net.for_each_parameter_data([&](std::span<float> p, std::span<float>) { v.insert(v.end(), p.begin(), p.end()); });
+  return v;
+}
+
+/// Largest |a - b| / (1 + |b|) over all elements.
+double max_relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::abs(double(a[i]) - double(b[i])) / (1.0 + std::abs(double(b[i]))));
+  return worst;
+}
+
+int world_rank() { return dist::Environment::world_rank(); }
+int world_size() { return dist::Environment::world_size(); }
+
+/// Small buckets, so that parameters span several buckets and buckets span several parameters.
+constexpr dist::Options kSmallBuckets{.bucket_bytes = 4096 * sizeof(float), .timeout_seconds = 60.0};
+
+}  // namespace
+
+TEST_CASE("shard_range: contiguous, balanced shards that cover the global batch") {
+  for (std::size_t global : {0u, 1u, 5u, 8u, 64u})
+    for (int ranks : {1, 2, 3, 7}) {
+      std::size_t next = 0;
+      for (int r = 0; r < ranks; ++r) {
+        const dist::Shard s = dist::shard_range(global, r, ranks);
+        CHECK(s.begin == next);
+        CHECK(s.size() + 1 >= global / std::size_t(ranks));
+        CHECK(s.size() <= global / std::size_t(ranks) + 1);
+        next = s.end;
+      }
+      CHECK(next == global);
+    }
+  CHECK_THROWS_AS(dist::shard_range(8, 2, 2), std::invalid_argument);
+  CHECK(dist::dropout_seed(5, 0) == 5);
+  CHECK(dist::dropout_seed(5, 1) != dist::dropout_seed(5, 2));
+}
+
+TEST_CASE("N ranks with per-rank batch B give one process's weights with batch N*B (dropout off, Adam)") {
+  const int ranks = world_size();
+  if (ranks < 2) MESSAGE("running on one rank: the reduction is trivial (run under mpirun -np 2)");
+  constexpr std::size_t per_rank = 4;
+  auto net = std::make_unique<Plain>(7);
+  auto reference = std::make_unique<Plain>(7);
+  const auto initial = all_params(*reference);
+  vgg::Adam adam({.lr = 1e-2f}), reference_adam({.lr = 1e-2f});
+  dist::DataParallel dp(*net, {.settings = {{"test", "equivalence"}}}, kSmallBuckets);
+  CHECK(dp.bucket_floats() < std::size_t(Plain::num_params));  // several buckets are exercised
+  for (std::uint64_t step = 0; step < 5; ++step) {
+    const GlobalBatch batch(per_rank * std::size_t(ranks), step);
+    const dist::Shard mine = dp.shard(batch.labels.size());
+    CHECK(mine.size() == per_rank);
+    const dist::StepResult r = dp.step(adam, batch.images(mine), batch.labels_of(mine));
+    const vgg::LossResult expected =
+        vgg::train_step(*reference, reference_adam, batch.images(batch.all()), batch.labels_of(batch.all()));
+    CHECK(r.samples == (long long)(batch.labels.size()));
+    CHECK(r.correct == expected.correct);
+    CHECK(r.loss == doctest::Approx(expected.loss).epsilon(1e-5));
+  }
+  const auto trained = all_params(*net), expected = all_params(*reference);
+  CHECK(max_relative_difference(expected, initial) > 1e-3);  // the steps moved the weights
+  CHECK(max_relative_difference(trained, expected) < 1e-5);
+  CHECK(dp.in_sync());
+  CHECK(adam.steps() == 5);
+}
+
+TEST_CASE("a steady data-parallel step makes no C++ allocation") {
+  auto net = std::make_unique<WithDropout>(2);
+  vgg::Adam adam({.lr = 1e-3f});
+  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  const GlobalBatch batch(4 * std::size_t(world_size()), 1);
+  const dist::Shard mine = dp.shard(batch.labels.size());
+  for (int i = 0; i < 2; ++i) dp.step(adam, batch.images(mine), batch.labels_of(mine));  // buffers, moments
+  const long before = allocations.load();
+  for (int i = 0; i < 3; ++i) dp.step(adam, batch.images(mine), batch.labels_of(mine));
+  const long during = allocations.load() - before;
+  CHECK(during == 0);  // the step, the communicator and the watchdog
+  const long control = allocations.load();
+  auto probe = std::make_unique<std::vector<int>>(10);  // the counter sees allocations
+  CHECK(allocations.load() - control >= 2);
+}
+
+TEST_CASE("uneven shards and an empty shard weight each rank by its sample count (SGD with momentum)") {
+  const int ranks = world_size();
+  auto net = std::make_unique<Plain>(3);
+  auto reference = std::make_unique<Plain>(3);
+  vgg::Sgd sgd({.lr = 0.05f, .momentum = 0.9f}), reference_sgd({.lr = 0.05f, .momentum = 0.9f});
+  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  // 2 ranks + 1 sample: shards of 2 and 1; then 1 sample: rank 1's shard is empty.
+  const std::size_t sizes[] = {std::size_t(2 * ranks + 1), 3, 1, std::size_t(ranks + 1)};
+  std::uint64_t step = 0;
+  for (const std::size_t global : sizes) {
+    const GlobalBatch batch(global, 50 + step++);
+    const dist::Shard mine = dp.shard(global);
+    const dist::StepResult r = dp.step(sgd, batch.images(mine), batch.labels_of(mine));
+    const vgg::LossResult expected =
+        vgg::train_step(*reference, reference_sgd, batch.images(batch.all()), batch.labels_of(batch.all()));
+    CHECK(r.loss == doctest::Approx(expected.loss).epsilon(1e-5));
+  }
+  CHECK(max_relative_difference(all_params(*net), all_params(*reference)) < 1e-5);
+  CHECK(net->step() == reference->step());  // the dropout counters advanced on the empty shard too
+  CHECK(dp.in_sync());
+}
+
+TEST_CASE("with dropout, ranks draw different masks and still hold bit-identical weights after every step") {
+  const int ranks = world_size();
+  // Different initial weights per rank: the first step must take the root's.
+  auto net = std::make_unique<WithDropout>(11 + std::uint64_t(world_rank()));
+  vgg::Adam adam({.lr = 1e-2f});
+  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  const GlobalBatch same_input(4, 99);
+  for (std::uint64_t step = 0; step < 4; ++step) {
+    const GlobalBatch batch(4 * std::size_t(ranks), step);
+    const dist::Shard mine = dp.shard(batch.labels.size());
+    dp.step(adam, batch.images(mine), batch.labels_of(mine));
+    CHECK(dp.in_sync());
+  }
+  CHECK(net->seed() == dist::dropout_seed(11, dp.rank()));
+  if (ranks > 1) {
+    // The same input at the same step counter: the logits differ only through the ranks' masks.
+    net->set_mode(vgg::Mode::train);
+    const auto logits = net->forward(same_input.images(same_input.all()), 4);
+    const std::uint64_t mine = dist::fingerprint_of(std::span<const float>(logits.data(), std::size_t(logits.size())));
+    const auto [lo, hi] = dp.communicator().min_max(mine, "test", 0);
+    CHECK(lo != hi);
+    // The check can fail: one rank's weight one ulp off is seen, and synchronize() repairs it.
+    if (dp.rank() == 1) {
+      net->for_each_parameter_data([](std::span<float> p, std::span<float>) {
+        p[0] = std::nextafter(p[0], 1e9f);
+      });
+    }
+    CHECK_FALSE(dp.in_sync());
+    dp.synchronize(adam);
+    CHECK(dp.in_sync());
+  }
+}
+
+TEST_CASE("ranks that disagree on settings or architecture are refused at start-up with a message") {
+  if (world_size() < 2) return;
+  auto net = std::make_unique<Plain>(1);
+  const dist::Identity differs{.settings = {{"lr", std::to_string(world_rank())}}};
+  CHECK_THROWS_WITH_AS(dist::DataParallel(*net, differs),
+                       doctest::Contains("rank 1 disagrees with rank 0 on the setting 'lr': rank 0 has '0', rank 1 has '1'"),
+                       dist::Error);
+  auto other = std::make_unique<WithDropout>(1);
+  if (world_rank() == 0) {
+    CHECK_THROWS_WITH_AS(dist::DataParallel(*net, {}), doctest::Contains("on the architecture"), dist::Error);
+  } else {
+    CHECK_THROWS_WITH_AS(dist::DataParallel(*other, {}), doctest::Contains("on the architecture"), dist::Error);
+  }
+}
+
+TEST_CASE("a bad shard on one rank stops every rank in the same step, each with a message") {
+  if (world_size() < 2) return;
+  auto net = std::make_unique<Plain>(1);
+  vgg::Adam adam({.lr = 1e-2f});
+  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  GlobalBatch batch(4 * std::size_t(world_size()), 7);
+  const dist::Shard mine = dp.shard(batch.labels.size());
+  dp.step(adam, batch.images(mine), batch.labels_of(mine));
+  batch.labels[dp.shard(batch.labels.size()).begin] = dp.rank() == 1 ? 12 : 0;  // class 12 of 10 on rank 1
+  if (dp.rank() == 1) {
+    CHECK_THROWS_AS(dp.step(adam, batch.images(mine), batch.labels_of(mine)), std::invalid_argument);
+  } else {
+    CHECK_THROWS_WITH_AS(dp.step(adam, batch.images(mine), batch.labels_of(mine)),
+                         doctest::Contains("other rank(s) failed in step 1"), dist::Error);
+  }
+  CHECK(adam.steps() == 1);  // nobody updated
+
+  // A rank whose first step has no samples has no gradient to contribute: every rank is told.
+  auto fresh = std::make_unique<Plain>(1);
+  vgg::Adam fresh_adam({.lr = 1e-2f});
+  dist::DataParallel first(*fresh, {}, kSmallBuckets);
+  const GlobalBatch one(1, 8);
+  const dist::Shard shard = first.shard(1);
+  if (shard.size() == 0) {
+    CHECK_THROWS_WITH_AS(first.step(fresh_adam, one.images(shard), one.labels_of(shard)),
+                         doctest::Contains("got no samples before its first backward pass"), std::logic_error);
+  } else {
+    CHECK_THROWS_AS(first.step(fresh_adam, one.images(shard), one.labels_of(shard)), dist::Error);
+  }
+}
+
+TEST_CASE("a checkpoint written by the root resumes on another number of ranks") {
+  const int ranks = world_size();
+  long long root_pid = ::getpid();  // one directory for the job, named by the root
+  MPI_Bcast(&root_pid, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
+  const fs::path dir = fs::temp_directory_path() / ("vgg_dist_" + std::to_string(root_pid));
+  const fs::path file = dir / "run.safetensors";
+  constexpr std::size_t global = 8;
+  auto reference = std::make_unique<Plain>(5);
+  vgg::Adam reference_adam({.lr = 1e-2f});
+  for (std::uint64_t step = 0; step < 6; ++step) {
+    const GlobalBatch batch(global, 200 + step);
+    vgg::train_step(*reference, reference_adam, batch.images(batch.all()), batch.labels_of(batch.all()));
+  }
+  {  // 3 steps on all ranks; the root saves.
+    auto net = std::make_unique<Plain>(5);
+    vgg::Adam adam({.lr = 1e-2f});
+    dist::DataParallel dp(*net, {}, kSmallBuckets);
+    for (std::uint64_t step = 0; step < 3; ++step) {
+      const GlobalBatch batch(global, 200 + step);
+      dp.step(adam, batch.images(dp.shard(global)), batch.labels_of(dp.shard(global)));
+    }
+    if (dp.is_root()) {
+      fs::create_directories(dir);
+      vgg::io::save_training_checkpoint(file, *net, adam, {.epoch = 0, .network_step = std::int64_t(net->step()), .metadata = {}});
+    }
+    CHECK(dp.in_sync());  // collective: the file exists once every rank is past it
+  }
+  {  // 3 more steps on one rank (each rank on its own: MPI_COMM_SELF), from the file.
+    auto net = std::make_unique<Plain>(99);
+    vgg::Adam adam({.lr = 1e-2f});
+    vgg::io::load_training_checkpoint(file, *net, adam);
+    CHECK(adam.steps() == 3);
+    dist::DataParallel dp(*net, {}, kSmallBuckets, MPI_COMM_SELF);
+    for (std::uint64_t step = 3; step < 6; ++step) {
+      const GlobalBatch batch(global, 200 + step);
+      dp.step(adam, batch.images(dp.shard(global)), batch.labels_of(dp.shard(global)));
+    }
+    CHECK(max_relative_difference(all_params(*net), all_params(*reference)) < 1e-5);
+  }
+  {  // and back onto all ranks, where only the root has read the file
+    auto net = std::make_unique<Plain>(99);
+    vgg::Adam adam({.lr = 1e-2f});
+    dist::DataParallel dp(*net, {}, kSmallBuckets);
+    if (dp.is_root()) vgg::io::load_training_checkpoint(file, *net, adam);
+    for (std::uint64_t step = 3; step < 6; ++step) {
+      const GlobalBatch batch(global, 200 + step);
+      dp.step(adam, batch.images(dp.shard(global)), batch.labels_of(dp.shard(global)));
+    }
+    CHECK(adam.steps() == 6);
+    CHECK(max_relative_difference(all_params(*net), all_params(*reference)) < 1e-5);
+    CHECK(dp.in_sync());
+    if (dp.is_root()) fs::remove_all(dir);
+  }
+  (void)ranks;
+}
+
+int main(int argc, char** argv) {
+  dist::Environment mpi(argc, argv);
+  doctest::Context context(argc, argv);
+  const int failed = context.run();
+  // Every rank's verdict decides: a failure on any rank fails the job.
+  int any = failed != 0 ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  return any;
+}
