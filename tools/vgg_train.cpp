@@ -162,6 +162,7 @@ int train(const Options& o, Optimizer optimizer) {
                      "' already exists; add --resume to continue that run, or --overwrite to replace it with this one");
   // Fail now, not after the first epoch, if the checkpoint or the log cannot be written there.
   require_writable(o.save, "--save");
+  vgg::io::require_replaceable(o.save);  // and its temporary file
   require_writable(o.log, "--log");
   require_data_directory(o.data);
   const auto train_set = vgg::data::load_dataset(o.data, vgg::data::Split::train);

@@ -1,7 +1,7 @@
 // libFuzzer target: the vgg-train command line (tools/cli_options.hpp). The input is split at NUL
 // bytes into arguments. Any exception other than UsageError, and any accepted option outside its
 // documented range, is a finding.
-#include <cli_options.hpp>
+#include "../../tools/cli_options.hpp"  // relative: the fuzz build needs no tools/ include path
 
 #include <algorithm>
 #include <cmath>

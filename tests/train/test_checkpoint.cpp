@@ -314,6 +314,15 @@ TEST_CASE("saving refuses to replace a directory, FIFO, symbolic link or device 
   } else {
     MESSAGE("skipped the device-node case: mknod needs root");
   }
+  // The temporary file's path is checked too: a symbolic link there would have the save
+  // truncate its target.
+  vgg::io::save_weights(dir.path / "victim", net);
+  const auto victim_size = fs::file_size(dir.path / "victim");
+  fs::create_symlink(dir.path / "victim", dir.path / "w.safetensors.tmp");
+  CHECK_THROWS_WITH_AS(vgg::io::save_weights(dir.path / "w.safetensors", net),
+                       doctest::Contains("w.safetensors.tmp': it is a symbolic link"), vgg::io::CheckpointError);
+  CHECK(fs::file_size(dir.path / "victim") == victim_size);
+  CHECK_FALSE(fs::exists(dir.path / "w.safetensors"));
   // A regular file is replaced as before.
   CHECK_NOTHROW(vgg::io::save_weights(dir.path / "target.safetensors", net));
 }

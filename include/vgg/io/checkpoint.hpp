@@ -84,26 +84,6 @@ inline void check_architecture(const SafetensorsFile& file, const std::string& e
                           "', but the network being loaded is '" + expected + "'");
 }
 
-/// Refuses to save over anything but a regular file: the atomic rename would replace a device
-/// node, a FIFO or a symbolic link with a regular file, and a directory cannot be replaced.
-inline void require_replaceable(const std::filesystem::path& path) {
-  struct stat status {};
-  if (::lstat(path.c_str(), &status) != 0) {
-    if (errno == ENOENT) return;  // nothing there yet
-    throw CheckpointError("cannot save checkpoint " + quoted(path) + ": " + std::system_category().message(errno));
-  }
-  if (S_ISREG(status.st_mode)) return;
-  const char* kind = S_ISDIR(status.st_mode)    ? "a directory"
-                     : S_ISLNK(status.st_mode)  ? "a symbolic link"
-                     : S_ISFIFO(status.st_mode) ? "a FIFO"
-                     : S_ISCHR(status.st_mode)  ? "a character device"
-                     : S_ISBLK(status.st_mode)  ? "a block device"
-                     : S_ISSOCK(status.st_mode) ? "a socket"
-                                                : "not a regular file";
-  throw CheckpointError("refusing to save checkpoint " + quoted(path) + ": it is " + kind +
-                        ", and saving replaces the file at that path; give the path of a regular file");
-}
-
 /// Architecture check for files without architecture metadata (PyTorch exports, hand-made
 /// files): a tensor of the network's with another shape means another architecture. Reported
 /// before any list of missing or unexpected tensors, which would bury the actual cause.
@@ -143,11 +123,36 @@ void require_finite_weights(const std::filesystem::path& path, Net& net) {
 
 }  // namespace detail
 
+/// requires: nothing. ensures: returns when `path` (and, with check_temp, "<path>.tmp") is absent
+/// or a regular file; otherwise throws CheckpointError naming what is there. Saves call it first:
+/// the atomic rename would replace a device node, a FIFO or a symbolic link with a regular file,
+/// and a directory cannot be replaced; opening a FIFO at the temporary path would block, and a
+/// symbolic link there would have the save truncate its target.
+inline void require_replaceable(const std::filesystem::path& path, bool check_temp = true) {
+  if (check_temp) require_replaceable(std::filesystem::path(path.string() + ".tmp"), false);
+  struct stat status {};
+  if (::lstat(path.c_str(), &status) != 0) {
+    if (errno == ENOENT) return;  // nothing there yet
+    throw CheckpointError("cannot save checkpoint " + detail::quoted(path) + ": " +
+                          std::system_category().message(errno));
+  }
+  if (S_ISREG(status.st_mode)) return;
+  const char* kind = S_ISDIR(status.st_mode)    ? "a directory"
+                     : S_ISLNK(status.st_mode)  ? "a symbolic link"
+                     : S_ISFIFO(status.st_mode) ? "a FIFO"
+                     : S_ISCHR(status.st_mode)  ? "a character device"
+                     : S_ISBLK(status.st_mode)  ? "a block device"
+                     : S_ISSOCK(status.st_mode) ? "a socket"
+                                                : "not a regular file";
+  throw CheckpointError("refusing to save checkpoint " + detail::quoted(path) + ": it is " + kind +
+                        ", and saving replaces the file at that path; give the path of a regular file");
+}
+
 /// Saves the network's parameters under their state_dict names, with the architecture in
 /// __metadata__ (plus `metadata`). ensures: the previous file at `path` survives any failure.
 template <class Net>
 void save_weights(const std::filesystem::path& path, Net& net, std::map<std::string, std::string> metadata = {}) {
-  detail::require_replaceable(path);
+  require_replaceable(path);
   metadata[kArchitectureKey] = Net::architecture();
   metadata[kFormatKey] = "weights-1";
   std::vector<TensorRecord> records;
@@ -194,7 +199,7 @@ void save_training_checkpoint(const std::filesystem::path& path, Net& net, Optim
     throw std::invalid_argument("vgg::io::save_training_checkpoint: counters out of range (epoch " +
                                 std::to_string(state.epoch) + ", network step " + std::to_string(state.network_step) +
                                 ", optimizer step " + std::to_string(optimizer.steps()) + ")");
-  detail::require_replaceable(path);
+  require_replaceable(path);
   std::map<std::string, std::string> metadata = state.metadata;
   metadata[kArchitectureKey] = Net::architecture();
   metadata[kFormatKey] = "training-1";
