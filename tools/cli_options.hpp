@@ -186,11 +186,11 @@ inline Options parse_args(std::span<const std::string_view> args) {
     } else if (flag == "--resize") o.resize = parse_choice(flag, value(), kResizes, "224, 96, 64 or 32");
     else if (flag == "--width-divisor") o.width_divisor = parse_choice(flag, value(), kWidthDivisors, "1, 2, 4 or 8");
     else if (flag == "--threads") o.threads = parse_integer<int>(flag, value(), 0, kMaxThreads);
-    else if (flag == "--seed") o.seed = parse_integer<std::uint64_t>(flag, value(), 0, std::numeric_limits<std::uint64_t>::max());
+    else if (flag == "--seed") o.seed = parse_integer<std::uint64_t>(flag, value(), 0, UINT64_MAX);
     else if (flag == "--save") o.save = path();
     else if (flag == "--resume") o.resume = true;
     else if (flag == "--overwrite") o.overwrite = true;
-    else if (flag == "--limit") o.limit = parse_integer<std::size_t>(flag, value(), 0, std::numeric_limits<std::int64_t>::max());
+    else if (flag == "--limit") o.limit = parse_integer<std::size_t>(flag, value(), 0, INT64_MAX);
     else if (flag == "--log") o.log = path();
     else if (flag == "--evaluate") o.evaluate = path();
   }

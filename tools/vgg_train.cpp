@@ -112,11 +112,13 @@ std::string os_error() { return std::strerror(errno); }
 void require_writable(const fs::path& path, const char* flag) {
   const std::string quoted = "'" + path.string() + "'";
   struct stat status {};
-  if (::lstat(path.c_str(), &status) == 0 && !S_ISREG(status.st_mode))
-    throw std::runtime_error(std::string(flag) + " " + quoted + " is not a regular file (" +
-                             (S_ISDIR(status.st_mode) ? "a directory" : S_ISLNK(status.st_mode) ? "a symbolic link"
-                                                                                                 : "a device, FIFO or socket") +
+  if (::lstat(path.c_str(), &status) == 0 && !S_ISREG(status.st_mode)) {
+    const char* kind = S_ISDIR(status.st_mode)   ? "a directory"
+                       : S_ISLNK(status.st_mode) ? "a symbolic link"
+                                                 : "a device, FIFO or socket";
+    throw std::runtime_error(std::string(flag) + " " + quoted + " is not a regular file (" + kind +
                              "); vgg-train only writes regular files there");
+  }
   const fs::path directory = path.has_parent_path() ? path.parent_path() : fs::path(".");
   std::error_code error;
   fs::create_directories(directory, error);

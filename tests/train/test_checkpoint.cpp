@@ -218,9 +218,10 @@ TEST_CASE("damaged training counters are refused on load: no wrap into a two-bil
   auto net = std::make_unique<Net>(1);
   vgg::Adam adam;
   CHECK(vgg::io::load_training_checkpoint(bad, *net, adam).epoch == vgg::io::kMaxCheckpointEpoch);
-  CHECK_THROWS_AS(vgg::io::save_training_checkpoint(bad, *net, adam, {.epoch = -1, .network_step = 0, .metadata = {}}), std::invalid_argument);
-  CHECK_THROWS_AS(vgg::io::save_training_checkpoint(bad, *net, adam, {.epoch = std::int64_t(1) << 31, .network_step = 0, .metadata = {}}),
-                  std::invalid_argument);
+  const vgg::io::TrainingState negative{.epoch = -1, .network_step = 0, .metadata = {}};
+  const vgg::io::TrainingState too_large{.epoch = std::int64_t(1) << 31, .network_step = 0, .metadata = {}};
+  CHECK_THROWS_AS(vgg::io::save_training_checkpoint(bad, *net, adam, negative), std::invalid_argument);
+  CHECK_THROWS_AS(vgg::io::save_training_checkpoint(bad, *net, adam, too_large), std::invalid_argument);
 }
 
 TEST_CASE("NaN and infinite weights or optimizer state are refused on load, naming the tensor") {
@@ -262,7 +263,8 @@ TEST_CASE("a checkpoint without metadata of another width reports the architectu
   TempDir dir;
   Other other(3);
   vgg::Adam adam;
-  vgg::io::save_training_checkpoint(dir.path / "other.safetensors", other, adam, {.epoch = 0, .network_step = 0, .metadata = {}});
+  vgg::io::save_training_checkpoint(dir.path / "other.safetensors", other, adam,
+                                    {.epoch = 0, .network_step = 0, .metadata = {}});
   Contents contents(dir.path / "other.safetensors");
   contents.metadata.clear();  // as after a conversion that dropped __metadata__
   contents.save(dir.path / "bare.safetensors");

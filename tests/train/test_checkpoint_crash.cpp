@@ -1,7 +1,8 @@
 // Crash safety, proven: a child process saves training checkpoints in a loop (two states in
 // turn) and is killed with SIGKILL at 200 random moments; every time, what is left at the path
-// must load completely as the old or the new checkpoint (whichever the writer last renamed). A leftover "<path>.tmp" shows the kill
-// landed inside a save (between creating the temp file and renaming it).
+// must load completely as the old or the new checkpoint (whichever the writer last renamed). A
+// leftover "<path>.tmp" shows the kill landed inside a save (between creating the temp file and
+// renaming it).
 #include <doctest/doctest.h>
 
 #include <vgg/io/checkpoint.hpp>
