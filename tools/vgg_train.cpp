@@ -5,143 +5,43 @@
 //   vgg-train --resume                          # continue from the checkpoint given by --save
 //   vgg-train --evaluate runs/vgg11_w8_224.safetensors
 //
-// Flags are parsed by hand: about sixty lines give exact control over the messages and the exit
-// code 2 for usage errors, and spare users another dependency.
+// The flags are parsed in cli_options.hpp (unit-tested and fuzzed on their own).
+#include <fcntl.h>
 #include <omp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <vgg/data/batcher.hpp>
 #include <vgg/data/idx.hpp>
+#include <vgg/health.hpp>
 #include <vgg/io/checkpoint.hpp>
 #include <vgg/vgg.hpp>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <new>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "cli_options.hpp"
+
 namespace fs = std::filesystem;
+using vgg_train::Options;
+using vgg_train::UsageError;
 
 namespace {
-
-constexpr int kResizes[] = {224, 96, 64, 32};
-constexpr int kWidthDivisors[] = {1, 2, 4, 8};
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-struct Options {
-  fs::path data = "data/fashion-mnist";
-  int epochs = 5;
-  int batch_size = 64;
-  float lr = 1e-3f;
-  std::string optimizer = "adam";
-  int resize = 224;
-  int width_divisor = 8;
-  int threads = 0;  // 0: OpenMP's default
-  std::uint64_t seed = 1;
-  fs::path save;  // default derived from resize and width
-  bool resume = false;
-  std::size_t limit = 0;
-  fs::path evaluate;  // evaluation mode when set
-  fs::path log;       // default: <save>.metrics.jsonl
-};
-
-const char* kHelp = R"(Usage: vgg-train [options]
-
-Trains the D2L chapter's VGG-11 (every width divided by --width-divisor) on Fashion-MNIST resized to
---resize x --resize, or evaluates a saved checkpoint on the test set.
-
-Options:
-  --data DIR             IDX files (default data/fashion-mnist; fetch with scripts/fetch_data.sh)
-  --epochs N             epochs to train in total (default 5)
-  --batch-size N         mini-batch size (default 64)
-  --lr X                 learning rate (default 1e-3)
-  --optimizer NAME       adam | sgd (SGD uses momentum 0.9) (default adam)
-  --resize S             input size: 224, 96, 64 or 32 (default 224)
-  --width-divisor D      1, 2, 4 or 8 (default 8, the chapter's small net)
-  --threads N            compute threads (default: all cores)
-  --seed N               seed for initialisation, shuffling and dropout (default 1)
-  --save PATH            checkpoint written atomically after every epoch
-                         (default runs/vgg11_w<D>_<S>.safetensors)
-  --resume               continue from the checkpoint at --save
-  --limit N              train on the first N training images only (smoke runs)
-  --log PATH             JSON-lines metrics log (default <save>.metrics.jsonl)
-  --evaluate PATH        load the weights at PATH and report test accuracy; no training
-  --help                 this text
-
-Exit status: 0 success, 1 runtime error (data, checkpoint), 2 usage error.
-)";
-
-template <class T>
-T parse_number(const std::string& flag, const std::string& text) {
-  std::istringstream in(text);
-  T value{};
-  if (!(in >> value) || !in.eof())
-    throw UsageError(flag + " expects a number, found '" + text + "'");
-  return value;
-}
-
-Options parse_args(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw UsageError(flag + " needs a value");
-      return argv[++i];
-    };
-    if (flag == "--help" || flag == "-h") {
-      std::cout << kHelp;
-      std::exit(0);
-    } else if (flag == "--data") o.data = value();
-    else if (flag == "--epochs") o.epochs = parse_number<int>(flag, value());
-    else if (flag == "--batch-size") o.batch_size = parse_number<int>(flag, value());
-    else if (flag == "--lr") o.lr = parse_number<float>(flag, value());
-    else if (flag == "--optimizer") o.optimizer = value();
-    else if (flag == "--resize") o.resize = parse_number<int>(flag, value());
-    else if (flag == "--width-divisor") o.width_divisor = parse_number<int>(flag, value());
-    else if (flag == "--threads") o.threads = parse_number<int>(flag, value());
-    else if (flag == "--seed") o.seed = parse_number<std::uint64_t>(flag, value());
-    else if (flag == "--save") o.save = value();
-    else if (flag == "--resume") o.resume = true;
-    else if (flag == "--limit") o.limit = parse_number<std::size_t>(flag, value());
-    else if (flag == "--log") o.log = value();
-    else if (flag == "--evaluate") o.evaluate = value();
-    else throw UsageError("unknown option '" + flag + "' (see --help)");
-  }
-  if (o.epochs < 1) throw UsageError("--epochs must be at least 1, found " + std::to_string(o.epochs));
-  if (o.batch_size < 1) throw UsageError("--batch-size must be at least 1, found " + std::to_string(o.batch_size));
-  if (!(o.lr > 0.0f) || !std::isfinite(o.lr)) throw UsageError("--lr must be a positive number, found " + std::to_string(o.lr));
-  if (o.optimizer != "adam" && o.optimizer != "sgd")
-    throw UsageError("--optimizer must be adam or sgd, found '" + o.optimizer + "'");
-  if (o.threads < 0) throw UsageError("--threads must be positive, found " + std::to_string(o.threads));
-  if (std::find(std::begin(kResizes), std::end(kResizes), o.resize) == std::end(kResizes))
-    throw UsageError("--resize " + std::to_string(o.resize) + " is not instantiated; choose 224, 96, 64 or 32");
-  if (std::find(std::begin(kWidthDivisors), std::end(kWidthDivisors), o.width_divisor) == std::end(kWidthDivisors))
-    throw UsageError("--width-divisor " + std::to_string(o.width_divisor) + " is not instantiated; choose 1, 2, 4 or 8");
-  if (o.save.empty())
-    o.save = fs::path("runs") / ("vgg11_w" + std::to_string(o.width_divisor) + "_" + std::to_string(o.resize) + ".safetensors");
-  if (o.log.empty()) o.log = fs::path(o.save.string() + ".metrics.jsonl");
-  return o;
-}
-
-/// The settings a resumed run must share with the run that wrote the checkpoint.
-std::map<std::string, std::string> run_settings(const Options& o) {
-  return {{"seed", std::to_string(o.seed)},           {"batch_size", std::to_string(o.batch_size)},
-          {"lr", std::to_string(o.lr)},               {"optimizer", o.optimizer},
-          {"resize", std::to_string(o.resize)},       {"width_divisor", std::to_string(o.width_divisor)},
-          {"limit", std::to_string(o.limit)}};
-}
 
 std::string format_duration(double seconds) {
   const long s = long(seconds + 0.5);
@@ -197,31 +97,105 @@ vgg::LossResult evaluate(Net& net, vgg::data::Batcher& batches, std::size_t& cou
 }
 
 void append_line(const fs::path& path, const std::string& line) {
-  if (path.has_parent_path()) fs::create_directories(path.parent_path());
   std::ofstream out(path, std::ios::app);
   out << line << '\n';
-  if (!out) throw std::runtime_error("cannot append to the metrics log '" + path.string() + "'");
+  out.flush();
+  if (!out)
+    throw std::runtime_error("cannot append to the metrics log '" + path.string() + "': " + std::strerror(errno));
+}
+
+std::string os_error() { return std::strerror(errno); }
+
+/// Fails now, not after the first epoch, when `path` cannot be written as the run will write it:
+/// a temporary file is created in its directory (as each save does) and removed again. An
+/// existing target must be a regular file (saving replaces it; appending to a FIFO blocks).
+void require_writable(const fs::path& path, const char* flag) {
+  const std::string quoted = "'" + path.string() + "'";
+  struct stat status {};
+  if (::lstat(path.c_str(), &status) == 0 && !S_ISREG(status.st_mode)) {
+    const char* kind = S_ISDIR(status.st_mode)   ? "a directory"
+                       : S_ISLNK(status.st_mode) ? "a symbolic link"
+                                                 : "a device, FIFO or socket";
+    throw std::runtime_error(std::string(flag) + " " + quoted + " is not a regular file (" + kind +
+                             "); vgg-train only writes regular files there");
+  }
+  const fs::path directory = path.has_parent_path() ? path.parent_path() : fs::path(".");
+  std::error_code error;
+  fs::create_directories(directory, error);
+  if (error)
+    throw std::runtime_error(std::string(flag) + " " + quoted + ": cannot create the directory '" +
+                             directory.string() + "': " + error.message());
+  std::string probe = (directory / ("." + path.filename().string() + ".probe-XXXXXX")).string();
+  const int fd = ::mkstemp(probe.data());
+  if (fd < 0)
+    throw std::runtime_error(std::string(flag) + " " + quoted + " cannot be written: creating a file in '" +
+                             directory.string() + "' failed: " + os_error());
+  ::close(fd);
+  ::unlink(probe.c_str());
+  if (S_ISREG(status.st_mode) && ::access(path.c_str(), W_OK) != 0 && errno != ENOENT)
+    throw std::runtime_error(std::string(flag) + " " + quoted + " cannot be written: " + os_error());
+}
+
+/// Data sets are directories; a file there is a usage mistake that deserves its own message.
+void require_data_directory(const fs::path& data) {
+  std::error_code error;
+  const auto status = fs::status(data, error);
+  if (fs::exists(status) && !fs::is_directory(status))
+    throw std::runtime_error("--data '" + data.string() +
+                             "' is a file, not a directory: give the directory that holds the IDX files "
+                             "(train-images-idx3-ubyte, ...; see docs/DATA.md)");
+}
+
+/// Buffers are sized for the batch, so a batch larger than the data set is capped to it.
+std::size_t effective_batch(const Options& o, std::size_t samples, const char* what) {
+  const std::size_t batch = std::min<std::size_t>(std::size_t(o.batch_size), samples);
+  if (batch < std::size_t(o.batch_size))
+    std::cerr << "vgg-train: note: --batch-size " << o.batch_size << " exceeds the " << samples << " " << what
+              << "; batches of " << batch << " are used" << std::endl;
+  return batch;
 }
 
 template <class Net, class Optimizer>
 int train(const Options& o, Optimizer optimizer) {
+  if (o.resume && !fs::exists(fs::symlink_status(o.save)))
+    throw std::runtime_error("--resume: no checkpoint at '" + o.save.string() + "' (set --save to its path)");
+  if (!o.resume && fs::exists(fs::symlink_status(o.save)) && !o.overwrite)
+    throw UsageError("--save '" + o.save.string() +
+                     "' already exists; add --resume to continue that run, or --overwrite to replace it with this one");
+  // Fail now, not after the first epoch, if the checkpoint or the log cannot be written there.
+  require_writable(o.save, "--save");
+  vgg::io::require_replaceable(o.save);  // and its temporary file
+  require_writable(o.log, "--log");
+  require_data_directory(o.data);
   const auto train_set = vgg::data::load_dataset(o.data, vgg::data::Split::train);
   const auto test_set = vgg::data::load_dataset(o.data, vgg::data::Split::test);
   auto net = std::make_unique<Net>(o.seed);
   if (o.threads > 0) net->set_threads(o.threads);
 
-  int first_epoch = 0;
+  const std::size_t samples = o.limit == 0 ? train_set.size() : std::min(o.limit, train_set.size());
+  const std::size_t train_batch = effective_batch(o, samples, "training images");
+  const std::size_t test_batch = std::min<std::size_t>(std::size_t(o.batch_size), test_set.size());
+  const auto steps_per_epoch = std::int64_t((samples + train_batch - 1) / train_batch);
+
+  std::int64_t first_epoch = 0;
   if (o.resume) {
-    if (!fs::exists(o.save))
-      throw std::runtime_error("--resume: no checkpoint at '" + o.save.string() + "' (set --save to its path)");
     const auto state = vgg::io::load_training_checkpoint(o.save, *net, optimizer);
-    for (const auto& [key, value] : run_settings(o)) {
+    for (const auto& [key, value] : vgg_train::run_settings(o)) {
       const auto it = state.metadata.find(key);
-      if (it != state.metadata.end() && it->second != value)
+      if (it != state.metadata.end() && !vgg_train::same_setting(key, it->second, value))
         throw UsageError("--resume: the checkpoint was trained with " + key + " = " + it->second + ", but this run has " +
                          key + " = " + value + "; use the same settings");
     }
-    first_epoch = int(state.epoch);
+    // Every epoch of a run with these settings takes the same number of steps: counters that
+    // disagree mean a damaged or foreign file, and resuming from it would not repeat the run.
+    const std::int64_t expected_steps = state.epoch * steps_per_epoch;
+    if (optimizer.steps() != expected_steps || std::int64_t(net->step()) != expected_steps)
+      throw vgg::io::CheckpointError("checkpoint '" + o.save.string() + "' is at epoch " + std::to_string(state.epoch) +
+                                     ", which takes " + std::to_string(expected_steps) +
+                                     " steps with these settings, but its optimizer step is " +
+                                     std::to_string(optimizer.steps()) + " and its network step " +
+                                     std::to_string(net->step()) + "; the file is damaged or from another run");
+    first_epoch = state.epoch;
     std::cout << "resuming from '" << o.save.string() << "' after epoch " << first_epoch << std::endl;
     if (first_epoch >= o.epochs) {
       std::cout << "nothing to do: " << first_epoch << " of " << o.epochs << " epochs are done" << std::endl;
@@ -229,53 +203,64 @@ int train(const Options& o, Optimizer optimizer) {
     }
   }
 
-  // Fail now, not after the first epoch, if the checkpoint cannot be written there.
-  if (o.save.has_parent_path()) fs::create_directories(o.save.parent_path());
-  vgg::data::Batcher train_batches(train_set, {.batch_size = std::size_t(o.batch_size), .output_size = o.resize,
-                                               .seed = o.seed, .shuffle = true, .limit = o.limit});
-  vgg::data::Batcher test_batches(test_set, {.batch_size = std::size_t(o.batch_size), .output_size = o.resize,
-                                             .seed = 0, .shuffle = false});
+  vgg::data::Batcher train_batches(train_set, {.batch_size = train_batch, .output_size = o.resize, .seed = o.seed,
+                                               .shuffle = true, .limit = o.limit});
+  vgg::data::Batcher test_batches(test_set, {.batch_size = test_batch, .output_size = o.resize, .seed = 0,
+                                             .shuffle = false});
   std::cout << "training " << Net::architecture() << " (" << Net::num_params << " parameters) on "
-            << train_batches.samples_per_epoch() << " images, batch " << o.batch_size << ", " << o.optimizer << " lr "
+            << train_batches.samples_per_epoch() << " images, batch " << train_batch << ", " << o.optimizer << " lr "
             << o.lr << ", " << net->threads() << " threads, seed " << o.seed << std::endl;
 
-  for (int epoch = first_epoch; epoch < o.epochs; ++epoch) {
-    const auto start = Clock::now();
-    Progress progress(epoch + 1, train_batches.batches_per_epoch());
-    train_batches.start_epoch(std::uint64_t(epoch));
-    double loss_sum = 0;
-    std::size_t seen = 0, correct = 0, done = 0;
-    while (auto b = train_batches.next()) {
-      const auto r = vgg::train_step(*net, optimizer, std::span<const float>(b->images), b->labels);
-      if (!std::isfinite(r.loss)) throw std::runtime_error("the training loss became " + std::to_string(r.loss) + " in epoch " + std::to_string(epoch + 1) + "; lower --lr");
-      loss_sum += r.loss * double(b->size);
-      correct += std::size_t(r.correct);
-      seen += b->size;
-      progress.update(++done, seen, loss_sum);
+  vgg::HealthMonitor health;
+  std::optional<int> last_saved;
+  try {
+    for (int epoch = int(first_epoch); epoch < o.epochs; ++epoch) {
+      const auto start = Clock::now();
+      Progress progress(epoch + 1, train_batches.batches_per_epoch());
+      train_batches.start_epoch(std::uint64_t(epoch));
+      double loss_sum = 0;
+      std::size_t seen = 0, correct = 0, done = 0;
+      while (auto b = train_batches.next()) {
+        const std::span<const float> images(b->images);
+        const auto r = vgg::train_step(*net, optimizer, images, b->labels);
+        health.after_step(*net, r.loss, images, epoch + 1);
+        loss_sum += r.loss * double(b->size);
+        correct += std::size_t(r.correct);
+        seen += b->size;
+        progress.update(++done, seen, loss_sum);
+      }
+      progress.finish();
+      health.before_save(*net, epoch + 1);
+      const double train_seconds = since(start);
+      std::size_t test_count = 0;
+      const auto test = evaluate(*net, test_batches, test_count);
+      const double seconds = since(start);
+      const double train_loss = loss_sum / double(seen), train_acc = double(correct) / double(seen);
+      const double test_acc = double(test.correct) / double(test_count);
+
+      char line[256];
+      std::snprintf(line, sizeof line, "epoch %d, loss %.4f, train acc %.3f, test acc %.3f, time %.1f sec", epoch + 1,
+                    train_loss, train_acc, test_acc, seconds);
+      std::cout << line << std::endl;
+
+      vgg::io::save_training_checkpoint(
+          o.save, *net, optimizer,
+          {.epoch = epoch + 1, .network_step = std::int64_t(net->step()), .metadata = vgg_train::run_settings(o)});
+      last_saved = epoch + 1;
+      char json[512];
+      std::snprintf(json, sizeof json,
+                    "{\"epoch\": %d, \"train_loss\": %.6f, \"train_acc\": %.6f, \"test_loss\": %.6f, \"test_acc\": %.6f, "
+                    "\"train_seconds\": %.2f, \"seconds\": %.2f, \"images_per_second\": %.2f, \"threads\": %d, \"seed\": %llu}",
+                    epoch + 1, train_loss, train_acc, test.loss, test_acc, train_seconds, seconds,
+                    double(seen) / train_seconds, net->threads(), (unsigned long long)o.seed);
+      append_line(o.log, json);
     }
-    progress.finish();
-    const double train_seconds = since(start);
-    std::size_t test_count = 0;
-    const auto test = evaluate(*net, test_batches, test_count);
-    const double seconds = since(start);
-    const double train_loss = loss_sum / double(seen), train_acc = double(correct) / double(seen);
-    const double test_acc = double(test.correct) / double(test_count);
-
-    char line[256];
-    std::snprintf(line, sizeof line, "epoch %d, loss %.4f, train acc %.3f, test acc %.3f, time %.1f sec", epoch + 1,
-                  train_loss, train_acc, test_acc, seconds);
-    std::cout << line << std::endl;
-
-    auto settings = run_settings(o);
-    vgg::io::save_training_checkpoint(o.save, *net, optimizer,
-                                      {.epoch = epoch + 1, .network_step = std::int64_t(net->step()), .metadata = settings});
-    char json[512];
-    std::snprintf(json, sizeof json,
-                  "{\"epoch\": %d, \"train_loss\": %.6f, \"train_acc\": %.6f, \"test_loss\": %.6f, \"test_acc\": %.6f, "
-                  "\"train_seconds\": %.2f, \"seconds\": %.2f, \"images_per_second\": %.2f, \"threads\": %d, \"seed\": %llu}",
-                  epoch + 1, train_loss, train_acc, test.loss, test_acc, train_seconds, seconds,
-                  double(seen) / train_seconds, net->threads(), (unsigned long long)o.seed);
-    append_line(o.log, json);
+  } catch (const vgg::NumericalError& e) {
+    std::string kept = last_saved || first_epoch > 0
+                           ? "the checkpoint '" + o.save.string() + "' still holds epoch " +
+                                 std::to_string(last_saved ? *last_saved : first_epoch)
+                           : "no checkpoint was written";
+    throw std::runtime_error(std::string(e.what()) + "\n" + kept);
   }
   std::cout << "checkpoint: " << o.save.string() << std::endl;
   return 0;
@@ -283,13 +268,18 @@ int train(const Options& o, Optimizer optimizer) {
 
 template <class Net>
 int evaluate_checkpoint(const Options& o) {
+  require_data_directory(o.data);
   const auto test_set = vgg::data::load_dataset(o.data, vgg::data::Split::test);
   auto net = std::make_unique<Net>(o.seed);
   if (o.threads > 0) net->set_threads(o.threads);
   vgg::io::load_weights(o.evaluate, *net);
-  vgg::data::Batcher batches(test_set, {.batch_size = std::size_t(o.batch_size), .output_size = o.resize, .shuffle = false});
+  vgg::data::Batcher batches(test_set, {.batch_size = effective_batch(o, test_set.size(), "test images"),
+                                        .output_size = o.resize, .shuffle = false});
   std::size_t count = 0;
   const auto r = evaluate(*net, batches, count);
+  if (!std::isfinite(r.loss))
+    throw std::runtime_error("the test loss of '" + o.evaluate.string() + "' is " + vgg::describe_value(float(r.loss)) +
+                             " although its weights are finite: the forward pass overflowed");
   std::printf("test loss %.4f, test acc %.4f (%zu images)\n", r.loss, double(r.correct) / double(count), count);
   return 0;
 }
@@ -326,10 +316,15 @@ int dispatch(const Options& o) {
 int main(int argc, char** argv) {
   Options options;
   try {
-    options = parse_args(argc, argv);
+    const std::vector<std::string_view> args(argv + 1, argv + argc);
+    options = vgg_train::parse_args(args);
   } catch (const UsageError& e) {
     std::cerr << "vgg-train: " << e.what() << '\n';
     return 2;
+  }
+  if (options.help) {
+    std::cout << vgg_train::kHelp;
+    return 0;
   }
   if (options.threads > 0) omp_set_num_threads(options.threads);
   try {
@@ -337,6 +332,9 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << "vgg-train: " << e.what() << '\n';
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "vgg-train: out of memory; try a smaller --batch-size, --resize, --width-divisor or --threads\n";
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "vgg-train: " << e.what() << '\n';
     return 1;

@@ -5,12 +5,20 @@
 // optimizer state per parameter (optimizer.<state>.<name>) and the counters needed to resume.
 // Every save is atomic (temporary file, fsync, rename): see safetensors.hpp.
 
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
+#include <optional>
 #include <map>
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
+#include "vgg/health.hpp"
 #include "vgg/io/safetensors.hpp"
 #include "vgg/layer.hpp"
 #include "vgg/optim/adam.hpp"
@@ -28,6 +36,10 @@ struct TrainingState {
   std::int64_t network_step = 0;  ///< training forward passes (dropout masks derive from it)
   std::map<std::string, std::string> metadata;  ///< free-form: seed, batch size, data, ...
 };
+
+/// The largest epoch count a checkpoint may hold: epochs are ints in training loops, and a
+/// larger value read from a damaged file would wrap (2^31 -> -2^31, 2^32 -> 0).
+inline constexpr std::int64_t kMaxCheckpointEpoch = std::numeric_limits<std::int32_t>::max();
 
 namespace detail {
 
@@ -76,12 +88,75 @@ inline void check_architecture(const SafetensorsFile& file, const std::string& e
                           "', but the network being loaded is '" + expected + "'");
 }
 
+/// Architecture check for files without architecture metadata (PyTorch exports, hand-made
+/// files): a tensor of the network's with another shape means another architecture. Reported
+/// before any list of missing or unexpected tensors, which would bury the actual cause.
+template <class Net>
+void check_shapes_fit(const SafetensorsFile& file, Net& net) {
+  std::string mismatched;
+  int count = 0;
+  net.for_each_parameter([&](const ParameterView& p) {
+    if (!file.contains(p.name)) return;
+    const TensorInfo& found = file.info(p.name);
+    if (found.shape == p.shape) return;
+    if (++count <= 4)
+      mismatched += (count > 1 ? ", '" : "'") + p.name + "' expected " + shape_to_string(p.shape) + ", found " +
+                    shape_to_string(found.shape);
+  });
+  if (count == 0) return;
+  if (count > 4) mismatched += ", ... (" + std::to_string(count - 4) + " more)";
+  throw CheckpointError("checkpoint " + quoted(file.path()) + " has no architecture metadata and holds a network of "
+                        "another architecture than '" + Net::architecture() + "' (another --width-divisor or "
+                        "--resize?): " + std::to_string(count) + " tensor(s) have other shapes: " + mismatched);
+}
+
+/// Refuses NaN and infinite values, naming the tensor: such a file came from a diverged run or
+/// was damaged, and training or evaluating from it only produces NaN.
+inline void require_finite(const std::filesystem::path& path, const std::string& tensor, std::span<const float> values,
+                           const char* what) {
+  if (const auto bad = first_non_finite(values))
+    throw CheckpointError("checkpoint " + quoted(path) + ": " + what + " tensor '" + tensor + "' holds " +
+                          describe_value(values[*bad]) + " at element " + std::to_string(*bad) +
+                          "; the file is damaged or was saved from a run that had diverged");
+}
+
+template <class Net>
+void require_finite_weights(const std::filesystem::path& path, Net& net) {
+  net.for_each_parameter([&](const ParameterView& p) { require_finite(path, p.name, p.value, "weight"); });
+}
+
 }  // namespace detail
+
+/// requires: nothing. ensures: returns when `path` (and, with check_temp, "<path>.tmp") is absent
+/// or a regular file; otherwise throws CheckpointError naming what is there. Saves call it first:
+/// the atomic rename would replace a device node, a FIFO or a symbolic link with a regular file,
+/// and a directory cannot be replaced; opening a FIFO at the temporary path would block, and a
+/// symbolic link there would have the save truncate its target.
+inline void require_replaceable(const std::filesystem::path& path, bool check_temp = true) {
+  if (check_temp) require_replaceable(std::filesystem::path(path.string() + ".tmp"), false);
+  struct stat status {};
+  if (::lstat(path.c_str(), &status) != 0) {
+    if (errno == ENOENT) return;  // nothing there yet
+    throw CheckpointError("cannot save checkpoint " + detail::quoted(path) + ": " +
+                          std::system_category().message(errno));
+  }
+  if (S_ISREG(status.st_mode)) return;
+  const char* kind = S_ISDIR(status.st_mode)    ? "a directory"
+                     : S_ISLNK(status.st_mode)  ? "a symbolic link"
+                     : S_ISFIFO(status.st_mode) ? "a FIFO"
+                     : S_ISCHR(status.st_mode)  ? "a character device"
+                     : S_ISBLK(status.st_mode)  ? "a block device"
+                     : S_ISSOCK(status.st_mode) ? "a socket"
+                                                : "not a regular file";
+  throw CheckpointError("refusing to save checkpoint " + detail::quoted(path) + ": it is " + kind +
+                        ", and saving replaces the file at that path; give the path of a regular file");
+}
 
 /// Saves the network's parameters under their state_dict names, with the architecture in
 /// __metadata__ (plus `metadata`). ensures: the previous file at `path` survives any failure.
 template <class Net>
 void save_weights(const std::filesystem::path& path, Net& net, std::map<std::string, std::string> metadata = {}) {
+  require_replaceable(path);
   metadata[kArchitectureKey] = Net::architecture();
   metadata[kFormatKey] = "weights-1";
   std::vector<TensorRecord> records;
@@ -92,15 +167,30 @@ void save_weights(const std::filesystem::path& path, Net& net, std::map<std::str
 /// Loads parameters saved by save_weights, by PyTorch (tools/safetensors_torch.py) or by
 /// save_training_checkpoint (whose extra tensors are ignored here).
 /// Throws CheckpointError naming the tensor and expected vs found shapes, any missing or (for a
-/// plain weights file) unexpected tensor, or a different architecture; loads nothing then.
+/// plain weights file) unexpected tensor, a different architecture, or a NaN / infinite weight;
+/// loads nothing then.
 template <class Net>
 std::map<std::string, std::string> load_weights(const std::filesystem::path& path, Net& net) {
   const SafetensorsFile file = load_safetensors(path);
   detail::check_architecture(file, Net::architecture());
+  detail::check_shapes_fit(file, net);
   const auto format = file.metadata().find(kFormatKey);
   const bool training = format != file.metadata().end() && format->second == "training-1";
-  const auto refs = detail::parameter_refs(net);
+  // Stage first so that a file with NaN weights leaves the network as it was.
+  std::vector<float> staged(static_cast<std::size_t>(Net::num_params));
+  std::vector<ParamMutRef> refs;
+  std::size_t offset = 0;
+  net.for_each_parameter([&](const ParameterView& p) {
+    refs.push_back({p.name, p.shape, std::span<float>(staged).subspan(offset, p.value.size())});
+    offset += p.value.size();
+  });
   load_parameters(file, refs, LoadPolicy{.allow_extra = training});
+  for (const ParamMutRef& ref : refs) detail::require_finite(path, ref.name, ref.data, "weight");
+  offset = 0;
+  net.for_each_parameter([&](const ParameterView& p) {
+    std::copy_n(staged.begin() + std::ptrdiff_t(offset), p.value.size(), p.value.begin());
+    offset += p.value.size();
+  });
   return file.metadata();
 }
 
@@ -109,6 +199,11 @@ std::map<std::string, std::string> load_weights(const std::filesystem::path& pat
 template <class Net, class Optimizer>
 void save_training_checkpoint(const std::filesystem::path& path, Net& net, Optimizer& optimizer,
                               const TrainingState& state) {
+  if (state.epoch < 0 || state.epoch > kMaxCheckpointEpoch || state.network_step < 0 || optimizer.steps() < 0)
+    throw std::invalid_argument("vgg::io::save_training_checkpoint: counters out of range (epoch " +
+                                std::to_string(state.epoch) + ", network step " + std::to_string(state.network_step) +
+                                ", optimizer step " + std::to_string(optimizer.steps()) + ")");
+  require_replaceable(path);
   std::map<std::string, std::string> metadata = state.metadata;
   metadata[kArchitectureKey] = Net::architecture();
   metadata[kFormatKey] = "training-1";
@@ -131,11 +226,14 @@ void save_training_checkpoint(const std::filesystem::path& path, Net& net, Optim
 }
 
 /// Restores what save_training_checkpoint wrote into `net` and `optimizer` (whose kind must match
-/// the file's) and returns the training counters. All or nothing: everything is validated first.
+/// the file's) and returns the training counters. All or nothing: everything is validated first,
+/// including the counters (epoch in [0, kMaxCheckpointEpoch], steps >= 0) and the finiteness of
+/// every weight and optimizer state (and exp_avg_sq >= 0), each refusal naming the tensor.
 template <class Net, class Optimizer>
 TrainingState load_training_checkpoint(const std::filesystem::path& path, Net& net, Optimizer& optimizer) {
   const SafetensorsFile file = load_safetensors(path);
   detail::check_architecture(file, Net::architecture());
+  detail::check_shapes_fit(file, net);
   const auto& meta = file.metadata();
   const auto format = meta.find(kFormatKey);
   if (format == meta.end() || format->second != "training-1")
@@ -149,7 +247,7 @@ TrainingState load_training_checkpoint(const std::filesystem::path& path, Net& n
   optimizer.reserve(Net::num_params);
   // Stage everything in temporaries first so that a bad file changes nothing.
   const std::vector<float> staged_weights = [&] {
-    std::vector<float> all(std::size_t(Net::num_params));
+    std::vector<float> all(static_cast<std::size_t>(Net::num_params));
     std::vector<ParamMutRef> refs;
     std::size_t offset = 0;
     net.for_each_parameter([&](const ParameterView& p) {
@@ -157,6 +255,7 @@ TrainingState load_training_checkpoint(const std::filesystem::path& path, Net& n
       offset += p.value.size();
     });
     load_parameters(file, refs, LoadPolicy{.allow_extra = true});
+    for (const ParamMutRef& ref : refs) detail::require_finite(path, ref.name, ref.data, "weight");
     return all;
   }();
   std::vector<std::vector<float>> staged_state;
@@ -168,6 +267,16 @@ TrainingState load_training_checkpoint(const std::filesystem::path& path, Net& n
                              refs.push_back({std::move(name), std::move(shape), slice});
                            });
     load_parameters(file, refs, LoadPolicy{.allow_extra = true});
+    for (const ParamMutRef& ref : refs) {
+      detail::require_finite(path, ref.name, ref.data, "optimizer state");
+      // Adam divides by the square root of its second moment: a negative one gives NaN.
+      if (state_name == "exp_avg_sq")
+        if (const auto negative = std::ranges::find_if(ref.data, [](float v) { return v < 0; });
+            negative != ref.data.end())
+          throw CheckpointError("checkpoint " + detail::quoted(path) + ": optimizer state tensor '" + ref.name +
+                                "' holds the negative second moment " + describe_value(*negative) + " at element " +
+                                std::to_string(negative - ref.data.begin()) + "; the file is damaged");
+    }
   }
   std::int64_t epoch = 0, network_step = 0, optimizer_step = 0, network_seed = 0;
   const std::span<const std::int64_t> scalar{};
@@ -175,6 +284,16 @@ TrainingState load_training_checkpoint(const std::filesystem::path& path, Net& n
   file.read<std::int64_t>("train.network_step", std::span<std::int64_t>(&network_step, 1), scalar);
   file.read<std::int64_t>("optimizer.step", std::span<std::int64_t>(&optimizer_step, 1), scalar);
   file.read<std::int64_t>("train.network_seed", std::span<std::int64_t>(&network_seed, 1), scalar);
+  // A damaged counter must not wrap into a loop of two billion epochs or a negative step.
+  auto require_range = [&](const char* tensor, std::int64_t value, std::int64_t max) {
+    if (value < 0 || value > max)
+      throw CheckpointError("checkpoint " + detail::quoted(path) + ": counter '" + tensor + "' is " +
+                            std::to_string(value) + ", outside the valid range 0 to " + std::to_string(max) +
+                            "; the file is damaged");
+  };
+  require_range("train.epoch", epoch, kMaxCheckpointEpoch);
+  require_range("train.network_step", network_step, std::numeric_limits<std::int64_t>::max());
+  require_range("optimizer.step", optimizer_step, std::numeric_limits<std::int64_t>::max());
 
   // Commit.
   std::size_t offset = 0;

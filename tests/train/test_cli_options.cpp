@@ -1,0 +1,124 @@
+// The vgg-train command line (tools/cli_options.hpp): defaults, ranges, contradictions and the
+// messages of every refusal, without building a network or reading data.
+#include <doctest/doctest.h>
+
+#include <cli_options.hpp>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+vgg_train::Options parse(std::initializer_list<std::string_view> args) {
+  const std::vector<std::string_view> list(args);
+  return vgg_train::parse_args(list);
+}
+}  // namespace
+
+#define CHECK_USAGE(args, text) CHECK_THROWS_WITH_AS(parse(args), doctest::Contains(text), vgg_train::UsageError)
+#define ARGS(...) \
+  { __VA_ARGS__ }
+
+TEST_CASE("defaults are the chapter's recipe and the derived paths") {
+  const auto o = parse({});
+  CHECK(o.epochs == 5);
+  CHECK(o.batch_size == 64);
+  CHECK(o.lr == 1e-3f);
+  CHECK(o.resize == 224);
+  CHECK(o.width_divisor == 8);
+  CHECK(o.save == "runs/vgg11_w8_224.safetensors");
+  CHECK(o.log == "runs/vgg11_w8_224.safetensors.metrics.jsonl");
+  CHECK_FALSE(o.overwrite);
+  CHECK(parse({"--resize", "32", "--width-divisor", "2"}).save == "runs/vgg11_w2_32.safetensors");
+  CHECK(parse({"--help", "--bogus"}).help);  // --help wins and does nothing else
+}
+
+TEST_CASE("numbers are parsed exactly and the extremes of each range are accepted") {
+  CHECK(parse({"--seed", "18446744073709551615"}).seed == UINT64_MAX);
+  CHECK(parse({"--seed", "0"}).seed == 0);
+  CHECK(parse({"--epochs", "2147483647"}).epochs == 2147483647);
+  CHECK(parse({"--threads", "256"}).threads == vgg_train::kMaxThreads);
+  CHECK(parse({"--threads", "0"}).threads == 0);
+  CHECK(parse({"--lr", "1e-7"}).lr == 1e-7f);
+  CHECK(parse({"--lr", "3e38"}).lr == 3e38f);
+  CHECK(parse({"--limit", "9223372036854775807"}).limit == std::size_t(INT64_MAX));
+}
+
+TEST_CASE("negative values of unsigned flags are refused, not wrapped to 2^64-1") {
+  CHECK_USAGE(ARGS("--seed", "-1"), "--seed expects an integer from 0 to 18446744073709551615, found '-1'");
+  CHECK_USAGE(ARGS("--limit", "-1"), "--limit expects an integer from 0 to 9223372036854775807, found '-1'");
+  CHECK_USAGE(ARGS("--seed", "18446744073709551616"), "--seed 18446744073709551616 is out of range");
+}
+
+TEST_CASE("out-of-range numbers are reported as out of range, with the valid range") {
+  CHECK_USAGE(ARGS("--epochs", "2147483648"), "--epochs 2147483648 is out of range: expected 1 to 2147483647");
+  CHECK_USAGE(ARGS("--epochs", "0"), "--epochs 0 is out of range: expected 1 to 2147483647");
+  CHECK_USAGE(ARGS("--batch-size", "0"), "--batch-size 0 is out of range: expected 1 to 2147483647");
+  CHECK_USAGE(ARGS("--threads", "1000"), "--threads 1000 is out of range: expected 0 to 256");
+  CHECK_USAGE(ARGS("--threads", "100000"), "--threads 100000 is out of range: expected 0 to 256");
+  CHECK_USAGE(ARGS("--threads", "-2"), "--threads -2 is out of range");
+  CHECK_USAGE(ARGS("--lr", "1e40"), "--lr 1e40 is out of range: expected a positive number from 1.17549e-38 to 3.40282e+38");
+  CHECK_USAGE(ARGS("--lr", "1e400"), "--lr 1e400 is out of range");
+  // Below the smallest normal float: the value is shown in %g, not as "0.000000".
+  CHECK_USAGE(ARGS("--lr", "1e-50"), "--lr 1e-50 is out of range: expected a positive number from 1.17549e-38 to "
+                                     "3.40282e+38, found 1e-50");
+  CHECK_USAGE(ARGS("--lr", "0"), "--lr must be positive, found 0");
+  CHECK_USAGE(ARGS("--lr", "-0.1"), "--lr must be positive, found -0.1");
+  CHECK_USAGE(ARGS("--lr", "nan"), "--lr must be a positive number from");
+  CHECK_USAGE(ARGS("--lr", "inf"), "--lr inf is out of range");
+}
+
+TEST_CASE("malformed numbers name the flag and the text") {
+  CHECK_USAGE(ARGS("--lr", "fast"), "--lr expects a number, found 'fast'");
+  CHECK_USAGE(ARGS("--lr", "1e-3x"), "--lr expects a number, found '1e-3x'");
+  CHECK_USAGE(ARGS("--lr", ""), "--lr expects a number, found ''");
+  CHECK_USAGE(ARGS("--epochs", "1.5"), "--epochs expects an integer from 1 to 2147483647, found '1.5'");
+  CHECK_USAGE(ARGS("--epochs", " 3"), "found ' 3'");
+  CHECK_USAGE(ARGS("--epochs", "+3"), "found '+3'");
+  CHECK_USAGE(ARGS("--resize", "100"), "--resize 100 is not instantiated; choose 224, 96, 64 or 32");
+  CHECK_USAGE(ARGS("--resize", "big"), "--resize expects one of 224, 96, 64 or 32, found 'big'");
+  CHECK_USAGE(ARGS("--width-divisor", "3"), "--width-divisor 3 is not instantiated");
+  CHECK_USAGE(ARGS("--optimizer", "rmsprop"), "--optimizer must be adam or sgd, found 'rmsprop'");
+  CHECK_USAGE(ARGS("--epochs"), "--epochs needs a value");
+  CHECK_USAGE(ARGS("--bogus"), "unknown option '--bogus'");
+  CHECK_USAGE(ARGS("3"), "unknown option '3'");
+}
+
+TEST_CASE("a flag given twice is refused and named") {
+  CHECK_USAGE(ARGS("--lr", "1e-3", "--lr", "1e-2"), "--lr is given twice");
+  CHECK_USAGE(ARGS("--resume", "--resume"), "--resume is given twice");
+  CHECK_USAGE(ARGS("--save", "a", "--epochs", "2", "--save", "b"), "--save is given twice");
+}
+
+TEST_CASE("contradictions and empty paths are refused") {
+  CHECK_USAGE(ARGS("--evaluate", "w.safetensors", "--resume"), "--evaluate and --resume contradict");
+  CHECK_USAGE(ARGS("--resume", "--overwrite"), "--resume and --overwrite contradict");
+  CHECK_USAGE(ARGS("--save", ""), "--save needs a non-empty path");
+  CHECK_USAGE(ARGS("--log", ""), "--log needs a non-empty path");
+  CHECK_USAGE(ARGS("--data", ""), "--data needs a non-empty path");
+  CHECK_USAGE(ARGS("--evaluate", ""), "--evaluate needs a non-empty path");
+  CHECK(parse({"--overwrite"}).overwrite);
+}
+
+TEST_CASE("the settings check keeps lr exactly and still accepts the old %f spelling") {
+  auto o = parse({"--lr", "1e-7"});
+  const auto settings = vgg_train::run_settings(o);
+  CHECK(settings.at("lr") == "1.00000001e-07");
+  CHECK(vgg_train::same_setting("lr", settings.at("lr"), settings.at("lr")));
+  const auto other = vgg_train::run_settings(parse({"--lr", "4e-7"}));
+  CHECK_FALSE(vgg_train::same_setting("lr", other.at("lr"), settings.at("lr")));
+  // Checkpoints written before stored "%f": 1e-3 as "0.001000" still matches 1e-3 ...
+  CHECK(vgg_train::same_setting("lr", "0.001000", vgg_train::run_settings(parse({})).at("lr")));
+  // ... while "%f"'s "0.000000" (1e-7 and 4e-7 alike) matches neither.
+  CHECK_FALSE(vgg_train::same_setting("lr", "0.000000", settings.at("lr")));
+  CHECK_FALSE(vgg_train::same_setting("lr", "garbage", settings.at("lr")));
+  CHECK(vgg_train::same_setting("seed", "1", "1"));
+  CHECK_FALSE(vgg_train::same_setting("seed", "1", "01"));
+  // Every float the parser accepts survives the round trip through the stored text.
+  for (const char* lr : {"1e-7", "0.1", "3.3e-5", "1.17549435e-38", "3.40282347e38", "0.0007"}) {
+    const auto s = vgg_train::run_settings(parse({"--lr", lr})).at("lr");
+    CHECK_MESSAGE(std::stof(s) == parse({"--lr", lr}).lr, lr);
+  }
+}
