@@ -71,14 +71,28 @@ struct NonFiniteValue {
 /// finite. Backwards, because NaN spreads backwards within a step (the backward pass carries it
 /// to every earlier layer, the update to their weights), while the ReLUs stop it going forwards:
 /// the tensor nearest the output is usually where it began.
+/// `values` (in the network's backend memory) readable on the host: the span itself on a
+/// host-memory backend, else a copy in `scratch` (device backends: the checks are periodic).
+template <class Net>
+std::span<const float> host_readable(Net& net, std::span<const float> values, std::vector<float>& scratch) {
+  if constexpr (Net::backend::host_memory) {
+    return values;
+  } else {
+    scratch.resize(values.size());
+    Net::backend::copy_to_host(values.data(), scratch.data(), values.size(), net.context());
+    return scratch;
+  }
+}
+
 template <class Net>
 std::vector<NonFiniteValue> list_non_finite(Net& net, bool gradients = true) {
   std::vector<NonFiniteValue> found;
+  std::vector<float> scratch;
   for (const bool in_gradient : {false, true}) {
     if (in_gradient && !gradients) break;
     const std::size_t group_start = found.size();
     net.for_each_parameter([&](const ParameterView& p) {
-      const std::span<const float> values = in_gradient ? p.grad : p.value;
+      const std::span<const float> values = host_readable(net, in_gradient ? p.grad : p.value, scratch);
       if (const auto i = first_non_finite(values)) found.push_back({p.name, in_gradient, *i, values[*i]});
     });
     std::reverse(found.begin() + std::ptrdiff_t(group_start), found.end());
@@ -161,8 +175,9 @@ class HealthMonitor {
     if (bad.empty() && symptom.rfind("the loss", 0) == 0)
       message += "; every weight and gradient is finite, so the forward pass overflowed";
     float largest = 0;  // largest finite weight magnitude
+    std::vector<float> scratch;
     net.for_each_parameter([&](const ParameterView& p) {
-      for (float v : p.value)
+      for (float v : host_readable(net, p.value, scratch))
         if (std::isfinite(v)) largest = std::max(largest, std::fabs(v));
     });
     const bool inputs_finite = !first_non_finite(inputs);

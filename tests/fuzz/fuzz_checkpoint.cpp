@@ -39,6 +39,11 @@ class Tiny {
     visit("fc.1.weight", {3, 8}, 24);
     visit("fc.1.bias", {3}, 3);
   }
+  // The seam a checkpoint crosses: host memory, so parameters are copied as they are.
+  using backend = vgg::cpu::PlainBackend;
+  backend::Context& context() { return context_; }
+  void copy_parameters_to_host(std::span<float> host) { std::copy(values_.begin(), values_.end(), host.begin()); }
+  void copy_parameters_from_host(std::span<const float> host) { std::copy(host.begin(), host.end(), values_.begin()); }
   std::uint64_t seed() const { return seed_; }
   std::uint64_t step() const { return step_; }
   void set_seed(std::uint64_t seed) { seed_ = seed; }
@@ -46,6 +51,7 @@ class Tiny {
 
  private:
   std::vector<float> values_ = std::vector<float>(num_params);
+  backend::Context context_;
   std::uint64_t seed_, step_ = 0;
 };
 

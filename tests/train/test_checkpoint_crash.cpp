@@ -36,7 +36,7 @@ std::vector<float> all_params(Net& net) {
 
 struct State {
   std::unique_ptr<Net> net;
-  vgg::Adam adam{{.lr = 1e-3f}};
+  vgg::Adam<> adam{{.lr = 1e-3f}};
   std::int64_t epoch;
   State(std::uint64_t seed, std::int64_t epoch_number) : net(std::make_unique<Net>(seed)), epoch(epoch_number) {
     const auto x = ref::random_vector(2 * 1024, unsigned(seed), 0.0f, 1.0f);

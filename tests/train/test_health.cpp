@@ -23,7 +23,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 struct Run {
   std::unique_ptr<Net> net = std::make_unique<Net>(3);
-  vgg::Adam adam{{.lr = 1e-3f}};
+  vgg::Adam<> adam{{.lr = 1e-3f}};
   std::vector<float> x = ref::random_vector(4 * 1024, 7, 0.0f, 1.0f);
   std::vector<std::int32_t> labels{0, 1, 2, 3};
   vgg::HealthMonitor health{4};

@@ -43,17 +43,32 @@ inline constexpr std::int64_t kMaxCheckpointEpoch = std::numeric_limits<std::int
 
 namespace detail {
 
+// Checkpoints are written once for every backend: parameters and optimizer state live in the
+// backend's memory and cross to the host here, for saving and loading only.
+
+/// The network's parameters as loader bindings, read in place: host-memory backends only.
 template <class Net>
+  requires Net::backend::host_memory
 std::vector<ParamMutRef> parameter_refs(Net& net, const std::string& prefix = "") {
   std::vector<ParamMutRef> refs;
   net.for_each_parameter([&](const ParameterView& p) { refs.push_back({prefix + p.name, p.shape, p.value}); });
   return refs;
 }
 
+/// Every parameter of net copied to the host, in network order.
 template <class Net>
-void add_weight_records(Net& net, std::vector<TensorRecord>& records) {
-  net.for_each_parameter(
-      [&](const ParameterView& p) { records.push_back(tensor_record(p.name, p.shape, p.value)); });
+std::vector<float> host_parameters(Net& net) {
+  std::vector<float> host(static_cast<std::size_t>(Net::num_params));
+  net.copy_parameters_to_host(host);
+  return host;
+}
+
+/// A flat optimizer state buffer (in the backend's memory) copied to the host.
+template <class Net>
+std::vector<float> host_copy(Net& net, std::span<const float> state) {
+  std::vector<float> host(state.size());
+  Net::backend::copy_to_host(state.data(), host.data(), state.size(), net.context());
+  return host;
 }
 
 /// Optimizer state as (state name, flat buffer in network parameter order).
@@ -70,7 +85,8 @@ std::string optimizer_name(const Adam<B>&) { return "adam"; }
 template <class B>
 std::string optimizer_name(const Sgd<B>&) { return "sgd"; }
 
-/// Calls f(tensor name, shape, slice of flat) for each parameter of net, slicing `flat` in order.
+/// Calls f(tensor name, shape, slice of flat) for each parameter of net, slicing `flat` (a host
+/// buffer in network order) in order.
 template <class Net, class F>
 void for_each_slice(Net& net, const std::string& prefix, std::span<float> flat, F&& f) {
   std::size_t offset = 0;
@@ -122,7 +138,10 @@ inline void require_finite(const std::filesystem::path& path, const std::string&
 
 template <class Net>
 void require_finite_weights(const std::filesystem::path& path, Net& net) {
-  net.for_each_parameter([&](const ParameterView& p) { require_finite(path, p.name, p.value, "weight"); });
+  std::vector<float> host = host_parameters(net);
+  for_each_slice(net, "", host, [&](const std::string& name, const std::vector<std::int64_t>&, std::span<float> v) {
+    require_finite(path, name, v, "weight");
+  });
 }
 
 }  // namespace detail
@@ -159,8 +178,11 @@ void save_weights(const std::filesystem::path& path, Net& net, std::map<std::str
   require_replaceable(path);
   metadata[kArchitectureKey] = Net::architecture();
   metadata[kFormatKey] = "weights-1";
+  std::vector<float> weights = detail::host_parameters(net);
   std::vector<TensorRecord> records;
-  detail::add_weight_records(net, records);
+  detail::for_each_slice(net, "", weights, [&](std::string name, std::vector<std::int64_t> shape, std::span<float> v) {
+    records.push_back(tensor_record(std::move(name), std::move(shape), v));
+  });
   save_safetensors(path, records, metadata);
 }
 
@@ -186,11 +208,7 @@ std::map<std::string, std::string> load_weights(const std::filesystem::path& pat
   });
   load_parameters(file, refs, LoadPolicy{.allow_extra = training});
   for (const ParamMutRef& ref : refs) detail::require_finite(path, ref.name, ref.data, "weight");
-  offset = 0;
-  net.for_each_parameter([&](const ParameterView& p) {
-    std::copy_n(staged.begin() + std::ptrdiff_t(offset), p.value.size(), p.value.begin());
-    offset += p.value.size();
-  });
+  net.copy_parameters_from_host(staged);
   return file.metadata();
 }
 
@@ -208,14 +226,24 @@ void save_training_checkpoint(const std::filesystem::path& path, Net& net, Optim
   metadata[kArchitectureKey] = Net::architecture();
   metadata[kFormatKey] = "training-1";
   metadata["vgg.optimizer"] = detail::optimizer_name(optimizer);
-  optimizer.reserve(Net::num_params);
+  optimizer.reserve(Net::num_params, net.context());
+  // Host copies of everything saved (kept alive until the file is written).
+  std::vector<std::vector<float>> host;
+  host.push_back(detail::host_parameters(net));
   std::vector<TensorRecord> records;
-  detail::add_weight_records(net, records);
-  for (auto& [state_name, flat] : detail::optimizer_state(optimizer))
-    detail::for_each_slice(net, "optimizer." + state_name + ".", flat,
+  auto add_records = [&](const std::string& prefix, std::vector<float>& flat) {
+    detail::for_each_slice(net, prefix, flat,
                            [&](std::string name, std::vector<std::int64_t> shape, std::span<float> slice) {
                              records.push_back(tensor_record(std::move(name), std::move(shape), slice));
                            });
+  };
+  const auto states = detail::optimizer_state(optimizer);
+  host.reserve(1 + states.size());  // no reallocation: records point into these buffers
+  add_records("", host.front());
+  for (auto& [state_name, flat] : states) {
+    host.push_back(detail::host_copy(net, flat));
+    add_records("optimizer." + state_name + ".", host.back());
+  }
   const std::int64_t counters[4] = {state.epoch, state.network_step, optimizer.steps(),
                                     std::int64_t(net.seed())};  // the bits of the uint64 seed
   records.push_back(tensor_record("train.epoch", {}, std::span<const std::int64_t>(counters, 1)));
@@ -244,7 +272,7 @@ TrainingState load_training_checkpoint(const std::filesystem::path& path, Net& n
     throw CheckpointError("checkpoint " + detail::quoted(path) + " holds the state of optimizer '" +
                           (kind == meta.end() ? std::string("?") : kind->second) + "', but training uses '" +
                           detail::optimizer_name(optimizer) + "'");
-  optimizer.reserve(Net::num_params);
+  optimizer.reserve(Net::num_params, net.context());
   // Stage everything in temporaries first so that a bad file changes nothing.
   const std::vector<float> staged_weights = [&] {
     std::vector<float> all(static_cast<std::size_t>(Net::num_params));
@@ -295,15 +323,11 @@ TrainingState load_training_checkpoint(const std::filesystem::path& path, Net& n
   require_range("train.network_step", network_step, std::numeric_limits<std::int64_t>::max());
   require_range("optimizer.step", optimizer_step, std::numeric_limits<std::int64_t>::max());
 
-  // Commit.
-  std::size_t offset = 0;
-  net.for_each_parameter([&](const ParameterView& p) {
-    std::copy_n(staged_weights.begin() + std::ptrdiff_t(offset), p.value.size(), p.value.begin());
-    offset += p.value.size();
-  });
+  // Commit: to the backend's memory.
+  net.copy_parameters_from_host(staged_weights);
   std::size_t i = 0;
   for (auto& [state_name, flat] : detail::optimizer_state(optimizer)) {
-    std::copy(staged_state[i].begin(), staged_state[i].end(), flat.begin());
+    Net::backend::copy_from_host(staged_state[i].data(), flat.data(), flat.size(), net.context());
     ++i;
   }
   optimizer.set_steps(optimizer_step);
