@@ -55,6 +55,7 @@ struct Options {
   std::size_t limit = 0;
   fs::path evaluate;  // evaluation mode when set
   fs::path log;       // default: <save>.metrics.jsonl
+  std::string device = "cpu";  // cpu | cuda | auto
 };
 
 const char* kHelp = R"(Usage: vgg-train [options]
@@ -71,6 +72,7 @@ Options:
   --resize S             input size: 224, 96, 64 or 32 (default 224)
   --width-divisor D      1, 2, 4 or 8 (default 8, the chapter's small net)
   --threads N            compute threads (default: all cores)
+  --device NAME          cpu | cuda | auto (auto: the GPU when one is usable, else the CPU) (default cpu)
   --seed N               seed for initialisation, shuffling and dropout (default 1)
   --save PATH            checkpoint written atomically after every epoch
                          (default runs/vgg11_w<D>_<S>.safetensors)
@@ -117,6 +119,7 @@ Options parse_args(int argc, char** argv) {
     else if (flag == "--limit") o.limit = parse_number<std::size_t>(flag, value());
     else if (flag == "--log") o.log = value();
     else if (flag == "--evaluate") o.evaluate = value();
+    else if (flag == "--device") o.device = value();
     else throw UsageError("unknown option '" + flag + "' (see --help)");
   }
   if (o.epochs < 1) throw UsageError("--epochs must be at least 1, found " + std::to_string(o.epochs));
@@ -124,6 +127,8 @@ Options parse_args(int argc, char** argv) {
   if (!(o.lr > 0.0f) || !std::isfinite(o.lr)) throw UsageError("--lr must be a positive number, found " + std::to_string(o.lr));
   if (o.optimizer != "adam" && o.optimizer != "sgd")
     throw UsageError("--optimizer must be adam or sgd, found '" + o.optimizer + "'");
+  if (o.device != "cpu" && o.device != "cuda" && o.device != "auto")
+    throw UsageError("--device must be cpu, cuda or auto, found '" + o.device + "'");
   if (o.threads < 0) throw UsageError("--threads must be positive, found " + std::to_string(o.threads));
   if (std::find(std::begin(kResizes), std::end(kResizes), o.resize) == std::end(kResizes))
     throw UsageError("--resize " + std::to_string(o.resize) + " is not instantiated; choose 224, 96, 64 or 32");
@@ -294,34 +299,59 @@ int evaluate_checkpoint(const Options& o) {
   return 0;
 }
 
-template <int S, int D>
+template <int S, int D, class B>
 int run(const Options& o) {
-  using Net = vgg::vgg11<vgg::Input<1, S, S>, 10, D>;
+  using Net = typename vgg::vgg11<vgg::Input<1, S, S>, 10, D>::template on<B>;
   if (!o.evaluate.empty()) return evaluate_checkpoint<Net>(o);
-  if (o.optimizer == "sgd") return train<Net>(o, vgg::Sgd({.lr = o.lr, .momentum = 0.9f}));
-  return train<Net>(o, vgg::Adam({.lr = o.lr}));
+  if (o.optimizer == "sgd") return train<Net>(o, vgg::Sgd<B>({.lr = o.lr, .momentum = 0.9f}));
+  return train<Net>(o, vgg::Adam<B>({.lr = o.lr}));
 }
 
-template <int S>
+template <int S, class B>
 int dispatch_width(const Options& o) {
   switch (o.width_divisor) {
-    case 1: return run<S, 1>(o);
-    case 2: return run<S, 2>(o);
-    case 4: return run<S, 4>(o);
-    default: return run<S, 8>(o);
+    case 1: return run<S, 1, B>(o);
+    case 2: return run<S, 2, B>(o);
+    case 4: return run<S, 4, B>(o);
+    default: return run<S, 8, B>(o);
   }
 }
 
+template <class B>
 int dispatch(const Options& o) {
   switch (o.resize) {
-    case 224: return dispatch_width<224>(o);
-    case 96: return dispatch_width<96>(o);
-    case 64: return dispatch_width<64>(o);
-    default: return dispatch_width<32>(o);
+    case 224: return dispatch_width<224, B>(o);
+    case 96: return dispatch_width<96, B>(o);
+    case 64: return dispatch_width<64, B>(o);
+    default: return dispatch_width<32, B>(o);
+  }
+}
+
+/// The run on backend B; errors become messages and exit codes.
+template <class B>
+int run_on(const Options& options) {
+  try {
+    return dispatch<B>(options);
+  } catch (const UsageError& e) {
+    std::cerr << "vgg-train: " << e.what() << '\n';
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "vgg-train: " << e.what() << '\n';
+    return 1;
   }
 }
 
 }  // namespace
+
+#if defined(VGG_TRAIN_CUDA_UNIT)
+// This file compiled again by nvcc (vgg_train_cuda.cu): the runs on the CUDA backend.
+std::string vgg_train_cuda_problem() { return vgg::cuda::device_problem(); }
+int vgg_train_cuda_main(int argc, char** argv) { return run_on<vgg::cuda::Backend>(parse_args(argc, argv)); }
+#else
+#if defined(VGG_TRAIN_HAVE_CUDA)
+std::string vgg_train_cuda_problem();  // empty when a CUDA device is usable, else why not
+int vgg_train_cuda_main(int argc, char** argv);
+#endif
 
 int main(int argc, char** argv) {
   Options options;
@@ -332,13 +362,20 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (options.threads > 0) omp_set_num_threads(options.threads);
-  try {
-    return dispatch(options);
-  } catch (const UsageError& e) {
-    std::cerr << "vgg-train: " << e.what() << '\n';
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "vgg-train: " << e.what() << '\n';
-    return 1;
+  if (options.device != "cpu") {
+#if defined(VGG_TRAIN_HAVE_CUDA)
+    const std::string problem = vgg_train_cuda_problem();
+    if (problem.empty()) return vgg_train_cuda_main(argc, argv);
+#else
+    const std::string problem = "this vgg-train was built without the CUDA backend (VGG_CUDA found no CUDA toolkit "
+                                "and cuDNN)";
+#endif
+    if (options.device == "cuda") {
+      std::cerr << "vgg-train: --device cuda: " << problem << '\n';
+      return 1;
+    }
+    std::cout << "--device auto: " << problem << "; running on the CPU" << std::endl;
   }
+  return run_on<vgg::cpu::Backend>(options);
 }
+#endif

@@ -3,7 +3,9 @@
 // (vgg_block_1.0.weight, ..., fc.7.bias), so files move between PyTorch and vgg unchanged; the
 // architecture is written into __metadata__ and checked on load. A training checkpoint adds the
 // optimizer state per parameter (optimizer.<state>.<name>) and the counters needed to resume.
-// Every save is atomic (temporary file, fsync, rename): see safetensors.hpp.
+// Every save is atomic (temporary file, fsync, rename): see safetensors.hpp. A network whose
+// backend keeps its memory off the host (B::host_memory false, e.g. vgg::cuda::Backend) is staged
+// through host copies: the file is the same whichever backend wrote or reads it.
 
 #include <cstdint>
 #include <filesystem>
@@ -42,6 +44,37 @@ template <class Net>
 void add_weight_records(Net& net, std::vector<TensorRecord>& records) {
   net.for_each_parameter(
       [&](const ParameterView& p) { records.push_back(tensor_record(p.name, p.shape, p.value)); });
+}
+
+/// A host copy of `flat`, which lives in backend B's memory.
+template <class B>
+std::vector<float> copy_to_host(std::span<const float> flat, typename B::Context& ctx) {
+  std::vector<float> host(flat.size());
+  B::copy_to_host(flat.data(), host.data(), flat.size(), ctx);
+  return host;
+}
+
+/// Every parameter of `net` copied to the host, flat, in network order.
+template <class Net>
+std::vector<float> parameters_to_host(Net& net) {
+  std::vector<float> host;
+  host.reserve(std::size_t(Net::num_params));
+  net.for_each_parameter_data([&](std::span<float> value, std::span<float>) {
+    const std::size_t offset = host.size();
+    host.resize(offset + value.size());
+    Net::backend::copy_to_host(value.data(), host.data() + offset, value.size(), net.context());
+  });
+  return host;
+}
+
+/// Writes the flat host copy `host` (network order) into the parameters of `net`.
+template <class Net>
+void parameters_from_host(Net& net, std::span<const float> host) {
+  std::size_t offset = 0;
+  net.for_each_parameter_data([&](std::span<float> value, std::span<float>) {
+    Net::backend::copy_from_host(host.data() + offset, value.data(), value.size(), net.context());
+    offset += value.size();
+  });
 }
 
 /// Optimizer state as (state name, flat buffer in network parameter order).
@@ -85,7 +118,16 @@ void save_weights(const std::filesystem::path& path, Net& net, std::map<std::str
   metadata[kArchitectureKey] = Net::architecture();
   metadata[kFormatKey] = "weights-1";
   std::vector<TensorRecord> records;
-  detail::add_weight_records(net, records);
+  std::vector<float> host;  // a device network's parameters, staged on the host
+  if constexpr (Net::backend::host_memory) {
+    detail::add_weight_records(net, records);
+  } else {
+    host = detail::parameters_to_host(net);
+    detail::for_each_slice(net, "", std::span<float>(host),
+                           [&](std::string name, std::vector<std::int64_t> shape, std::span<float> slice) {
+                             records.push_back(tensor_record(std::move(name), std::move(shape), slice));
+                           });
+  }
   save_safetensors(path, records, metadata);
 }
 
@@ -99,8 +141,19 @@ std::map<std::string, std::string> load_weights(const std::filesystem::path& pat
   detail::check_architecture(file, Net::architecture());
   const auto format = file.metadata().find(kFormatKey);
   const bool training = format != file.metadata().end() && format->second == "training-1";
-  const auto refs = detail::parameter_refs(net);
-  load_parameters(file, refs, LoadPolicy{.allow_extra = training});
+  if constexpr (Net::backend::host_memory) {
+    const auto refs = detail::parameter_refs(net);
+    load_parameters(file, refs, LoadPolicy{.allow_extra = training});
+  } else {
+    std::vector<float> host(std::size_t(Net::num_params));
+    std::vector<ParamMutRef> refs;
+    detail::for_each_slice(net, "", std::span<float>(host),
+                           [&](std::string name, std::vector<std::int64_t> shape, std::span<float> slice) {
+                             refs.push_back({std::move(name), std::move(shape), slice});
+                           });
+    load_parameters(file, refs, LoadPolicy{.allow_extra = training});
+    detail::parameters_from_host(net, host);
+  }
   return file.metadata();
 }
 
@@ -113,14 +166,29 @@ void save_training_checkpoint(const std::filesystem::path& path, Net& net, Optim
   metadata[kArchitectureKey] = Net::architecture();
   metadata[kFormatKey] = "training-1";
   metadata["vgg.optimizer"] = detail::optimizer_name(optimizer);
-  optimizer.reserve(Net::num_params);
+  optimizer.reserve(Net::num_params, net.context());
   std::vector<TensorRecord> records;
-  detail::add_weight_records(net, records);
-  for (auto& [state_name, flat] : detail::optimizer_state(optimizer))
+  std::vector<std::vector<float>> host;  // a device network's parameters and state, staged on the host
+  if constexpr (Net::backend::host_memory) {
+    detail::add_weight_records(net, records);
+  } else {
+    host.push_back(detail::parameters_to_host(net));
+    detail::for_each_slice(net, "", std::span<float>(host.back()),
+                           [&](std::string name, std::vector<std::int64_t> shape, std::span<float> slice) {
+                             records.push_back(tensor_record(std::move(name), std::move(shape), slice));
+                           });
+  }
+  for (auto& [state_name, state_flat] : detail::optimizer_state(optimizer)) {
+    std::span<float> flat = state_flat;
+    if constexpr (!Net::backend::host_memory) {
+      host.push_back(detail::copy_to_host<typename Net::backend>(flat, net.context()));
+      flat = host.back();
+    }
     detail::for_each_slice(net, "optimizer." + state_name + ".", flat,
                            [&](std::string name, std::vector<std::int64_t> shape, std::span<float> slice) {
                              records.push_back(tensor_record(std::move(name), std::move(shape), slice));
                            });
+  }
   const std::int64_t counters[4] = {state.epoch, state.network_step, optimizer.steps(),
                                     std::int64_t(net.seed())};  // the bits of the uint64 seed
   records.push_back(tensor_record("train.epoch", {}, std::span<const std::int64_t>(counters, 1)));
@@ -146,7 +214,7 @@ TrainingState load_training_checkpoint(const std::filesystem::path& path, Net& n
     throw CheckpointError("checkpoint " + detail::quoted(path) + " holds the state of optimizer '" +
                           (kind == meta.end() ? std::string("?") : kind->second) + "', but training uses '" +
                           detail::optimizer_name(optimizer) + "'");
-  optimizer.reserve(Net::num_params);
+  optimizer.reserve(Net::num_params, net.context());
   // Stage everything in temporaries first so that a bad file changes nothing.
   const std::vector<float> staged_weights = [&] {
     std::vector<float> all(std::size_t(Net::num_params));
@@ -177,14 +245,10 @@ TrainingState load_training_checkpoint(const std::filesystem::path& path, Net& n
   file.read<std::int64_t>("train.network_seed", std::span<std::int64_t>(&network_seed, 1), scalar);
 
   // Commit.
-  std::size_t offset = 0;
-  net.for_each_parameter([&](const ParameterView& p) {
-    std::copy_n(staged_weights.begin() + std::ptrdiff_t(offset), p.value.size(), p.value.begin());
-    offset += p.value.size();
-  });
+  detail::parameters_from_host(net, staged_weights);
   std::size_t i = 0;
   for (auto& [state_name, flat] : detail::optimizer_state(optimizer)) {
-    std::copy(staged_state[i].begin(), staged_state[i].end(), flat.begin());
+    Net::backend::copy_from_host(staged_state[i].data(), flat.data(), flat.size(), net.context());
     ++i;
   }
   optimizer.set_steps(optimizer_step);
