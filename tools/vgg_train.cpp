@@ -367,8 +367,8 @@ int main(int argc, char** argv) {
     const std::string problem = vgg_train_cuda_problem();
     if (problem.empty()) return vgg_train_cuda_main(argc, argv);
 #else
-    const std::string problem = "this vgg-train was built without the CUDA backend (VGG_CUDA found no CUDA toolkit "
-                                "and cuDNN)";
+    const std::string problem = "this vgg-train was built without the CUDA backend (configure with -DVGG_CUDA=ON "
+                                "where the CUDA toolkit and cuDNN are installed)";
 #endif
     if (options.device == "cuda") {
       std::cerr << "vgg-train: --device cuda: " << problem << '\n';
