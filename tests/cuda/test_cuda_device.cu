@@ -192,12 +192,16 @@ TEST_CASE("a steady-state training step on the device calls no cudaMalloc") {
   CHECK(vgg::cuda::device_allocations() - before_bigger > 0);
 }
 
-TEST_CASE("out of device memory names the bytes asked for and the bytes free") {
+TEST_CASE("out of device memory names the bytes asked for, the bytes free and the batch size") {
   if (no_device()) return;
   vgg::cuda::Buffer<float> huge;
   CHECK_THROWS_WITH_AS(huge.reserve(std::size_t(1) << 48), doctest::Contains("bytes free"), std::runtime_error);
   huge.reserve(16);  // the failed allocation left the device usable
   CHECK(huge.capacity() == 16);
+  // A conv layer's state names the batch size it was reserved for.
+  vgg::cuda::PoolState state;
+  CHECK_THROWS_WITH_AS(state.reserve(vgg::ConvShape{64, 512, 224, 224}, 1 << 20),
+                       doctest::Contains("for a batch of 1048576"), std::runtime_error);
 }
 
 #if defined(VGG_TEST_HAVE_IO)

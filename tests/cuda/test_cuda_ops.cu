@@ -280,6 +280,11 @@ TEST_CASE("a failed CUDA, cuDNN or cuBLAS call throws, naming the call, the plac
   const std::string cublas = message([] { VGG_CUDA_CHECK(CUBLAS_STATUS_NOT_INITIALIZED); });
   CHECK(cublas.find("CUBLAS_STATUS_NOT_INITIALIZED") != std::string::npos);
   CHECK(message([] { VGG_CUDA_CHECK(cudaSuccess); }) == "(nothing thrown)");
+  // A layer's reservation adds which layer and batch size it was for.
+  const std::string layer = message([] {
+    vgg::cuda::detail::reserving(vgg::ConvShape{3, 8, 13, 11}, 7, [] { throw std::runtime_error("out of memory"); });
+  });
+  CHECK(layer == "out of memory; while reserving the conv layer 3 -> 8 channels, 13 x 11, for a batch of 7");
 }
 
 TEST_CASE("without a usable device, a CUDA context or network says why instead of crashing") {

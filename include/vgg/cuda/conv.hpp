@@ -10,6 +10,7 @@
 #include <array>
 #include <cstddef>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,18 @@ inline TensorDescriptor make_tensor(int n, int c, int h, int w) {
   return owned;
 }
 
+/// f(), with an error (out of device memory, above all) told which layer and batch size it served.
+template <class F>
+void reserving(const ConvShape& s, int batch, F&& f) {
+  try {
+    f();
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(std::string(e.what()) + "; while reserving the conv layer " + std::to_string(s.cin) +
+                             " -> " + std::to_string(s.cout) + " channels, " + std::to_string(s.h) + " x " +
+                             std::to_string(s.w) + ", for a batch of " + std::to_string(batch));
+  }
+}
+
 /// The first algorithm of cuDNN's ranking that runs and is deterministic (the same gradients on
 /// every run, as the CPU backend gives), else the first that runs.
 template <class Perf>
@@ -74,11 +87,16 @@ class ConvWorkspace {
 
   /// ensures: descriptors, algorithms and workspace for batches of `batch`; nothing is allocated
   /// by a later pass of that batch size.
-  void reserve(Context& ctx, const ConvShape& s, int batch) { (void)plan(ctx, s, batch); }
+  void reserve(Context& ctx, const ConvShape& s, int batch) {
+    detail::reserving(s, batch, [&] { (void)plan(ctx, s, batch); });
+  }
   /// With pooled, also the gradient of the conv's full-size output (the pool's backward writes it).
   void reserve_backward(Context& ctx, const ConvShape& s, int batch, bool pooled) {
-    (void)plan(ctx, s, batch);
-    if (pooled) output_gradient_.reserve(std::size_t(batch) * std::size_t(s.cout) * std::size_t(s.h) * std::size_t(s.w));
+    detail::reserving(s, batch, [&] {
+      (void)plan(ctx, s, batch);
+      if (pooled)
+        output_gradient_.reserve(std::size_t(batch) * std::size_t(s.cout) * std::size_t(s.h) * std::size_t(s.w));
+    });
   }
 
   /// The plan of batch size n, made the first time n is seen.
@@ -199,7 +217,9 @@ class ConvWorkspace {
 class PoolState {
  public:
   void reserve(const ConvShape& s, int batch) {
-    output_.reserve(std::size_t(batch) * std::size_t(s.cout) * std::size_t(s.h) * std::size_t(s.w));
+    detail::reserving(s, batch, [&] {
+      output_.reserve(std::size_t(batch) * std::size_t(s.cout) * std::size_t(s.h) * std::size_t(s.w));
+    });
   }
   float* output() { return output_.data(); }
   const float* output() const { return output_.data(); }
