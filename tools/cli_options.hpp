@@ -45,6 +45,7 @@ struct Options {
   int resize = 224;
   int width_divisor = 8;
   int threads = 0;  ///< 0: OpenMP's default (all cores)
+  std::string device = "cpu";  ///< cpu | cuda | auto (the GPU when one is usable, else the CPU)
   std::uint64_t seed = 1;
   std::filesystem::path save;  ///< default derived from resize and width
   bool resume = false;
@@ -69,6 +70,7 @@ Options:
   --resize S             input size: 224, 96, 64 or 32 (default 224)
   --width-divisor D      1, 2, 4 or 8 (default 8, the chapter's small net)
   --threads N            compute threads, 1 to 256; 0: all cores (default 0)
+  --device NAME          cpu | cuda | auto (auto: the GPU when one is usable, else the CPU) (default cpu)
   --seed N               seed for initialisation, shuffling and dropout, 0 to 2^64-1 (default 1)
   --save PATH            checkpoint written atomically after every epoch
                          (default runs/vgg11_w<D>_<S>.safetensors)
@@ -169,7 +171,8 @@ inline Options parse_args(std::span<const std::string_view> args) {
     };
     static constexpr std::string_view known[] = {"--data", "--epochs", "--batch-size", "--lr", "--optimizer",
                                                   "--resize", "--width-divisor", "--threads", "--seed", "--save",
-                                                  "--resume", "--overwrite", "--limit", "--log", "--evaluate"};
+                                                  "--resume", "--overwrite", "--limit", "--log", "--evaluate",
+                                                  "--device"};
     if (std::find(std::begin(known), std::end(known), flag) == std::end(known))
       throw UsageError("unknown option " + quote(flag) + " (see --help)");
     // The last of two values silently winning hides typos in long command lines and scripts.
@@ -193,6 +196,11 @@ inline Options parse_args(std::span<const std::string_view> args) {
     else if (flag == "--limit") o.limit = parse_integer<std::size_t>(flag, value(), 0, INT64_MAX);
     else if (flag == "--log") o.log = path();
     else if (flag == "--evaluate") o.evaluate = path();
+    else if (flag == "--device") {
+      o.device = std::string(value());
+      if (o.device != "cpu" && o.device != "cuda" && o.device != "auto")
+        throw UsageError("--device must be cpu, cuda or auto, found " + quote(o.device));
+    }
   }
   if (!o.evaluate.empty() && o.resume)
     throw UsageError("--evaluate and --resume contradict: --evaluate only reads the weights at its path; "

@@ -284,34 +284,65 @@ int evaluate_checkpoint(const Options& o) {
   return 0;
 }
 
-template <int S, int D>
+template <int S, int D, class B>
 int run(const Options& o) {
-  using Net = vgg::vgg11<vgg::Input<1, S, S>, 10, D>;
+  using Net = typename vgg::vgg11<vgg::Input<1, S, S>, 10, D>::template on<B>;
   if (!o.evaluate.empty()) return evaluate_checkpoint<Net>(o);
-  if (o.optimizer == "sgd") return train<Net>(o, vgg::Sgd({.lr = o.lr, .momentum = 0.9f}));
-  return train<Net>(o, vgg::Adam({.lr = o.lr}));
+  if (o.optimizer == "sgd") return train<Net>(o, vgg::Sgd<B>({.lr = o.lr, .momentum = 0.9f}));
+  return train<Net>(o, vgg::Adam<B>({.lr = o.lr}));
 }
 
-template <int S>
+template <int S, class B>
 int dispatch_width(const Options& o) {
   switch (o.width_divisor) {
-    case 1: return run<S, 1>(o);
-    case 2: return run<S, 2>(o);
-    case 4: return run<S, 4>(o);
-    default: return run<S, 8>(o);
+    case 1: return run<S, 1, B>(o);
+    case 2: return run<S, 2, B>(o);
+    case 4: return run<S, 4, B>(o);
+    default: return run<S, 8, B>(o);
   }
 }
 
+template <class B>
 int dispatch(const Options& o) {
   switch (o.resize) {
-    case 224: return dispatch_width<224>(o);
-    case 96: return dispatch_width<96>(o);
-    case 64: return dispatch_width<64>(o);
-    default: return dispatch_width<32>(o);
+    case 224: return dispatch_width<224, B>(o);
+    case 96: return dispatch_width<96, B>(o);
+    case 64: return dispatch_width<64, B>(o);
+    default: return dispatch_width<32, B>(o);
+  }
+}
+
+/// The run on backend B; errors become messages and exit codes.
+template <class B>
+int run_on(const Options& options) {
+  try {
+    return dispatch<B>(options);
+  } catch (const UsageError& e) {
+    std::cerr << "vgg-train: " << e.what() << '\n';
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "vgg-train: out of memory; try a smaller --batch-size, --resize, --width-divisor or --threads\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "vgg-train: " << e.what() << '\n';
+    return 1;
   }
 }
 
 }  // namespace
+
+#if defined(VGG_TRAIN_CUDA_UNIT)
+// This file compiled again by nvcc (vgg_train_cuda.cu): the runs on the CUDA backend.
+std::string vgg_train_cuda_problem() { return vgg::cuda::device_problem(); }
+int vgg_train_cuda_main(int argc, char** argv) {
+  const std::vector<std::string_view> args(argv + 1, argv + argc);
+  return run_on<vgg::cuda::Backend>(vgg_train::parse_args(args));
+}
+#else
+#if defined(VGG_TRAIN_HAVE_CUDA)
+std::string vgg_train_cuda_problem();  // empty when a CUDA device is usable, else why not
+int vgg_train_cuda_main(int argc, char** argv);
+#endif
 
 int main(int argc, char** argv) {
   Options options;
@@ -327,16 +358,20 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (options.threads > 0) omp_set_num_threads(options.threads);
-  try {
-    return dispatch(options);
-  } catch (const UsageError& e) {
-    std::cerr << "vgg-train: " << e.what() << '\n';
-    return 2;
-  } catch (const std::bad_alloc&) {
-    std::cerr << "vgg-train: out of memory; try a smaller --batch-size, --resize, --width-divisor or --threads\n";
-    return 1;
-  } catch (const std::exception& e) {
-    std::cerr << "vgg-train: " << e.what() << '\n';
-    return 1;
+  if (options.device != "cpu") {
+#if defined(VGG_TRAIN_HAVE_CUDA)
+    const std::string problem = vgg_train_cuda_problem();
+    if (problem.empty()) return vgg_train_cuda_main(argc, argv);
+#else
+    const std::string problem = "this vgg-train was built without the CUDA backend (configure with -DVGG_CUDA=ON "
+                                "where the CUDA toolkit and cuDNN are installed)";
+#endif
+    if (options.device == "cuda") {
+      std::cerr << "vgg-train: --device cuda: " << problem << '\n';
+      return 1;
+    }
+    std::cout << "--device auto: " << problem << "; running on the CPU" << std::endl;
   }
+  return run_on<vgg::cpu::Backend>(options);
 }
+#endif

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The CUDA backend on a machine with an NVIDIA GPU: builds with -DVGG_CUDA=ON, runs the CUDA tests
+# (which must run, not skip), the GPU benchmark (VGG-11 forward and backward, full width and
+# width/8, batch 64 and 8) and, when vgg-train was built with --device, one epoch of the recipe on
+# the GPU; then prints a summary. Logs go to $build/gpu_check/.
+#
+#   bash scripts/gpu_check.sh                 # everything
+#   VGG_GPU_BUILD_ONLY=1 bash scripts/gpu_check.sh   # the build alone (works without a GPU)
+#   VGG_GPU_EPOCH_LIMIT=6000 bash scripts/gpu_check.sh   # the epoch on the first 6000 images only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${VGG_BUILD_DIR:-build-gpu}
+jobs=${JOBS:-$(nproc)}
+logs="$build/gpu_check"
+
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DVGG_CUDA=ON -DVGG_BUILD_EXAMPLES=OFF
+# Only the targets this check runs (when Google Benchmark or vgg::io is missing, theirs are absent).
+targets=(test_cuda_ops test_cuda_device)
+available=$(cmake --build "$build" --target help)
+for t in bench_cuda vgg-train; do
+  if grep -q "\b$t\b" <<<"$available"; then targets+=("$t"); fi
+done
+start=$(date +%s)
+cmake --build "$build" -j "$jobs" --target "${targets[@]}"
+build_seconds=$(( $(date +%s) - start ))
+echo "gpu_check: built ${targets[*]} in ${build_seconds}s"
+if [ "${VGG_GPU_BUILD_ONLY:-0}" = 1 ]; then exit 0; fi
+
+mkdir -p "$logs"
+summary=()
+status=0
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$logs/gpu.txt"
+  summary+=("device: $(head -1 "$logs/gpu.txt")")
+fi
+
+# The tests: the device suite must run here, so a skip is a failure of this check.
+if ctest --test-dir "$build" -L cuda --output-on-failure >"$logs/tests.log" 2>&1; then
+  if grep -q "VGG_SKIPPED" "$logs/tests.log"; then
+    summary+=("tests: SKIPPED on this machine (no usable device): $(grep -m1 VGG_SKIPPED "$logs/tests.log")")
+    status=1
+  else
+    summary+=("tests: $(grep -E 'tests passed' "$logs/tests.log")")
+  fi
+else
+  summary+=("tests: FAILED (see $logs/tests.log)")
+  status=1
+fi
+tail -5 "$logs/tests.log"
+
+if [ -x "$build/benchmarks/bench_cuda" ]; then
+  if "$build/benchmarks/bench_cuda" --benchmark_counters_tabular=true --benchmark_min_time=0.5 \
+       2>&1 | tee "$logs/bench_cuda.txt"; then
+    summary+=("benchmark: $logs/bench_cuda.txt")
+  else
+    summary+=("benchmark: FAILED (see $logs/bench_cuda.txt)")
+    status=1
+  fi
+else
+  summary+=("benchmark: not built (Google Benchmark missing)")
+fi
+
+train="$build/tools/vgg-train"
+if [ -x "$train" ] && "$train" --help | grep -q -- "--device"; then
+  if [ -f data/fashion-mnist/train-images-idx3-ubyte ] || [ -f data/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    limit=()
+    if [ -n "${VGG_GPU_EPOCH_LIMIT:-}" ]; then limit=(--limit "$VGG_GPU_EPOCH_LIMIT"); fi
+    if "$train" --device cuda --epochs 1 "${limit[@]}" --save "$logs/epoch.safetensors" 2>&1 | tee "$logs/epoch.txt"; then
+      summary+=("epoch: $(grep -E '^epoch 1' "$logs/epoch.txt" | tail -1)")
+    else
+      summary+=("epoch: FAILED (see $logs/epoch.txt)")
+      status=1
+    fi
+  else
+    summary+=("epoch: skipped (no data/fashion-mnist; bash scripts/fetch_data.sh where the network allows)")
+  fi
+else
+  summary+=("epoch: skipped (vgg-train has no --device in this build)")
+fi
+
+echo
+echo "==== gpu_check summary ===="
+echo "build: ${build_seconds}s for ${targets[*]}"
+printf '%s\n' "${summary[@]}"
+exit $status

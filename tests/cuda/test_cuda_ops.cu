@@ -1,0 +1,296 @@
+// The CUDA backend's element-wise kernels, run on the HOST: every functor of vgg/cuda/ops.hpp is
+// called for each index of the index space its kernel covers, and the result is compared with the
+// CPU backend's kernel (bit for bit where the arithmetic is the same). The GEMM calls of the linear
+// layers are run through a host reference BLAS. Nothing here needs a GPU.
+#include <doctest/doctest.h>
+
+#include <vgg/cuda.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Cpu = vgg::cpu::PlainBackend;
+namespace ops = vgg::cuda::ops;
+
+std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  vgg::Rng rng(seed);
+  std::vector<float> v(n);
+  for (float& x : v) x = rng.uniform(lo, hi);
+  return v;
+}
+
+/// Values from a few levels, so that 2x2 windows often tie and are often not positive.
+std::vector<float> tied_floats(std::size_t n, std::uint64_t seed) {
+  static constexpr float levels[] = {-1.0f, 0.0f, 0.5f, 0.5f, 1.0f};
+  vgg::Rng rng(seed);
+  std::vector<float> v(n);
+  for (float& x : v) x = levels[rng.below(5)];
+  return v;
+}
+
+/// What the device does: op(i) for every i of the kernel's index space.
+template <class Op>
+void run_on_host(const Op& op) {
+  for (long i = 0; i < op.count(); ++i) op(i);
+}
+
+bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+float max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  float scale = 1e-30f, diff = 0.0f;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    scale = std::max(scale, std::abs(a[i]));
+    diff = std::max(diff, std::abs(a[i] - b[i]));
+  }
+  return diff / scale;
+}
+
+/// Column-major SGEMM as BLAS (and cuBLAS) define it.
+void host_gemm(const ops::Gemm& g) {
+  for (int j = 0; j < g.n; ++j)
+    for (int i = 0; i < g.m; ++i) {
+      double sum = 0;
+      for (int l = 0; l < g.k; ++l) {
+        const float a = g.transpose_a ? g.a[l + long(i) * g.lda] : g.a[i + long(l) * g.lda];
+        const float b = g.transpose_b ? g.b[j + long(l) * g.ldb] : g.b[l + long(j) * g.ldb];
+        sum += double(a) * double(b);
+      }
+      g.c[i + long(j) * g.ldc] = float(sum);
+    }
+}
+
+}  // namespace
+
+static_assert(vgg::Backend<vgg::cuda::Backend>);
+static_assert(!vgg::cuda::Backend::host_memory && vgg::cuda::Backend::device == vgg::Device::cuda);
+
+TEST_CASE("dropout: the kernel's masks and values are the CPU's, bit for bit") {
+  vgg::cpu::Context ctx;
+  for (long count : {1L, 37L, 1000L})
+    for (float p : {0.1f, 0.5f, 0.9f}) {
+      const auto x = random_floats(std::size_t(count), 7);
+      std::vector<float> cpu(x.size()), gpu(x.size(), -7.0f);
+      Cpu::dropout_forward(ctx, x.data(), cpu.data(), count, p, 42, 3);
+      run_on_host(ops::Dropout{x.data(), gpu.data(), count, p, 1.0f / (1.0f - p), 42, 3});
+      CAPTURE(count);
+      CAPTURE(p);
+      CHECK(bit_equal(cpu, gpu));
+      Cpu::dropout_backward(ctx, x.data(), cpu.data(), count, p, 42, 4);
+      run_on_host(ops::Dropout{x.data(), gpu.data(), count, p, 1.0f / (1.0f - p), 42, 4});
+      CHECK(bit_equal(cpu, gpu));
+    }
+  // The stream changes the mask (the test can fail).
+  std::vector<float> ones(1000, 1.0f), a(1000), b(1000);
+  run_on_host(ops::Dropout{ones.data(), a.data(), 1000, 0.5f, 2.0f, 42, 3});
+  run_on_host(ops::Dropout{ones.data(), b.data(), 1000, 0.5f, 2.0f, 42, 5});
+  CHECK_FALSE(bit_equal(a, b));
+}
+
+TEST_CASE("max-pool forward and backward (with and without the ReLU mask) match the CPU on odd sizes and ties") {
+  vgg::cpu::Context ctx;
+  for (auto [planes, h, w] : {std::array{1, 2, 2}, std::array{3, 7, 9}, std::array{2, 8, 5}, std::array{4, 5, 6}}) {
+    CAPTURE(planes);
+    CAPTURE(h);
+    CAPTURE(w);
+    const std::size_t in = std::size_t(planes) * h * w, out = std::size_t(planes) * (h / 2) * (w / 2);
+    const auto x = tied_floats(in, std::uint64_t(in));
+    const auto dy = random_floats(out, 11);
+    std::vector<float> y_cpu(out), y_gpu(out, -7.0f);
+    Cpu::maxpool2x2_forward(ctx, x.data(), y_cpu.data(), planes, h, w);
+    const ops::MaxPoolForward forward{x.data(), y_gpu.data(), planes, h, w};
+    CHECK(forward.count() == long(out));
+    run_on_host(forward);
+    CHECK(bit_equal(y_cpu, y_gpu));
+
+    std::vector<float> dx_cpu(in, 3.0f), dx_gpu(in, -7.0f);
+    Cpu::maxpool2x2_backward(ctx, x.data(), dy.data(), dx_cpu.data(), planes, h, w);
+    const ops::MaxPoolBackward backward{x.data(), dy.data(), dx_gpu.data(), planes, h, w, false};
+    CHECK(backward.count() == long(in));
+    run_on_host(backward);
+    CHECK(bit_equal(dx_cpu, dx_gpu));
+
+    // The fused conv + pool's backward: the pool's and the ReLU's at once.
+    std::fill(dx_cpu.begin(), dx_cpu.end(), 3.0f);
+    vgg::cpu::maxpool2x2_backward_plain(x.data(), dy.data(), dx_cpu.data(), planes, h, w, 1, /*relu_mask=*/true);
+    run_on_host(ops::MaxPoolBackward{x.data(), dy.data(), dx_gpu.data(), planes, h, w, true});
+    CHECK(bit_equal(dx_cpu, dx_gpu));
+  }
+}
+
+TEST_CASE("linear layers: the GEMM calls, bias + ReLU and the backward kernels match the CPU backend") {
+  vgg::cpu::Context ctx;
+  ctx.set_threads(1);
+  for (auto [n, in, out] : {std::array{1, 1, 1}, std::array{5, 13, 7}, std::array{3, 40, 17}})
+    for (bool relu : {false, true}) {
+      CAPTURE(n);
+      CAPTURE(in);
+      CAPTURE(out);
+      CAPTURE(relu);
+      const auto x = random_floats(std::size_t(n) * in, 1);
+      const auto wt = random_floats(std::size_t(out) * in, 2);
+      const auto b = random_floats(std::size_t(out), 3);
+      Cpu::LinearWorkspace ws;
+      ws.reserve(ctx, n, in, out);
+      ws.reserve_backward(ctx, n, in, out);
+      std::vector<float> y_cpu(std::size_t(n) * out), y_gpu(y_cpu.size(), -7.0f);
+      Cpu::linear_forward(ctx, ws, x.data(), wt.data(), b.data(), y_cpu.data(), n, in, out, relu);
+      host_gemm(ops::linear_forward_gemm(x.data(), wt.data(), y_gpu.data(), n, in, out));
+      run_on_host(ops::BiasRelu{y_gpu.data(), b.data(), long(n) * out, 1, out, relu});
+      CHECK(max_rel_diff(y_cpu, y_gpu) < 1e-5f);
+
+      const auto dy = random_floats(y_cpu.size(), 4);
+      std::vector<float> dz_cpu = dy, dz_gpu = dy;
+      std::vector<float> dx_cpu(x.size()), dw_cpu(wt.size()), db_cpu(b.size());
+      std::vector<float> dx_gpu(x.size(), -7.0f), dw_gpu(wt.size(), -7.0f), db_gpu(b.size(), -7.0f);
+      Cpu::linear_backward(ctx, ws, x.data(), wt.data(), y_cpu.data(), dz_cpu.data(), dx_cpu.data(), dw_cpu.data(),
+                           db_cpu.data(), n, in, out, relu);
+      if (relu) run_on_host(ops::ReluBackward{y_cpu.data(), dz_gpu.data(), long(n) * out});
+      CHECK(bit_equal(dz_cpu, dz_gpu));
+      host_gemm(ops::linear_weight_grad_gemm(x.data(), dz_gpu.data(), dw_gpu.data(), n, in, out));
+      run_on_host(ops::LinearBiasGrad{dz_gpu.data(), db_gpu.data(), n, out});
+      host_gemm(ops::linear_input_grad_gemm(wt.data(), dz_gpu.data(), dx_gpu.data(), n, in, out));
+      CHECK(max_rel_diff(dw_cpu, dw_gpu) < 1e-5f);
+      CHECK(max_rel_diff(db_cpu, db_gpu) < 1e-5f);
+      CHECK(max_rel_diff(dx_cpu, dx_gpu) < 1e-5f);
+    }
+}
+
+TEST_CASE("conv bias + ReLU (the unfused fallback) adds each channel's bias over its plane") {
+  const int n = 3, c = 5, plane = 7 * 3;
+  auto y = random_floats(std::size_t(n) * c * plane, 5);
+  const auto b = random_floats(std::size_t(c), 6);
+  std::vector<float> expected(y.size());
+  for (int i = 0; i < n; ++i)
+    for (int ch = 0; ch < c; ++ch)
+      for (int p = 0; p < plane; ++p) {
+        const std::size_t k = (std::size_t(i) * c + ch) * plane + p;
+        expected[k] = std::max(y[k] + b[std::size_t(ch)], 0.0f);
+      }
+  run_on_host(ops::BiasRelu{y.data(), b.data(), long(y.size()), plane, c, true});
+  CHECK(bit_equal(expected, y));
+}
+
+TEST_CASE("Adam and SGD updates match the CPU backend's") {
+  vgg::cpu::Context ctx;
+  const std::size_t count = 1001;
+  const auto g = random_floats(count, 8);
+  for (float weight_decay : {0.0f, 0.01f}) {
+    auto p_cpu = random_floats(count, 9), m_cpu = random_floats(count, 10, -0.1f, 0.1f),
+         v_cpu = random_floats(count, 11, 0.0f, 0.1f);
+    auto p_gpu = p_cpu, m_gpu = m_cpu, v_gpu = v_cpu;
+    for (int t = 1; t <= 3; ++t) {
+      const vgg::AdamStep step{1e-3f / (1.0f - std::pow(0.9f, float(t))), 0.9f, 0.999f,
+                               std::sqrt(1.0f - std::pow(0.999f, float(t))), 1e-8f, weight_decay};
+      Cpu::adam_update(ctx, p_cpu.data(), g.data(), m_cpu.data(), v_cpu.data(), count, step);
+      run_on_host(ops::AdamUpdate{p_gpu.data(), g.data(), m_gpu.data(), v_gpu.data(), long(count), step});
+    }
+    CHECK(max_rel_diff(p_cpu, p_gpu) < 1e-6f);
+    CHECK(max_rel_diff(m_cpu, m_gpu) < 1e-6f);
+    CHECK(max_rel_diff(v_cpu, v_gpu) < 1e-6f);
+  }
+  for (bool nesterov : {false, true})
+    for (float momentum : {0.0f, 0.9f}) {
+      if (nesterov && momentum == 0.0f) continue;
+      auto p_cpu = random_floats(count, 12), buf_cpu = random_floats(count, 13);
+      auto p_gpu = p_cpu, buf_gpu = buf_cpu;
+      for (int t = 0; t < 3; ++t) {
+        const vgg::SgdStep step{0.05f, momentum, 0.0f, 0.001f, nesterov, t == 0};
+        Cpu::sgd_update(ctx, p_cpu.data(), g.data(), buf_cpu.data(), count, step);
+        run_on_host(ops::SgdUpdate{p_gpu.data(), g.data(), buf_gpu.data(), long(count), step});
+      }
+      CHECK(max_rel_diff(p_cpu, p_gpu) < 1e-6f);
+      CHECK(max_rel_diff(buf_cpu, buf_gpu) < 1e-6f);
+    }
+}
+
+TEST_CASE("softmax cross-entropy per sample: the loss, the correct count and the gradient of vgg::softmax_cross_entropy") {
+  const int batch = 7, classes = 5;
+  auto logits = random_floats(std::size_t(batch) * classes, 14, -4.0f, 4.0f);
+  logits[3] = logits[4] = 9.0f;  // a tie for the arg-max of sample 0: the first maximum counts
+  const std::vector<std::int32_t> labels{3, 4, 0, 1, 2, 4, 0};
+  std::vector<float> grad_cpu(logits.size()), grad_gpu(logits.size(), -7.0f);
+  const vgg::LossResult cpu = vgg::softmax_cross_entropy(logits, labels, classes, grad_cpu);
+  std::vector<double> loss(batch);
+  std::vector<int> correct(batch);
+  const ops::SoftmaxCrossEntropy op{logits.data(), labels.data(), grad_gpu.data(), loss.data(), correct.data(),
+                                    batch, classes};
+  CHECK(op.count() == batch);
+  run_on_host(op);
+  double sum = 0;
+  int right = 0;
+  for (int i = 0; i < batch; ++i) {
+    sum += loss[std::size_t(i)];
+    right += correct[std::size_t(i)];
+  }
+  CHECK(sum / batch == doctest::Approx(cpu.loss).epsilon(1e-12));
+  CHECK(right == cpu.correct);
+  CHECK(correct[0] == 1);
+  CHECK(max_rel_diff(grad_cpu, grad_gpu) < 1e-6f);
+  // Without a gradient buffer, the loss alone.
+  std::fill(loss.begin(), loss.end(), 0.0);
+  run_on_host(ops::SoftmaxCrossEntropy{logits.data(), labels.data(), nullptr, loss.data(), correct.data(), batch,
+                                       classes});
+  CHECK(loss[6] > 0.0);
+}
+
+TEST_CASE("the finite check finds a NaN or an infinity anywhere, and nothing in finite data") {
+  vgg::cpu::Context ctx;
+  auto x = random_floats(300, 15, -1e30f, 1e30f);
+  int flag = 0;
+  run_on_host(ops::FindNonFinite{x.data(), &flag, long(x.size())});
+  CHECK(flag == 0);
+  CHECK(Cpu::all_finite(ctx, x.data(), x.size()));
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()})
+    for (std::size_t at : {std::size_t(0), std::size_t(151), std::size_t(299)}) {
+      auto y = x;
+      y[at] = bad;
+      flag = 0;
+      run_on_host(ops::FindNonFinite{y.data(), &flag, long(y.size())});
+      CHECK(flag == 1);
+      CHECK_FALSE(Cpu::all_finite(ctx, y.data(), y.size()));
+    }
+}
+
+TEST_CASE("a failed CUDA, cuDNN or cuBLAS call throws, naming the call, the place and the library's error") {
+  auto message = [](auto&& thrower) {
+    try {
+      thrower();
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(nothing thrown)");
+  };
+  const std::string cuda = message([] { VGG_CUDA_CHECK(cudaErrorMemoryAllocation); });
+  CHECK(cuda.find("cudaErrorMemoryAllocation") != std::string::npos);
+  CHECK(cuda.find("test_cuda_ops.cu:") != std::string::npos);
+  const std::string cudnn = message([] { VGG_CUDA_CHECK(CUDNN_STATUS_BAD_PARAM); });
+  CHECK(cudnn.find("cuDNN call CUDNN_STATUS_BAD_PARAM") != std::string::npos);
+  CHECK(cudnn.find(cudnnGetErrorString(CUDNN_STATUS_BAD_PARAM)) != std::string::npos);
+  const std::string cublas = message([] { VGG_CUDA_CHECK(CUBLAS_STATUS_NOT_INITIALIZED); });
+  CHECK(cublas.find("CUBLAS_STATUS_NOT_INITIALIZED") != std::string::npos);
+  CHECK(message([] { VGG_CUDA_CHECK(cudaSuccess); }) == "(nothing thrown)");
+  // A layer's reservation adds which layer and batch size it was for.
+  const std::string layer = message([] {
+    vgg::cuda::detail::reserving(vgg::ConvShape{3, 8, 13, 11}, 7, [] { throw std::runtime_error("out of memory"); });
+  });
+  CHECK(layer == "out of memory; while reserving the conv layer 3 -> 8 channels, 13 x 11, for a batch of 7");
+}
+
+TEST_CASE("without a usable device, a CUDA context or network says why instead of crashing") {
+  const std::string problem = vgg::cuda::device_problem();
+  if (problem.empty()) return;  // a device is present: the device suite covers this machine
+  CHECK(problem.find("cudaGetDeviceCount") != std::string::npos);
+  using Net = vgg::Vgg<vgg::Input<1, 8, 8>, vgg::VggBlock<1, 1, 2>, vgg::Classifier<4, 3>>::on<vgg::cuda::Backend>;
+  CHECK_THROWS_WITH_AS(Net(1), doctest::Contains("cudaGetDeviceCount"), std::runtime_error);
+}
