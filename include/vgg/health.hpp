@@ -137,9 +137,18 @@ class HealthMonitor {
   template <class Net>
   void after_step(Net& net, double loss, std::span<const float> inputs, long long epoch) {
     ++steps_;
-    if (!std::isfinite(loss)) fail(net, "the loss is " + describe_value(float(loss)), inputs, epoch);
+    if (!std::isfinite(loss)) {
+      // NaN reaches the loss as in PyTorch, and train_step then leaves the weights alone: name the
+      // source (the batch, else a weight) rather than the symptom.
+      if (const auto i = first_non_finite(inputs))
+        fail(net, "the input batch holds " + describe_value(inputs[*i]) + " at element " + std::to_string(*i), inputs,
+             epoch);
+      if (const auto bad = find_non_finite(net, /*gradients=*/false)) fail(net, bad->describe(), inputs, epoch);
+      fail(net, "the loss is " + describe_value(float(loss)), inputs, epoch);
+    }
     if (steps_ % scan_every_ == 0) {
-      // The ReLUs map NaN to 0, so a NaN input or weight may not reach the loss for a while.
+      // An infinity need not reach the loss (-inf in the bias of a class no sample has gives that
+      // logit a softmax term of 0), nor a NaN gradient of a layer that no later step reads.
       if (const auto i = first_non_finite(inputs))
         fail(net, "the input batch holds " + describe_value(inputs[*i]) + " at element " + std::to_string(*i), inputs,
              epoch);

@@ -2,6 +2,7 @@
 // One training step (forward, loss, backward, update) and one evaluation batch, composed from the
 // network, the loss and an optimizer. Neither allocates in steady state.
 
+#include <cmath>
 #include <cstdint>
 #include <span>
 
@@ -12,11 +13,15 @@ namespace vgg {
 
 /// Trains `net` on one batch in train mode. Returns the batch's mean loss and correct count.
 /// requires: x holds labels.size() samples of Net::input_shape; labels in [0, classes).
+/// ensures: when the loss is not finite (a NaN or infinity in the batch, the weights, or an
+///          overflow), nothing is updated: the weights stay as they were, for the caller to stop and
+///          diagnose (HealthMonitor) rather than spread the NaN into every parameter.
 template <class Net, class Optimizer>
 LossResult train_step(Net& net, Optimizer& optimizer, std::span<const float> x, std::span<const std::int32_t> labels) {
   net.set_mode(Mode::train);
   net.forward(x, int(labels.size()));
   const LossResult result = net.loss(labels, /*gradient=*/true);
+  if (!std::isfinite(result.loss)) return result;
   net.backward();
   optimizer.step(net);
   return result;

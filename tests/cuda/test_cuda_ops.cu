@@ -127,6 +127,25 @@ TEST_CASE("max-pool forward and backward (with and without the ReLU mask) match 
   }
 }
 
+TEST_CASE("max-pool with NaN: output NaN and gradient to the last NaN, as the CPU and PyTorch") {
+  vgg::cpu::Context ctx;
+  const int planes = 2, h = 6, w = 8;
+  const std::size_t in = std::size_t(planes) * h * w, out = std::size_t(planes) * (h / 2) * (w / 2);
+  auto x = tied_floats(in, 5);
+  for (std::size_t i = 0; i < in; i += 7) x[i] = std::nanf("");  // windows with one or two NaNs
+  const auto dy = random_floats(out, 12);
+  std::vector<float> y_cpu(out), y_gpu(out, -7.0f);
+  Cpu::maxpool2x2_forward(ctx, x.data(), y_cpu.data(), planes, h, w);
+  run_on_host(ops::MaxPoolForward{x.data(), y_gpu.data(), planes, h, w});
+  CHECK(bit_equal(y_cpu, y_gpu));
+  for (bool relu : {false, true}) {
+    std::vector<float> dx_cpu(in, 3.0f), dx_gpu(in, -7.0f);
+    vgg::cpu::maxpool2x2_backward_plain(x.data(), dy.data(), dx_cpu.data(), planes, h, w, 1, relu);
+    run_on_host(ops::MaxPoolBackward{x.data(), dy.data(), dx_gpu.data(), planes, h, w, relu});
+    CHECK(bit_equal(dx_cpu, dx_gpu));
+  }
+}
+
 TEST_CASE("linear layers: the GEMM calls, bias + ReLU and the backward kernels match the CPU backend") {
   vgg::cpu::Context ctx;
   ctx.set_threads(1);

@@ -13,8 +13,9 @@
 
 namespace vgg::cuda::ops {
 
-/// max as std::max (a < b ? b : a): the same winner on ties and NaNs as the CPU kernels.
-VGG_HOST_DEVICE inline float max_of(float a, float b) { return a < b ? b : a; }
+/// max as std::max (a < b ? b : a) on numbers, and NaN when either is NaN (the later one when both
+/// are), as PyTorch's max-pool and the CPU kernels propagate it.
+VGG_HOST_DEVICE inline float max_of(float a, float b) { return a < b || b != b ? b : a; }
 
 /// y = y + bias[channel], then max(y, 0) when relu; channel = (i / plane) % channels. A linear
 /// layer's output is batch x features (plane 1); a conv's is batch x channels x plane.
@@ -28,7 +29,7 @@ struct BiasRelu {
   VGG_HOST_DEVICE long count() const { return total; }
   VGG_HOST_DEVICE void operator()(long i) const {
     const float v = y[i] + bias[(i / plane) % channels];
-    y[i] = relu ? (v > 0.0f ? v : 0.0f) : v;
+    y[i] = relu ? (v < 0.0f ? 0.0f : v) : v;  // as std::max(v, 0.0f): NaN passes, as in torch's ReLU
   }
 };
 
@@ -38,7 +39,7 @@ struct ReluBackward {
   float* dy;
   long total;
   VGG_HOST_DEVICE long count() const { return total; }
-  VGG_HOST_DEVICE void operator()(long i) const { dy[i] = y[i] > 0.0f ? dy[i] : 0.0f; }
+  VGG_HOST_DEVICE void operator()(long i) const { dy[i] = y[i] <= 0.0f ? 0.0f : dy[i]; }  // NaN passes
 };
 
 /// Inverted dropout (forward; the backward is the same op on the gradient): the mask is the CPU's
@@ -116,13 +117,13 @@ struct MaxPoolBackward {
     const float* top = x + p * long(h) * w + long(r & ~1) * w + (c & ~1);
     const float a = top[0], b = top[1], d0 = top[w], d1 = top[w + 1];
     const float m = max_of(max_of(a, b), max_of(d0, d1));
-    // Slot of the winner: the first of a, b, d0, d1 equal to the maximum (the last when none is,
-    // i.e. with NaNs, as the CPU kernels do).
-    const int winner = a == m ? 0 : b == m ? 1 : d0 == m ? 2 : 3;
+    // Slot of the winner: the first of a, b, d0, d1 equal to the maximum; in a window holding NaN,
+    // the last NaN (PyTorch's CPU rule, which the CPU kernels follow).
+    const int winner = m == m ? (a == m ? 0 : b == m ? 1 : d0 == m ? 2 : 3)
+                              : (d1 != d1 ? 3 : d0 != d0 ? 2 : b != b ? 1 : 0);
     const int slot = (r & 1) * 2 + (c & 1);
-    float grad = dy[p * long(oh) * ow + long(r / 2) * ow + c / 2];
-    if (relu_mask) grad *= float(m > 0.0f);
-    dx[i] = float(slot == winner) * grad;
+    const bool passes = !relu_mask || !(m <= 0.0f);  // a NaN maximum passes the ReLU's mask
+    dx[i] = slot == winner && passes ? dy[p * long(oh) * ow + long(r / 2) * ow + c / 2] : 0.0f;
   }
 };
 
