@@ -17,17 +17,21 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 
 def run(build, binary, flt, min_time):
     path = os.path.join(build, "benchmarks", binary)
     if not os.access(path, os.X_OK):
         sys.exit(f"compare_builds: {path} is not an executable benchmark (build the '{binary}' target there)")
-    res = subprocess.run([path, "--benchmark_format=json", f"--benchmark_filter={flt}",
-                          f"--benchmark_min_time={min_time}"], capture_output=True, text=True)
-    if res.returncode != 0:
-        sys.exit(f"compare_builds: {path} failed ({res.returncode}):\n{res.stderr[-2000:]}")
-    out = json.loads(res.stdout)
+    # JSON through a file: some benchmarks print their own lines (the FMA peak) on stdout.
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        res = subprocess.run([path, f"--benchmark_out={report.name}", "--benchmark_out_format=json",
+                              f"--benchmark_filter={flt}", f"--benchmark_min_time={min_time}"],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            sys.exit(f"compare_builds: {path} failed ({res.returncode}):\n{res.stderr[-2000:]}")
+        out = json.load(open(report.name))
     return {b["name"]: b["real_time"] for b in out["benchmarks"] if b.get("run_type", "iteration") == "iteration"}
 
 
