@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "compare.hpp"
+
 namespace {
 
 bool no_device() {
@@ -60,16 +62,6 @@ std::vector<std::vector<float>> tensors(Net& net, bool gradients) {
   return all;
 }
 
-/// max |a - b| / max |a|.
-float relative_difference(std::span<const float> a, std::span<const float> b) {
-  REQUIRE(a.size() == b.size());
-  float scale = 1e-30f, diff = 0.0f;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    scale = std::max(scale, std::abs(a[i]));
-    diff = std::max(diff, std::abs(a[i] - b[i]));
-  }
-  return diff / scale;
-}
 
 void check_tensors(const std::vector<std::vector<float>>& cpu, const std::vector<std::vector<float>>& gpu, float tol) {
   REQUIRE(cpu.size() == gpu.size());

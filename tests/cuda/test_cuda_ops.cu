@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "compare.hpp"
+
 namespace {
 
 using Cpu = vgg::cpu::PlainBackend;
@@ -45,15 +47,6 @@ bool bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-float max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  float scale = 1e-30f, diff = 0.0f;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    scale = std::max(scale, std::abs(a[i]));
-    diff = std::max(diff, std::abs(a[i] - b[i]));
-  }
-  return diff / scale;
-}
 
 /// Column-major SGEMM as BLAS (and cuBLAS) define it.
 void host_gemm(const ops::Gemm& g) {
@@ -165,7 +158,7 @@ TEST_CASE("linear layers: the GEMM calls, bias + ReLU and the backward kernels m
       Cpu::linear_forward(ctx, ws, x.data(), wt.data(), b.data(), y_cpu.data(), n, in, out, relu);
       host_gemm(ops::linear_forward_gemm(x.data(), wt.data(), y_gpu.data(), n, in, out));
       run_on_host(ops::BiasRelu{y_gpu.data(), b.data(), long(n) * out, 1, out, relu});
-      CHECK(max_rel_diff(y_cpu, y_gpu) < 1e-5f);
+      CHECK(relative_difference(y_cpu, y_gpu) < 1e-5f);
 
       const auto dy = random_floats(y_cpu.size(), 4);
       std::vector<float> dz_cpu = dy, dz_gpu = dy;
@@ -178,9 +171,9 @@ TEST_CASE("linear layers: the GEMM calls, bias + ReLU and the backward kernels m
       host_gemm(ops::linear_weight_grad_gemm(x.data(), dz_gpu.data(), dw_gpu.data(), n, in, out));
       run_on_host(ops::LinearBiasGrad{dz_gpu.data(), db_gpu.data(), n, out});
       host_gemm(ops::linear_input_grad_gemm(wt.data(), dz_gpu.data(), dx_gpu.data(), n, in, out));
-      CHECK(max_rel_diff(dw_cpu, dw_gpu) < 1e-5f);
-      CHECK(max_rel_diff(db_cpu, db_gpu) < 1e-5f);
-      CHECK(max_rel_diff(dx_cpu, dx_gpu) < 1e-5f);
+      CHECK(relative_difference(dw_cpu, dw_gpu) < 1e-5f);
+      CHECK(relative_difference(db_cpu, db_gpu) < 1e-5f);
+      CHECK(relative_difference(dx_cpu, dx_gpu) < 1e-5f);
     }
 }
 
@@ -213,9 +206,9 @@ TEST_CASE("Adam and SGD updates match the CPU backend's") {
       Cpu::adam_update(ctx, p_cpu.data(), g.data(), m_cpu.data(), v_cpu.data(), count, step);
       run_on_host(ops::AdamUpdate{p_gpu.data(), g.data(), m_gpu.data(), v_gpu.data(), long(count), step});
     }
-    CHECK(max_rel_diff(p_cpu, p_gpu) < 1e-6f);
-    CHECK(max_rel_diff(m_cpu, m_gpu) < 1e-6f);
-    CHECK(max_rel_diff(v_cpu, v_gpu) < 1e-6f);
+    CHECK(relative_difference(p_cpu, p_gpu) < 1e-6f);
+    CHECK(relative_difference(m_cpu, m_gpu) < 1e-6f);
+    CHECK(relative_difference(v_cpu, v_gpu) < 1e-6f);
   }
   for (bool nesterov : {false, true})
     for (float momentum : {0.0f, 0.9f}) {
@@ -227,8 +220,8 @@ TEST_CASE("Adam and SGD updates match the CPU backend's") {
         Cpu::sgd_update(ctx, p_cpu.data(), g.data(), buf_cpu.data(), count, step);
         run_on_host(ops::SgdUpdate{p_gpu.data(), g.data(), buf_gpu.data(), long(count), step});
       }
-      CHECK(max_rel_diff(p_cpu, p_gpu) < 1e-6f);
-      CHECK(max_rel_diff(buf_cpu, buf_gpu) < 1e-6f);
+      CHECK(relative_difference(p_cpu, p_gpu) < 1e-6f);
+      CHECK(relative_difference(buf_cpu, buf_gpu) < 1e-6f);
     }
 }
 
@@ -254,7 +247,7 @@ TEST_CASE("softmax cross-entropy per sample: the loss, the correct count and the
   CHECK(sum / batch == doctest::Approx(cpu.loss).epsilon(1e-12));
   CHECK(right == cpu.correct);
   CHECK(correct[0] == 1);
-  CHECK(max_rel_diff(grad_cpu, grad_gpu) < 1e-6f);
+  CHECK(relative_difference(grad_cpu, grad_gpu) < 1e-6f);
   // Without a gradient buffer, the loss alone.
   std::fill(loss.begin(), loss.end(), 0.0);
   run_on_host(ops::SoftmaxCrossEntropy{logits.data(), labels.data(), nullptr, loss.data(), correct.data(), batch,
