@@ -4,8 +4,8 @@
 //                        hands a device communicator the network's context, use_local_gpu's refusal.
 //   --test-suite=device  a vgg::cuda network trained by DataParallel<Net, NcclCommunicator> ends
 //                        with the weights of the CPU network trained by the MPI path; ranks stay bit-
-//                        identical; no device allocation in a steady step; a failed NCCL call names
-//                        itself. Without one GPU per rank every rank prints VGG_SKIPPED and the job
+//                        identical; no device allocation in a steady step; a stalled collective
+//                        times out, aborts the communicator and names itself. Without one GPU per rank every rank prints VGG_SKIPPED and the job
 //                        exits with kSkipped, which CTest reports as skipped.
 // Every test case is collective: all ranks run the same cases in the same order.
 #define DOCTEST_CONFIG_IMPLEMENT
@@ -20,6 +20,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../cuda/compare.hpp"
@@ -43,13 +44,11 @@ constexpr dist::Options kSmallBuckets{.bucket_bytes = 1000 * sizeof(float), .tim
 
 /// Collective: true (after printing VGG_SKIPPED) when some rank has no GPU of its own.
 bool no_gpu_per_rank() {
-  std::string problem = vgg::cuda::device_problem();
-  if (problem.empty()) {
-    try {
-      dist::use_local_gpu();
-    } catch (const dist::Error& e) {
-      problem = e.what();
-    }
+  std::string problem;
+  try {
+    dist::use_local_gpu();  // collective: every rank calls it, with or without a device
+  } catch (const std::exception& e) {
+    problem = e.what();
   }
   int any = problem.empty() ? 0 : 1;
   MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
@@ -308,20 +307,32 @@ TEST_CASE("a steady NCCL data-parallel step allocates no device memory through v
   CHECK(vgg::cuda::device_allocations() - before == 0);
 }
 
-TEST_CASE("a failed NCCL call is reported with the call, its purpose and the step") {
+TEST_CASE("a collective that does not complete in time aborts the NCCL communicator and names the call") {
   if (no_gpu_per_rank()) return;
+  if (world_size() != 1) {
+    MESSAGE("one rank only: a stalled stream under several ranks would leave peers inside NCCL kernels");
+    return;
+  }
   vgg::cuda::Context ctx;
-  dist::NcclCommunicator comm(ctx, MPI_COMM_WORLD, 30.0);
-  comm.reserve(16);
   vgg::cuda::Buffer<float> device(16);
-  const std::span<float> on_device[] = {device.span(16)};
-  CHECK_NOTHROW(comm.allreduce_sum(on_device, 1.0f, "gradient allreduce", 1));
-  std::vector<float> host(16);  // not device memory: NCCL refuses it
-  const std::span<float> on_host[] = {std::span<float>(host)};
-  CHECK_THROWS_WITH_AS(comm.allreduce_sum(on_host, 0.5f, "gradient allreduce", 2),
-                       doctest::Contains("ncclAllReduce (gradient allreduce) failed in step 2"), dist::Error);
-  // Every rank failed the same call and aborted its communicator: nothing is left to wait for, so
-  // the job may end normally (Environment would otherwise end it with MPI_Abort).
+  REQUIRE(cudaMemsetAsync(device.data(), 0, 16 * sizeof(float), ctx.stream()) == cudaSuccess);
+  const std::span<float> pieces[] = {device.span(16)};
+  {
+    dist::NcclCommunicator comm(ctx, MPI_COMM_WORLD, 0.5);
+    comm.reserve(16);
+    CHECK(comm.device() >= 0);
+    CHECK_NOTHROW(comm.allreduce_sum(pieces, 0.5f, "gradient allreduce", 1));
+    // A host function holds the stream for 2 s: the next allreduce cannot complete within 0.5 s.
+    REQUIRE(cudaLaunchHostFunc(ctx.stream(), [](void*) { std::this_thread::sleep_for(std::chrono::seconds(2)); },
+                               nullptr) == cudaSuccess);
+    CHECK_THROWS_WITH_AS(comm.allreduce_sum(pieces, 0.5f, "gradient allreduce", 2),
+                         doctest::Contains("ncclAllReduce (gradient allreduce) of step 2 has not completed after"),
+                         dist::Error);
+    CHECK(dist::detail::communication_failed.load());
+  }  // the aborted communicator is not finalized
+  ctx.synchronize();  // the stream drains: nothing was left waiting for a peer
+  // This rank provoked the failure alone and recovered: the job may end normally (Environment
+  // would otherwise end it with MPI_Abort).
   dist::detail::communication_failed.store(false);
 }
 

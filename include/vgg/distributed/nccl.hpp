@@ -206,11 +206,14 @@ class NcclCommunicator {
                      std::uint64_t step) {
     check_bucket(pieces, capacity_);
     if (pre_scale == 0.0f) {
-      // A rank without samples this step: its stale gradient (possibly not finite) must not count.
+      // A rank without samples this step: its stale gradient (possibly not finite, and 0 * NaN is
+      // NaN) must not count.
       for (std::span<float> p : pieces)
         if (!p.empty()) VGG_CUDA_CHECK(cudaMemsetAsync(p.data(), 0, p.size_bytes(), stream_));
     }
-    const ncclRedOp_t op = pre_scale == 0.0f || pre_scale == 1.0f ? ncclSum : premul_sum(pre_scale, step);
+    // Always the pre-multiplied sum, even for a scale of 1 or 0: every rank of a collective must
+    // reduce with the same kind of operator, and the ranks' scales differ.
+    const ncclRedOp_t op = premul_sum(pre_scale, step);
     settle(ncclGroupStart(), "ncclGroupStart", what, step);
     for (std::span<float> p : pieces) {
       if (p.empty()) continue;
