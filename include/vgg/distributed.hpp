@@ -611,7 +611,7 @@ class DataParallel {
       net_.for_each_parameter_data(
           [&](std::span<float> value, std::span<float>) { h = fingerprint_of(std::span<const float>(value), h); });
     } else {
-      std::vector<float> host(std::size_t(Net::num_params));
+      std::vector<float> host(static_cast<std::size_t>(Net::num_params));
       net_.copy_parameters_to_host(host);
       std::size_t at = 0;
       net_.for_each_parameter_data([&](std::span<float> value, std::span<float>) {

@@ -80,7 +80,7 @@ struct GlobalBatch {
 /// Every parameter of `net`, on the host, in network order.
 template <class Net>
 std::vector<float> host_params(Net& net) {
-  std::vector<float> v(std::size_t(Net::num_params));
+  std::vector<float> v(static_cast<std::size_t>(Net::num_params));
   net.copy_parameters_to_host(v);
   return v;
 }
