@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <span>
@@ -319,12 +320,15 @@ class NcclCommunicator {
         return;
       case detail::WaitOutcome::failed:
         fail(last_failure_, call, what, step);
-      case detail::WaitOutcome::timed_out:
+      case detail::WaitOutcome::timed_out: {
         abort_communicator();
+        char seconds[32];
+        std::snprintf(seconds, sizeof seconds, "%.1f", timeout_seconds_);
         throw Error("vgg::distributed: rank " + std::to_string(rank()) + ": " + call + " (" + what + ") of step " +
-                    std::to_string(step) + " has not completed after " + std::to_string(timeout_seconds_) +
+                    std::to_string(step) + " has not completed after " + seconds +
                     " s (the collective timeout); another rank has died or hangs. The NCCL communicator was "
                     "aborted (ncclCommAbort); the job stops; resume from the last checkpoint.");
+      }
     }
   }
 
