@@ -3,6 +3,7 @@
 # (which must run, not skip), the GPU benchmark (VGG-11 forward and backward, full width and
 # width/8, batch 64 and 8) and, when vgg-train was built with --device, one epoch of the recipe on
 # the GPU; then prints a summary. Logs go to $build/gpu_check/.
+# Also data-parallel training over NCCL (its own section below).
 #
 #   bash scripts/gpu_check.sh                 # everything
 #   VGG_GPU_BUILD_ONLY=1 bash scripts/gpu_check.sh   # the build alone (works without a GPU)
@@ -17,7 +18,7 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DVGG_CUDA=ON -DVGG_BUILD_EXAM
 # Only the targets this check runs (when Google Benchmark or vgg::io is missing, theirs are absent).
 targets=(test_cuda_ops test_cuda_device)
 available=$(cmake --build "$build" --target help)
-for t in bench_cuda vgg-train; do
+for t in bench_cuda vgg-train test_nccl; do
   if grep -q "\b$t\b" <<<"$available"; then targets+=("$t"); fi
 done
 start=$(date +%s)
@@ -76,6 +77,29 @@ if [ -x "$train" ] && "$train" --help | grep -q -- "--device"; then
   fi
 else
   summary+=("epoch: skipped (vgg-train has no --device in this build)")
+fi
+
+# ---- data-parallel training over NCCL (tests/distributed/test_nccl.cu, label nccl) ----
+# The one-rank device run must pass here (a skip fails the check); the two-rank run needs two GPUs
+# and may skip on a one-GPU machine.
+if [ -x "$build/tests/distributed/test_nccl" ]; then
+  ctest --test-dir "$build" -L nccl -V >"$logs/nccl.log" 2>&1 || true
+  tail -8 "$logs/nccl.log"
+  for t in host np1 np2; do
+    line=$(grep -E "Test +#[0-9]+: distributed\.nccl\.$t " "$logs/nccl.log" | tail -1)
+    number=$(sed -E 's/.*Test +#([0-9]+):.*/\1/' <<<"$line")
+    reason=$(grep -m1 -o "^$number: VGG_SKIPPED: .*" "$logs/nccl.log" | cut -d' ' -f2- || true)
+    if grep -q "Passed" <<<"$line"; then
+      summary+=("nccl $t: passed")
+    elif [ "$t" = np2 ] && grep -q "Skipped" <<<"$line"; then
+      summary+=("nccl $t: skipped ($reason)")
+    else
+      summary+=("nccl $t: FAILED${reason:+ (skipped: $reason)} (see $logs/nccl.log)")
+      status=1
+    fi
+  done
+else
+  summary+=("nccl: not built (needs MPI and NCCL: vgg::distributed_cuda)")
 fi
 
 echo

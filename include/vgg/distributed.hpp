@@ -22,9 +22,9 @@
 // The seam for other transports: DataParallel<Net, Comm> talks to its communicator through
 // rank(), size(), reserve(floats), allreduce_sum(pieces, pre_scale, what, step) on gradient pieces in
 // the backend's memory, allreduce_sum(doubles), broadcast(floats / int64s), min_max(uint64) and
-// allgather(string). MpiCommunicator reduces host memory; an NCCL communicator (bootstrapped over
-// this MPI communicator, ncclAllReduce with ncclRedOpCreatePreMulSum per piece inside one
-// ncclGroupStart/End on the backend's stream) fits the same calls for networks on a GPU backend.
+// allgather(string). MpiCommunicator reduces host memory; NcclCommunicator (<vgg/distributed/nccl.hpp>,
+// target vgg::distributed_cuda) reduces a vgg::cuda network's device memory on its stream. A Comm
+// constructible from (Net::backend::Context&, MPI_Comm, double) is given the network's context.
 
 // Only MPI's C API is used: skip the C++ bindings (removed in MPI-3) that Open MPI and MPICH would
 // otherwise pull in, with their warnings under -Wextra.
@@ -54,6 +54,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -495,16 +496,17 @@ std::vector<std::span<float>> optimizer_buffers(Sgd<B>& sgd) {
 ///   if (dp.is_root()) { log(r); save_training_checkpoint(...); }
 template <class Net, class Comm = MpiCommunicator>
 class DataParallel {
-  static_assert(Net::backend::host_memory || !Comm::host_memory,
-                "vgg::distributed::DataParallel: MpiCommunicator reduces host memory, but this network's gradients "
-                "live on a device; use a device communicator (NCCL).");
+  static_assert(Net::backend::host_memory == Comm::host_memory,
+                "vgg::distributed::DataParallel: the communicator reduces another memory than the one this network's "
+                "gradients live in; use MpiCommunicator for CPU networks, NcclCommunicator (<vgg/distributed/nccl.hpp>) "
+                "for vgg::cuda networks.");
 
  public:
   /// Collective: checks that every rank runs the same architecture, parameter count, backend,
   /// settings, data and executable (Error naming the first disagreement otherwise) and allocates
   /// the gradient bucket. requires: net outlives this object.
   DataParallel(Net& net, const Identity& identity, Options options = {}, MPI_Comm parent = MPI_COMM_WORLD)
-      : net_(net), comm_(parent, options.timeout_seconds) {
+      : net_(net), comm_(make_communicator(net, parent, options.timeout_seconds)) {
     if (options.bucket_bytes < sizeof(float))
       throw std::invalid_argument("vgg::distributed::DataParallel: bucket_bytes must hold at least one float");
     check_agreement(identity);
@@ -530,7 +532,7 @@ class DataParallel {
   /// loading a checkpoint mid-run. Allocates the optimizer's state if it had none.
   template <class Optimizer>
   void synchronize(Optimizer& optimizer) {
-    optimizer.reserve(Net::num_params);
+    optimizer.reserve(Net::num_params, net_.context());
     const std::uint64_t step = net_.step();
     net_.for_each_parameter_data(
         [&](std::span<float> value, std::span<float>) { comm_.broadcast(value, 0, "weights broadcast", step); });
@@ -601,11 +603,22 @@ class DataParallel {
             std::chrono::duration<double>(communication_end - communication_start).count()};
   }
 
-  /// Fingerprint of this rank's parameter values (bits).
+  /// Fingerprint of this rank's parameter values (bits; the same for equal values on any backend).
+  /// A device network's are copied to the host first (allocates).
   std::uint64_t parameters_fingerprint() {
     std::uint64_t h = 0;
-    net_.for_each_parameter_data(
-        [&](std::span<float> value, std::span<float>) { h = fingerprint_of(std::span<const float>(value), h); });
+    if constexpr (Net::backend::host_memory) {
+      net_.for_each_parameter_data(
+          [&](std::span<float> value, std::span<float>) { h = fingerprint_of(std::span<const float>(value), h); });
+    } else {
+      std::vector<float> host(static_cast<std::size_t>(Net::num_params));
+      net_.copy_parameters_to_host(host);
+      std::size_t at = 0;
+      net_.for_each_parameter_data([&](std::span<float> value, std::span<float>) {
+        h = fingerprint_of(std::span<const float>(host).subspan(at, value.size()), h);
+        at += value.size();
+      });
+    }
     return h;
   }
   /// Collective: true when every rank's parameters are bit-identical.
@@ -615,6 +628,15 @@ class DataParallel {
   }
 
  private:
+  // A device communicator takes the network's context (its stream); MpiCommunicator does not.
+  static Comm make_communicator(Net& net, MPI_Comm parent, double timeout_seconds) {
+    if constexpr (std::is_constructible_v<Comm, typename Net::backend::Context&, MPI_Comm, double>) {
+      return Comm(net.context(), parent, timeout_seconds);
+    } else {
+      return Comm(parent, timeout_seconds);
+    }
+  }
+
   void reduce_gradients(float pre_scale, std::uint64_t step) {
     pieces_.clear();
     std::size_t filled = 0;
