@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "machine_context.hpp"
+
 namespace {
 
 struct Shape {
@@ -94,6 +96,7 @@ int main(int argc, char** argv) {
 #endif
   register_path<false>(vgg::cpu::kFastKernels ? "avx512" : "default (plain: no AVX-512 target)");
   register_path<true>("eigen");
+  bench::add_machine_context();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

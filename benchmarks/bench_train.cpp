@@ -10,6 +10,8 @@
 #include <memory>
 #include <vector>
 
+#include "machine_context.hpp"
+
 namespace {
 
 using Narrow = vgg::vgg11<vgg::Input<1, 224, 224>, 10, 8>;
@@ -98,4 +100,10 @@ BENCHMARK(eval_forward<Quarter>)->Name("scaling/vgg11_w4/eval_forward")->Arg(8)-
 BENCHMARK(eval_forward<Half>)->Name("scaling/vgg11_w2/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(first_step)->Name("setup/vgg11_w8/first_step")->Arg(64)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  bench::add_machine_context();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+}

@@ -96,7 +96,13 @@ def run_vgg(build, threads):
     res = subprocess.run([os.path.join(build, "benchmarks", "bench_train"), "--benchmark_format=json",
                           "--benchmark_min_time=2", "--benchmark_filter=^vgg11"], capture_output=True, text=True, env=env, check=True)
     data = json.loads(res.stdout)
+    run_vgg.context = data.get("context", {})
     return {"/".join(b["name"].split("/")[:2]): b["images/s"] for b in data["benchmarks"]}
+
+
+def torch_version():
+    res = subprocess.run([TORCH_PYTHON, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    return res.stdout.strip() or "?"
 
 
 def run_torch(threads, setup):
@@ -133,6 +139,10 @@ def main():
             if not args.no_default:
                 results["torch_default"].append(run_torch(args.threads, "default"))
     names = list(results["vgg"][0])
+    context = getattr(run_vgg, "context", {})
+    # The first line names the machine and the path: figures from the pool's two CPU kinds differ.
+    print(f"CPU: {context.get('vgg_cpu', context.get('cpu_model', '?'))}; vgg kernels: {context.get('vgg_kernels', '?')}; "
+          f"torch {torch_version() if have_torch else 'absent'}")
     print(f"median ± half-range of {args.rounds} alternating rounds, {args.threads} threads")
     print(f"{'benchmark (images/s)':24} {'vgg':>16} {'torch best':>16} {'torch mkldnn':>16} {'torch default':>16}"
           f" {'vgg/fastest torch':>18}")

@@ -185,7 +185,7 @@ struct BasicBackend {
   }
 
  private:
-  static constexpr Conv3x3Geometry geometry(const ConvShape& s) { return {s.cin, s.cout, s.h, s.w}; }
+  static Conv3x3Geometry geometry(const ConvShape& s) { return {s.cin, s.cout, s.h, s.w}; }
 };
 
 /// The CPU backend on the fastest kernel path compiled in: the default of every network.

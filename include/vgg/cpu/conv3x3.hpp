@@ -25,6 +25,7 @@
 
 #include "vgg/buffer.hpp"
 #include "vgg/cpu/conv3x3_one_channel.hpp"
+#include "vgg/cpu/cpu_info.hpp"
 #include "vgg/cpu/gemm.hpp"
 #include "vgg/cpu/im2col.hpp"
 #include "vgg/cpu/maxpool.hpp"
@@ -56,8 +57,24 @@ struct BandSplit {
   }
 };
 
+/// The cache budgets that size a conv's bands, derived from the caches of the CPU the program runs
+/// on. They were measured on a 1 MiB-L2 AMD EPYC as 512 KiB and 2 MiB, and are kept as these
+/// fractions of L2 so that a CPU with a larger L2 (the 2 MiB of the Xeon kind) gets bands to match.
+struct ConvCacheBudget {
+  long band_bytes = 512L << 10;         // a shallow layer's band of columns (depth x columns floats)
+  long resident_gradient_bytes = 2L << 20;  // a weight gradient up to this stays cached across bands
+  static constexpr ConvCacheBudget for_caches(const CacheSizes& c) { return {c.l2 / 2, 2 * c.l2}; }
+};
+
+/// This CPU's budgets, read once.
+inline const ConvCacheBudget& conv_cache_budget() {
+  static const ConvCacheBudget budget = ConvCacheBudget::for_caches(cpu_info().cache);
+  return budget;
+}
+
 struct Conv3x3Geometry {
   int cin, cout, h, w;
+  ConvCacheBudget budget = conv_cache_budget();
   constexpr long depth() const { return long(cin) * 9; }
   constexpr long slice_depth() const { return std::min(depth(), kColumnSlice); }
   constexpr long plane() const { return long(h) * w; }
@@ -65,10 +82,11 @@ struct Conv3x3Geometry {
   /// the GEMM's in-place loads of B never split a line (196- and 252-column bands otherwise do).
   static constexpr long column_stride(long cols) { return kFastKernels ? (cols + 15) / 16 * 16 : cols; }
   /// Rows per band at most: at least 256 columns, so that wide layers still give the GEMM long panels,
-  /// and up to 512 KiB / (depth * 4 bytes) columns for shallow layers (measured); at least one row,
-  /// at most the image.
+  /// and up to budget.band_bytes / (depth * 4 bytes) columns for shallow layers (measured); at least
+  /// one row, at most the image.
   constexpr int max_band_rows() const {
-    const long target_cols = std::clamp<long>((512L << 10) / (depth() * long(sizeof(float))), std::max(w, 256), 4096);
+    const long target_cols =
+        std::clamp<long>(budget.band_bytes / (depth() * long(sizeof(float))), std::max(w, 256), 4096);
     return int(std::clamp<long>(target_cols / w, std::min(2, h), h));
   }
   /// Images side by side in one band where a whole image is under 256 columns (14x14 and smaller):
@@ -102,11 +120,11 @@ struct Conv3x3Geometry {
     return BandSplit::of(h, wanted, even);
   }
   /// The backward's bands: each band's weight-gradient GEMM passes over the whole weight gradient,
-  /// so where that is over 2 MB (conv4 onwards at full width, 9 MB for 512 channels) bands are twice
-  /// the forward's, at least 512 columns (measured: +3 to +10 points of peak there, -1 to -3 on
-  /// layers whose gradient stays in cache).
+  /// so where that is over budget.resident_gradient_bytes (2 MB with a 1 MiB L2: conv4 onwards at
+  /// full width, 9 MB for 512 channels) bands are twice the forward's, at least 512 columns
+  /// (measured: +3 to +10 points of peak there, -1 to -3 on layers whose gradient stays in cache).
   constexpr int backward_band_rows() const {
-    if (long(cout) * depth() * long(sizeof(float)) <= (2L << 20)) return max_band_rows();
+    if (long(cout) * depth() * long(sizeof(float)) <= budget.resident_gradient_bytes) return max_band_rows();
     return int(std::clamp<long>(std::max(2L * max_band_rows(), (512L + w - 1) / w), 1, h));
   }
   constexpr BandSplit backward_bands() const {
