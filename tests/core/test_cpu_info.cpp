@@ -97,3 +97,16 @@ TEST_CASE("the kernel path this program was built with can run on this CPU") {
   CHECK(line.find(vgg::cpu::cpu_info().model_name) == 0);
   CHECK(line.find("L2 " + std::to_string(vgg::cpu::cpu_info().cache.l2 >> 10) + " KiB") != std::string::npos);
 }
+
+TEST_CASE("AMX is granted, or refused with a reason") {
+  const std::string refusal = vgg::cpu::request_amx_permission();
+  if (!vgg::cpu::cpu_info().amx_tile) {
+    // Nothing to grant: the refusal says so instead of letting a tile instruction fault.
+    CHECK(refusal.find("no AMX") != std::string::npos);
+    // Not a skip of the whole executable (its other cases ran): the granting path waits for an AMX CPU.
+    MESSAGE("no AMX on this CPU: only the refusal was checked, not a grant");
+    return;
+  }
+  if (!refusal.empty()) MESSAGE("AMX refused here: " << refusal);
+  CHECK(vgg::cpu::request_amx_permission() == refusal);  // asked once, the answer kept
+}

@@ -21,6 +21,13 @@
 #include <cpuid.h>
 #define VGG_HAVE_CPUID 1
 #endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#endif
 
 namespace vgg::cpu {
 
@@ -217,6 +224,25 @@ inline const CpuInfo& cpu_info() {
 /// BW and VL; the plain path runs anywhere).
 inline bool can_run(KernelPath path, const CpuInfo& info = cpu_info()) {
   return path == KernelPath::plain || (info.avx512f && info.avx512bw && info.avx512vl);
+}
+
+/// Asks Linux for the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), which a
+/// process must do once before its first tile instruction (Linux 5.16 and later; the instruction
+/// faults otherwise). Returns "" when granted, else why not, for the caller to print as it falls
+/// back to another path.
+inline std::string request_amx_permission(const CpuInfo& info = cpu_info()) {
+  if (!info.amx_tile) return "this CPU (or its OS) has no AMX tiles";
+#if defined(__linux__) && defined(__x86_64__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  static const std::string answer = [] {
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0) return std::string();
+    return std::string("Linux refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: ") + std::strerror(errno) +
+           "; a kernel older than 5.16, or a sandbox that forbids it)";
+  }();
+  return answer;
+#else
+  return "AMX needs Linux's arch_prctl permission, which this build has no way to ask for";
+#endif
 }
 
 /// One line for logs and benchmark reports, e.g. "AMD EPYC (family 25, model 17; L1d 32 KiB, L2 1024 KiB,
