@@ -7,11 +7,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "reference.hpp"
 #include "vgg/buffer.hpp"
 #include "vgg/cpu/gemm_bf16.hpp"
+#include "vgg/vgg.hpp"
 
 namespace {
 
@@ -129,4 +131,189 @@ TEST_CASE("bf16 GEMM propagates NaN like the fp32 path") {
   for (int j = 0; j < 32; ++j) CHECK(std::isnan(c[std::size_t(j)]));
   for (int j = 0; j < 32; ++j) CHECK(c[32 + std::size_t(j)] == doctest::Approx(0.5));
 #endif
+}
+
+namespace {
+
+struct ConvCase {
+  int n, cin, cout, h, w;
+};
+
+std::vector<float> absolute(std::vector<float> v) {
+  for (float& e : v) e = std::fabs(e);
+  return v;
+}
+
+/// The convolution's fast path with bf16 products against the plain fp32 path, forward and backward.
+/// Each output may be off by 2^-7 + 2^-16 (+ fp32 sums) of the sum of its terms' magnitudes, which
+/// the plain path computes by running on the operands' absolute values.
+void check_conv_bf16(const ConvCase& s, unsigned seed) {
+  CAPTURE(s.n);
+  CAPTURE(s.cin);
+  CAPTURE(s.cout);
+  CAPTURE(s.h);
+  CAPTURE(s.w);
+  using vgg::cpu::KernelPath;
+  const int threads = 2;
+  const vgg::cpu::Conv3x3Geometry g{s.cin, s.cout, s.h, s.w};
+  const std::size_t in = std::size_t(s.n) * s.cin * s.h * s.w, out = std::size_t(s.n) * s.cout * s.h * s.w;
+  const auto x = ref::random_vector(in, seed);
+  const auto wt = ref::random_vector(std::size_t(s.cout) * s.cin * 9, seed + 1, -0.3f, 0.3f);
+  const auto b = ref::random_vector(std::size_t(s.cout), seed + 2, -0.2f, 0.2f);
+  const auto dy = ref::random_vector(out, seed + 3);
+  const std::vector<float> no_bias(b.size(), 0.0f);
+
+  vgg::cpu::Conv3x3Workspace ws_low, ws_plain;
+  ws_low.reserve_backward(g, threads);
+  ws_plain.reserve_backward(g, threads);
+  ws_low.set_bf16(true);
+  std::vector<float> y_low(out), y_plain(out), y_bound(out);
+  vgg::cpu::conv3x3_relu_forward<KernelPath::avx512>(x.data(), wt.data(), b.data(), y_low.data(), s.n, g, ws_low,
+                                                     threads);
+  vgg::cpu::conv3x3_relu_forward<KernelPath::plain>(x.data(), wt.data(), b.data(), y_plain.data(), s.n, g, ws_plain,
+                                                    threads);
+  const auto xa = absolute(x), wa = absolute(wt), dya = absolute(dy);
+  vgg::cpu::conv3x3_relu_forward<KernelPath::plain>(xa.data(), wa.data(), no_bias.data(), y_bound.data(), s.n, g,
+                                                    ws_plain, threads);
+  const float bound = 0x1p-6f;  // 2^-7 + 2^-16 + sums, rounded up
+  float worst = 0, moved = 0;
+  for (std::size_t i = 0; i < out; ++i) {
+    worst = std::max(worst, std::fabs(y_low[i] - y_plain[i]) / (bound * y_bound[i] + 1e-6f));
+    moved = std::max(moved, std::fabs(y_low[i] - y_plain[i]));
+  }
+  CHECK(worst <= 1.0f);
+  CHECK(moved > 0.0f);  // bf16 really ran
+
+  // Backward from the same y (so both take the same ReLU mask).
+  std::vector<float> dz_low = dy, dz_plain = dy, dx_low(in), dx_plain(in), dw_low(wt.size()), dw_plain(wt.size()),
+                     db_low(b.size()), db_plain(b.size());
+  vgg::cpu::conv3x3_relu_backward<KernelPath::avx512>(x.data(), wt.data(), y_plain.data(), dz_low.data(),
+                                                      dx_low.data(), dw_low.data(), db_low.data(), s.n, g, ws_low,
+                                                      threads);
+  vgg::cpu::conv3x3_relu_backward<KernelPath::plain>(x.data(), wt.data(), y_plain.data(), dz_plain.data(),
+                                                     dx_plain.data(), dw_plain.data(), db_plain.data(), s.n, g,
+                                                     ws_plain, threads);
+  // Magnitudes: the plain backward on absolute values, every output passing its ReLU.
+  std::vector<float> dz_bound = dya, dx_bound(in), dw_bound(wt.size()), db_bound(b.size()), y_pass(out, 1.0f);
+  vgg::cpu::conv3x3_relu_backward<KernelPath::plain>(xa.data(), wa.data(), y_pass.data(), dz_bound.data(),
+                                                     dx_bound.data(), dw_bound.data(), db_bound.data(), s.n, g,
+                                                     ws_plain, threads);
+  const auto within = [&](const std::vector<float>& got, const std::vector<float>& want,
+                          const std::vector<float>& magnitude) {
+    float w = 0;
+    for (std::size_t i = 0; i < got.size(); ++i)
+      w = std::max(w, std::fabs(got[i] - want[i]) / (bound * magnitude[i] + 1e-5f));
+    return w;
+  };
+  CHECK(within(dx_low, dx_plain, dx_bound) <= 1.0f);
+  CHECK(within(dw_low, dw_plain, dw_bound) <= 1.0f);
+  CHECK(ref::max_abs_diff(db_plain, db_low.data()) <= 1e-4f * (1.0f + ref::max_abs_diff(db_bound, no_bias.data())));
+}
+
+}  // namespace
+
+TEST_CASE("convolution in bf16 on the fast path matches the plain fp32 path within bf16's precision") {
+  if (!vgg::cpu::kFastKernels || !bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: no AVX-512 path or no AVX512-BF16 here; bf16 convolution not run\n");
+    return;
+  }
+  unsigned seed = 300;
+  const ConvCase cases[] = {
+      {2, 3, 13, 7, 9},     // odd everything, depth 27
+      {2, 29, 17, 6, 14},   // depth 261: two passes, the second one odd
+      {3, 16, 40, 14, 14},  // 14x14: images side by side in a band
+      {2, 8, 16, 33, 35},   // several bands
+  };
+  for (const ConvCase& c : cases) check_conv_bf16(c, seed += 4);
+}
+
+namespace {
+
+// Odd sizes; the second block's second conv is 288 deep (two depth passes); the first block's
+// convolution has 3 input channels, so every conv runs the GEMM path (a one-channel first layer
+// keeps its own fp32 kernels).
+using BfNet = vgg::Vgg<vgg::Input<3, 17, 15>, vgg::VggBlock<1, 3, 16>, vgg::VggBlock<2, 16, 32>, vgg::Classifier<40, 5>>;
+
+struct Pass {
+  std::vector<float> logits;
+  double loss = 0;
+  std::vector<std::vector<float>> grads;
+};
+
+Pass one_pass(BfNet& net, const std::vector<float>& x, const std::vector<std::int32_t>& labels) {
+  Pass p;
+  const auto logits = net.forward(x, int(labels.size()));
+  p.logits.assign(logits.data(), logits.data() + logits.size());
+  p.loss = net.loss(labels).loss;
+  net.backward();
+  net.for_each_parameter([&](const vgg::ParameterView& v) { p.grads.emplace_back(v.grad.begin(), v.grad.end()); });
+  return p;
+}
+
+double cosine(const std::vector<float>& a, const std::vector<float>& b) {
+  double ab = 0, aa = 0, bb = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    ab += double(a[i]) * b[i];
+    aa += double(a[i]) * a[i];
+    bb += double(b[i]) * b[i];
+  }
+  return ab / std::sqrt(aa * bb + 1e-300);
+}
+
+}  // namespace
+
+TEST_CASE("a network in bf16 mixed precision follows the fp32 network within bf16's precision, and trains") {
+  // Two nets from one seed, so that their dropout masks agree step for step.
+  auto net = std::make_unique<BfNet>(11), reference = std::make_unique<BfNet>(11);
+  for (BfNet* n : {net.get(), reference.get()}) {
+    n->set_threads(2);
+    n->train();
+  }
+  net->context().set_precision(vgg::Precision::bf16);
+  if (net->context().precision_in_use() != vgg::Precision::bf16) {
+    CHECK(!net->context().precision_note().empty());  // the fallback says why
+    std::printf("VGG_SKIPPED: bf16 does not run here (%s)\n", net->context().precision_note().c_str());
+    return;
+  }
+  CHECK(net->context().precision_note().empty());
+  CHECK(reference->context().precision_in_use() == vgg::Precision::fp32);
+  const int batch = 6;
+  auto x = ref::random_vector(std::size_t(batch) * BfNet::input_shape.size(), 21, 0.0f, 1.0f);
+  const std::vector<std::int32_t> labels{0, 4, 1, 3, 2, 2};
+  // Something to learn: channel c of a sample is brighter where bit c of its label is set.
+  const std::size_t plane = std::size_t(BfNet::input_shape.h) * BfNet::input_shape.w;
+  for (int i = 0; i < batch; ++i)
+    for (int c = 0; c < 3; ++c)
+      if ((labels[std::size_t(i)] >> c) & 1)
+        for (std::size_t p = 0; p < plane; ++p) x[(std::size_t(i) * 3 + std::size_t(c)) * plane + p] += 1.0f;
+  const Pass low = one_pass(*net, x, labels);
+  const Pass full = one_pass(*reference, x, labels);
+
+  // Seven products (four convs, three linear layers) each off by about 2^-8 per operand: a few per
+  // cent of the logits' scale at most; but not zero, or bf16 did not run.
+  float scale = 0;
+  for (float v : full.logits) scale = std::max(scale, std::fabs(v));
+  const float diff = ref::max_abs_diff(full.logits, low.logits.data());
+  CHECK(diff <= 0.06f * scale);
+  CHECK(diff > 0.0f);
+  CHECK(low.loss == doctest::Approx(full.loss).epsilon(0.02));
+  REQUIRE(low.grads.size() == full.grads.size());
+  for (std::size_t i = 0; i < low.grads.size(); ++i) {
+    CAPTURE(i);
+    CHECK(cosine(low.grads[i], full.grads[i]) > 0.99);
+  }
+
+  // Adam in bf16 fits a fixed batch as fp32 does (the loss measured in eval mode, without dropout).
+  vgg::Adam<> adam({.lr = 1e-2f}), reference_adam({.lr = 1e-2f});
+  const double first = vgg::evaluate_batch(*net, x, labels).loss;
+  for (int step = 0; step < 40; ++step) {
+    vgg::train_step(*net, adam, x, labels);
+    vgg::train_step(*reference, reference_adam, x, labels);
+  }
+  const double last = vgg::evaluate_batch(*net, x, labels).loss;
+  const double reference_last = vgg::evaluate_batch(*reference, x, labels).loss;
+  CAPTURE(first);
+  CAPTURE(reference_last);
+  CHECK(last < 0.75 * first);  // fp32 fits it from 1.61 to 0.98 in these 40 steps
+  CHECK(last < reference_last + 0.25);
 }

@@ -164,6 +164,17 @@ struct Conv3x3Workspace {
   // channel rows side by side; used when dz is not taken in place from dy (fused pool, groups).
   std::vector<Buffer<float>> output_grads;
   std::vector<Buffer<float>> split_inputs;  // fused one-channel backward: input columns laid out per block
+  // bf16 operands (gemm_bf16.hpp) for this layer's products on the AVX-512 path: the weights packed
+  // as bf16 once per forward, and every plan's bf16 packing buffers. Set by set_bf16 before a call.
+  Buffer<std::uint32_t> packed_weights_bf16;
+  bool bf16 = false;
+
+  /// requires: !on || bf16::bf16_gemm_available(), and reserve (or reserve_backward) was called.
+  void set_bf16(bool on) {
+    bf16 = on;
+    for (auto* list : {&plans, &weight_plans, &input_plans})
+      for (GemmPlan& plan : *list) plan.set_bf16(on);
+  }
 
   void reserve_backward(const Conv3x3Geometry& g, int threads, bool pooled = false) {
     reserve(g, threads);
@@ -194,6 +205,7 @@ struct Conv3x3Workspace {
     if constexpr (kFastKernels) {
       packed_weights.reserve(std::size_t(avx512::packed_a_size(g.cout, g.depth())));
       reserve_per_thread(band_outputs, threads, g.cin != 1 ? long(g.cout) * band_cols : 0);
+      if (bf16::bf16_gemm_available()) packed_weights_bf16.reserve(std::size_t(bf16::packed_a_size(g.cout, g.depth())));
     }
   }
 };
@@ -244,7 +256,12 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
     const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
 #ifdef VGG_FAST_KERNELS
     if (!Plain && g.cin != 1) {  // the weights packed once for all bands, by all threads
-      avx512::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights.data(), tid, nth);
+#ifdef VGG_BF16_KERNELS
+      if (ws.bf16)
+        bf16::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights_bf16.data(), tid, nth);
+      else
+#endif
+        avx512::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights.data(), tid, nth);
 #pragma omp barrier
     }
 #endif
@@ -281,6 +298,14 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           for (long i = first; i < last; ++i)
             im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, p0, p1);
           const avx512::Epilogue e{1.0f, p0 > 0, p0 == 0 ? bias : nullptr, p1 == g.depth()};
+#ifdef VGG_BF16_KERNELS
+          if (ws.bf16) {  // pass p0 of the bf16-packed weights starts at p0 / 2 pairs per padded row
+            bf16::gemm<false>(g.cout, group_cols, p1 - p0, weight, g.depth(), col, ld, dst,
+                              staged ? group_cols : plane, plan.bf16_a_pack(), plan.bf16_b_pack(), e,
+                              ws.packed_weights_bf16.data() + p0 / 2 * m_padded);
+            continue;
+          }
+#endif
           avx512::gemm<false>(g.cout, group_cols, p1 - p0, weight, g.depth(), col, ld, dst, staged ? group_cols : plane,
                               plan.fast_a_pack(), plan.fast_b_pack(), e, ws.packed_weights.data() + p0 * m_padded);
         }
@@ -452,8 +477,14 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
           GemmPlan& plan = ws.input_plans[std::size_t(tid)];
 #ifdef VGG_FAST_KERNELS
           if constexpr (!Plain) {
-            avx512::gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
-                               plan.fast_a_pack(), plan.fast_b_pack(), avx512::Epilogue{1.0f, false, nullptr, false});
+#ifdef VGG_BF16_KERNELS
+            if (plan.bf16())
+              bf16::gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
+                               plan.bf16_a_pack(), plan.bf16_b_pack(), avx512::Epilogue{1.0f, false, nullptr, false});
+            else
+#endif
+              avx512::gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
+                                 plan.fast_a_pack(), plan.fast_b_pack(), avx512::Epilogue{1.0f, false, nullptr, false});
           } else
 #endif
           {

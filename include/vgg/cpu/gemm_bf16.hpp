@@ -30,9 +30,9 @@ namespace vgg::cpu::bf16 {
 using Index = std::ptrdiff_t;
 inline constexpr int kMr = 8;
 inline constexpr int kNr = 32;
-/// Depth per pass, in elements: 256 pairs, so that a packed 32-column B panel is 32 KiB, as the fp32
-/// kernel's 256 x 32 floats are.
-inline constexpr Index kKc = 512;
+/// Depth per pass, in elements: the fp32 kernel's, so that a convolution's column slices (one pass
+/// each) and the weights packed whole line up on either path.
+inline constexpr Index kKc = avx512::kKc;
 
 /// The bf16 nearest to x, ties to even (as vcvtne2ps2bf16 and torch's float -> bfloat16 round);
 /// NaN stays a (quiet) NaN.
@@ -120,13 +120,16 @@ inline void pack_a(const float* a, Index lda, Index i0, int mr, Index p0, Index 
 }
 
 /// All of op(A) packed, pass by pass: pass p0 at dst + (p0 / 2) * round_up(m, 8), its tile i0 at
-/// + i0 * ceil(kc / 2). For weights shared by many GEMMs (a layer's bands).
+/// + i0 * ceil(kc / 2). For weights shared by many GEMMs (a layer's bands). With parts > 1, packs
+/// only share `part` of the tiles, so that threads can pack it together.
 template <bool TransA>
-inline void pack_a_whole(const float* a, Index lda, Index m, Index k, std::uint32_t* dst) {
-  const Index m_padded = (m + kMr - 1) / kMr * kMr;
+inline void pack_a_whole(const float* a, Index lda, Index m, Index k, std::uint32_t* dst, int part = 0,
+                         int parts = 1) {
+  const Index m_padded = (m + kMr - 1) / kMr * kMr, tiles = m_padded / kMr;
+  const Index first = tiles * part / parts, last = tiles * (part + 1) / parts;
   for (Index p0 = 0; p0 < k; p0 += kKc) {
     const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2;
-    for (Index i0 = 0; i0 < m; i0 += kMr)
+    for (Index i0 = first * kMr; i0 < last * kMr; i0 += kMr)
       pack_a<TransA>(a, lda, i0, int(std::min<Index>(kMr, m - i0)), p0, kc, dst + p0 / 2 * m_padded + i0 * pairs);
   }
 }
