@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "machine_context.hpp"
 #include "peak.hpp"
 
 namespace {
@@ -299,6 +300,7 @@ int main(int argc, char** argv) {
   register_all<Wide>("vgg11_w1", std::make_integer_sequence<int, 5>{});
   register_all<Narrow>("vgg11_w8", std::make_integer_sequence<int, 5>{});
   register_wide_convs();
+  bench::add_machine_context();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

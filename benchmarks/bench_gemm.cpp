@@ -1,14 +1,19 @@
 // Single-threaded GEMM on the shapes the layers use (the layers run one GEMM per thread): the
 // AVX-512 kernel that vgg::cpu::gemm takes where it is built, against the plain path (Eigen 3.4's
-// packed kernels, driven as gemm_eigen drives them). Counter: GFLOP/s (2 m n k per product).
+// packed kernels, driven as gemm_eigen drives them), and the bf16 kernel (gemm_bf16.hpp) where the
+// CPU has AVX512-BF16, registered beside each fp32 shape. Counter: GFLOP/s (2 m n k per product).
 //
 //   build/benchmarks/bench_gemm --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 
+#include <vgg/cpu/gemm_bf16.hpp>
 #include <vgg/vgg.hpp>
 
+#include <cstdint>
 #include <string>
 #include <vector>
+
+#include "machine_context.hpp"
 
 namespace {
 
@@ -54,6 +59,59 @@ void run(benchmark::State& state, Shape s) {
   state.SetLabel(std::to_string(s.m) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k));
 }
 
+#ifdef VGG_BF16_KERNELS
+/// The same products with bf16 operands (rounded as packed) and fp32 sums.
+template <bool TransA, bool TransB>
+void run_bf16(benchmark::State& state, Shape s) {
+  namespace bf16 = vgg::cpu::bf16;
+  const long lda = TransA ? s.m : s.k, ldb = TransB ? s.k : s.n;
+  std::vector<float> a(std::size_t(s.m * s.k)), b(std::size_t(s.k * s.n)), c(std::size_t(s.m * s.n));
+  vgg::Rng rng(5);
+  for (float& v : a) v = rng.uniform(-1.0f, 1.0f);
+  for (float& v : b) v = rng.uniform(-1.0f, 1.0f);
+  vgg::Buffer<std::uint32_t> a_pack(std::size_t((s.m + 7) / 8 * 8 * bf16::kKc / 2)),
+      b_pack(std::size_t(bf16::packed_b_size()));
+  for (auto _ : state) {
+    bf16::gemm<TransA, TransB>(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), s.n, a_pack.data(),
+                               b_pack.data(), {1.0f, false, nullptr, false});
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2e-9 * double(s.m) * double(s.n) * double(s.k), benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(std::to_string(s.m) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k));
+}
+
+/// The bf16 8 x 32 kernel alone on packed, cache-hot data, as kernel_only for fp32.
+void kernel_only_bf16(benchmark::State& state) {
+  namespace bf16 = vgg::cpu::bf16;
+  constexpr long m = 64, n = 1024, k = bf16::kKc, pairs = k / 2;
+  vgg::Buffer<std::uint32_t> a(std::size_t(m * pairs)), b(std::size_t(pairs * n));
+  vgg::Buffer<float> c(std::size_t(m * n));
+  for (long i = 0; i < m * pairs; ++i) a.data()[i] = bf16::pair(0.5f, -0.25f);
+  for (long i = 0; i < pairs * n; ++i) b.data()[i] = bf16::pair(0.125f, 1.0f);
+  const vgg::cpu::avx512::Epilogue e{};
+  for (auto _ : state) {
+    for (long j0 = 0; j0 < n; j0 += bf16::kNr)
+      for (long i0 = 0; i0 < m; i0 += bf16::kMr)
+        bf16::kernel_8x32(pairs, a.data() + i0 * pairs, b.data() + j0 * pairs, c.data() + i0 * n + j0, n, bf16::kMr,
+                          bf16::kNr, e);
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2e-9 * m * n * k, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void register_bf16() {
+  if (!vgg::cpu::bf16::bf16_gemm_available()) return;
+  benchmark::RegisterBenchmark("kernel_8x32/packed/bf16", kernel_only_bf16);
+  for (const Shape& s : kShapes) {
+    const std::string name = std::string(s.name) + "/bf16";
+    if (!s.trans_a && !s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run_bf16<false, false>, s);
+    if (s.trans_a && !s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run_bf16<true, false>, s);
+    if (!s.trans_a && s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run_bf16<false, true>, s);
+  }
+}
+#endif
+
 template <bool Plain>
 void register_path(const char* path) {
   for (const Shape& s : kShapes) {
@@ -94,6 +152,10 @@ int main(int argc, char** argv) {
 #endif
   register_path<false>(vgg::cpu::kFastKernels ? "avx512" : "default (plain: no AVX-512 target)");
   register_path<true>("eigen");
+#ifdef VGG_BF16_KERNELS
+  register_bf16();
+#endif
+  bench::add_machine_context();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

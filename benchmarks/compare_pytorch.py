@@ -16,10 +16,13 @@ PyTorch runs in three set-ups, and each ratio is against the fastest of them for
     layout, no reorder per call), eval only (it has no autograd). Measured here it beats "best" at
     eval by 1.7-2x, so comparing against "best" alone would flatter us;
   - "default": glibc malloc and NCHW, for reference.
+With --bf16, a second table: vgg in bf16 mixed precision (bench_train's bf16/ rows, where the CPU has
+AVX512-BF16) against PyTorch's bf16 autocast (torch.cpu.amp.autocast(dtype=torch.bfloat16), with
+tcmalloc and channels_last: oneDNN then picks its AVX512-BF16 or AMX kernels by itself).
 PyTorch is skipped cleanly when it is not installed. OPENBLAS_CORETYPE is left as the machine sets
 it (PyTorch uses oneDNN for these layers, not OpenBLAS).
 
-Usage: /usr/bin/python3 benchmarks/compare_pytorch.py [--rounds 3] [--threads 2] [--build build]
+Usage: /usr/bin/python3 benchmarks/compare_pytorch.py [--rounds 3] [--threads 2] [--build build] [--bf16]
 """
 import argparse
 import json
@@ -36,7 +39,9 @@ TORCH_BENCH = textwrap.dedent(r"""
     import json, sys, time, torch
     from torch import nn
     threads, setup = int(sys.argv[1]), sys.argv[2]
-    channels_last = setup in ("best", "mkldnn")
+    channels_last = setup in ("best", "mkldnn", "bf16")
+    import contextlib
+    autocast = (lambda: torch.cpu.amp.autocast(dtype=torch.bfloat16)) if setup == "bf16" else contextlib.nullcontext
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     def vgg(conv_arch, ratio, classes=10):
@@ -77,12 +82,14 @@ TORCH_BENCH = textwrap.dedent(r"""
     loss_fn = nn.CrossEntropyLoss()
     def step():
         opt.zero_grad()
-        loss_fn(net(x), y).backward()
+        with autocast():
+            loss = loss_fn(net(x), y)
+        loss.backward()
         opt.step()
     net.train()
     out["vgg11_w8/train_step"] = 64 / timed(step, 5)
     net.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         out["vgg11_w8/eval_forward"] = 64 / timed(lambda: net(x), 10)
         wide = vgg(arch, 1).to(memory_format=fmt).eval()
         xw = torch.rand(8, 1, 224, 224).to(memory_format=fmt)
@@ -91,12 +98,20 @@ TORCH_BENCH = textwrap.dedent(r"""
 """)
 
 
-def run_vgg(build, threads):
+def run_vgg(build, threads, prefix="^vgg11"):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     res = subprocess.run([os.path.join(build, "benchmarks", "bench_train"), "--benchmark_format=json",
-                          "--benchmark_min_time=2", "--benchmark_filter=^vgg11"], capture_output=True, text=True, env=env, check=True)
+                          "--benchmark_min_time=2", f"--benchmark_filter={prefix}"], capture_output=True, text=True,
+                         env=env, check=True)
     data = json.loads(res.stdout)
-    return {"/".join(b["name"].split("/")[:2]): b["images/s"] for b in data["benchmarks"]}
+    run_vgg.context = data.get("context", {})
+    # bf16/ rows carry their prefix; a row skipped (no AVX512-BF16) has no images/s.
+    return {"/".join(b["name"].split("/")[:-2][-2:]): b["images/s"] for b in data["benchmarks"] if "images/s" in b}
+
+
+def torch_version():
+    res = subprocess.run([TORCH_PYTHON, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    return res.stdout.strip() or "?"
 
 
 def run_torch(threads, setup):
@@ -114,6 +129,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--build", default="build")
     parser.add_argument("--no-default", action="store_true", help="skip PyTorch's default set-up")
+    parser.add_argument("--bf16", action="store_true", help="also vgg in bf16 against PyTorch's bf16 autocast")
     args = parser.parse_args()
     have_torch = subprocess.run([TORCH_PYTHON, "-c", "import torch"], capture_output=True).returncode == 0
     if not have_torch:
@@ -122,7 +138,7 @@ def main():
     if not os.path.exists(TCMALLOC):
         print(f"note: {TCMALLOC} not found (apt-get install libtcmalloc-minimal4): PyTorch's 'best' set-up "
               "runs with glibc malloc", file=sys.stderr)
-    keys = ["vgg", "torch_best", "torch_mkldnn", "torch_default"]
+    keys = ["vgg", "torch_best", "torch_mkldnn", "torch_default", "vgg_bf16", "torch_bf16"]
     results = {key: [] for key in keys}
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
@@ -132,7 +148,15 @@ def main():
             results["torch_mkldnn"].append(run_torch(args.threads, "mkldnn"))
             if not args.no_default:
                 results["torch_default"].append(run_torch(args.threads, "default"))
+        if args.bf16:
+            results["vgg_bf16"].append(run_vgg(args.build, args.threads, "^bf16/vgg11"))
+            if have_torch:
+                results["torch_bf16"].append(run_torch(args.threads, "bf16"))
     names = list(results["vgg"][0])
+    context = getattr(run_vgg, "context", {})
+    # The first line names the machine and the path: figures from the pool's two CPU kinds differ.
+    print(f"CPU: {context.get('vgg_cpu', context.get('cpu_model', '?'))}; vgg kernels: {context.get('vgg_kernels', '?')}; "
+          f"torch {torch_version() if have_torch else 'absent'}")
     print(f"median ± half-range of {args.rounds} alternating rounds, {args.threads} threads")
     print(f"{'benchmark (images/s)':24} {'vgg':>16} {'torch best':>16} {'torch mkldnn':>16} {'torch default':>16}"
           f" {'vgg/fastest torch':>18}")
@@ -152,6 +176,22 @@ def main():
         else:
             ratio = "-"
         print(f"{name:24} " + " ".join(f"{c:>16}" for c in cells) + f" {ratio:>18}")
+    if args.bf16:
+        print(f"\nbf16 mixed precision: vgg (bf16 products, fp32 sums) vs PyTorch bf16 autocast")
+        print(f"{'benchmark (images/s)':24} {'vgg bf16':>16} {'torch bf16':>16} {'vgg fp32':>16} {'vgg bf16/torch':>15} "
+              f"{'bf16/fp32':>10}")
+        for name in names:
+            medians, cells = {}, []
+            for key in ("vgg_bf16", "torch_bf16", "vgg"):
+                values = [run[name] for run in results[key] if name in run]
+                if values:
+                    medians[key] = statistics.median(values)
+                    cells.append(f"{medians[key]:7.1f} ±{(max(values) - min(values)) / 2:5.1f}")
+                else:
+                    cells.append("-")
+            vs_torch = f"{medians['vgg_bf16'] / medians['torch_bf16']:6.2f}x" if {"vgg_bf16", "torch_bf16"} <= medians.keys() else "-"
+            vs_fp32 = f"{medians['vgg_bf16'] / medians['vgg']:6.2f}x" if {"vgg_bf16", "vgg"} <= medians.keys() else "-"
+            print(f"{name:24} " + " ".join(f"{c:>16}" for c in cells) + f" {vs_torch:>15} {vs_fp32:>10}")
     print(json.dumps(results), file=open(os.path.join(args.build, "compare_pytorch.json"), "w"))
 
 

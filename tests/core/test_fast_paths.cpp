@@ -71,14 +71,16 @@ struct ConvCase {
   int n, cin, cout, h, w;
 };
 
-void check_conv(const ConvCase& s, int threads, unsigned seed) {
+void check_conv(const ConvCase& s, int threads, unsigned seed,
+                const vgg::cpu::ConvCacheBudget& budget = vgg::cpu::conv_cache_budget()) {
+  CAPTURE(budget.band_bytes);
   CAPTURE(s.n);
   CAPTURE(s.cin);
   CAPTURE(s.cout);
   CAPTURE(s.h);
   CAPTURE(s.w);
   CAPTURE(threads);
-  const vgg::cpu::Conv3x3Geometry g{s.cin, s.cout, s.h, s.w};
+  const vgg::cpu::Conv3x3Geometry g{s.cin, s.cout, s.h, s.w, budget};
   const std::size_t in = std::size_t(s.n) * s.cin * s.h * s.w, out = std::size_t(s.n) * s.cout * s.h * s.w;
   const auto x = ref::random_vector(in, seed);
   const auto wt = ref::random_vector(std::size_t(s.cout) * s.cin * 9, seed + 1, -0.3f, 0.3f);
@@ -160,6 +162,12 @@ TEST_CASE("fast convolution forward and backward match the plain path" * doctest
   };
   for (int threads : {1, 2, 3})
     for (const ConvCase& c : cases) check_conv(c, threads, seed++);
+  // The band split follows the CPU's caches (ConvCacheBudget): the splits of the pool's other CPU
+  // kind (2 MiB L2) and of a small-cache CPU are checked here too, whatever this machine is.
+  for (long l2 : {2L << 20, 64L << 10}) {
+    const auto budget = vgg::cpu::ConvCacheBudget::for_caches({48L << 10, l2, 0});
+    for (const ConvCase& c : cases) check_conv(c, 2, seed++, budget);
+  }
 }
 
 TEST_CASE("fast max-pool forward and backward match the plain path, ties included" *

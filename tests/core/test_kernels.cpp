@@ -78,17 +78,30 @@ TEST_CASE("band splits cover every row once, in bands of nearly equal height") {
         }
         CHECK(highest - lowest <= (even ? 2 : 1));  // balanced: no remainder band of a row or two
       }
+  // The budgets measured on a 1 MiB-L2 CPU, whatever this one is.
+  const auto measured = vgg::cpu::ConvCacheBudget::for_caches({32L << 10, 1L << 20, 0});
+  CHECK(measured.band_bytes == 512L << 10);
+  CHECK(measured.resident_gradient_bytes == 2L << 20);
   // 28 rows at most 9 per band: 4 bands of 7, not 9 + 9 + 9 + 1.
-  const vgg::cpu::Conv3x3Geometry g{512, 512, 28, 28};
+  const vgg::cpu::Conv3x3Geometry g{512, 512, 28, 28, measured};
   CHECK(g.max_band_rows() == 9);
   CHECK(g.forward_bands(8, 2, false).count == 4);
   CHECK(g.forward_bands(8, 2, false).begin(3) == 21);
   // A weight gradient over 2 MB (512 x 4608 floats) takes longer bands in the backward.
   CHECK(g.backward_bands().count < g.forward_bands(8, 2, false).count);
-  CHECK(vgg::cpu::Conv3x3Geometry{64, 128, 112, 112}.backward_bands().count ==
-        vgg::cpu::Conv3x3Geometry{64, 128, 112, 112}.forward_bands(8, 2, false).count);
+  CHECK(vgg::cpu::Conv3x3Geometry{64, 128, 112, 112, measured}.backward_bands().count ==
+        vgg::cpu::Conv3x3Geometry{64, 128, 112, 112, measured}.forward_bands(8, 2, false).count);
+  // A 2 MiB L2 takes a shallow layer's columns in bands twice as long, and keeps a 2.4 MB gradient
+  // (256 x 2304 floats) resident where a 1 MiB L2 takes longer backward bands.
+  const auto larger = vgg::cpu::ConvCacheBudget::for_caches({48L << 10, 2L << 20, 0});
+  CHECK(vgg::cpu::Conv3x3Geometry{64, 128, 112, 112, larger}.max_band_rows() ==
+        2 * vgg::cpu::Conv3x3Geometry{64, 128, 112, 112, measured}.max_band_rows());
+  CHECK(vgg::cpu::Conv3x3Geometry{256, 256, 56, 56, larger}.backward_band_rows() ==
+        vgg::cpu::Conv3x3Geometry{256, 256, 56, 56, larger}.max_band_rows());
+  CHECK(vgg::cpu::Conv3x3Geometry{256, 256, 56, 56, measured}.backward_band_rows() >
+        vgg::cpu::Conv3x3Geometry{256, 256, 56, 56, measured}.max_band_rows());
   // 14x14 images go two to a band on the fast path (one where a thread would be left without).
-  const vgg::cpu::Conv3x3Geometry small{512, 512, 14, 14};
+  const vgg::cpu::Conv3x3Geometry small{512, 512, 14, 14, measured};
   CHECK(small.images_per_band(8, 2) == 2);
   CHECK(small.images_per_band(1, 2) == 1);
   CHECK(g.images_per_band(8, 2) == 1);  // 28x28: 784 columns already

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string>
 
 #include "vgg/backend.hpp"
 #include "vgg/buffer.hpp"
@@ -21,12 +22,29 @@
 #include "vgg/cpu/parallel.hpp"
 #include "vgg/elementwise.hpp"
 #include "vgg/loss.hpp"
+#include "vgg/precision.hpp"
 
 namespace vgg::cpu {
 
-/// The execution context of the CPU backend: how many OpenMP threads its kernels use.
+/// The execution context of the CPU backend: how many OpenMP threads its kernels use, and the
+/// precision of their convolution and linear products.
 class Context {
  public:
+  /// bf16 runs where the CPU has AVX512-BF16 (chosen by cpuid, at run time) and the fast kernel path
+  /// is built; elsewhere the products stay fp32, and precision_in_use() says so.
+  void set_precision(Precision p) { precision_ = p; }
+  Precision precision() const { return precision_; }
+  Precision precision_in_use() const {
+    return precision_ == Precision::bf16 && kFastKernels && bf16::bf16_gemm_available() ? Precision::bf16
+                                                                                       : Precision::fp32;
+  }
+  /// Why bf16 is not in use although asked for; empty when it is, or when fp32 was asked for.
+  std::string precision_note() const {
+    if (precision_ != Precision::bf16 || precision_in_use() == Precision::bf16) return {};
+    if (!kFastKernels) return "bf16 needs the AVX-512 kernel path, which this build lacks; running fp32";
+    return "this CPU has no AVX512-BF16 (" + describe() + "); running fp32";
+  }
+
   /// The most threads a network accepts: more than any machine this library targets has cores,
   /// and few enough that per-thread work buffers stay bounded.
   static constexpr int max_threads = 256;
@@ -37,6 +55,7 @@ class Context {
 
  private:
   int threads_ = 0;
+  Precision precision_ = Precision::fp32;
 };
 
 template <KernelPath Path>
@@ -100,23 +119,32 @@ struct BasicBackend {
 
   // ---- kernels: one set of signatures for every backend (backend.hpp) ----
 
+  /// The plain path is the fp32 reference and stays fp32 whatever the context asks.
+  static bool uses_bf16(const Context& ctx) {
+    return Path == KernelPath::avx512 && ctx.precision_in_use() == Precision::bf16;
+  }
+
   static void conv3x3_relu_forward(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
                                    const float* weight, const float* bias, float* y, int n) {
+    ws.get().set_bf16(uses_bf16(ctx));
     cpu::conv3x3_relu_forward<Path>(x, weight, bias, y, n, geometry(s), ws.get(), ctx.threads());
   }
   static void conv3x3_relu_pool_forward(Context& ctx, ConvWorkspace& ws, PoolState& state, const ConvShape& s,
                                         const float* x, const float* weight, const float* bias, float* pooled, int n) {
+    ws.get().set_bf16(uses_bf16(ctx));
     cpu::conv3x3_relu_pool_forward<Path>(x, weight, bias, pooled, state.get(), n, geometry(s), ws.get(), ctx.threads());
   }
   static void conv3x3_relu_backward(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
                                     const float* weight, const float* y, float* dy, float* dx, float* weight_grad,
                                     float* bias_grad, int n) {
+    ws.get().set_bf16(uses_bf16(ctx));
     cpu::conv3x3_relu_backward<Path>(x, weight, y, dy, dx, weight_grad, bias_grad, n, geometry(s), ws.get(),
                                      ctx.threads());
   }
   static void conv3x3_relu_pool_backward(Context& ctx, ConvWorkspace& ws, const PoolState& state, const ConvShape& s,
                                          const float* x, const float* weight, const float* dy_pooled, float* dx,
                                          float* weight_grad, float* bias_grad, int n) {
+    ws.get().set_bf16(uses_bf16(ctx));
     cpu::conv3x3_relu_pool_backward<Path>(x, weight, state.get(), dy_pooled, dx, weight_grad, bias_grad, n,
                                           geometry(s), ws.get(), ctx.threads());
   }
@@ -136,11 +164,13 @@ struct BasicBackend {
 
   static void linear_forward(Context& ctx, LinearWorkspace& ws, const float* x, const float* weight, const float* bias,
                              float* y, int n, int in, int out, bool relu) {
+    ws.get().set_bf16(uses_bf16(ctx));
     cpu::linear_forward<Path>(x, weight, bias, y, n, in, out, relu, ws.get(), ctx.threads());
   }
   static void linear_backward(Context& ctx, LinearWorkspace& ws, const float* x, const float* weight, const float* y,
                               float* dy, float* dx, float* weight_grad, float* bias_grad, int n, int in, int out,
                               bool relu) {
+    ws.get().set_bf16(uses_bf16(ctx));
     cpu::linear_backward<Path>(x, weight, y, dy, dx, weight_grad, bias_grad, n, in, out, relu, ws.get(),
                                ctx.threads());
   }
@@ -185,7 +215,7 @@ struct BasicBackend {
   }
 
  private:
-  static constexpr Conv3x3Geometry geometry(const ConvShape& s) { return {s.cin, s.cout, s.h, s.w}; }
+  static Conv3x3Geometry geometry(const ConvShape& s) { return {s.cin, s.cout, s.h, s.w}; }
 };
 
 /// The CPU backend on the fastest kernel path compiled in: the default of every network.

@@ -25,6 +25,7 @@
 
 #include "vgg/buffer.hpp"
 #include "vgg/cpu/conv3x3_one_channel.hpp"
+#include "vgg/cpu/cpu_info.hpp"
 #include "vgg/cpu/gemm.hpp"
 #include "vgg/cpu/im2col.hpp"
 #include "vgg/cpu/maxpool.hpp"
@@ -56,8 +57,24 @@ struct BandSplit {
   }
 };
 
+/// The cache budgets that size a conv's bands, derived from the caches of the CPU the program runs
+/// on. They were measured on a 1 MiB-L2 AMD EPYC as 512 KiB and 2 MiB, and are kept as these
+/// fractions of L2 so that a CPU with a larger L2 (the 2 MiB of the Xeon kind) gets bands to match.
+struct ConvCacheBudget {
+  long band_bytes = 512L << 10;         // a shallow layer's band of columns (depth x columns floats)
+  long resident_gradient_bytes = 2L << 20;  // a weight gradient up to this stays cached across bands
+  static constexpr ConvCacheBudget for_caches(const CacheSizes& c) { return {c.l2 / 2, 2 * c.l2}; }
+};
+
+/// This CPU's budgets, read once.
+inline const ConvCacheBudget& conv_cache_budget() {
+  static const ConvCacheBudget budget = ConvCacheBudget::for_caches(cpu_info().cache);
+  return budget;
+}
+
 struct Conv3x3Geometry {
   int cin, cout, h, w;
+  ConvCacheBudget budget = conv_cache_budget();
   constexpr long depth() const { return long(cin) * 9; }
   constexpr long slice_depth() const { return std::min(depth(), kColumnSlice); }
   constexpr long plane() const { return long(h) * w; }
@@ -65,10 +82,11 @@ struct Conv3x3Geometry {
   /// the GEMM's in-place loads of B never split a line (196- and 252-column bands otherwise do).
   static constexpr long column_stride(long cols) { return kFastKernels ? (cols + 15) / 16 * 16 : cols; }
   /// Rows per band at most: at least 256 columns, so that wide layers still give the GEMM long panels,
-  /// and up to 512 KiB / (depth * 4 bytes) columns for shallow layers (measured); at least one row,
-  /// at most the image.
+  /// and up to budget.band_bytes / (depth * 4 bytes) columns for shallow layers (measured); at least
+  /// one row, at most the image.
   constexpr int max_band_rows() const {
-    const long target_cols = std::clamp<long>((512L << 10) / (depth() * long(sizeof(float))), std::max(w, 256), 4096);
+    const long target_cols =
+        std::clamp<long>(budget.band_bytes / (depth() * long(sizeof(float))), std::max(w, 256), 4096);
     return int(std::clamp<long>(target_cols / w, std::min(2, h), h));
   }
   /// Images side by side in one band where a whole image is under 256 columns (14x14 and smaller):
@@ -102,11 +120,11 @@ struct Conv3x3Geometry {
     return BandSplit::of(h, wanted, even);
   }
   /// The backward's bands: each band's weight-gradient GEMM passes over the whole weight gradient,
-  /// so where that is over 2 MB (conv4 onwards at full width, 9 MB for 512 channels) bands are twice
-  /// the forward's, at least 512 columns (measured: +3 to +10 points of peak there, -1 to -3 on
-  /// layers whose gradient stays in cache).
+  /// so where that is over budget.resident_gradient_bytes (2 MB with a 1 MiB L2: conv4 onwards at
+  /// full width, 9 MB for 512 channels) bands are twice the forward's, at least 512 columns
+  /// (measured: +3 to +10 points of peak there, -1 to -3 on layers whose gradient stays in cache).
   constexpr int backward_band_rows() const {
-    if (long(cout) * depth() * long(sizeof(float)) <= (2L << 20)) return max_band_rows();
+    if (long(cout) * depth() * long(sizeof(float)) <= budget.resident_gradient_bytes) return max_band_rows();
     return int(std::clamp<long>(std::max(2L * max_band_rows(), (512L + w - 1) / w), 1, h));
   }
   constexpr BandSplit backward_bands() const {
@@ -146,6 +164,17 @@ struct Conv3x3Workspace {
   // channel rows side by side; used when dz is not taken in place from dy (fused pool, groups).
   std::vector<Buffer<float>> output_grads;
   std::vector<Buffer<float>> split_inputs;  // fused one-channel backward: input columns laid out per block
+  // bf16 operands (gemm_bf16.hpp) for this layer's products on the AVX-512 path: the weights packed
+  // as bf16 once per forward, and every plan's bf16 packing buffers. Set by set_bf16 before a call.
+  Buffer<std::uint32_t> packed_weights_bf16;
+  bool bf16 = false;
+
+  /// requires: !on || bf16::bf16_gemm_available(), and reserve (or reserve_backward) was called.
+  void set_bf16(bool on) {
+    bf16 = on;
+    for (auto* list : {&plans, &weight_plans, &input_plans})
+      for (GemmPlan& plan : *list) plan.set_bf16(on);
+  }
 
   void reserve_backward(const Conv3x3Geometry& g, int threads, bool pooled = false) {
     reserve(g, threads);
@@ -176,6 +205,7 @@ struct Conv3x3Workspace {
     if constexpr (kFastKernels) {
       packed_weights.reserve(std::size_t(avx512::packed_a_size(g.cout, g.depth())));
       reserve_per_thread(band_outputs, threads, g.cin != 1 ? long(g.cout) * band_cols : 0);
+      if (bf16::bf16_gemm_available()) packed_weights_bf16.reserve(std::size_t(bf16::packed_a_size(g.cout, g.depth())));
     }
   }
 };
@@ -226,7 +256,12 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
     const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
 #ifdef VGG_FAST_KERNELS
     if (!Plain && g.cin != 1) {  // the weights packed once for all bands, by all threads
-      avx512::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights.data(), tid, nth);
+#ifdef VGG_BF16_KERNELS
+      if (ws.bf16)
+        bf16::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights_bf16.data(), tid, nth);
+      else
+#endif
+        avx512::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights.data(), tid, nth);
 #pragma omp barrier
     }
 #endif
@@ -263,6 +298,14 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           for (long i = first; i < last; ++i)
             im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, p0, p1);
           const avx512::Epilogue e{1.0f, p0 > 0, p0 == 0 ? bias : nullptr, p1 == g.depth()};
+#ifdef VGG_BF16_KERNELS
+          if (ws.bf16) {  // pass p0 of the bf16-packed weights starts at p0 / 2 pairs per padded row
+            bf16::gemm<false>(g.cout, group_cols, p1 - p0, weight, g.depth(), col, ld, dst,
+                              staged ? group_cols : plane, plan.bf16_a_pack(), plan.bf16_b_pack(), e,
+                              ws.packed_weights_bf16.data() + p0 / 2 * m_padded);
+            continue;
+          }
+#endif
           avx512::gemm<false>(g.cout, group_cols, p1 - p0, weight, g.depth(), col, ld, dst, staged ? group_cols : plane,
                               plan.fast_a_pack(), plan.fast_b_pack(), e, ws.packed_weights.data() + p0 * m_padded);
         }
@@ -434,8 +477,14 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
           GemmPlan& plan = ws.input_plans[std::size_t(tid)];
 #ifdef VGG_FAST_KERNELS
           if constexpr (!Plain) {
-            avx512::gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
-                               plan.fast_a_pack(), plan.fast_b_pack(), avx512::Epilogue{1.0f, false, nullptr, false});
+#ifdef VGG_BF16_KERNELS
+            if (plan.bf16())
+              bf16::gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
+                               plan.bf16_a_pack(), plan.bf16_b_pack(), avx512::Epilogue{1.0f, false, nullptr, false});
+            else
+#endif
+              avx512::gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
+                                 plan.fast_a_pack(), plan.fast_b_pack(), avx512::Epilogue{1.0f, false, nullptr, false});
           } else
 #endif
           {

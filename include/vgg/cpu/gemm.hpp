@@ -10,9 +10,11 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 
 #include "vgg/buffer.hpp"
 #include "vgg/cpu/gemm_avx512.hpp"
+#include "vgg/cpu/gemm_bf16.hpp"
 
 namespace vgg::cpu {
 
@@ -50,8 +52,19 @@ class GemmPlan {
     if constexpr (kFastKernels) {
       fast_a_.reserve(std::size_t((max_m_ + avx512::kMr - 1) / avx512::kMr * avx512::kMr * avx512::kKc));
       fast_b_.reserve(std::size_t(avx512::kKc * avx512::kNr));
+      // Where bf16 can run, its packing buffers too, so that switching precision never allocates.
+      if (bf16::bf16_gemm_available()) {
+        bf16_a_.reserve(std::size_t((max_m_ + bf16::kMr - 1) / bf16::kMr * bf16::kMr * bf16::kKc / 2));
+        bf16_b_.reserve(std::size_t(bf16::packed_b_size()));
+      }
     }
   }
+  /// Whether the AVX-512 path's products through this plan take bf16 operands.
+  /// requires: !on || bf16::bf16_gemm_available().
+  void set_bf16(bool on) { bf16_ = on; }
+  bool bf16() const { return bf16_; }
+  std::uint32_t* bf16_a_pack() { return bf16_a_.data(); }
+  std::uint32_t* bf16_b_pack() { return bf16_b_.data(); }
   detail::OwnedBlocking& blocking() { return blocking_; }
   float* fast_a_pack() { return fast_a_.data(); }
   float* fast_b_pack() { return fast_b_.data(); }
@@ -59,6 +72,8 @@ class GemmPlan {
  private:
   Index max_m_ = 0, max_n_ = 0, max_k_ = 0;
   Buffer<float> a_, b_, fast_a_, fast_b_;
+  Buffer<std::uint32_t> bf16_a_, bf16_b_;
+  bool bf16_ = false;
   detail::OwnedBlocking blocking_;
 };
 
@@ -78,13 +93,20 @@ inline void gemm_eigen(Index m, Index n, Index k, const float* a, Index lda, con
   Product::run(n, m, k, b, ldb, a, lda, c, 1, ldc, alpha, plan.blocking(), nullptr);
 }
 
-/// Same contract as gemm_eigen; takes the AVX-512 kernel on that path.
+/// Same contract as gemm_eigen; takes the AVX-512 kernel on that path, in bf16 where the plan says.
 template <bool TransA, bool TransB, KernelPath Path = fastest_path>
 inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
                  Index ldc, GemmPlan& plan, float alpha = 1.0f) {
   if (m == 0 || n == 0 || k == 0) return;
 #ifdef VGG_FAST_KERNELS
   if constexpr (Path == KernelPath::avx512) {
+#ifdef VGG_BF16_KERNELS
+    if (plan.bf16()) {
+      bf16::gemm<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, plan.bf16_a_pack(), plan.bf16_b_pack(),
+                                 avx512::Epilogue{alpha, true, nullptr, false});
+      return;
+    }
+#endif
     avx512::gemm<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, plan.fast_a_pack(), plan.fast_b_pack(),
                                  avx512::Epilogue{alpha, true, nullptr, false});
     return;

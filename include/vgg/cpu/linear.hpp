@@ -29,6 +29,12 @@ struct LinearWorkspace {
     for (auto& p : weight_plans) p.reserve(out, in, batch);
     for (auto& p : input_plans) p.reserve(batch, in, out);
   }
+  /// bf16 operands for this layer's products on the AVX-512 path (gemm.hpp).
+  /// requires: !on || bf16::bf16_gemm_available().
+  void set_bf16(bool on) {
+    for (auto* list : {&plans, &weight_plans, &input_plans})
+      for (GemmPlan& plan : *list) plan.set_bf16(on);
+  }
 };
 
 /// requires: ws.reserve(b, in, out, t) with b >= n and t >= threads.

@@ -1,0 +1,237 @@
+#pragma once
+// bf16 GEMM for mixed-precision training on CPUs with AVX512-BF16 (vdpbf16ps): operands rounded to
+// bf16 as they are packed, products summed in fp32, C in fp32. One vdpbf16ps does the work of two
+// fp32 FMAs (a pair of depth steps per 32-bit lane), and packed operands take half the bytes.
+//
+// Compiled on every x86-64 build, whatever -march says, with function target attributes; run only
+// where cpu_info() reports avx512_bf16 (bf16_gemm_available()), so one binary serves CPUs with and
+// without it. The layout is the fp32 kernel's (gemm_avx512.hpp): 8 x 32 tiles of C, A packed as
+// [depth pair][8 rows], B as [depth pair][32 columns], each 32-bit element a (even, odd) depth pair.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "vgg/cpu/cpu_info.hpp"
+#include "vgg/cpu/gemm_avx512.hpp"
+
+#if defined(__x86_64__) && ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10) || \
+                            (defined(__clang__) && __clang_major__ >= 11))
+#define VGG_BF16_KERNELS 1
+#include <immintrin.h>
+#define VGG_TARGET_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+#endif
+
+VGG_INTRINSICS_BEGIN
+namespace vgg::cpu::bf16 {
+
+using Index = std::ptrdiff_t;
+inline constexpr int kMr = 8;
+inline constexpr int kNr = 32;
+/// Depth per pass, in elements: the fp32 kernel's, so that a convolution's column slices (one pass
+/// each) and the weights packed whole line up on either path.
+inline constexpr Index kKc = avx512::kKc;
+
+/// The bf16 nearest to x, ties to even (as vcvtne2ps2bf16 and torch's float -> bfloat16 round);
+/// NaN stays a (quiet) NaN.
+inline std::uint16_t to_bf16(float x) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  if (std::isnan(x)) return std::uint16_t((bits >> 16) | 0x40);
+  bits += 0x7FFF + ((bits >> 16) & 1);
+  return std::uint16_t(bits >> 16);
+}
+
+inline float from_bf16(std::uint16_t h) {
+  const std::uint32_t bits = std::uint32_t(h) << 16;
+  float x;
+  std::memcpy(&x, &bits, 4);
+  return x;
+}
+
+/// x rounded to bf16 and back: what the kernels multiply.
+inline float round_to_bf16(float x) { return from_bf16(to_bf16(x)); }
+
+/// Whether the bf16 kernels are built into this program and this CPU runs them.
+inline bool bf16_gemm_available(const CpuInfo& cpu = cpu_info()) {
+#ifdef VGG_BF16_KERNELS
+  return cpu.avx512_bf16 && cpu.avx512bw && cpu.avx512vl;
+#else
+  (void)cpu;
+  return false;
+#endif
+}
+
+/// uint32 elements (depth pairs) that pack_a_whole writes for an m x k op(A): every pass's pairs,
+/// the last one's odd element padded.
+inline Index packed_a_size(Index m, Index k) {
+  return (m + kMr - 1) / kMr * kMr * ((k + 1) / 2 + (k + kKc - 1) / kKc);
+}
+/// uint32 elements a B panel takes.
+inline constexpr Index packed_b_size() { return kKc / 2 * kNr; }
+
+#ifdef VGG_BF16_KERNELS
+using avx512::Epilogue;
+
+inline std::uint32_t pair(float even, float odd) {
+  return std::uint32_t(to_bf16(even)) | (std::uint32_t(to_bf16(odd)) << 16);
+}
+
+/// dst[q * R + r] = the depth pair (2q, 2q + 1) of row r, for rows r < R of a row-major matrix whose
+/// depth runs along its rows (src + r * ld), q < ceil(kc / 2); zero for rows >= valid and depth >= kc.
+/// Rows are rounded 32 floats at a time (vcvtne2ps2bf16, in order: word 2q is depth 2q) and the
+/// rows x 16 pairs block is then transposed through a small buffer.
+template <int R>
+VGG_TARGET_BF16 inline void pack_row_pairs(const float* src, Index ld, int valid, Index kc, std::uint32_t* dst) {
+  alignas(64) std::uint32_t block[R][16];
+  const Index pairs = (kc + 1) / 2;
+  for (Index q0 = 0; q0 < pairs; q0 += 16) {
+    const Index count = std::min<Index>(32, kc - 2 * q0);
+    const __mmask16 lo_lanes = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
+    const __mmask16 hi_lanes = count >= 32 ? __mmask16(0xFFFF) : count <= 16 ? __mmask16(0) : __mmask16((1u << (count - 16)) - 1u);
+    for (int r = 0; r < R; ++r) {
+      if (r >= valid) {
+        _mm512_store_si512(block[r], _mm512_setzero_si512());
+        continue;
+      }
+      const float* row = src + r * ld + 2 * q0;
+      const __m512 lo = _mm512_maskz_loadu_ps(lo_lanes, row), hi = _mm512_maskz_loadu_ps(hi_lanes, row + 16);
+      _mm512_store_si512(block[r], (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+    const int n = int(std::min<Index>(16, pairs - q0));
+    for (int qq = 0; qq < n; ++qq)
+      for (int r = 0; r < R; ++r) dst[(q0 + qq) * R + r] = block[r][qq];
+  }
+}
+
+/// Packs rows [i0, i0 + mr) x depth [p0, p0 + kc) of op(A) into dst[q][8] (q: depth pair), zero
+/// beyond mr and beyond kc. op(A)(i, p) is a[i * lda + p], or a[p * lda + i] when TransA.
+template <bool TransA>
+inline void pack_a(const float* a, Index lda, Index i0, int mr, Index p0, Index kc, std::uint32_t* dst) {
+  if constexpr (!TransA) {
+    pack_row_pairs<kMr>(a + i0 * lda + p0, lda, mr, kc, dst);
+  } else {
+    const auto at = [&](int i, Index p) -> float { return i < mr && p < kc ? a[(p0 + p) * lda + i0 + i] : 0.0f; };
+    for (Index q = 0; q < (kc + 1) / 2; ++q)
+      for (int i = 0; i < kMr; ++i) dst[q * kMr + i] = pair(at(i, 2 * q), at(i, 2 * q + 1));
+  }
+}
+
+/// All of op(A) packed, pass by pass: pass p0 at dst + (p0 / 2) * round_up(m, 8), its tile i0 at
+/// + i0 * ceil(kc / 2). For weights shared by many GEMMs (a layer's bands). With parts > 1, packs
+/// only share `part` of the tiles, so that threads can pack it together.
+template <bool TransA>
+inline void pack_a_whole(const float* a, Index lda, Index m, Index k, std::uint32_t* dst, int part = 0,
+                         int parts = 1) {
+  const Index m_padded = (m + kMr - 1) / kMr * kMr, tiles = m_padded / kMr;
+  const Index first = tiles * part / parts, last = tiles * (part + 1) / parts;
+  for (Index p0 = 0; p0 < k; p0 += kKc) {
+    const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2;
+    for (Index i0 = first * kMr; i0 < last * kMr; i0 += kMr)
+      pack_a<TransA>(a, lda, i0, int(std::min<Index>(kMr, m - i0)), p0, kc, dst + p0 / 2 * m_padded + i0 * pairs);
+  }
+}
+
+/// Packs depth [p0, p0 + kc) x columns [j0, j0 + nr) of a row-major B (k x n, ldb) into dst[q][32]:
+/// two rows of 16 columns rounded together (vcvtne2ps2bf16), their halves interleaved into pairs.
+VGG_TARGET_BF16 inline void pack_b(const float* b, Index ldb, Index p0, Index kc, Index j0, int nr,
+                                   std::uint32_t* dst) {
+  // vcvtne2ps2bf16(hi, lo) puts lo's 16 values in words 0-15 and hi's in 16-31; a pair for column j
+  // wants lo[j] in word 2j and hi[j] in word 2j + 1.
+  alignas(64) static constexpr std::uint16_t interleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                               21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                               11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i order = _mm512_load_si512(interleave);
+  for (int half = 0; half < 2; ++half) {
+    const int count = std::clamp(nr - 16 * half, 0, 16);
+    const __mmask16 lanes = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
+    for (Index q = 0; q < (kc + 1) / 2; ++q) {
+      const Index p = p0 + 2 * q;
+      const float* even = b + p * ldb + j0 + 16 * half;
+      const __m512 lo = _mm512_maskz_loadu_ps(lanes, even);
+      const __m512 hi = 2 * q + 1 < kc ? _mm512_maskz_loadu_ps(lanes, even + ldb) : _mm512_setzero_ps();
+      const __m512i words = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+      _mm512_store_si512(dst + q * kNr + 16 * half, _mm512_permutexvar_epi16(order, words));
+    }
+  }
+}
+
+/// Packs op(B) = B^T for a row-major B stored n x k (ldb): dst[q][jj] holds depth pair q of row j0 + jj.
+inline void pack_bt(const float* b, Index ldb, Index p0, Index kc, Index j0, int nr, std::uint32_t* dst) {
+  pack_row_pairs<kNr>(b + j0 * ldb + p0, ldb, nr, kc, dst);
+}
+
+/// C tile (rows < mr, columns < nr, ldc) = epilogue(sum over `pairs` depth pairs of A and B).
+template <int Vectors = 2>
+VGG_TARGET_BF16 [[gnu::noinline]] inline void kernel_8x32(Index pairs, const std::uint32_t* a, const std::uint32_t* b,
+                                                          float* c, Index ldc, int mr, int nr, const Epilogue& e) {
+  if constexpr (Vectors == 2) {
+    if (nr <= 16) {
+      kernel_8x32<1>(pairs, a, b, c, ldc, mr, nr, e);
+      return;
+    }
+  }
+  __m512 acc[kMr][Vectors];
+  for (int i = 0; i < kMr; ++i)
+    for (int v = 0; v < Vectors; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (Index q = 0; q < pairs; ++q) {
+    __m512bh bv[Vectors];
+    for (int v = 0; v < Vectors; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + q * kNr + 16 * v);
+#pragma GCC unroll 8
+    for (int i = 0; i < kMr; ++i) {
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(a[q * kMr + i]));
+      for (int v = 0; v < Vectors; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, bv[v]);
+    }
+  }
+  const __m512 alpha = _mm512_set1_ps(e.alpha), zero = _mm512_setzero_ps();
+  for (int i = 0; i < mr; ++i)
+    for (int v = 0; v < Vectors; ++v) {
+      const int count = std::clamp(nr - 16 * v, 0, 16);
+      const __mmask16 lanes = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
+      float* out = c + i * ldc + 16 * v;
+      __m512 r = _mm512_mul_ps(alpha, acc[i][v]);
+      if (e.accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(lanes, out));
+      if (e.bias) r = _mm512_add_ps(r, _mm512_set1_ps(e.bias[i]));
+      if (e.relu) r = _mm512_max_ps(zero, r);  // zero first: a NaN passes, as in the fp32 kernel
+      _mm512_mask_storeu_ps(out, lanes, r);
+    }
+}
+
+/// C (m x n, ldc) = out(alpha * op(A) * op(B)) with bf16 products and fp32 sums; the epilogue and
+/// the operands' layouts are gemm_avx512.hpp's gemm. With a_packed (from pack_a_whole), A is not
+/// read nor packed again.
+/// requires: bf16_gemm_available(); a_pack holds round_up(m, 8) * kKc / 2 and b_pack
+/// packed_b_size() uint32s, 64-byte aligned.
+template <bool TransA, bool TransB = false>
+inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c, Index ldc,
+                 std::uint32_t* a_pack, std::uint32_t* b_pack, const Epilogue& out,
+                 const std::uint32_t* a_packed = nullptr) {
+  const Index m_padded = (m + kMr - 1) / kMr * kMr;
+  for (Index p0 = 0; p0 < k; p0 += kKc) {
+    const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2;
+    const Epilogue e{out.alpha, out.accumulate || p0 > 0, p0 == 0 ? out.bias : nullptr, out.relu && p0 + kc == k};
+    const std::uint32_t* pass = a_packed ? a_packed + p0 / 2 * m_padded : a_pack;
+    if (!a_packed)
+      for (Index i0 = 0; i0 < m; i0 += kMr)
+        pack_a<TransA>(a, lda, i0, int(std::min<Index>(kMr, m - i0)), p0, kc, a_pack + i0 * pairs);
+    for (Index j0 = 0; j0 < n; j0 += kNr) {
+      const int nr = int(std::min<Index>(kNr, n - j0));
+      if constexpr (TransB)
+        pack_bt(b, ldb, p0, kc, j0, nr, b_pack);
+      else
+        pack_b(b, ldb, p0, kc, j0, nr, b_pack);
+      for (Index i0 = 0; i0 < m; i0 += kMr) {
+        Epilogue tile = e;
+        if (tile.bias) tile.bias += i0;
+        kernel_8x32(pairs, pass + i0 * pairs, b_pack, c + i0 * ldc + j0, ldc, int(std::min<Index>(kMr, m - i0)), nr,
+                    tile);
+      }
+    }
+  }
+}
+#endif  // VGG_BF16_KERNELS
+
+}  // namespace vgg::cpu::bf16
+VGG_INTRINSICS_END
