@@ -672,11 +672,12 @@ class DataParallel {
       if (all[r] == all[0]) continue;
       const auto theirs = split_fields(all[r]), root = split_fields(all[0]);
       std::string what = "the list of settings", here, there;
-      for (const auto& [key, value] : root) {
-        const auto it = std::find_if(theirs.begin(), theirs.end(), [&](const auto& f) { return f.first == key; });
-        if (it == theirs.end() || it->second != value) {
-          what = key;
-          here = value;
+      // A plain pair, not a structured binding: clang before 16 cannot capture those in the lambda.
+      for (const auto& field : root) {
+        const auto it = std::find_if(theirs.begin(), theirs.end(), [&](const auto& f) { return f.first == field.first; });
+        if (it == theirs.end() || it->second != field.second) {
+          what = field.first;
+          here = field.second;
           there = it == theirs.end() ? "(none)" : it->second;
           break;
         }

@@ -165,7 +165,7 @@ inline void pack_bt(const float* b, Index ldb, Index p0, Index kc, Index j0, int
 
 /// C tile (rows < mr, columns < nr, ldc) = epilogue(sum over `pairs` depth pairs of A and B).
 template <int Vectors = 2>
-VGG_TARGET_BF16 [[gnu::noinline]] inline void kernel_8x32(Index pairs, const std::uint32_t* a, const std::uint32_t* b,
+[[gnu::noinline]] VGG_TARGET_BF16 inline void kernel_8x32(Index pairs, const std::uint32_t* a, const std::uint32_t* b,
                                                           float* c, Index ldc, int mr, int nr, const Epilogue& e) {
   if constexpr (Vectors == 2) {
     if (nr <= 16) {
