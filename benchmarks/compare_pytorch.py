@@ -123,6 +123,19 @@ def run_torch(threads, setup):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def row(results, name, keys):
+    """Median of each set-up's runs of one benchmark, and its table cell (median ± half-range)."""
+    medians, cells = {}, []
+    for key in keys:
+        values = [run[name] for run in results[key] if name in run]
+        if values:
+            medians[key] = statistics.median(values)
+            cells.append(f"{medians[key]:7.1f} ±{(max(values) - min(values)) / 2:5.1f}")
+        else:
+            cells.append("-")
+    return medians, cells
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)

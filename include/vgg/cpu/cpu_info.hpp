@@ -59,6 +59,22 @@ struct CpuInfo {
 
 namespace detail {
 
+/// The data and unified caches one source lists, kept by level; shared by the cpuid and sysfs readers.
+struct CacheLevels {
+  CacheSizes sizes;
+  void record(int level, long bytes) {
+    if (level == 1) sizes.l1d = bytes;
+    if (level == 2) sizes.l2 = bytes;
+    if (level == 3) sizes.l3 = bytes;
+  }
+  /// Copies the sizes to out when L1d and L2 were both found.
+  bool complete_into(CacheSizes& out) const {
+    if (sizes.l1d <= 0 || sizes.l2 <= 0) return false;
+    out = sizes;
+    return true;
+  }
+};
+
 #ifdef VGG_HAVE_CPUID
 struct CpuidRegs {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -88,7 +104,7 @@ inline std::string trimmed(std::string s) {
 
 /// Walks a deterministic cache-parameters leaf (Intel's 4, AMD's 0x8000001D share its layout).
 inline bool caches_from_cpuid(unsigned leaf, CacheSizes& out) {
-  CacheSizes found;
+  CacheLevels found;
   for (unsigned sub = 0; sub < 16; ++sub) {
     const CpuidRegs r = cpuid(leaf, sub);
     const unsigned type = r.eax & 0x1F;  // 0: no more caches, 1: data, 2: instruction, 3: unified
@@ -98,13 +114,9 @@ inline bool caches_from_cpuid(unsigned leaf, CacheSizes& out) {
     const long ways = long((r.ebx >> 22) & 0x3FF) + 1, partitions = long((r.ebx >> 12) & 0x3FF) + 1;
     const long line = long(r.ebx & 0xFFF) + 1, sets = long(r.ecx) + 1;
     const long bytes = ways * partitions * line * sets;
-    if (level == 1) found.l1d = bytes;
-    if (level == 2) found.l2 = bytes;
-    if (level == 3) found.l3 = bytes;
+    found.record(int(level), bytes);
   }
-  if (found.l1d <= 0 || found.l2 <= 0) return false;
-  out = found;
-  return true;
+  return found.complete_into(out);
 }
 #endif
 
@@ -122,7 +134,7 @@ inline long parse_cache_size(const std::string& text) {
 }
 
 inline bool caches_from_sysfs(const std::string& dir, CacheSizes& out) {
-  CacheSizes found;
+  CacheLevels found;
   for (int index = 0; index < 16; ++index) {
     const std::string base = dir + "/index" + std::to_string(index) + "/";
     std::ifstream level_file(base + "level"), type_file(base + "type"), size_file(base + "size");
@@ -131,13 +143,9 @@ inline bool caches_from_sysfs(const std::string& dir, CacheSizes& out) {
     if (!(level_file >> level) || !(type_file >> type) || !(size_file >> size)) break;
     if (type == "Instruction") continue;
     const long bytes = parse_cache_size(size);
-    if (level == 1) found.l1d = bytes;
-    if (level == 2) found.l2 = bytes;
-    if (level == 3) found.l3 = bytes;
+    found.record(int(level), bytes);
   }
-  if (found.l1d <= 0 || found.l2 <= 0) return false;
-  out = found;
-  return true;
+  return found.complete_into(out);
 }
 
 }  // namespace detail
