@@ -174,14 +174,7 @@ def main():
     print(f"{'benchmark (images/s)':24} {'vgg':>16} {'torch best':>16} {'torch mkldnn':>16} {'torch default':>16}"
           f" {'vgg/fastest torch':>18}")
     for name in names:
-        cells, medians = [], {}
-        for key in keys:
-            values = [run[name] for run in results[key] if name in run]
-            if values:
-                medians[key] = statistics.median(values)
-                cells.append(f"{medians[key]:7.1f} ±{(max(values) - min(values)) / 2:5.1f}")
-            else:
-                cells.append("-")
+        medians, cells = row(results, name, keys)
         torch_keys = [k for k in ("torch_best", "torch_mkldnn") if k in medians]
         if torch_keys:
             fastest = max(torch_keys, key=lambda k: medians[k])
@@ -194,14 +187,7 @@ def main():
         print(f"{'benchmark (images/s)':24} {'vgg bf16':>16} {'torch bf16':>16} {'vgg fp32':>16} {'vgg bf16/torch':>15} "
               f"{'bf16/fp32':>10}")
         for name in names:
-            medians, cells = {}, []
-            for key in ("vgg_bf16", "torch_bf16", "vgg"):
-                values = [run[name] for run in results[key] if name in run]
-                if values:
-                    medians[key] = statistics.median(values)
-                    cells.append(f"{medians[key]:7.1f} ±{(max(values) - min(values)) / 2:5.1f}")
-                else:
-                    cells.append("-")
+            medians, cells = row(results, name, ("vgg_bf16", "torch_bf16", "vgg"))
             vs_torch = f"{medians['vgg_bf16'] / medians['torch_bf16']:6.2f}x" if {"vgg_bf16", "torch_bf16"} <= medians.keys() else "-"
             vs_fp32 = f"{medians['vgg_bf16'] / medians['vgg']:6.2f}x" if {"vgg_bf16", "vgg"} <= medians.keys() else "-"
             print(f"{name:24} " + " ".join(f"{c:>16}" for c in cells) + f" {vs_torch:>15} {vs_fp32:>10}")
