@@ -212,6 +212,8 @@ class Network {
 
   /// The backend's execution context (threads on the CPU; a stream and library handles on a GPU).
   Context& context() { return context_; }
+  /// The backend's batch staging (stage() uses it; tests look at its transport).
+  typename B::BatchStager& stager() { return stager_; }
 
   /// ensures: a forward pass of up to `batch` samples with the current thread count allocates nothing.
   /// throws: vgg::OutOfMemoryError naming the buffer, its layer and `batch` when B's memory runs out.
