@@ -221,14 +221,19 @@ class Network {
     const int t = threads();
     if (batch <= reserved_batch_ && t <= reserved_threads_) return;
     const int target = std::max(batch, reserved_batch_);
-    if constexpr (!B::host_memory) {
-      for_batch(target, [] { return std::string("the network's input batch"); },
-                [&] { input_.reserve(std::size_t(target) * input_shape.size()); });
-      host_logits_.reserve(std::size_t(target) * std::size_t(num_classes));
+    BufferName reserving{"the network's input batch"};
+    try {
+      if constexpr (!B::host_memory) {
+        input_.reserve(std::size_t(target) * input_shape.size());
+        host_logits_.reserve(std::size_t(target) * std::size_t(num_classes));
+      }
+      [&]<std::size_t... I>(std::index_sequence<I...>) {
+        (reserve_layer<I>(target, reserving), ...);
+      }(std::make_index_sequence<num_layers>{});
+    } catch (const OutOfMemoryError& e) {
+      if (e.batch() > 0) throw;  // a layer said already
+      throw e.for_batch(reserving.text(), target);
     }
-    [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (reserve_layer<I>(target), ...);
-    }(std::make_index_sequence<num_layers>{});
     // Recorded last: after a failure, the next call tries again (grow-only buffers keep what was done).
     reserved_batch_ = target;
     reserved_threads_ = std::max(t, reserved_threads_);
@@ -463,31 +468,33 @@ class Network {
     }
   }
 
-  /// "layer 3 (Conv2d(8, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)))": for error messages.
-  template <std::size_t I>
-  static std::string layer_name() {
-    std::string first;
-    std::tuple_element_t<I, layer_types>::describe([&](const std::string& text) {
-      if (first.empty()) first = text;
-    });
-    return "layer " + std::to_string(I) + " (" + first + ")";
-  }
+  /// Which buffer is being reserved, for an out-of-memory message: set before each allocation,
+  /// turned into text only on failure (one try per reservation, not one per layer: cheap to compile).
+  struct BufferName {
+    const char* what = "";
+    long layer = -1;  ///< -1: the network's own buffer
+    /// "the output of layer 3 (vgg_block_2.0)": the index and the module in PyTorch's tree.
+    std::string text() const {
+      if (layer < 0) return what;
+      const auto place = places[std::size_t(layer)];
+      return std::string(what) + " of layer " + std::to_string(layer) + " (" + group_name(place.group) + "." +
+             std::to_string(place.position) + ")";
+    }
+  };
 
   template <std::size_t I>
-  void reserve_layer(int batch) {
+  void reserve_layer(int batch, BufferName& reserving) {
     using L = std::tuple_element_t<I, layer_types>;
-    for_batch(batch, [] { return "the workspace of " + layer_name<I>(); }, [&] {
-      if constexpr (pool_runs_inside_previous<I + 1>()) {
-        // Its output is never stored: the fused pool's state, kept by the layer, stands for it.
-        std::get<I>(layers_).reserve(context_, batch, /*pooled=*/true);
-      } else {
-        std::get<I>(layers_).reserve(context_, batch);
+    reserving = {"the workspace", long(I)};
+    if constexpr (pool_runs_inside_previous<I + 1>()) {
+      // Its output is never stored: the fused pool's state, kept by the layer, stands for it.
+      std::get<I>(layers_).reserve(context_, batch, /*pooled=*/true);
+    } else {
+      std::get<I>(layers_).reserve(context_, batch);
+      if (!L::is_identity(Mode::train) || !L::is_identity(Mode::eval)) {
+        reserving = {"the output", long(I)};
+        outputs_[I].reserve(std::size_t(batch) * L::output_shape.size());
       }
-    });
-    if constexpr (!pool_runs_inside_previous<I + 1>()) {
-      if (!L::is_identity(Mode::train) || !L::is_identity(Mode::eval))
-        for_batch(batch, [] { return "the output of " + layer_name<I>(); },
-                  [&] { outputs_[I].reserve(std::size_t(batch) * L::output_shape.size()); });
     }
   }
 
@@ -538,27 +545,30 @@ class Network {
   void reserve_backward() {
     if (last_batch_ <= backward_batch_ && last_threads_ <= backward_threads_) return;
     const int target = std::max(backward_batch_, last_batch_);
-    [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (reserve_backward_layer<I>(target), ...);
-    }(std::make_index_sequence<num_layers>{});
+    BufferName reserving;
+    try {
+      [&]<std::size_t... I>(std::index_sequence<I...>) {
+        (reserve_backward_layer<I>(target, reserving), ...);
+      }(std::make_index_sequence<num_layers>{});
+    } catch (const OutOfMemoryError& e) {
+      if (e.batch() > 0) throw;
+      throw e.for_batch(reserving.text(), target);
+    }
     backward_batch_ = target;
     backward_threads_ = std::max(backward_threads_, last_threads_);
   }
 
   template <std::size_t I>
-  void reserve_backward_layer(int batch) {
-    for_batch(batch, [] { return "the backward workspace of " + layer_name<I>(); }, [&] {
-      if constexpr (pool_runs_inside_previous<I + 1>()) {
-        // Differentiated from the pooled gradient: no gradient of its full-size output.
-        std::get<I>(layers_).reserve_backward(context_, batch, /*pooled=*/true);
-      } else {
-        std::get<I>(layers_).reserve_backward(context_, batch);
-      }
-    });
-    if constexpr (!pool_runs_inside_previous<I + 1>())
-      for_batch(batch, [] { return "the output gradient of " + layer_name<I>(); }, [&] {
-        grads_[I].reserve(std::size_t(batch) * std::tuple_element_t<I, layer_types>::output_shape.size());
-      });
+  void reserve_backward_layer(int batch, BufferName& reserving) {
+    reserving = {"the backward workspace", long(I)};
+    if constexpr (pool_runs_inside_previous<I + 1>()) {
+      // Differentiated from the pooled gradient: no gradient of its full-size output.
+      std::get<I>(layers_).reserve_backward(context_, batch, /*pooled=*/true);
+    } else {
+      std::get<I>(layers_).reserve_backward(context_, batch);
+      reserving = {"the output gradient", long(I)};
+      grads_[I].reserve(std::size_t(batch) * std::tuple_element_t<I, layer_types>::output_shape.size());
+    }
   }
 
   template <std::size_t... I>
