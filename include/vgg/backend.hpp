@@ -103,6 +103,7 @@ concept Backend = requires(typename B::Context& ctx, typename B::ConvWorkspace& 
   { B::all_finite(ctx, in, std::size_t(1)) } -> std::same_as<bool>;  // no NaN or Inf among count floats
   { stager.stage(ctx, images, labels, std::size_t(1)) } -> std::same_as<StagedBatch>;  // (images, labels, floats per sample)
   { stager.acquire(ctx, staged) } -> std::same_as<const float*>;  // the compute waits for the upload
+  { stager.next_slot() } -> std::convertible_to<int>;             // the slot the next stage() refills
 };
 // clang-format on
 

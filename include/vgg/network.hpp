@@ -248,11 +248,13 @@ class Network {
   ///           std::invalid_argument); on the CPU, x and labels stay unchanged until that step is done.
   /// throws: vgg::OutOfMemoryError naming the staging buffers and the batch size.
   StagedBatch stage(std::span<const float> x, std::span<const std::int32_t> labels) {
+    // The slot about to be refilled may hold the last pass's input: gone even if staging fails
+    // (a buffer that grows frees its old memory first).
+    if (stager_.next_slot() == input_slot_) input_overwritten_ = true;
     StagedBatch staged;
     for_batch(int(std::min<std::size_t>(labels.size(), std::size_t(INT_MAX))),
               [] { return std::string("the staging buffers of the next batch"); },
               [&] { staged = stager_.stage(context_, x, labels, input_shape.size()); });
-    if (staged.slot == input_slot_) input_overwritten_ = true;  // the last pass's input is gone: no backward
     return staged;
   }
 

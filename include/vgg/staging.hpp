@@ -117,6 +117,9 @@ class BatchStaging {
     return b.images;
   }
 
+  /// The slot the next stage() fills (whose batch it invalidates, even if that stage() fails).
+  int next_slot() const { return next_slot_; }
+
   /// Whether b is still the batch its slot holds.
   bool current(const StagedBatch& b) const {
     return b.slot >= 0 && b.slot < slots && b.ticket != 0 && tickets_[std::size_t(b.slot)] == b.ticket;

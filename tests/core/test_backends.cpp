@@ -439,4 +439,19 @@ TEST_CASE("out of memory in any buffer the network reserves for a batch names th
   CHECK_THROWS_AS(pass(*net), vgg::OutOfMemoryError);
   FaultyMemory::fail_at = 0;
   CHECK_NOTHROW(pass(*net));
+  // A staging that fails while growing the slot of the last pass's input (growing frees the old
+  // buffer first) leaves that pass without a backward.
+  const std::vector<float> bigger(std::size_t(2 * batch) * Net::input_shape.size(), 0.5f);
+  const std::vector<std::int32_t> bigger_labels(std::size_t(2 * batch), 1);
+  net->train();
+  const vgg::StagedBatch a = net->stage(x, y);
+  (void)net->forward(a);
+  (void)net->loss(y);
+  (void)net->stage(x, y);  // the other slot
+  FaultyMemory::growths = 0;
+  FaultyMemory::fail_at = 1;
+  CHECK_THROWS_WITH_AS((void)net->stage(bigger, bigger_labels), doctest::Contains("for a batch of 10"),
+                       vgg::OutOfMemoryError);
+  FaultyMemory::fail_at = 0;
+  CHECK_THROWS_AS(net->backward(), std::logic_error);
 }
