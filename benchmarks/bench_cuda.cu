@@ -1,6 +1,9 @@
 // The CUDA backend's throughput on VGG-11 (1 x 224 x 224 input, 10 classes), full width and width/8,
 // batch 64 and 8: the forward pass (with each block's share, from CUDA events recorded between
-// layers) and the backward pass (every gradient, the input's excepted), timed on the device.
+// layers) and the backward pass (every gradient, the input's excepted), timed on the device; and a
+// whole Adam training step in wall-clock time, with each batch given directly (a pageable copy on
+// the compute stream) or staged one step ahead (pinned, uploaded on the copy stream while the step
+// before computes), as vgg-train runs it.
 //
 //   build/benchmarks/bench_cuda --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
@@ -101,8 +104,37 @@ void BM_backward(benchmark::State& state) {
   set_counters(state, rig.batch, 2.0 * N::flops_per_sample * rig.batch);
 }
 
+/// state.range(1): 0 = batches given to train_step directly, 1 = staged one step ahead.
+template <int Divisor>
+void BM_train_step(benchmark::State& state) {
+  Rig<Divisor> rig(int(state.range(0)));
+  using N = typename Rig<Divisor>::N;
+  const bool staged = state.range(1) != 0;
+  vgg::Adam<vgg::cuda::Backend> adam({.lr = 1e-4f});
+  std::array<std::vector<float>, 2> batches{rig.x, rig.x};
+  for (float& v : batches[1]) v = 1.0f - v;
+  vgg::StagedBatch next = rig.net->stage(batches[0], rig.labels);
+  (void)vgg::train_step(*rig.net, adam, next);  // the optimizer's state, the staging slots
+  next = rig.net->stage(batches[1], rig.labels);
+  rig.net->context().synchronize();
+  std::size_t k = 0;
+  for (auto _ : state) {
+    if (staged) {
+      const vgg::StagedBatch current = next;
+      (void)vgg::train_step(*rig.net, adam, current);
+      next = rig.net->stage(batches[++k % 2], rig.labels);
+    } else {
+      (void)vgg::train_step(*rig.net, adam, batches[++k % 2], rig.labels);
+    }
+    rig.net->context().synchronize();
+  }
+  set_counters(state, rig.batch, 3.0 * N::flops_per_sample * rig.batch);
+}
+
 }  // namespace
 
+BENCHMARK(BM_train_step<1>)->Args({64, 0})->Args({64, 1})->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_train_step<8>)->Args({64, 0})->Args({64, 1})->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_forward<1>)->Arg(64)->Arg(8)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_backward<1>)->Arg(64)->Arg(8)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_forward<8>)->Arg(64)->Arg(8)->UseManualTime()->Unit(benchmark::kMillisecond);

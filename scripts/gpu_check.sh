@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The CUDA backend on a machine with an NVIDIA GPU: builds with -DVGG_CUDA=ON, runs the CUDA tests
-# (which must run, not skip), the GPU benchmark (VGG-11 forward and backward, full width and
-# width/8, batch 64 and 8) and, when vgg-train was built with --device, one epoch of the recipe on
-# the GPU; then prints a summary. Logs go to $build/gpu_check/.
+# (which must run, not skip: CPU parity, staged batches uploading while the compute runs, cuDNN
+# algorithms timed once per shape, no cudaMalloc / cudaMallocHost in a steady epoch, out-of-memory
+# messages, vgg-train --device), the GPU benchmark (VGG-11 forward and backward, full width and
+# width/8, batch 64 and 8; a whole training step with batches given directly and staged one step
+# ahead) and, when vgg-train was built with --device, one epoch of the recipe on the GPU; then
+# prints a summary. Logs go to $build/gpu_check/.
 # Also data-parallel training over NCCL (its own section below).
 #
 #   bash scripts/gpu_check.sh                 # everything
@@ -53,6 +56,8 @@ if [ -x "$build/benchmarks/bench_cuda" ]; then
   if "$build/benchmarks/bench_cuda" --benchmark_counters_tabular=true --benchmark_min_time=0.5 \
        2>&1 | tee "$logs/bench_cuda.txt"; then
     summary+=("benchmark: $logs/bench_cuda.txt")
+    # The staging's effect: a whole step with each batch given directly (args 64/0) or staged (64/1).
+    while read -r line; do summary+=("  $line"); done < <(grep -E '^BM_train_step' "$logs/bench_cuda.txt" || true)
   else
     summary+=("benchmark: FAILED (see $logs/bench_cuda.txt)")
     status=1

@@ -86,11 +86,19 @@ vgg::LossResult evaluate(Net& net, vgg::data::Batcher& batches, std::size_t& cou
   vgg::LossResult total;
   count = 0;
   batches.start_epoch(0);
-  while (auto b = batches.next()) {
-    const auto r = vgg::evaluate_batch(net, std::span<const float>(b->images), b->labels);
-    total.loss += r.loss * double(b->size);
+  // Each batch is staged as soon as the batcher delivers it, so a device uploads it while the
+  // loss of the batch before is still being read back (on the CPU, staging is a view).
+  auto b = batches.next();
+  std::optional<vgg::StagedBatch> next;
+  if (b) next = net.stage(std::span<const float>(b->images), b->labels);
+  while (next) {
+    const vgg::StagedBatch current = *next;
+    const auto r = vgg::evaluate_batch(net, current);
+    total.loss += r.loss * double(current.size);
     total.correct += r.correct;
-    count += b->size;
+    count += std::size_t(current.size);
+    next.reset();
+    if ((b = batches.next())) next = net.stage(std::span<const float>(b->images), b->labels);
   }
   total.loss /= double(std::max<std::size_t>(count, 1));
   return total;
@@ -220,14 +228,22 @@ int train(const Options& o, Optimizer optimizer) {
       train_batches.start_epoch(std::uint64_t(epoch));
       double loss_sum = 0;
       std::size_t seen = 0, correct = 0, done = 0;
-      while (auto b = train_batches.next()) {
-        const std::span<const float> images(b->images);
-        const auto r = vgg::train_step(*net, optimizer, images, b->labels);
-        health.after_step(*net, r.loss, images, epoch + 1);
-        loss_sum += r.loss * double(b->size);
+      // Batch k+1 is staged right after step k is queued: on a GPU its pinned copy and upload run
+      // while step k's backward pass and update compute (staging.hpp); on the CPU it is a view.
+      auto b = train_batches.next();
+      std::optional<vgg::StagedBatch> next;
+      if (b) next = net->stage(std::span<const float>(b->images), b->labels);
+      while (next) {
+        const vgg::StagedBatch current = *next;
+        const auto r = vgg::train_step(*net, optimizer, current);
+        health.after_step(*net, r.loss, current.host_images, epoch + 1);
+        loss_sum += r.loss * double(current.size);
         correct += std::size_t(r.correct);
-        seen += b->size;
+        seen += std::size_t(current.size);
         progress.update(++done, seen, loss_sum);
+        next.reset();
+        // The batcher reuses the buffer of the batch before the one it delivers: `current` is done.
+        if ((b = train_batches.next())) next = net->stage(std::span<const float>(b->images), b->labels);
       }
       progress.finish();
       health.before_save(*net, epoch + 1);

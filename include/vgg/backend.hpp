@@ -17,7 +17,12 @@
 //     largest batch (no allocation in a steady-state step);
 //   - kernels with one set of signatures (below): conv + bias + ReLU, the fused conv + pool pair,
 //     max-pool, linear (+ ReLU), dropout, softmax cross-entropy, the Adam and SGD updates, and a
-//     finite check (numerical health).
+//     finite check (numerical health);
+//   - B::BatchStager: batches staged ahead of their forward pass (staging.hpp): a view of the
+//     caller's batch on host-memory backends, a double-buffered pinned upload on a copy stream on a
+//     GPU, so that the upload of batch k+1 overlaps step k.
+// A backend that runs out of memory throws vgg::OutOfMemoryError (memory_error.hpp); the network
+// adds what the buffer was for and the batch size.
 // Pointers given to kernels point into B's memory; labels and scalars stay on the host.
 
 #include <concepts>
@@ -26,6 +31,8 @@
 #include <span>
 
 #include "vgg/loss.hpp"
+#include "vgg/memory_error.hpp"
+#include "vgg/staging.hpp"
 
 namespace vgg {
 
@@ -59,7 +66,9 @@ concept Backend = requires(typename B::Context& ctx, typename B::ConvWorkspace& 
                            typename B::PoolState& pool_state, typename B::LinearWorkspace& linear_ws,
                            typename B::template Buffer<float>& buffer, const ConvShape& s, const float* in,
                            float* out, std::span<const std::int32_t> labels, const AdamStep& adam,
-                           const SgdStep& sgd, int n, long count, std::uint64_t u) {
+                           const SgdStep& sgd, int n, long count, std::uint64_t u,
+                           typename B::BatchStager& stager, std::span<const float> images,
+                           const StagedBatch& staged) {
   { B::device } -> std::convertible_to<Device>;
   { B::host_memory } -> std::convertible_to<bool>;
   { B::name() } -> std::convertible_to<const char*>;
@@ -92,6 +101,9 @@ concept Backend = requires(typename B::Context& ctx, typename B::ConvWorkspace& 
   B::adam_update(ctx, out, in, out, out, std::size_t(1), adam);       // (p, g, m, v, count, step)
   B::sgd_update(ctx, out, in, out, std::size_t(1), sgd);              // (p, g, momentum, count, step)
   { B::all_finite(ctx, in, std::size_t(1)) } -> std::same_as<bool>;  // no NaN or Inf among count floats
+  { stager.stage(ctx, images, labels, std::size_t(1)) } -> std::same_as<StagedBatch>;  // (images, labels, floats per sample)
+  { stager.acquire(ctx, staged) } -> std::same_as<const float*>;  // the compute waits for the upload
+  { stager.next_slot() } -> std::convertible_to<int>;             // the slot the next stage() refills
 };
 // clang-format on
 

@@ -6,8 +6,12 @@
 // The network runs on a backend (backend.hpp): vgg::Vgg<...> is the CPU network, and
 // vgg::Vgg<...>::on<B> the same network on backend B (vgg::Network<B, Arch...>). Batches, labels
 // and logits cross the API on the host; parameters, activations and gradients live in B's memory.
+// A training loop hands batches over one step ahead (stage, then forward(StagedBatch)), so that a
+// device backend uploads batch k+1 while step k computes (staging.hpp).
 
+#include <algorithm>
 #include <array>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -32,8 +36,10 @@
 #include "vgg/layers/flatten.hpp"
 #include "vgg/layers/linear.hpp"
 #include "vgg/layers/maxpool2d.hpp"
+#include "vgg/memory_error.hpp"
 #include "vgg/random.hpp"
 #include "vgg/shape.hpp"
+#include "vgg/staging.hpp"
 #include "vgg/tensor.hpp"
 
 namespace vgg {
@@ -206,18 +212,66 @@ class Network {
 
   /// The backend's execution context (threads on the CPU; a stream and library handles on a GPU).
   Context& context() { return context_; }
+  /// The backend's batch staging (stage() uses it; tests look at its transport).
+  typename B::BatchStager& stager() { return stager_; }
 
   /// ensures: a forward pass of up to `batch` samples with the current thread count allocates nothing.
+  /// throws: vgg::OutOfMemoryError naming the buffer, its layer and `batch` when B's memory runs out.
   void reserve(int batch) {
     const int t = threads();
     if (batch <= reserved_batch_ && t <= reserved_threads_) return;
-    reserved_batch_ = std::max(batch, reserved_batch_);
-    reserved_threads_ = std::max(t, reserved_threads_);
-    if constexpr (!B::host_memory) {
-      input_.reserve(std::size_t(reserved_batch_) * input_shape.size());
-      host_logits_.reserve(std::size_t(reserved_batch_) * std::size_t(num_classes));
+    const int target = std::max(batch, reserved_batch_);
+    BufferName reserving{"the network's input batch"};
+    try {
+      if constexpr (!B::host_memory) {
+        input_.reserve(std::size_t(target) * input_shape.size());
+        host_logits_.reserve(std::size_t(target) * std::size_t(num_classes));
+      }
+      [&]<std::size_t... I>(std::index_sequence<I...>) {
+        (reserve_layer<I>(target, reserving), ...);
+      }(std::make_index_sequence<num_layers>{});
+    } catch (const OutOfMemoryError& e) {
+      if (e.batch() > 0) throw;  // a layer said already
+      throw e.for_batch(reserving.text(), target);
     }
-    reserve_layers(std::make_index_sequence<num_layers>{});
+    // Recorded last: after a failure, the next call tries again (grow-only buffers keep what was done).
+    reserved_batch_ = target;
+    reserved_threads_ = std::max(t, reserved_threads_);
+  }
+
+  /// Hands the next batch to the backend ahead of its forward pass: on a device backend it is
+  /// copied into a pinned staging buffer and uploaded on a copy stream, overlapping the work already
+  /// queued (the step in flight); on the CPU it is a view. Use: stage batch k+1 after step k, then
+  /// forward(staged) (or train_step / evaluate_batch on it). Two slots are used in turn, so a
+  /// StagedBatch stays usable until the second stage() after it.
+  /// requires: labels.size() >= 1 and x.size() == labels.size() * input_shape.size() (else
+  ///           std::invalid_argument); on the CPU, x and labels stay unchanged until that step is done.
+  /// throws: vgg::OutOfMemoryError naming the staging buffers and the batch size.
+  StagedBatch stage(std::span<const float> x, std::span<const std::int32_t> labels) {
+    // The slot about to be refilled may hold the last pass's input: gone even if staging fails
+    // (a buffer that grows frees its old memory first).
+    if (stager_.next_slot() == input_slot_) input_overwritten_ = true;
+    StagedBatch staged;
+    for_batch(int(std::min<std::size_t>(labels.size(), std::size_t(INT_MAX))),
+              [] { return std::string("the staging buffers of the next batch"); },
+              [&] { staged = stager_.stage(context_, x, labels, input_shape.size()); });
+    return staged;
+  }
+
+  /// Runs the network on a batch from stage(); as forward(x, batch) otherwise.
+  /// requires: `staged` is the batch its slot holds (a later stage() into that slot invalidates it:
+  ///           std::logic_error).
+  LogitsView forward(const StagedBatch& staged) {
+    return forward(staged, [](std::size_t, int) {});
+  }
+  template <class Observer>
+  LogitsView forward(const StagedBatch& staged, Observer&& observer) {
+    require_batch_size(staged.size, "forward");
+    reserve(staged.size);
+    const float* images = stager_.acquire(context_, staged);
+    start_pass(staged.size, images);
+    input_slot_ = staged.slot;
+    return finish_pass(staged.size, observer);
   }
 
   /// Runs the network on `batch` samples stored contiguously as N x C x H x W.
@@ -232,33 +286,20 @@ class Network {
   /// As forward, and calls observer(layer_index, batch) after each layer.
   template <class Observer>
   LogitsView forward(std::span<const float> x, int batch, Observer&& observer) {
-    if (batch < 1)
-      throw std::invalid_argument("vgg::Vgg::forward: the batch size must be at least 1, found " +
-                                  std::to_string(batch));
+    require_batch_size(batch, "forward");
     if (x.size() != std::size_t(batch) * input_shape.size())
       throw std::invalid_argument("vgg::Vgg::forward: a batch of " + std::to_string(batch) + " samples of shape " +
                                   to_string(input_shape) + " needs " +
                                   std::to_string(std::size_t(batch) * input_shape.size()) + " floats, found " +
                                   std::to_string(x.size()));
     reserve(batch);
-    last_ctx_ = RunContext{mode_, seed_, step_, 0};
-    last_threads_ = threads();
-    last_batch_ = batch;
-    if (mode_ == Mode::train) ++step_;  // the next training pass draws new dropout masks
     if constexpr (B::host_memory) {
-      activations_[0] = x.data();
+      start_pass(batch, x.data());
     } else {
       B::copy_from_host(x.data(), input_.data(), x.size(), context_);
-      activations_[0] = input_.data();
+      start_pass(batch, input_.data());
     }
-    run_layers(batch, last_ctx_, observer, std::make_index_sequence<num_layers>{});
-    const std::size_t logits = std::size_t(batch) * std::size_t(num_classes);
-    if constexpr (B::host_memory) {
-      return LogitsView(activations_[num_layers], batch, num_classes);
-    } else {
-      B::copy_to_host(activations_[num_layers], host_logits_.data(), logits, context_);
-      return LogitsView(host_logits_.data(), batch, num_classes);
-    }
+    return finish_pass(batch, observer);
   }
 
   /// Softmax cross-entropy of the last forward pass's logits against `labels` (mean over the batch,
@@ -290,8 +331,13 @@ class Network {
   /// to the input batch. requires: the input of that forward pass is still alive and unchanged.
   void backward(bool input_gradient = false) {
     require_forward("backward");
+    if (input_overwritten_)
+      throw std::logic_error("vgg::Vgg::backward: the staged batch of the last forward pass was overwritten by a "
+                             "later stage(); stage the next batch after the backward pass of this one");
     reserve_backward();
-    if (input_gradient) input_grad_.reserve(std::size_t(last_batch_) * input_shape.size());
+    if (input_gradient)
+      for_batch(last_batch_, [] { return std::string("the gradient of the input batch"); },
+                [&] { input_grad_.reserve(std::size_t(last_batch_) * input_shape.size()); });
     float* g = grads_[num_layers - 1].data();
     backward_layers(g, input_gradient, std::make_index_sequence<num_layers>{});
     has_input_gradient_ = input_gradient;
@@ -396,20 +442,61 @@ class Network {
     return {x.data(), std::size_t(x.size())};
   }
 
-  template <std::size_t... I>
-  void reserve_layers(std::index_sequence<I...>) {
-    (reserve_layer<I>(), ...);
+  static void require_batch_size(int batch, const char* what) {
+    if (batch < 1)
+      throw std::invalid_argument(std::string("vgg::Vgg::") + what + ": the batch size must be at least 1, found " +
+                                  std::to_string(batch));
   }
+
+  /// The bookkeeping of a forward pass whose input (in B's memory) is `input`.
+  void start_pass(int batch, const float* input) {
+    last_ctx_ = RunContext{mode_, seed_, step_, 0};
+    last_threads_ = threads();
+    last_batch_ = batch;
+    input_slot_ = -1;
+    input_overwritten_ = false;
+    if (mode_ == Mode::train) ++step_;  // the next training pass draws new dropout masks
+    activations_[0] = input;
+  }
+  template <class Observer>
+  LogitsView finish_pass(int batch, Observer& observer) {
+    run_layers(batch, last_ctx_, observer, std::make_index_sequence<num_layers>{});
+    const std::size_t logits = std::size_t(batch) * std::size_t(num_classes);
+    if constexpr (B::host_memory) {
+      return LogitsView(activations_[num_layers], batch, num_classes);
+    } else {
+      B::copy_to_host(activations_[num_layers], host_logits_.data(), logits, context_);
+      return LogitsView(host_logits_.data(), batch, num_classes);
+    }
+  }
+
+  /// Which buffer is being reserved, for an out-of-memory message: set before each allocation,
+  /// turned into text only on failure (one try per reservation, not one per layer: cheap to compile).
+  struct BufferName {
+    const char* what = "";
+    long layer = -1;  ///< -1: the network's own buffer
+    /// "the output of layer 3 (vgg_block_2.0)": the index and the module in PyTorch's tree.
+    std::string text() const {
+      if (layer < 0) return what;
+      const auto place = places[std::size_t(layer)];
+      return std::string(what) + " of layer " + std::to_string(layer) + " (" + group_name(place.group) + "." +
+             std::to_string(place.position) + ")";
+    }
+  };
+
   template <std::size_t I>
-  void reserve_layer() {
+  void reserve_layer(int batch, BufferName& reserving) {
     using L = std::tuple_element_t<I, layer_types>;
+    reserving = {"the workspace", long(I)};
     if constexpr (pool_runs_inside_previous<I + 1>()) {
       // Its output is never stored: the fused pool's state, kept by the layer, stands for it.
-      std::get<I>(layers_).reserve(context_, reserved_batch_, /*pooled=*/true);
+      std::get<I>(layers_).reserve(context_, batch, /*pooled=*/true);
     } else {
-      std::get<I>(layers_).reserve(context_, reserved_batch_);
-      if (!L::is_identity(Mode::train) || !L::is_identity(Mode::eval))
-        outputs_[I].reserve(std::size_t(reserved_batch_) * L::output_shape.size());
+      std::get<I>(layers_).reserve(context_, batch);
+      if (!L::is_identity(Mode::train) || !L::is_identity(Mode::eval)) {
+        reserving = {"the output", long(I)};
+        outputs_[I].reserve(std::size_t(batch) * L::output_shape.size());
+      }
     }
   }
 
@@ -459,21 +546,30 @@ class Network {
 
   void reserve_backward() {
     if (last_batch_ <= backward_batch_ && last_threads_ <= backward_threads_) return;
-    backward_batch_ = std::max(backward_batch_, last_batch_);
+    const int target = std::max(backward_batch_, last_batch_);
+    BufferName reserving;
+    try {
+      [&]<std::size_t... I>(std::index_sequence<I...>) {
+        (reserve_backward_layer<I>(target, reserving), ...);
+      }(std::make_index_sequence<num_layers>{});
+    } catch (const OutOfMemoryError& e) {
+      if (e.batch() > 0) throw;
+      throw e.for_batch(reserving.text(), target);
+    }
+    backward_batch_ = target;
     backward_threads_ = std::max(backward_threads_, last_threads_);
-    [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (reserve_backward_layer<I>(), ...);
-    }(std::make_index_sequence<num_layers>{});
   }
 
   template <std::size_t I>
-  void reserve_backward_layer() {
+  void reserve_backward_layer(int batch, BufferName& reserving) {
+    reserving = {"the backward workspace", long(I)};
     if constexpr (pool_runs_inside_previous<I + 1>()) {
       // Differentiated from the pooled gradient: no gradient of its full-size output.
-      std::get<I>(layers_).reserve_backward(context_, backward_batch_, /*pooled=*/true);
+      std::get<I>(layers_).reserve_backward(context_, batch, /*pooled=*/true);
     } else {
-      std::get<I>(layers_).reserve_backward(context_, backward_batch_);
-      grads_[I].reserve(std::size_t(backward_batch_) * std::tuple_element_t<I, layer_types>::output_shape.size());
+      std::get<I>(layers_).reserve_backward(context_, batch);
+      reserving = {"the output gradient", long(I)};
+      grads_[I].reserve(std::size_t(batch) * std::tuple_element_t<I, layer_types>::output_shape.size());
     }
   }
 
@@ -530,6 +626,7 @@ class Network {
   using Memory = typename B::template Buffer<T>;
 
   Context context_;
+  typename B::BatchStager stager_;  // the staged batches (stage / forward(StagedBatch))
   layer_types layers_;
   // Output of layer i (unused for identity layers, and for a conv whose pool runs inside it).
   std::array<Memory<float>, num_layers> outputs_;
@@ -541,6 +638,8 @@ class Network {
   RunContext last_ctx_{};
   int last_batch_ = 0, last_threads_ = 0;
   bool has_input_gradient_ = false;
+  int input_slot_ = -1;             // the staging slot of the last pass's input (-1: not staged)
+  bool input_overwritten_ = false;  // a stage() has refilled that slot since
   int reserved_batch_ = 0, reserved_threads_ = 0, backward_batch_ = 0, backward_threads_ = 0;
   Mode mode_ = Mode::eval;
   std::uint64_t seed_ = 0, step_ = 0;

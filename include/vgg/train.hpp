@@ -8,6 +8,7 @@
 
 #include "vgg/context.hpp"
 #include "vgg/loss.hpp"  // LossResult
+#include "vgg/staging.hpp"
 
 namespace vgg {
 
@@ -27,12 +28,31 @@ LossResult train_step(Net& net, Optimizer& optimizer, std::span<const float> x, 
   return result;
 }
 
+/// As train_step, on a batch staged by net.stage() (its upload overlapped the previous step).
+template <class Net, class Optimizer>
+LossResult train_step(Net& net, Optimizer& optimizer, const StagedBatch& batch) {
+  net.set_mode(Mode::train);
+  net.forward(batch);
+  const LossResult result = net.loss(batch.labels, /*gradient=*/true);
+  if (!std::isfinite(result.loss)) return result;
+  net.backward();
+  optimizer.step(net);
+  return result;
+}
+
 /// Loss and correct count of one batch in eval mode (dropout off, no gradients).
 template <class Net>
 LossResult evaluate_batch(Net& net, std::span<const float> x, std::span<const std::int32_t> labels) {
   net.set_mode(Mode::eval);
   net.forward(x, int(labels.size()));
   return net.loss(labels, /*gradient=*/false);
+}
+/// As evaluate_batch, on a batch staged by net.stage().
+template <class Net>
+LossResult evaluate_batch(Net& net, const StagedBatch& batch) {
+  net.set_mode(Mode::eval);
+  net.forward(batch);
+  return net.loss(batch.labels, /*gradient=*/false);
 }
 
 }  // namespace vgg

@@ -1,6 +1,8 @@
 // The CUDA backend on a device: CPU-vs-CUDA parity on a small network with odd sizes (parameters,
 // logits, loss, every gradient, the input gradient, parameters after 3 Adam and 3 SGD steps,
-// dropout masks bit for bit), and no cudaMalloc in a steady-state training step. Without a usable
+// dropout masks bit for bit), staged batches (pinned, uploaded on a copy stream while the compute
+// runs), cuDNN algorithms timed once per (shape, batch), no cudaMalloc or cudaMallocHost in a
+// steady-state training step, and out-of-memory messages. Without a usable
 // CUDA device the suite prints a VGG_SKIPPED line, which CTest reports as a skipped test.
 #include <doctest/doctest.h>
 
@@ -106,6 +108,31 @@ TEST_CASE("a network on the CUDA backend computes what the CPU network computes"
   CHECK_THROWS_AS(gpu.loss(std::vector<std::int32_t>{0, 1, 4, 0, 0}), std::invalid_argument);  // label 4 of 4 classes
 }
 
+TEST_CASE("batches staged on the device (pinned, uploaded on the copy stream) train as the CPU trains them") {
+  if (no_device()) return;
+  CpuNet cpu(15);
+  GpuNet gpu(15);
+  vgg::Adam<vgg::cpu::Backend> adam_cpu({.lr = 1e-2f, .eps = 1e-3f});
+  vgg::Adam<Gpu> adam_gpu({.lr = 1e-2f, .eps = 1e-3f});
+  const Batch first;
+  const auto second = random_floats(first.x.size(), 16);
+  std::vector<float> scratch = first.x;  // the caller's buffer: refilled as soon as stage() returns
+  vgg::StagedBatch next = gpu.stage(scratch, first.labels);
+  for (int step = 0; step < 4; ++step) {
+    CAPTURE(step);
+    const std::vector<float>& x = step % 2 ? second : first.x;
+    const vgg::StagedBatch current = next;
+    const auto b = vgg::train_step(gpu, adam_gpu, current);
+    const auto a = vgg::train_step(cpu, adam_cpu, x, first.labels);
+    CHECK(b.loss == doctest::Approx(a.loss).epsilon(1e-4));
+    CHECK(std::equal(current.host_images.begin(), current.host_images.end(), x.begin()));
+    scratch = step % 2 ? first.x : second;
+    next = gpu.stage(scratch, first.labels);
+    std::fill(scratch.begin(), scratch.end(), 1e9f);
+  }
+  check_tensors(tensors(cpu, false), tensors(gpu, false), 1e-4f);
+}
+
 TEST_CASE("3 Adam steps and 3 SGD steps on the CUDA backend leave the CPU's parameters") {
   if (no_device()) return;
   const Batch data;
@@ -158,42 +185,167 @@ TEST_CASE("dropout masks on the device are the CPU's, bit for bit") {
   CHECK(Gpu::all_finite(ctx, in.data(), x.size()));
 }
 
-TEST_CASE("a steady-state training step on the device calls no cudaMalloc") {
+TEST_CASE("a steady-state training step on the device allocates nothing, staged batches included") {
   if (no_device()) return;
   GpuNet net(3);
   vgg::Adam<Gpu> adam;
   const Batch data;
   const std::span<const float> x(data.x);
   const std::span<const std::int32_t> labels(data.labels);
-  auto step = [&](int n) {
-    (void)vgg::train_step(net, adam, x.first(std::size_t(n) * GpuNet::input_shape.size()), labels.first(std::size_t(n)));
-    (void)vgg::evaluate_batch(net, x.first(std::size_t(n) * GpuNet::input_shape.size()), labels.first(std::size_t(n)));
+  auto images = [&](int n) { return x.first(std::size_t(n) * GpuNet::input_shape.size()); };
+  // As vgg-train runs an epoch: each batch staged after the step before it, the epoch's short last
+  // batch, evaluation on staged batches; and the unstaged calls.
+  auto epoch = [&] {
+    vgg::StagedBatch next = net.stage(images(batch), labels);
+    for (int n : {batch, 3}) {
+      const vgg::StagedBatch current = next;
+      (void)vgg::train_step(net, adam, current);
+      next = net.stage(images(n), labels.first(std::size_t(n)));
+    }
+    (void)vgg::train_step(net, adam, next);
+    (void)vgg::evaluate_batch(net, net.stage(images(batch), labels));
+    (void)vgg::evaluate_batch(net, net.stage(images(3), labels.first(3)));
+    (void)vgg::train_step(net, adam, images(batch), labels);
+    (void)vgg::evaluate_batch(net, images(3), labels.first(3));
   };
-  step(batch);
-  step(3);  // a smaller batch (an epoch's last) makes its cuDNN plans once
-  const long before = vgg::cuda::device_allocations();
-  for (int i = 0; i < 3; ++i) {
-    step(batch);
-    step(3);
-  }
-  CHECK(vgg::cuda::device_allocations() - before == 0);
-  // A larger batch than ever seen must allocate: proves the counter watches the step.
+  epoch();
+  epoch();  // the first epoch times the algorithms of each (shape, batch) and fills both staging slots
+  const long device_before = vgg::cuda::device_allocations(), pinned_before = vgg::cuda::pinned_allocations();
+  for (int i = 0; i < 3; ++i) epoch();
+  CHECK(vgg::cuda::device_allocations() - device_before == 0);
+  CHECK(vgg::cuda::pinned_allocations() - pinned_before == 0);
+  // A larger batch than ever seen must allocate, staging included: the counters watch the step.
   std::vector<float> bigger(std::size_t(2 * batch) * GpuNet::input_shape.size(), 0.5f);
-  const long before_bigger = vgg::cuda::device_allocations();
-  (void)net.forward(bigger, 2 * batch);
+  std::vector<std::int32_t> bigger_labels(std::size_t(2 * batch), 1);
+  const long before_bigger = vgg::cuda::device_allocations(), pinned_before_bigger = vgg::cuda::pinned_allocations();
+  (void)net.forward(net.stage(bigger, bigger_labels));
   CHECK(vgg::cuda::device_allocations() - before_bigger > 0);
+  CHECK(vgg::cuda::pinned_allocations() - pinned_before_bigger > 0);
+}
+
+namespace {
+/// Keeps the device busy for about `cycles` clock cycles: compute the staging must overlap.
+__global__ void spin(long long cycles) {
+  const long long start = clock64();
+  while (clock64() - start < cycles) {
+  }
+}
+long long cycles_for_ms(int ms) {
+  int khz = 0;
+  VGG_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
+  return (long long)khz * ms;
+}
+bool stream_busy(cudaStream_t stream) {
+  const cudaError_t status = cudaStreamQuery(stream);
+  if (status == cudaErrorNotReady) return true;
+  VGG_CUDA_CHECK(status);
+  return false;
+}
+}  // namespace
+
+TEST_CASE("a staged batch uploads while the compute stream is busy, and never over a batch still in use") {
+  if (no_device()) return;
+  GpuNet net(4);
+  vgg::Adam<Gpu> adam;
+  const Batch data;
+  const auto other = random_floats(data.x.size(), 31);
+  const vgg::StagedBatch a = net.stage(data.x, data.labels);
+  (void)vgg::train_step(net, adam, a);  // slot 0, in use by the last step
+  auto& transport = net.stager().transport();
+  const cudaStream_t compute = net.context().stream();
+
+  // The other slot is free: its upload runs while a long kernel occupies the compute stream.
+  spin<<<1, 1, 0, compute>>>(cycles_for_ms(400));
+  VGG_CUDA_CHECK_LAUNCH("spin");
+  const vgg::StagedBatch b = net.stage(other, data.labels);
+  CHECK(b.slot == 1);
+  bool overlapped = false;
+  while (stream_busy(compute))
+    if (transport.upload_done(1)) {
+      overlapped = true;
+      break;
+    }
+  CHECK(overlapped);
+  net.context().synchronize();
+
+  // b's pass releases slot 0 (a's) once the work queued before it is done.
+  (void)vgg::train_step(net, adam, b);
+  spin<<<1, 1, 0, compute>>>(cycles_for_ms(400));
+  VGG_CUDA_CHECK_LAUNCH("spin");
+  (void)net.stage(data.x, data.labels);                       // slot 0: released before the spin
+  const vgg::StagedBatch d = net.stage(other, data.labels);  // slot 1: b's, in use, released after the spin
+  CHECK(d.slot == 1);
+  CHECK(stream_busy(compute));
+  CHECK_FALSE(transport.upload_done(1));  // it waits for the compute: b's buffer is never overwritten early
+  net.context().synchronize();
+  VGG_CUDA_CHECK(cudaStreamSynchronize(transport.copy_stream()));
+  CHECK(transport.upload_done(1));
+  // What arrived is the batch: the staged pass equals the direct one (eval: no dropout draws).
+  net.eval();
+  const auto staged_logits = net.forward(d);
+  const std::vector<float> staged_copy(staged_logits.data(), staged_logits.data() + staged_logits.size());
+  const auto direct = net.forward(other, batch);
+  CHECK(std::memcmp(staged_copy.data(), direct.data(), staged_copy.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("cuDNN algorithms are timed once per (shape, batch), shared by layers of one shape, with an owned workspace") {
+  if (no_device()) return;
+  // VggBlock<3, 4, 4>: three convs of one shape, 4 -> 4 channels at 9 x 7.
+  using Twin = vgg::Vgg<vgg::Input<4, 9, 7>, vgg::VggBlock<3, 4, 4>, vgg::Classifier<8, 3>>::on<Gpu>;
+  const auto x = random_floats(std::size_t(batch) * Twin::input_shape.size(), 32);
+  const std::vector<std::int32_t> labels{0, 1, 2, 0, 1};
+  const vgg::cuda::ConvKey key{vgg::ConvShape{4, 4, 9, 7}, batch};
+  Twin timed(6);
+  vgg::Sgd<Gpu> sgd_timed({.lr = 0.01f});
+  const auto r_timed = vgg::train_step(timed, sgd_timed, x, labels);
+  auto& cache = timed.context().algorithms();
+  CHECK(cache.size() == 1);  // three convs, one shape, one batch size
+  const vgg::cuda::ConvAlgorithms* a = cache.find(key);
+  REQUIRE(a != nullptr);
+  CHECK(a->forward.measured);
+  CHECK(a->backward_filter.measured);
+  CHECK(a->backward_data.measured);  // the second and third convs have an input gradient
+  CHECK(timed.context().workspace_bytes() >= a->workspace());
+  // The heuristics alone (no timing): the same numbers to float rounding.
+  Twin plain(6);
+  plain.context().set_measure_algorithms(false);
+  vgg::Sgd<Gpu> sgd_plain({.lr = 0.01f});
+  const auto r_plain = vgg::train_step(plain, sgd_plain, x, labels);
+  CHECK(r_plain.loss == doctest::Approx(r_timed.loss).epsilon(1e-5));
+  REQUIRE(plain.context().algorithms().find(key) != nullptr);
+  CHECK_FALSE(plain.context().algorithms().find(key)->forward.measured);
+  check_tensors(tensors(plain, false), tensors(timed, false), 1e-4f);
+  // Another batch size: chosen again, once.
+  const auto x3 = std::span<const float>(x).first(3 * Twin::input_shape.size());
+  const auto labels3 = std::span<const std::int32_t>(labels).first(3);
+  (void)vgg::train_step(timed, sgd_timed, x3, labels3);
+  (void)vgg::train_step(timed, sgd_timed, x3, labels3);
+  CHECK(cache.size() == 2);
 }
 
 TEST_CASE("out of device memory names the bytes asked for, the bytes free and the batch size") {
   if (no_device()) return;
   vgg::cuda::Buffer<float> huge;
-  CHECK_THROWS_WITH_AS(huge.reserve(std::size_t(1) << 48), doctest::Contains("bytes free"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(huge.reserve(std::size_t(1) << 48), doctest::Contains("bytes free"), vgg::OutOfMemoryError);
   huge.reserve(16);  // the failed allocation left the device usable
   CHECK(huge.capacity() == 16);
   // A conv layer's state names the batch size it was reserved for.
   vgg::cuda::PoolState state;
   CHECK_THROWS_WITH_AS(state.reserve(vgg::ConvShape{64, 512, 224, 224}, 1 << 20),
-                       doctest::Contains("for a batch of 1048576"), std::runtime_error);
+                       doctest::Contains("for a batch of 1048576"), vgg::OutOfMemoryError);
+  // So does every buffer of the network (here its input: 2^28 samples of 3 x 13 x 11 floats).
+  GpuNet net(1);
+  try {
+    net.reserve(1 << 28);
+    FAIL("a batch of 2^28 samples fit");
+  } catch (const vgg::OutOfMemoryError& e) {
+    CHECK(e.batch() == (1 << 28));
+    CHECK(std::string(e.what()).find("bytes free") != std::string::npos);
+    CHECK(std::string(e.what()).find("for a batch of 268435456") != std::string::npos);
+  }
+  // The network is still usable at a batch that fits.
+  const Batch data;
+  CHECK(std::isfinite(vgg::evaluate_batch(net, data.x, data.labels).loss));
 }
 
 #if defined(VGG_TEST_HAVE_IO)

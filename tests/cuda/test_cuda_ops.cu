@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -297,6 +298,100 @@ TEST_CASE("a failed CUDA, cuDNN or cuBLAS call throws, naming the call, the plac
     vgg::cuda::detail::reserving(vgg::ConvShape{3, 8, 13, 11}, 7, [] { throw std::runtime_error("out of memory"); });
   });
   CHECK(layer == "out of memory; while reserving the conv layer 3 -> 8 channels, 13 x 11, for a batch of 7");
+  // Out of memory stays a vgg::OutOfMemoryError, told the layer and the batch once: the network's
+  // own context (added around the layer's reservation) does not repeat or replace it.
+  try {
+    vgg::for_batch(7, [] { return std::string("the workspace of layer 0"); }, [] {
+      vgg::cuda::detail::reserving(vgg::ConvShape{3, 8, 13, 11}, 7, [] {
+        throw vgg::OutOfMemoryError("vgg::cuda", "device memory", 4096, std::size_t(1024), std::size_t(8192));
+      });
+    });
+    FAIL("nothing thrown");
+  } catch (const vgg::OutOfMemoryError& e) {
+    CHECK(std::string(e.what()) ==
+          "vgg::cuda: out of device memory: asked for 4096 bytes, 1024 bytes free of 8192, for the conv layer 3 -> 8 "
+          "channels, 13 x 11, for a batch of 7 (a smaller batch size needs less)");
+    CHECK(e.batch() == 7);
+    CHECK(e.bytes_asked() == 4096);
+    CHECK(e.bytes_free() == std::size_t(1024));
+  }
+}
+
+namespace {
+template <class Perf, class Algo>
+Perf perf(Algo algo, cudnnStatus_t status, float time, std::size_t memory, bool deterministic,
+          cudnnMathType_t math = CUDNN_FMA_MATH) {
+  Perf p{};
+  p.algo = algo;
+  p.status = status;
+  p.time = time;
+  p.memory = memory;
+  p.determinism = deterministic ? CUDNN_DETERMINISTIC : CUDNN_NON_DETERMINISTIC;
+  p.mathType = math;
+  return p;
+}
+}  // namespace
+
+TEST_CASE("cuDNN algorithm choice: the fastest measured FP32 candidate that fits, deterministic first") {
+  using Fwd = cudnnConvolutionFwdAlgoPerf_t;
+  using vgg::cuda::choose_algorithm;
+  const std::vector<Fwd> measured{
+      perf<Fwd>(CUDNN_CONVOLUTION_FWD_ALGO_GEMM, CUDNN_STATUS_SUCCESS, 3.0f, 0, true),
+      perf<Fwd>(CUDNN_CONVOLUTION_FWD_ALGO_FFT, CUDNN_STATUS_SUCCESS, 0.5f, 1 << 20, true, CUDNN_TENSOR_OP_MATH),
+      perf<Fwd>(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD, CUDNN_STATUS_SUCCESS, 0.7f, 1 << 30, true),
+      perf<Fwd>(CUDNN_CONVOLUTION_FWD_ALGO_DIRECT, CUDNN_STATUS_NOT_SUPPORTED, -1.0f, 0, true),
+      perf<Fwd>(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_STATUS_SUCCESS, 1.0f, 0, false),
+      perf<Fwd>(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, CUDNN_STATUS_SUCCESS, 2.0f, 4096, true),
+  };
+  // Unsorted times: taken by time. TF32 (tensor-op math), too much workspace and failures are out;
+  // the non-deterministic 1.0 loses to the deterministic 2.0.
+  auto c = choose_algorithm(std::span<const Fwd>(measured), 1 << 20, /*measured=*/true, "forward");
+  CHECK(c.algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM);
+  CHECK(c.workspace == 4096);
+  CHECK(c.measured);
+  CHECK(c.deterministic);
+  // With room for Winograd's workspace, it is the fastest.
+  CHECK(choose_algorithm(std::span<const Fwd>(measured), std::size_t(1) << 31, true, "forward").algo ==
+        CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD);
+  // Heuristic rankings keep cuDNN's order (their times mean nothing).
+  c = choose_algorithm(std::span<const Fwd>(measured), 1 << 20, /*measured=*/false, "forward");
+  CHECK(c.algo == CUDNN_CONVOLUTION_FWD_ALGO_GEMM);
+  CHECK_FALSE(c.measured);
+  // Only non-deterministic candidates: the fastest of them.
+  using Filter = cudnnConvolutionBwdFilterAlgoPerf_t;
+  const std::vector<Filter> racy{
+      perf<Filter>(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, CUDNN_STATUS_SUCCESS, 2.0f, 0, false),
+      perf<Filter>(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3, CUDNN_STATUS_SUCCESS, 1.0f, 0, false),
+  };
+  const auto f = choose_algorithm(std::span<const Filter>(racy), 0, true, "backward-filter");
+  CHECK(f.algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3);
+  CHECK_FALSE(f.deterministic);
+  // None eligible: an error naming the direction (the caller keeps the heuristics' choice).
+  CHECK_THROWS_WITH_AS(choose_algorithm(std::span<const Fwd>(measured).subspan(3, 1), 1 << 20, true, "forward"),
+                       doctest::Contains("no forward algorithm"), std::runtime_error);
+  CHECK_THROWS_AS(choose_algorithm(std::span<const Fwd>(), 1 << 20, true, "forward"), std::runtime_error);
+}
+
+TEST_CASE("the algorithm cache: one entry per (shape, batch), stable, and the workspace of the chosen three") {
+  vgg::cuda::AlgorithmCache cache;
+  const vgg::cuda::ConvKey a{vgg::ConvShape{4, 8, 9, 7}, 5}, same_shape_other_batch{vgg::ConvShape{4, 8, 9, 7}, 3},
+      other_shape{vgg::ConvShape{8, 8, 9, 7}, 5};
+  CHECK(cache.find(a) == nullptr);
+  vgg::cuda::ConvAlgorithms algorithms;
+  algorithms.forward.workspace = 100;
+  algorithms.backward_data.workspace = 300;
+  algorithms.backward_filter.workspace = 200;
+  CHECK(algorithms.workspace() == 300);
+  vgg::cuda::ConvAlgorithms& entry = cache.insert(a, algorithms);
+  CHECK(cache.find(a) == &entry);
+  CHECK(cache.find(same_shape_other_batch) == nullptr);
+  CHECK(cache.find(other_shape) == nullptr);
+  CHECK_THROWS_AS(cache.insert(a, algorithms), std::logic_error);
+  for (int b = 1; b <= 20; ++b) cache.insert({vgg::ConvShape{1, 1, 2, 2}, b}, algorithms);  // growth keeps addresses
+  CHECK(cache.find(a) == &entry);
+  CHECK(cache.size() == 21);
+  entry.forward.measured = true;  // a plan's update is the cache's
+  CHECK(cache.find(a)->forward.measured);
 }
 
 TEST_CASE("without a usable device, a CUDA context or network says why instead of crashing") {

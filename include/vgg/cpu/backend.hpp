@@ -73,6 +73,8 @@ struct BasicBackend {
   template <class T>
   using Buffer = vgg::Buffer<T>;
   using Context = cpu::Context;
+  /// Batches are already in host memory: staging keeps a view (no copy).
+  using BatchStager = BatchStaging<HostViewTransport<Context>>;
 
   static void copy_to_host(const float* src, float* dst, std::size_t count, Context&) {
     if (count) std::memcpy(dst, src, count * sizeof(float));

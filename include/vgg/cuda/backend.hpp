@@ -21,6 +21,7 @@
 #include "vgg/cuda/launch.hpp"
 #include "vgg/cuda/memory.hpp"
 #include "vgg/cuda/ops.hpp"
+#include "vgg/cuda/staging.hpp"
 #include "vgg/loss.hpp"
 
 namespace vgg::cuda {
@@ -35,6 +36,8 @@ struct Backend {
   using Context = cuda::Context;
   using ConvWorkspace = cuda::ConvWorkspace;
   using PoolState = cuda::PoolState;
+  /// Pinned, double-buffered batch uploads on a copy stream (staging.hpp).
+  using BatchStager = BatchStaging<StagingTransport>;
 
   /// cuBLAS needs nothing per layer: its workspace is the handle's.
   class LinearWorkspace {
@@ -131,9 +134,11 @@ struct Backend {
       if (labels[i] < 0 || labels[i] >= classes)
         throw std::invalid_argument("vgg::softmax_cross_entropy: sample " + std::to_string(i) + " has label " +
                                     std::to_string(labels[i]) + ", expected 0.." + std::to_string(classes - 1));
-    ctx.labels().reserve(n);
-    ctx.sample_loss().reserve(n);
-    ctx.sample_correct().reserve(n);
+    for_batch(int(n), [] { return std::string("the loss's per-sample buffers"); }, [&] {
+      ctx.labels().reserve(n);
+      ctx.sample_loss().reserve(n);
+      ctx.sample_correct().reserve(n);
+    });
     if (ctx.host_loss().size() < n) {
       ctx.host_loss().resize(n);
       ctx.host_correct().resize(n);

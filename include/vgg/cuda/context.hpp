@@ -1,7 +1,8 @@
 #pragma once
 // The execution context of the CUDA backend: the device's stream and the cuDNN and cuBLAS handles
-// bound to it, created once and owned, plus the small scratch the kernels share (the cuDNN
-// workspace, the labels of the loss, the finite flag). Kernels run in stream order; copies to the
+// bound to it, created once and owned, plus what the kernels share: the cuDNN workspace (sized to
+// the chosen algorithms), the cache of those algorithms per (shape, batch), the labels of the
+// loss, the finite flag. Kernels run in stream order; copies to the
 // host wait for the stream.
 
 #include <cublas_v2.h>
@@ -13,6 +14,7 @@
 #include <memory>
 #include <vector>
 
+#include "vgg/cuda/algorithms.hpp"
 #include "vgg/cuda/check.hpp"
 #include "vgg/cuda/memory.hpp"
 
@@ -52,6 +54,15 @@ class Context {
   /// Waits for everything queued on the stream.
   void synchronize() const { VGG_CUDA_CHECK(cudaStreamSynchronize(stream())); }
 
+  /// The convolution algorithms chosen so far, per (shape, batch), shared by every layer.
+  AlgorithmCache& algorithms() { return algorithms_; }
+  /// Whether the first pass of a new (shape, batch) times cuDNN's candidates (cudnnFind*Ex; the
+  /// default, as PyTorch's cudnn.benchmark) or keeps the heuristics' choice. Timing picks the
+  /// fastest, but may pick differently from run to run (results then differ in the last bits);
+  /// heuristics pick the same every run. Affects shapes not yet cached.
+  void set_measure_algorithms(bool measure) { measure_algorithms_ = measure; }
+  bool measure_algorithms() const { return measure_algorithms_; }
+
   /// The cuDNN workspace, shared by every layer (they run one after another on one stream):
   /// ensures at least `bytes`, grown only, at reserve time.
   void reserve_workspace(std::size_t bytes) { workspace_.reserve(bytes); }
@@ -81,6 +92,8 @@ class Context {
   std::unique_ptr<cudnnContext, CudnnDeleter> cudnn_;
   std::unique_ptr<cublasContext, CublasDeleter> cublas_;
   Buffer<std::byte> workspace_;
+  AlgorithmCache algorithms_;
+  bool measure_algorithms_ = true;
   Buffer<std::int32_t> labels_;
   Buffer<double> sample_loss_;
   Buffer<int> sample_correct_;
