@@ -327,7 +327,7 @@ int train(const Options& o, Optimizer optimizer) {
         const std::span<const float> images(b->images);
         const GlobalStep r = step(images, b->labels);
         // The loss is the global batch's and the weights are the same on every rank, so every rank
-        // reaches the same verdict (the inputs, checked per part, come from the same IDX bytes).
+        // reaches the same verdict (the inputs, resized IDX bytes, are always finite).
         health.after_step(*net, r.loss, images, epoch + 1);
         loss_sum += r.loss * double(r.samples);
         correct += r.correct;
@@ -347,7 +347,10 @@ int train(const Options& o, Optimizer optimizer) {
       char line[256];
       std::snprintf(line, sizeof line, "epoch %d, loss %.4f, train acc %.3f, test acc %.3f, time %.1f sec", epoch + 1,
                     train_loss, train_acc, test_acc, seconds);
-      if (!root) continue;  // the other ranks hold the same weights and results; rank 0 reports and saves
+      if (!root) {  // the other ranks hold the same weights and results; rank 0 reports and saves
+        last_saved = epoch + 1;
+        continue;
+      }
       std::cout << line << std::endl;
 
       vgg::io::save_training_checkpoint(
