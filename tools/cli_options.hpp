@@ -35,6 +35,8 @@ inline constexpr int kWidthDivisors[] = {1, 2, 4, 8};
 inline constexpr int kMaxThreads = 256;
 /// Epoch numbers are ints in the training loop and in messages.
 inline constexpr int kMaxEpochs = std::numeric_limits<int>::max();
+/// --collective-timeout: a week covers any step; longer is a typo.
+inline constexpr int kMaxCollectiveTimeout = 7 * 24 * 3600;
 
 struct Options {
   std::filesystem::path data = "data/fashion-mnist";
@@ -54,6 +56,8 @@ struct Options {
   std::filesystem::path evaluate;  ///< evaluation mode when set
   std::filesystem::path log;       ///< default: <save>.metrics.jsonl
   bool help = false;               ///< --help: print kHelp, do nothing else
+  bool distributed = false;        ///< data-parallel over the ranks of mpirun (batch_size is global)
+  int collective_timeout = 300;    ///< seconds one collective may wait before the job is aborted; 0: never
 };
 
 inline const char* const kHelp = R"(Usage: vgg-train [options]
@@ -79,6 +83,11 @@ Options:
   --limit N              train on the first N training images only (smoke runs; 0: all)
   --log PATH             JSON-lines metrics log (default <save>.metrics.jsonl)
   --evaluate PATH        load the weights at PATH and report test accuracy; no training
+  --distributed          data-parallel training over the ranks of mpirun (MPI builds, --device cpu);
+                         --batch-size is the global batch, split over the ranks; rank 0 alone
+                         prints, logs and saves
+  --collective-timeout S with --distributed: abort the whole job when one collective has waited S
+                         seconds for a dead or hung rank, 0 to 604800; 0: never (default 300)
   --help                 this text
 
 Each option may be given once. Training stops with exit status 1 when the loss, a gradient or a
@@ -172,7 +181,7 @@ inline Options parse_args(std::span<const std::string_view> args) {
     static constexpr std::string_view known[] = {"--data", "--epochs", "--batch-size", "--lr", "--optimizer",
                                                   "--resize", "--width-divisor", "--threads", "--seed", "--save",
                                                   "--resume", "--overwrite", "--limit", "--log", "--evaluate",
-                                                  "--device"};
+                                                  "--device", "--distributed", "--collective-timeout"};
     if (std::find(std::begin(known), std::end(known), flag) == std::end(known))
       throw UsageError("unknown option " + quote(flag) + " (see --help)");
     // The last of two values silently winning hides typos in long command lines and scripts.
@@ -200,11 +209,21 @@ inline Options parse_args(std::span<const std::string_view> args) {
       o.device = std::string(value());
       if (o.device != "cpu" && o.device != "cuda" && o.device != "auto")
         throw UsageError("--device must be cpu, cuda or auto, found " + quote(o.device));
-    }
+    } else if (flag == "--distributed") o.distributed = true;
+    else if (flag == "--collective-timeout")
+      o.collective_timeout = parse_integer<int>(flag, value(), 0, kMaxCollectiveTimeout);
   }
   if (!o.evaluate.empty() && o.resume)
     throw UsageError("--evaluate and --resume contradict: --evaluate only reads the weights at its path; "
                      "--resume continues training from --save");
+  if (o.distributed && !o.evaluate.empty())
+    throw UsageError("--distributed trains; --evaluate reads one checkpoint in one process: drop --distributed");
+  // Until DataParallel has an NCCL communicator, the ranks reduce host memory only.
+  if (o.distributed && o.device == "cuda")
+    throw UsageError("--distributed runs on the CPU only (data-parallel training over NCCL is not written yet): "
+                     "use --device cpu");
+  if (seen.count("--collective-timeout") && !o.distributed)
+    throw UsageError("--collective-timeout applies to --distributed runs only");
   if (o.resume && o.overwrite)
     throw UsageError("--resume and --overwrite contradict: --resume continues the checkpoint that --overwrite "
                      "would replace");

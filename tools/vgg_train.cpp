@@ -4,6 +4,7 @@
 //   vgg-train --resize 64 --epochs 1            # a quick variant
 //   vgg-train --resume                          # continue from the checkpoint given by --save
 //   vgg-train --evaluate runs/vgg11_w8_224.safetensors
+//   mpirun -np 2 vgg-train --distributed --threads 1   # data-parallel over 2 processes (MPI builds)
 //
 // The flags are parsed in cli_options.hpp (unit-tested and fuzzed on their own).
 #include <fcntl.h>
@@ -36,6 +37,16 @@
 #include <vector>
 
 #include "cli_options.hpp"
+
+// --distributed: CMake defines VGG_TRAIN_MPI where vgg::distributed (MPI) exists. The CUDA unit
+// (vgg_train_cuda.cu) leaves it out: its networks' gradients live on the GPU, which needs the NCCL
+// communicator that is not written yet.
+#if defined(VGG_TRAIN_MPI) && !defined(VGG_TRAIN_CUDA_UNIT)
+#define VGG_TRAIN_DISTRIBUTED 1
+#include <vgg/distributed.hpp>
+#else
+#define VGG_TRAIN_DISTRIBUTED 0
+#endif
 
 namespace fs = std::filesystem;
 using vgg_train::Options;
@@ -81,27 +92,53 @@ class Progress {
   Clock::time_point start_ = Clock::now(), last_ = Clock::now();
 };
 
-template <class Net>
-vgg::LossResult evaluate(Net& net, vgg::data::Batcher& batches, std::size_t& count) {
-  vgg::LossResult total;
-  count = 0;
+/// This process's place in the run: a plain run is rank 0 of 1; a --distributed one is one of the
+/// ranks of mpirun, each evaluating and training on its part of every batch.
+struct Place {
+  int rank = 0, ranks = 1;
+  bool root() const { return rank == 0; }
+};
+
+Place this_place([[maybe_unused]] const Options& o) {
+#if VGG_TRAIN_DISTRIBUTED
+  if (o.distributed) return {vgg::distributed::Environment::world_rank(), vgg::distributed::Environment::world_size()};
+#endif
+  return {};
+}
+
+/// One training step's results over the global batch (all ranks' parts).
+struct GlobalStep {
+  double loss = 0;  ///< mean over the global batch
+  std::size_t correct = 0, samples = 0;
+};
+
+/// `sum_over_ranks(values)` replaces values by their sums over the ranks (nothing in a plain run).
+template <class Net, class SumOverRanks>
+vgg::LossResult evaluate(Net& net, vgg::data::Batcher& batches, std::size_t& count, SumOverRanks&& sum_over_ranks) {
+  double totals[3] = {0, 0, 0};  // loss sum, correct, samples
   batches.start_epoch(0);
   // Each batch is staged as soon as the batcher delivers it, so a device uploads it while the
   // loss of the batch before is still being read back (on the CPU, staging is a view).
-  auto b = batches.next();
-  std::optional<vgg::StagedBatch> next;
-  if (b) next = net.stage(std::span<const float>(b->images), b->labels);
-  while (next) {
+  auto stage_next = [&]() -> std::optional<vgg::StagedBatch> {
+    while (auto b = batches.next())
+      if (b->size > 0) return net.stage(std::span<const float>(b->images), b->labels);  // a rank's part may be empty
+    return std::nullopt;
+  };
+  for (auto next = stage_next(); next;) {
     const vgg::StagedBatch current = *next;
     const auto r = vgg::evaluate_batch(net, current);
-    total.loss += r.loss * double(current.size);
-    total.correct += r.correct;
-    count += std::size_t(current.size);
-    next.reset();
-    if ((b = batches.next())) next = net.stage(std::span<const float>(b->images), b->labels);
+    totals[0] += r.loss * double(current.size);
+    totals[1] += double(r.correct);
+    totals[2] += double(current.size);
+    next = stage_next();
   }
-  total.loss /= double(std::max<std::size_t>(count, 1));
-  return total;
+  sum_over_ranks(std::span<double>(totals));
+  count = std::size_t(totals[2]);
+  return {totals[0] / std::max(totals[2], 1.0), int(totals[1])};
+}
+template <class Net>
+vgg::LossResult evaluate(Net& net, vgg::data::Batcher& batches, std::size_t& count) {
+  return evaluate(net, batches, count, [](std::span<double>) {});
 }
 
 void append_line(const fs::path& path, const std::string& line) {
@@ -155,25 +192,53 @@ void require_data_directory(const fs::path& data) {
 }
 
 /// Buffers are sized for the batch, so a batch larger than the data set is capped to it.
-std::size_t effective_batch(const Options& o, std::size_t samples, const char* what) {
+std::size_t effective_batch(const Options& o, std::size_t samples, const char* what, bool report = true) {
   const std::size_t batch = std::min<std::size_t>(std::size_t(o.batch_size), samples);
-  if (batch < std::size_t(o.batch_size))
+  if (report && batch < std::size_t(o.batch_size))
     std::cerr << "vgg-train: note: --batch-size " << o.batch_size << " exceeds the " << samples << " " << what
               << "; batches of " << batch << " are used" << std::endl;
   return batch;
 }
 
+#if VGG_TRAIN_DISTRIBUTED
+/// Collective: the data-parallel group of every rank, refused (vgg::distributed::Error) unless all
+/// ranks run this executable with the same settings on the same data.
+template <class Net>
+std::unique_ptr<vgg::distributed::DataParallel<Net>> join_ranks(const Options& o, Net& net,
+                                                               const vgg::data::Dataset& train_set,
+                                                               const vgg::data::Dataset& test_set) {
+  namespace dist = vgg::distributed;
+  std::uint64_t data = 0;
+  for (const vgg::data::Dataset* set : {&train_set, &test_set}) {
+    data = dist::fingerprint_of(std::span<const std::uint8_t>(set->images.pixels), data);
+    data = dist::fingerprint_of(std::span<const std::uint8_t>(set->labels), data);
+  }
+  auto settings = vgg_train::run_settings(o);
+  // Beyond what a checkpoint must share: ranks that disagree on these would leave the loop at
+  // different epochs, or one would resume while another starts afresh.
+  settings["epochs"] = std::to_string(o.epochs);
+  settings["resume"] = o.resume ? "yes" : "no";
+  return std::make_unique<dist::DataParallel<Net>>(net, dist::Identity{.settings = settings, .data_fingerprint = data},
+                                                   dist::Options{.timeout_seconds = double(o.collective_timeout)});
+}
+#endif
+
 template <class Net, class Optimizer>
 int train(const Options& o, Optimizer optimizer) {
-  if (o.resume && !fs::exists(fs::symlink_status(o.save)))
-    throw std::runtime_error("--resume: no checkpoint at '" + o.save.string() + "' (set --save to its path)");
-  if (!o.resume && fs::exists(fs::symlink_status(o.save)) && !o.overwrite)
-    throw UsageError("--save '" + o.save.string() +
-                     "' already exists; add --resume to continue that run, or --overwrite to replace it with this one");
-  // Fail now, not after the first epoch, if the checkpoint or the log cannot be written there.
-  require_writable(o.save, "--save");
-  vgg::io::require_replaceable(o.save);  // and its temporary file
-  require_writable(o.log, "--log");
+  const Place place = this_place(o);
+  const bool root = place.root();
+  // Only rank 0 reads and writes the checkpoint and the log: on other hosts their paths need not exist.
+  if (root) {
+    if (o.resume && !fs::exists(fs::symlink_status(o.save)))
+      throw std::runtime_error("--resume: no checkpoint at '" + o.save.string() + "' (set --save to its path)");
+    if (!o.resume && fs::exists(fs::symlink_status(o.save)) && !o.overwrite)
+      throw UsageError("--save '" + o.save.string() +
+                       "' already exists; add --resume to continue that run, or --overwrite to replace it with this one");
+    // Fail now, not after the first epoch, if the checkpoint or the log cannot be written there.
+    require_writable(o.save, "--save");
+    vgg::io::require_replaceable(o.save);  // and its temporary file
+    require_writable(o.log, "--log");
+  }
   require_data_directory(o.data);
   const auto train_set = vgg::data::load_dataset(o.data, vgg::data::Split::train);
   const auto test_set = vgg::data::load_dataset(o.data, vgg::data::Split::test);
@@ -181,12 +246,16 @@ int train(const Options& o, Optimizer optimizer) {
   if (o.threads > 0) net->set_threads(o.threads);
 
   const std::size_t samples = o.limit == 0 ? train_set.size() : std::min(o.limit, train_set.size());
-  const std::size_t train_batch = effective_batch(o, samples, "training images");
+  const std::size_t train_batch = effective_batch(o, samples, "training images", root);
   const std::size_t test_batch = std::min<std::size_t>(std::size_t(o.batch_size), test_set.size());
   const auto steps_per_epoch = std::int64_t((samples + train_batch - 1) / train_batch);
 
+#if VGG_TRAIN_DISTRIBUTED
+  std::unique_ptr<vgg::distributed::DataParallel<Net>> parallel;
+  if (o.distributed) parallel = join_ranks(o, *net, train_set, test_set);
+#endif
   std::int64_t first_epoch = 0;
-  if (o.resume) {
+  if (o.resume && root) {
     const auto state = vgg::io::load_training_checkpoint(o.save, *net, optimizer);
     for (const auto& [key, value] : vgg_train::run_settings(o)) {
       const auto it = state.metadata.find(key);
@@ -204,20 +273,54 @@ int train(const Options& o, Optimizer optimizer) {
                                      std::to_string(optimizer.steps()) + " and its network step " +
                                      std::to_string(net->step()) + "; the file is damaged or from another run");
     first_epoch = state.epoch;
-    std::cout << "resuming from '" << o.save.string() << "' after epoch " << first_epoch << std::endl;
+  }
+  // Training step and evaluation: this process alone, or its part of the ranks' global batch.
+  auto sum_over_ranks = [&](std::span<double> values) {
+#if VGG_TRAIN_DISTRIBUTED
+    if (parallel) parallel->communicator().allreduce_sum(values, "test evaluation allreduce", net->step());
+#endif
+    (void)values;
+  };
+  auto step = [&](std::span<const float> images, std::span<const std::int32_t> labels) -> GlobalStep {
+#if VGG_TRAIN_DISTRIBUTED
+    if (parallel) {
+      const auto r = parallel->step(optimizer, images, labels);
+      return {r.loss, std::size_t(r.correct), std::size_t(r.samples)};
+    }
+#endif
+    const vgg::LossResult r = vgg::train_step(*net, optimizer, images, labels);
+    return {r.loss, std::size_t(r.correct), labels.size()};
+  };
+#if VGG_TRAIN_DISTRIBUTED
+  if (parallel) {
+    // Every rank takes rank 0's weights, optimizer state and counters (from the checkpoint when
+    // resuming), so the epoch to continue from follows from the step counter.
+    parallel->synchronize(optimizer);
+    first_epoch = std::int64_t(net->step()) / steps_per_epoch;
+  }
+#endif
+  if (o.resume) {
+    if (root) std::cout << "resuming from '" << o.save.string() << "' after epoch " << first_epoch << std::endl;
     if (first_epoch >= o.epochs) {
-      std::cout << "nothing to do: " << first_epoch << " of " << o.epochs << " epochs are done" << std::endl;
+      if (root) std::cout << "nothing to do: " << first_epoch << " of " << o.epochs << " epochs are done" << std::endl;
       return 0;
     }
   }
 
+  // Each rank prepares only its own part of every global batch.
+  const auto part = std::size_t(place.rank), parts = std::size_t(place.ranks);
   vgg::data::Batcher train_batches(train_set, {.batch_size = train_batch, .output_size = o.resize, .seed = o.seed,
-                                               .shuffle = true, .limit = o.limit});
+                                               .shuffle = true, .limit = o.limit, .part = part, .parts = parts});
   vgg::data::Batcher test_batches(test_set, {.batch_size = test_batch, .output_size = o.resize, .seed = 0,
-                                             .shuffle = false});
-  std::cout << "training " << Net::architecture() << " (" << Net::num_params << " parameters) on "
-            << train_batches.samples_per_epoch() << " images, batch " << train_batch << ", " << o.optimizer << " lr "
-            << o.lr << ", " << net->threads() << " threads, seed " << o.seed << std::endl;
+                                             .shuffle = false, .part = part, .parts = parts});
+  if (root) {
+    std::cout << "training " << Net::architecture() << " (" << Net::num_params << " parameters) on "
+              << train_batches.samples_per_epoch() << " images, batch " << train_batch << ", " << o.optimizer << " lr "
+              << o.lr << ", " << net->threads() << " threads, seed " << o.seed;
+    if (o.distributed)
+      std::cout << ", " << place.ranks << (place.ranks == 1 ? " rank" : " ranks") << " (data-parallel, batch split over them)";
+    std::cout << std::endl;
+  }
 
   vgg::HealthMonitor health;
   std::optional<int> last_saved;
@@ -230,26 +333,37 @@ int train(const Options& o, Optimizer optimizer) {
       std::size_t seen = 0, correct = 0, done = 0;
       // Batch k+1 is staged right after step k is queued: on a GPU its pinned copy and upload run
       // while step k's backward pass and update compute (staging.hpp); on the CPU it is a view.
+      // A data-parallel step takes its part of the batch from the host, unstaged.
+      const bool stage_batches = !o.distributed;
       auto b = train_batches.next();
       std::optional<vgg::StagedBatch> next;
-      if (b) next = net->stage(std::span<const float>(b->images), b->labels);
-      while (next) {
-        const vgg::StagedBatch current = *next;
-        const auto r = vgg::train_step(*net, optimizer, current);
-        health.after_step(*net, r.loss, current.host_images, epoch + 1);
-        loss_sum += r.loss * double(current.size);
-        correct += std::size_t(r.correct);
-        seen += std::size_t(current.size);
-        progress.update(++done, seen, loss_sum);
-        next.reset();
-        // The batcher reuses the buffer of the batch before the one it delivers: `current` is done.
-        if ((b = train_batches.next())) next = net->stage(std::span<const float>(b->images), b->labels);
+      if (b && stage_batches) next = net->stage(std::span<const float>(b->images), b->labels);
+      while (b) {
+        const std::span<const float> images(b->images);
+        GlobalStep r;
+        if (next) {
+          const auto local = vgg::train_step(*net, optimizer, *next);
+          r = {local.loss, std::size_t(local.correct), std::size_t(next->size)};
+          next.reset();
+        } else {
+          r = step(images, b->labels);
+        }
+        // The loss is the global batch's and the weights are the same on every rank, so every rank
+        // reaches the same verdict (the inputs, resized IDX bytes, are always finite).
+        health.after_step(*net, r.loss, images, epoch + 1);
+        loss_sum += r.loss * double(r.samples);
+        correct += r.correct;
+        seen += r.samples;
+        ++done;
+        if (root) progress.update(done, seen, loss_sum);
+        // The batcher reuses the buffer of the batch before the one it delivers: this one is done.
+        if ((b = train_batches.next()) && stage_batches) next = net->stage(std::span<const float>(b->images), b->labels);
       }
-      progress.finish();
+      if (root) progress.finish();
       health.before_save(*net, epoch + 1);
       const double train_seconds = since(start);
       std::size_t test_count = 0;
-      const auto test = evaluate(*net, test_batches, test_count);
+      const auto test = evaluate(*net, test_batches, test_count, sum_over_ranks);
       const double seconds = since(start);
       const double train_loss = loss_sum / double(seen), train_acc = double(correct) / double(seen);
       const double test_acc = double(test.correct) / double(test_count);
@@ -257,6 +371,10 @@ int train(const Options& o, Optimizer optimizer) {
       char line[256];
       std::snprintf(line, sizeof line, "epoch %d, loss %.4f, train acc %.3f, test acc %.3f, time %.1f sec", epoch + 1,
                     train_loss, train_acc, test_acc, seconds);
+      if (!root) {  // the other ranks hold the same weights and results; rank 0 reports and saves
+        last_saved = epoch + 1;
+        continue;
+      }
       std::cout << line << std::endl;
 
       vgg::io::save_training_checkpoint(
@@ -266,9 +384,9 @@ int train(const Options& o, Optimizer optimizer) {
       char json[512];
       std::snprintf(json, sizeof json,
                     "{\"epoch\": %d, \"train_loss\": %.6f, \"train_acc\": %.6f, \"test_loss\": %.6f, \"test_acc\": %.6f, "
-                    "\"train_seconds\": %.2f, \"seconds\": %.2f, \"images_per_second\": %.2f, \"threads\": %d, \"seed\": %llu}",
+                    "\"train_seconds\": %.2f, \"seconds\": %.2f, \"images_per_second\": %.2f, \"threads\": %d, \"ranks\": %d, \"seed\": %llu}",
                     epoch + 1, train_loss, train_acc, test.loss, test_acc, train_seconds, seconds,
-                    double(seen) / train_seconds, net->threads(), (unsigned long long)o.seed);
+                    double(seen) / train_seconds, net->threads(), place.ranks, (unsigned long long)o.seed);
       append_line(o.log, json);
     }
   } catch (const vgg::NumericalError& e) {
@@ -278,7 +396,7 @@ int train(const Options& o, Optimizer optimizer) {
                            : "no checkpoint was written";
     throw std::runtime_error(std::string(e.what()) + "\n" + kept);
   }
-  std::cout << "checkpoint: " << o.save.string() << std::endl;
+  if (root) std::cout << "checkpoint: " << o.save.string() << std::endl;
   return 0;
 }
 
@@ -328,19 +446,19 @@ int dispatch(const Options& o) {
   }
 }
 
-/// The run on backend B; errors become messages and exit codes.
+/// The run on backend B; errors become messages (each line starting with `who`) and exit codes.
 template <class B>
-int run_on(const Options& options) {
+int run_on(const Options& options, const std::string& who = "vgg-train: ") {
   try {
     return dispatch<B>(options);
   } catch (const UsageError& e) {
-    std::cerr << "vgg-train: " << e.what() << '\n';
+    std::cerr << who << e.what() << '\n';
     return 2;
   } catch (const std::bad_alloc&) {
-    std::cerr << "vgg-train: out of memory; try a smaller --batch-size, --resize, --width-divisor or --threads\n";
+    std::cerr << who << "out of memory; try a smaller --batch-size, --resize, --width-divisor or --threads\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "vgg-train: " << e.what() << '\n';
+    std::cerr << who << e.what() << '\n';
     return 1;
   }
 }
@@ -360,6 +478,37 @@ std::string vgg_train_cuda_problem();  // empty when a CUDA device is usable, el
 int vgg_train_cuda_main(int argc, char** argv);
 #endif
 
+namespace {
+/// --distributed: this process is one rank of an mpirun job. MPI is initialised here alone, so a
+/// plain run of an MPI build never touches it (nor needs mpirun).
+int run_distributed(const Options& options, [[maybe_unused]] int& argc, [[maybe_unused]] char**& argv) {
+#if VGG_TRAIN_DISTRIBUTED
+  namespace dist = vgg::distributed;
+  std::optional<dist::Environment> mpi;
+  try {
+    mpi.emplace(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "vgg-train: --distributed: " << e.what() << '\n';
+    return 1;
+  }
+  const int rank = dist::Environment::world_rank();
+  if (options.device == "auto" && rank == 0)
+    std::cout << "--device auto: --distributed runs on the CPU (vgg-train does not use the NCCL communicator yet)"
+              << std::endl;
+  const std::string who = rank == 0 ? "vgg-train: " : "vgg-train: rank " + std::to_string(rank) + ": ";
+  const int status = run_on<vgg::cpu::Backend>(options, who);
+  // The other ranks would wait for this one in their next collective: end the whole job now.
+  if (status != 0) dist::Environment::abort(status);
+  return 0;
+#else
+  (void)options;
+  std::cerr << "vgg-train: --distributed: this vgg-train was built without MPI (install libopenmpi-dev and "
+               "openmpi-bin, as scripts/setup.sh does, and configure again; -DVGG_MPI=ON makes MPI required)\n";
+  return 1;
+#endif
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   Options options;
   try {
@@ -374,6 +523,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (options.threads > 0) omp_set_num_threads(options.threads);
+  if (options.distributed) return run_distributed(options, argc, argv);
   if (options.device != "cpu") {
 #if defined(VGG_TRAIN_HAVE_CUDA)
     const std::string problem = vgg_train_cuda_problem();

@@ -39,6 +39,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -551,7 +552,8 @@ class DataParallel {
   /// samples of Net::input_shape; a shard may be empty once the first step is done). Forward and
   /// backward on the shard, gradients averaged over the global batch, one optimizer update.
   /// ensures: identical weights on every rank; no allocation by vgg after the first step (Open MPI
-  ///          mallocs and frees a temporary buffer inside each allreduce).
+  ///          mallocs and frees a temporary buffer inside each allreduce); when the global loss is
+  ///          not finite, no rank updates anything (as vgg::train_step).
   template <class Optimizer>
   StepResult step(Optimizer& optimizer, std::span<const float> x, std::span<const std::int32_t> labels) {
     if (!synchronized_) synchronize(optimizer);
@@ -594,6 +596,11 @@ class DataParallel {
                   " other rank(s) failed in step " + std::to_string(step) + " (see their messages); stopping");
     const auto communication_start = Clock::now();
     if (totals[0] < 1.0) throw std::invalid_argument("vgg::distributed::DataParallel::step: the global batch is empty");
+    // As vgg::train_step: a non-finite loss leaves the weights as they were, for the caller to stop
+    // and diagnose. The global loss is the same on every rank, so all ranks skip together.
+    if (!std::isfinite(totals[1]))
+      return {totals[1] / totals[0], (long long)(totals[2]), (long long)(totals[0]),
+              std::chrono::duration<double>(communication_start - wait_start).count(), 0.0};
     // Weight rank r's mean gradient by n_r / N: the sum over ranks is the global batch's mean gradient.
     reduce_gradients(float(double(n) / totals[0]), step);
     const auto communication_end = Clock::now();

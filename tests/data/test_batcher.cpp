@@ -129,6 +129,38 @@ TEST_CASE("limit uses only the first N images") {
   CHECK(run_epoch(over_limit, 0).batch_sizes == std::vector<std::size_t>{60});
 }
 
+TEST_CASE("parts of each batch (data-parallel ranks) split it contiguously and cover it exactly") {
+  const Dataset data = synthetic_dataset(103);
+  Batcher whole(data, {.batch_size = 10, .output_size = 4, .seed = 5});
+  for (const std::size_t parts : {std::size_t{1}, std::size_t{3}, std::size_t{4}}) {
+    std::vector<std::vector<std::size_t>> batches;  // per batch, the concatenated parts
+    for (std::size_t part = 0; part < parts; ++part) {
+      Batcher batcher(data, {.batch_size = 10, .output_size = 4, .seed = 5, .part = part, .parts = parts});
+      CHECK(batcher.batches_per_epoch() == 11);  // the global batches' count
+      batcher.start_epoch(2);
+      std::size_t number = 0;
+      while (auto b = batcher.next()) {
+        // 10 = 4+3+3 over 3 parts; the last batch of 3 = 1+1+1, or 1+1+1+0 over 4 parts.
+        const std::size_t global = number == 10 ? 3 : 10;
+        CHECK(b->size == global / parts + (part < global % parts ? 1 : 0));
+        CHECK(b->images.size() == b->size * 16);
+        if (batches.size() <= number) batches.resize(number + 1);
+        batches[number].insert(batches[number].end(), b->indices.begin(), b->indices.end());
+        ++number;
+      }
+      CHECK(number == 11);
+    }
+    whole.start_epoch(2);
+    std::size_t number = 0;
+    while (auto b = whole.next()) {
+      REQUIRE(number < batches.size());
+      CHECK(batches[number++] == std::vector<std::size_t>(b->indices.begin(), b->indices.end()));
+    }
+  }
+  CHECK_THROWS_AS(Batcher(data, {.batch_size = 10, .part = 2, .parts = 2}), std::invalid_argument);
+  CHECK_THROWS_AS(Batcher(data, {.batch_size = 10, .parts = 0}), std::invalid_argument);
+}
+
 TEST_CASE("batch contents equal the resize of the source images, NCHW, with their labels") {
   const Dataset data = synthetic_dataset(17);
   const int S = 32;

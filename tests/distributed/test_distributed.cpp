@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <new>
 #include <filesystem>
 #include <memory>
@@ -259,6 +260,23 @@ TEST_CASE("a bad shard on one rank stops every rank in the same step, each with 
   } else {
     CHECK_THROWS_AS(first.step(fresh_adam, one.images(shard), one.labels_of(shard)), dist::Error);
   }
+}
+
+TEST_CASE("a NaN in the last rank's shard makes the global loss NaN, and no rank updates (as train_step)") {
+  auto net = std::make_unique<Plain>(2);
+  vgg::Adam adam({.lr = 1e-2f});
+  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  GlobalBatch batch(2 * std::size_t(world_size()), 9);
+  const dist::Shard mine = dp.shard(batch.labels.size());
+  dp.step(adam, batch.images(mine), batch.labels_of(mine));
+  const std::vector<float> before = all_params(*net);
+  const dist::Shard last = dist::shard_range(batch.labels.size(), world_size() - 1, world_size());
+  batch.x[last.begin * Plain::input_shape.size()] = std::numeric_limits<float>::quiet_NaN();
+  const dist::StepResult r = dp.step(adam, batch.images(mine), batch.labels_of(mine));
+  CHECK(std::isnan(r.loss));       // every rank sees the global loss
+  CHECK(adam.steps() == 1);        // nobody updated
+  CHECK(all_params(*net) == before);
+  CHECK(dp.in_sync());
 }
 
 TEST_CASE("a checkpoint written by the root resumes on another number of ranks") {

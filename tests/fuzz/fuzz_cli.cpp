@@ -36,6 +36,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     require(o.optimizer == "adam" || o.optimizer == "sgd");
     require(!o.save.empty() && !o.log.empty() && !o.data.empty());
     require(!(o.resume && !o.evaluate.empty()));
+    require(o.collective_timeout >= 0 && o.collective_timeout <= vgg_train::kMaxCollectiveTimeout);
+    require(!(o.distributed && (o.device == "cuda" || !o.evaluate.empty())));
     // The stored settings must read back as equal to themselves (the resume check).
     for (const auto& [key, value] : vgg_train::run_settings(o)) require(vgg_train::same_setting(key, value, value));
   } catch (const vgg_train::UsageError& e) {

@@ -102,6 +102,22 @@ TEST_CASE("contradictions and empty paths are refused") {
   CHECK(parse({"--overwrite"}).overwrite);
 }
 
+TEST_CASE("--distributed: its timeout, and the modes it cannot run in") {
+  const auto o = parse({"--distributed"});
+  CHECK(o.distributed);
+  CHECK(o.collective_timeout == 300);
+  CHECK_FALSE(parse({}).distributed);
+  CHECK(parse({"--distributed", "--collective-timeout", "0"}).collective_timeout == 0);
+  CHECK(parse({"--distributed", "--collective-timeout", "604800"}).collective_timeout == 604800);
+  CHECK(parse({"--distributed", "--device", "auto"}).distributed);  // auto: the CPU, for now
+  CHECK_USAGE(ARGS("--distributed", "--collective-timeout", "604801"), "--collective-timeout 604801 is out of range");
+  CHECK_USAGE(ARGS("--distributed", "--collective-timeout", "-1"), "--collective-timeout -1 is out of range");
+  CHECK_USAGE(ARGS("--collective-timeout", "10"), "--collective-timeout applies to --distributed runs only");
+  CHECK_USAGE(ARGS("--distributed", "--device", "cuda"), "--distributed runs on the CPU only");
+  CHECK_USAGE(ARGS("--distributed", "--evaluate", "w.safetensors"), "drop --distributed");
+  CHECK_USAGE(ARGS("--distributed", "--distributed"), "--distributed is given twice");
+}
+
 TEST_CASE("the settings check keeps lr exactly and still accepts the old %f spelling") {
   auto o = parse({"--lr", "1e-7"});
   const auto settings = vgg_train::run_settings(o);

@@ -52,12 +52,17 @@ struct BatcherOptions {
   // Optional per-sample hook run on the worker thread after resizing (e.g. normalisation);
   // arguments: the S*S floats of the sample and its dataset index. Exceptions reach the caller.
   std::function<void(std::span<float>, std::size_t)> transform = {};
+  // Data-parallel training: deliver only part `part` of `parts` of every batch, so that each rank
+  // resizes just the samples it trains on. Parts are contiguous and differ in size by at most one,
+  // the first (size % parts) one larger: vgg::distributed::shard_range's split. The order and the
+  // batch boundaries stay those of the whole batches (batch_size is the global batch).
+  std::size_t part = 0, parts = 1;
 };
 
 /// One mini-batch, valid until the next call to Batcher::next() / start_epoch() or destruction.
 struct Batch {
   std::size_t number = 0;                 // position of this batch within the epoch
-  std::size_t size = 0;                   // samples in it; the last batch of an epoch may be short
+  std::size_t size = 0;                   // samples in it (in this part); the last batch of an epoch may be short
   int image_size = 0;                     // S
   std::span<float> images;                // NCHW [size, 1, S, S]
   std::span<const std::int32_t> labels;   // [size]
@@ -72,7 +77,8 @@ struct Batch {
 class Batcher {
  public:
   /// requires: `data` outlives the Batcher and is not modified meanwhile; batch_size > 0;
-  /// output_size > 0; data.images.count == data.size() > 0 (std::invalid_argument otherwise).
+  /// output_size > 0; part < parts; data.images.count == data.size() > 0 (std::invalid_argument
+  /// otherwise).
   /// ensures: no epoch is active (next() returns nothing until start_epoch); buffers for two
   /// batches of batch_size x 1 x S x S floats are allocated; the worker thread is running.
   Batcher(const Dataset& data, BatcherOptions options)
@@ -80,16 +86,20 @@ class Batcher {
         options_(std::move(options)),
         resizer_(data.images.rows, data.images.cols, options_.output_size, options_.output_size) {
     if (options_.batch_size == 0) throw std::invalid_argument("Batcher: batch_size must be > 0");
+    if (options_.part >= options_.parts)
+      throw std::invalid_argument("Batcher: part " + std::to_string(options_.part) + " of " +
+                                  std::to_string(options_.parts) + " parts does not exist");
     if (data.images.count != data.labels.size() ||
         data.images.pixels.size() != data.images.count * data.images.pixels_per_image())
       throw std::invalid_argument("Batcher: dataset images and labels disagree in count");
     if (data.size() == 0) throw std::invalid_argument("Batcher: dataset is empty");
     samples_ = options_.limit == 0 ? data.size() : std::min(options_.limit, data.size());
     order_.reserve(samples_);
+    const std::size_t largest_part = (options_.batch_size + options_.parts - 1) / options_.parts;
     for (Slot& slot : slots_) {
-      slot.images.resize(options_.batch_size * resizer_.out_pixels());
-      slot.labels.resize(options_.batch_size);
-      slot.indices.resize(options_.batch_size);
+      slot.images.resize(largest_part * resizer_.out_pixels());
+      slot.labels.resize(largest_part);
+      slot.indices.resize(largest_part);
     }
     worker_ = std::thread([this] { work(); });
   }
@@ -214,8 +224,10 @@ class Batcher {
   // Runs without the lock: start_epoch and next never touch a slot in state `filling` or order_
   // while filling_ is set.
   void fill(Slot& slot, std::size_t number) {
-    const std::size_t first = number * options_.batch_size;
-    const std::size_t size = std::min(options_.batch_size, samples_ - first);
+    const std::size_t whole = std::min(options_.batch_size, samples_ - number * options_.batch_size);
+    const std::size_t base = whole / options_.parts, extra = whole % options_.parts;
+    const std::size_t first = number * options_.batch_size + options_.part * base + std::min(options_.part, extra);
+    const std::size_t size = base + (options_.part < extra ? 1 : 0);
     const std::size_t pixels = resizer_.out_pixels();
     for (std::size_t k = 0; k < size; ++k) {
       if (abandon_.load(std::memory_order_relaxed)) return;  // the destructor does not wait for a full batch
