@@ -117,8 +117,9 @@ inline void batchnorm_fold_backward(const BatchNormShape& s, const float* weight
     double dot = 0.0;
 #pragma omp simd reduction(+ : dot)
     for (long k = 0; k < fan_in; ++k) {
-      dwc[k] = gc[k] * scale;
-      dot += double(gc[k]) * double(wc[k]);
+      const float g = gc[k];  // read once: dwc may be gc (in place)
+      dot += double(g) * double(wc[k]);
+      dwc[k] = g * scale;
     }
     const float db = folded_bias_grad[c];
     bias_grad[c] = db * scale;
