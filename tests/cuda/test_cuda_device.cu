@@ -253,8 +253,21 @@ TEST_CASE("batch norm on the CUDA backend: train and eval passes, SGD steps and 
     CHECK(gpu.loss(data.labels).loss == doctest::Approx(cpu.loss(data.labels).loss).epsilon(1e-4));
     cpu.backward(true);
     gpu.backward(true);
-    // Conv biases before a norm have gradients of rounding noise only: compared to 1e-3 of the whole.
-    check_tensors(tensors(cpu, true), tensors(gpu, true), 2e-3f);
+    const auto cpu_grads = tensors(cpu, true), gpu_grads = tensors(gpu, true);
+    REQUIRE(cpu_grads.size() == 18);  // per conv: weight, bias, gamma, beta; then 3 linear layers
+    for (std::size_t t = 0; t < cpu_grads.size(); ++t) {
+      CAPTURE(t);
+      if (mode == vgg::Mode::train && t < 12 && t % 4 == 1) {
+        // A conv bias before a norm: its gradient is 0 in exact arithmetic, rounding noise on
+        // either device; bounded against its conv weight's gradient instead of compared.
+        float noise = 0.0f, scale = 0.0f;
+        for (float g : gpu_grads[t]) noise = std::max(noise, std::abs(g));
+        for (float g : gpu_grads[t - 1]) scale = std::max(scale, std::abs(g));
+        CHECK(noise <= 1e-5f * scale);
+      } else {
+        CHECK(relative_difference(cpu_grads[t], gpu_grads[t]) <= 1e-3f);
+      }
+    }
     CHECK(relative_difference(to_host(cpu, cpu.input_gradient()), to_host(gpu, gpu.input_gradient())) <= 1e-3f);
     CHECK(relative_difference(state(cpu), state(gpu)) <= 1e-5f);
   }
