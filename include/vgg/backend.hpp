@@ -16,6 +16,7 @@
 //     between its forward and backward passes), B::LinearWorkspace, each reserved once for the
 //     largest batch (no allocation in a steady-state step);
 //   - kernels with one set of signatures (below): conv + bias + ReLU, the fused conv + pool pair,
+//     conv + bias alone and batch norm + ReLU (training), batch norm folded into a conv (eval),
 //     max-pool, linear (+ ReLU), dropout, softmax cross-entropy, the Adam and SGD updates, and a
 //     finite check (numerical health);
 //   - B::BatchStager: batches staged ahead of their forward pass (staging.hpp): a view of the
@@ -45,6 +46,23 @@ struct ConvShape {
   friend constexpr bool operator==(const ConvShape&, const ConvShape&) = default;
 };
 
+/// A batch norm (torch.nn.BatchNorm2d) over the channels of an n x channels x plane batch.
+struct BatchNormShape {
+  int channels;
+  long plane;  ///< h x w
+  float eps, momentum;
+};
+
+/// The per-channel tensors of a batch norm, `channels` floats each in the backend's memory.
+struct BatchNormTensors {
+  const float* weight;  ///< gamma
+  const float* bias;    ///< beta
+  float* running_mean;
+  float* running_var;
+  float* saved_mean;    ///< training: the last batch's mean, for the backward
+  float* saved_invstd;  ///< training: 1 / sqrt(the last batch's biased variance + eps)
+};
+
 /// The scalars of one Adam update (torch.optim.Adam, amsgrad off), computed on the host once a step.
 struct AdamStep {
   float step_size;   ///< lr / (1 - beta1^t)
@@ -68,7 +86,8 @@ concept Backend = requires(typename B::Context& ctx, typename B::ConvWorkspace& 
                            float* out, std::span<const std::int32_t> labels, const AdamStep& adam,
                            const SgdStep& sgd, int n, long count, std::uint64_t u,
                            typename B::BatchStager& stager, std::span<const float> images,
-                           const StagedBatch& staged) {
+                           const StagedBatch& staged, const BatchNormShape& bn,
+                           const BatchNormTensors& bn_tensors) {
   { B::device } -> std::convertible_to<Device>;
   { B::host_memory } -> std::convertible_to<bool>;
   { B::name() } -> std::convertible_to<const char*>;
@@ -91,6 +110,20 @@ concept Backend = requires(typename B::Context& ctx, typename B::ConvWorkspace& 
   B::conv3x3_relu_backward(ctx, conv_ws, s, in, in, in, out, out, out, out, n);
   // (x, w, state, dy_pooled, dx or null, dw, db)
   B::conv3x3_relu_pool_backward(ctx, conv_ws, pool_state, s, in, in, in, out, out, out, n);
+  // z = conv3x3(x, w) + b, no ReLU (before a batch norm); (x, w, dz, dx or null, dw, db)
+  B::conv3x3_forward(ctx, conv_ws, s, in, in, in, out, n);
+  B::conv3x3_backward(ctx, conv_ws, s, in, in, out, out, out, out, n);
+  // Training: y = relu(batchnorm(z)) with the batch's statistics, which are saved; the running
+  // statistics move towards them. (z, tensors, y, batch)
+  B::batchnorm_relu_forward(ctx, bn, in, bn_tensors, out, n);
+  // (z, y, dy, tensors, dz (may be dy), dgamma, dbeta, batch): the saved statistics' gradients
+  B::batchnorm_relu_backward(ctx, bn, in, in, out, bn_tensors, out, out, out, n);
+  // Eval: the batch norm (running statistics) folded into the conv before it, and the gradients
+  // of the conv's and the norm's parameters from those of the folded conv.
+  // (conv weight, conv bias, fan_in, tensors, folded weight, folded bias)
+  B::batchnorm_fold(ctx, bn, in, in, count, bn_tensors, out, out);
+  // (conv weight, conv bias, fan_in, tensors, folded dw, folded db, dw, db, dgamma, dbeta)
+  B::batchnorm_fold_backward(ctx, bn, in, in, count, bn_tensors, in, in, out, out, out, out);
   B::maxpool2x2_forward(ctx, in, out, count, n, n);                   // (x, y, planes, h, w)
   B::maxpool2x2_backward(ctx, in, in, out, count, n, n);              // (x, dy, dx, planes, h, w)
   B::linear_forward(ctx, linear_ws, in, in, in, out, n, n, n, true);  // (x, w, b, y, batch, in, out, relu)

@@ -50,3 +50,71 @@ VGG_HOST_DEVICE inline void sgd(float& p, float g, float& buf, const Step& s) {
 }
 
 }  // namespace vgg::elementwise
+
+// ---- batch norm (torch.nn.BatchNorm2d's arithmetic, as ATen's CPU kernels order it) ----
+// A channel's statistics reduce over batch x plane values (M of them) in double; the per-channel
+// and per-element steps below are shared by the CPU loops and the CUDA kernels.
+namespace vgg::elementwise {
+
+/// The channel of element i of an n x channels x plane batch.
+VGG_HOST_DEVICE inline int channel_of(long i, long plane, int channels) { return int(i / plane % channels); }
+/// Value j (in [0, batch x plane)) of channel c: image j / plane, pixel j % plane.
+VGG_HOST_DEVICE inline long channel_index(int c, long j, long plane, int channels) {
+  return (j / plane * channels + c) * plane + j % plane;
+}
+
+/// A channel's batch statistics from sum(z) and sum((z - mean)^2) over its M values: stores the
+/// batch mean and 1 / sqrt(biased variance + eps) for the backward, and moves the running
+/// statistics towards the batch's by `momentum`, with the unbiased variance (M / (M - 1)), as
+/// PyTorch does. requires: count >= 2.
+VGG_HOST_DEVICE inline void batchnorm_statistics(float mean, double squared_deviations, long count, float momentum,
+                                                 float eps, float& saved_mean, float& saved_invstd,
+                                                 float& running_mean, float& running_var) {
+  const double var = squared_deviations / double(count);
+  saved_mean = mean;
+  saved_invstd = float(1.0 / std::sqrt(var + double(eps)));
+  const double m = double(momentum);
+  running_mean = float(m * double(mean) + (1.0 - m) * double(running_mean));
+  running_var = float(m * (squared_deviations / double(count - 1)) + (1.0 - m) * double(running_var));
+}
+
+/// The batch mean of a channel from its sum, in float as the normalisation uses it.
+VGG_HOST_DEVICE inline float batchnorm_mean(double sum, long count) { return float(sum / double(count)); }
+
+/// (z - mean)^2 in float, as ATen accumulates it.
+VGG_HOST_DEVICE inline float squared_deviation(float z, float mean) { return (z - mean) * (z - mean); }
+
+/// The affine map of a channel: y = z * scale + shift with scale = gamma * invstd, shift = beta -
+/// mean * scale.
+VGG_HOST_DEVICE inline float batchnorm_scale(float gamma, float invstd) { return gamma * invstd; }
+VGG_HOST_DEVICE inline float batchnorm_shift(float beta, float mean, float scale) { return beta - mean * scale; }
+
+/// relu(z * scale + shift): the normalised, affine and rectified value (NaN passes, as torch's ReLU).
+VGG_HOST_DEVICE inline float batchnorm_relu(float z, float scale, float shift) {
+  const float v = z * scale + shift;
+  return v < 0.0f ? 0.0f : v;
+}
+
+/// The gradient behind the ReLU whose output is y (NaN outputs pass it, as the conv's ReLU does).
+VGG_HOST_DEVICE inline float relu_gradient(float dy, float y) { return y <= 0.0f ? 0.0f : dy; }
+
+/// The input gradient of batch norm with batch statistics, given the channel's gradient sums
+/// (beta_grad = sum(dyhat), gamma_grad = sum(dyhat * (z - mean)) * invstd) over its M values:
+/// (dyhat - beta_grad / M - (z - mean) * k) * invstd * gamma with k = gamma_grad * invstd / M.
+VGG_HOST_DEVICE inline float batchnorm_input_gradient(float dyhat, float z, float mean, float invstd, float gamma,
+                                                      float gamma_grad, float beta_grad, long count) {
+  const float inv_count = 1.0f / float(count);
+  const float k = gamma_grad * invstd * inv_count;
+  return (dyhat - beta_grad * inv_count - (z - mean) * k) * invstd * gamma;
+}
+
+/// Eval mode: the batch norm after a conv folded into it: scale = gamma / sqrt(running_var + eps);
+/// weights times scale, bias (b - running_mean) * scale + beta.
+VGG_HOST_DEVICE inline float batchnorm_fold_scale(float gamma, float running_var, float eps) {
+  return float(double(gamma) / std::sqrt(double(running_var) + double(eps)));
+}
+VGG_HOST_DEVICE inline float batchnorm_folded_bias(float bias, float beta, float running_mean, float scale) {
+  return (bias - running_mean) * scale + beta;
+}
+
+}  // namespace vgg::elementwise

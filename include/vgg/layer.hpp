@@ -32,6 +32,21 @@ struct ParameterView {
   std::span<float> grad;  ///< empty until the first backward pass
 };
 
+/// A named tensor of a layer's state that is not a parameter (batch norm's running statistics):
+/// saved in checkpoints, never touched by an optimizer. Value in the backend's memory.
+struct StateView {
+  std::string name;                 ///< e.g. "vgg_block_1.1.running_mean"
+  std::vector<std::int64_t> shape;  ///< e.g. {8}
+  std::span<float> value;
+};
+
+/// A named integer counter of a layer's state (batch norm's num_batches_tracked), on the host; a
+/// scalar (shape []) as PyTorch stores it.
+struct CounterView {
+  std::string name;  ///< e.g. "vgg_block_1.1.num_batches_tracked"
+  std::int64_t* value;
+};
+
 /// A layer runs on one backend (L::backend, backend.hpp): its parameters and buffers live in that
 /// backend's memory, and every pass takes the backend's execution context first.
 template <class L>
@@ -54,6 +69,11 @@ concept Layer = requires(L layer, const float* x, float* y, int n, typename L::b
   // An identity layer in this mode is skipped: its output is its input, its dx is its dy.
   { L::is_identity(ctx.mode) } -> std::convertible_to<bool>;
 };
+
+/// Layers with state beyond their parameters (batch norm) say so, and visit it with
+/// for_each_state(f(module, suffix, shape, value)) and for_each_counter(f(module, suffix, int64&)).
+template <class L>
+inline constexpr bool has_state = requires { requires L::has_state; };
 
 /// True when Here is a 2x2 max-pool that the layer before it (Below) can compute inside its own
 /// passes (Below::forward_pooled / backward_pooled, with reserve(exec, n, /*pooled=*/true)), so

@@ -31,6 +31,7 @@
 #include "vgg/default_backend.hpp"
 #include "vgg/layer.hpp"
 #include "vgg/loss.hpp"
+#include "vgg/layers/batchnorm2d.hpp"
 #include "vgg/layers/conv2d.hpp"
 #include "vgg/layers/dropout.hpp"
 #include "vgg/layers/flatten.hpp"
@@ -46,15 +47,20 @@ namespace vgg {
 
 namespace detail {
 
+/// The conv layer of a block: Conv+ReLU, or Conv+BatchNorm+ReLU in a batch-norm block.
+template <class Block, int In, int H, int W, class B>
+using block_conv = std::conditional_t<Block::batch_norm, Conv3x3BatchNormRelu<In, Block::out_channels, H, W, B>,
+                                      Conv3x3Relu<In, Block::out_channels, H, W, B>>;
+
 /// The layers of one block whose input has shape S: Conv+ReLU (In -> Out), (NumConvs - 1) x
-/// Conv+ReLU (Out -> Out), MaxPool.
+/// Conv+ReLU (Out -> Out), MaxPool; each conv with a BatchNorm before its ReLU in a batch-norm block.
 template <Shape S, class Block, class B, class Repeats = std::make_index_sequence<Block::num_convs - 1>>
 struct block_layers;
 template <Shape S, class Block, class B, std::size_t... R>
 struct block_layers<S, Block, B, std::index_sequence<R...>> {
   template <std::size_t>
-  using repeated = Conv3x3Relu<Block::out_channels, Block::out_channels, S.h, S.w, B>;
-  using type = std::tuple<Conv3x3Relu<Block::in_channels, Block::out_channels, S.h, S.w, B>, repeated<R>...,
+  using repeated = block_conv<Block, Block::out_channels, S.h, S.w, B>;
+  using type = std::tuple<block_conv<Block, Block::in_channels, S.h, S.w, B>, repeated<R>...,
                           MaxPool2x2<Block::out_channels, S.h, S.w, B>>;
 };
 
@@ -84,7 +90,9 @@ struct network_spec<InputT, std::tuple<Blocks...>, Head> {
   static std::string architecture() {
     std::ostringstream os;
     os << "Input<" << InputT::shape.c << ',' << InputT::shape.h << ',' << InputT::shape.w << '>';
-    ((os << " VggBlock<" << Blocks::num_convs << ',' << Blocks::in_channels << ',' << Blocks::out_channels << '>'), ...);
+    ((os << " VggBlock<" << Blocks::num_convs << ',' << Blocks::in_channels << ',' << Blocks::out_channels
+         << (Blocks::batch_norm ? ",BatchNorm>" : ">")),
+     ...);
     os << " Classifier<" << Head::hidden << ',' << Head::classes << ',' << Head::dropout << '>';
     return os.str();
   }
@@ -104,6 +112,13 @@ struct select_spec {
                                   network_spec<typename parsed::first, typename parsed::blocks, typename parsed::last>,
                                   fallback_spec>;
 };
+
+/// Floats of a layer's state beyond its parameters (0 for layers without).
+template <class L>
+inline constexpr long long state_size = 0;
+template <class L>
+  requires has_state<L>
+inline constexpr long long state_size<L> = L::num_state;
 
 /// Where a layer sits in PyTorch's module tree: group (block index, or num_blocks for "fc") and
 /// the index of its first module inside that nn.Sequential.
@@ -170,6 +185,13 @@ class Network {
     if (i >= num_blocks) throw std::out_of_range("vgg::Vgg::block_output_shape: block index out of range");
     return spec::shapes[i + 1];
   }
+
+  /// Floats of state that are not parameters (batch norm's running statistics).
+  static constexpr long long num_state = [] {
+    return []<std::size_t... I>(std::index_sequence<I...>) {
+      return (0LL + ... + detail::state_size<std::tuple_element_t<I, layer_types>>);
+    }(std::make_index_sequence<num_layers>{});
+  }();
 
   static constexpr long long num_params = [] {
     return []<std::size_t... I>(std::index_sequence<I...>) {
@@ -360,7 +382,7 @@ class Network {
   template <class F>
   void for_each_parameter_data(F&& f) {
     std::apply([&](auto&... layer) {
-      (layer.for_each_parameter([&](const char*, const TensorShape&, std::span<float> value, std::span<float> grad) {
+      (layer.for_each_parameter([&](int, const char*, const TensorShape&, std::span<float> value, std::span<float> grad) {
         f(value, grad);
       }),
        ...);
@@ -372,6 +394,19 @@ class Network {
   template <class F>
   void for_each_parameter(F&& f) {
     visit_parameters(f, std::make_index_sequence<num_layers>{});
+  }
+
+  /// Visits every state tensor that is not a parameter (batch norm's running_mean and running_var)
+  /// with its state_dict name, in network order; values in the backend's memory. Optimizers never
+  /// see these; checkpoints save and load them.
+  template <class F>
+  void for_each_state(F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) { (visit_state<I>(f), ...); }(std::make_index_sequence<num_layers>{});
+  }
+  /// Visits every integer counter of the state (batch norm's num_batches_tracked), on the host.
+  template <class F>
+  void for_each_counter(F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) { (visit_counters<I>(f), ...); }(std::make_index_sequence<num_layers>{});
   }
 
   /// Copies every parameter, in network order (as for_each_parameter visits them), into `host`:
@@ -423,6 +458,27 @@ class Network {
 
  private:
   static constexpr auto places = detail::layer_places<layer_types>::value;
+
+  /// The state_dict name of a tensor of layer I's module `module` (counted from its first).
+  template <std::size_t I>
+  static std::string tensor_name(int module, const char* suffix) {
+    return group_name(places[I].group) + "." + std::to_string(places[I].position + module) + "." + suffix;
+  }
+  template <std::size_t I, class F>
+  void visit_state(F& f) {
+    if constexpr (has_state<std::tuple_element_t<I, layer_types>>)
+      std::get<I>(layers_).for_each_state([&](int module, const char* suffix, const TensorShape& shape,
+                                              std::span<float> value) {
+        f(StateView{tensor_name<I>(module, suffix), shape.to_vector(), value});
+      });
+  }
+  template <std::size_t I, class F>
+  void visit_counters(F& f) {
+    if constexpr (has_state<std::tuple_element_t<I, layer_types>>)
+      std::get<I>(layers_).for_each_counter([&](int module, const char* suffix, std::int64_t& value) {
+        f(CounterView{tensor_name<I>(module, suffix), &value});
+      });
+  }
 
   static std::string to_string(Shape s) {
     std::ostringstream os;
@@ -604,9 +660,8 @@ class Network {
   template <class F, std::size_t... I>
   void visit_parameters(F& f, std::index_sequence<I...>) {
     (std::get<I>(layers_).for_each_parameter(
-         [&](const char* suffix, const TensorShape& shape, std::span<float> value, std::span<float> grad) {
-           f(ParameterView{group_name(places[I].group) + "." + std::to_string(places[I].position) + "." + suffix,
-                           shape.to_vector(), value, grad});
+         [&](int module, const char* suffix, const TensorShape& shape, std::span<float> value, std::span<float> grad) {
+           f(ParameterView{tensor_name<I>(module, suffix), shape.to_vector(), value, grad});
          }),
      ...);
   }

@@ -41,14 +41,23 @@ class WeightAndBias {
     return has_grad_ ? std::span<float>(bias_grad_.data(), bias_size_) : std::span<float>{};
   }
 
-  /// f(suffix, shape, value, grad) for the weight, then the bias, as the Layer concept expects.
+  /// f(module, suffix, shape, value, grad) for the weight, then the bias, as the Layer concept
+  /// expects; `module` is the PyTorch module they belong to, counted from the layer's first.
   template <class F>
-  void visit(F&& f, const TensorShape& weight_shape) {
-    f("weight", weight_shape, weight(), weight_grad());
-    f("bias", TensorShape{{std::int64_t(bias_size_)}, 1}, bias(), bias_grad());
+  void visit(F&& f, const TensorShape& weight_shape, int module = 0) {
+    f(module, "weight", weight_shape, weight(), weight_grad());
+    f(module, "bias", TensorShape{{std::int64_t(bias_size_)}, 1}, bias(), bias_grad());
   }
 
  protected:
+  /// Sets the weight to `weight_value` and the bias to `bias_value` everywhere (batch norm's
+  /// initialisation: gamma 1, beta 0).
+  void fill(float weight_value, float bias_value, typename B::Context& ctx) {
+    const std::vector<float> w(weight_size_, weight_value), b(bias_size_, bias_value);
+    B::copy_from_host(w.data(), weight_.data(), weight_size_, ctx);
+    B::copy_from_host(b.data(), bias_.data(), bias_size_, ctx);
+  }
+
   /// PyTorch's default initialisation, drawn on the host (the same numbers on every backend).
   void reset(Rng& rng, long fan_in, typename B::Context& ctx) {
     if constexpr (B::host_memory) {

@@ -16,7 +16,9 @@ namespace vgg {
 /// requires: x holds labels.size() samples of Net::input_shape; labels in [0, classes).
 /// ensures: when the loss is not finite (a NaN or infinity in the batch, the weights, or an
 ///          overflow), nothing is updated: the weights stay as they were, for the caller to stop and
-///          diagnose (HealthMonitor) rather than spread the NaN into every parameter.
+///          diagnose (HealthMonitor) rather than spread the NaN into every parameter. Batch norm's
+///          running statistics are the exception: the forward pass has already moved them (towards
+///          NaN, if the batch held one), as in PyTorch.
 template <class Net, class Optimizer>
 LossResult train_step(Net& net, Optimizer& optimizer, std::span<const float> x, std::span<const std::int32_t> labels) {
   net.set_mode(Mode::train);

@@ -105,3 +105,27 @@ TEST_CASE("a steady-state training step (forward, loss, backward, Adam / SGD upd
       CHECK(allocated == 0);
     }
 }
+
+TEST_CASE("batch norm: a steady-state training step and an eval batch allocate nothing") {
+  // Odd sizes: 13 x 11 pools to 6 x 5, then 3 x 2; every conv runs with a pool after it but one.
+  using Net = vgg::Vgg<vgg::Input<3, 13, 11>, vgg::VggBlock<2, 3, 5, vgg::BatchNorm>,
+                       vgg::VggBlock<1, 5, 6, vgg::BatchNorm>, vgg::Classifier<7, 4>>;
+  auto net = std::make_unique<Net>(1);
+  std::vector<float> x(6 * 3 * 13 * 11, 0.25f);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 17) / 17.0f;
+  const std::vector<std::int32_t> labels{0, 1, 2, 3, 0, 1};
+  vgg::Sgd sgd({.lr = 0.01f, .momentum = 0.9f});
+  for (int threads : {1, 2}) {
+    net->set_threads(threads);
+    (void)vgg::train_step(*net, sgd, x, labels);
+    (void)vgg::evaluate_batch(*net, x, labels);
+    net->backward();  // eval-mode backward: the folded convs' gradients unfolded
+    const long before = allocations.load();
+    (void)vgg::train_step(*net, sgd, x, labels);
+    (void)vgg::evaluate_batch(*net, x, labels);
+    net->backward();
+    const long allocated = allocations.load() - before;
+    CAPTURE(threads);
+    CHECK(allocated == 0);
+  }
+}

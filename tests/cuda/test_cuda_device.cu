@@ -378,3 +378,68 @@ TEST_CASE("checkpoints move between the CUDA and the CPU networks, and a CUDA tr
   std::filesystem::remove_all(dir);
 }
 #endif
+
+TEST_CASE("batch norm on the CUDA backend: train and eval passes, SGD steps and running statistics as on the CPU") {
+  if (no_device()) return;
+  using BnArch = vgg::Vgg<vgg::Input<3, 13, 11>, vgg::VggBlock<2, 3, 5, vgg::BatchNorm>,
+                          vgg::VggBlock<1, 5, 6, vgg::BatchNorm>, vgg::Classifier<19, 4, 0.0>>;
+  BnArch cpu(14);
+  BnArch::on<Gpu> gpu(14);
+  const Batch data;
+  auto state = [](auto& net) {
+    std::vector<float> all;
+    net.for_each_state([&](const vgg::StateView& s) {
+      const auto host = to_host(net, s.value);
+      all.insert(all.end(), host.begin(), host.end());
+    });
+    return all;
+  };
+  for (vgg::Mode mode : {vgg::Mode::train, vgg::Mode::eval}) {
+    CAPTURE(mode);
+    cpu.set_mode(mode);
+    gpu.set_mode(mode);
+    const auto a = cpu.forward(data.x, batch);
+    const std::vector<float> cpu_logits(a.data(), a.data() + batch * BnArch::num_classes);
+    const auto b = gpu.forward(data.x, batch);
+    CHECK(relative_difference(cpu_logits, {b.data(), cpu_logits.size()}) <= 1e-4f);
+    CHECK(gpu.loss(data.labels).loss == doctest::Approx(cpu.loss(data.labels).loss).epsilon(1e-4));
+    cpu.backward(true);
+    gpu.backward(true);
+    const auto cpu_grads = tensors(cpu, true), gpu_grads = tensors(gpu, true);
+    REQUIRE(cpu_grads.size() == 18);  // per conv: weight, bias, gamma, beta; then 3 linear layers
+    for (std::size_t t = 0; t < cpu_grads.size(); ++t) {
+      CAPTURE(t);
+      if (mode == vgg::Mode::train && t < 12 && t % 4 == 1) {
+        // A conv bias before a norm: its gradient is 0 in exact arithmetic, rounding noise on
+        // either device; bounded against its conv weight's gradient instead of compared.
+        float noise = 0.0f, scale = 0.0f;
+        for (float g : gpu_grads[t]) noise = std::max(noise, std::abs(g));
+        for (float g : gpu_grads[t - 1]) scale = std::max(scale, std::abs(g));
+        CHECK(noise <= 1e-5f * scale);
+      } else {
+        CHECK(relative_difference(cpu_grads[t], gpu_grads[t]) <= 1e-3f);
+      }
+    }
+    CHECK(relative_difference(to_host(cpu, cpu.input_gradient()), to_host(gpu, gpu.input_gradient())) <= 1e-3f);
+    CHECK(relative_difference(state(cpu), state(gpu)) <= 1e-5f);
+  }
+  vgg::Sgd<vgg::cpu::Backend> sgd_cpu({.lr = 0.05f, .momentum = 0.9f});
+  vgg::Sgd<Gpu> sgd_gpu({.lr = 0.05f, .momentum = 0.9f});
+  for (int step = 0; step < 3; ++step) {
+    const auto a = vgg::train_step(cpu, sgd_cpu, data.x, data.labels);
+    const auto b = vgg::train_step(gpu, sgd_gpu, data.x, data.labels);
+    CHECK(b.loss == doctest::Approx(a.loss).epsilon(1e-4));
+  }
+  check_tensors(tensors(cpu, false), tensors(gpu, false), 1e-4f);
+  CHECK(relative_difference(state(cpu), state(gpu)) <= 1e-4f);
+  cpu.for_each_counter([](const vgg::CounterView& c) { CHECK(*c.value == 4); });
+  gpu.for_each_counter([](const vgg::CounterView& c) { CHECK(*c.value == 4); });
+  // Steady state: a training step, an eval batch and its backward call no cudaMalloc.
+  (void)vgg::evaluate_batch(gpu, data.x, data.labels);
+  gpu.backward();
+  const long before = vgg::cuda::device_allocations();
+  (void)vgg::train_step(gpu, sgd_gpu, data.x, data.labels);
+  (void)vgg::evaluate_batch(gpu, data.x, data.labels);
+  gpu.backward();
+  CHECK(vgg::cuda::device_allocations() - before == 0);
+}

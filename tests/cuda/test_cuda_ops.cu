@@ -193,6 +193,72 @@ TEST_CASE("conv bias + ReLU (the unfused fallback) adds each channel's bias over
   CHECK(bit_equal(expected, y));
 }
 
+TEST_CASE("batch norm: statistics, BN + ReLU, its backward and the eval fold match the CPU backend's") {
+  vgg::cpu::Context ctx;
+  ctx.set_threads(2);
+  const int n = 3, channels = 4;
+  const long plane = 7 * 5, total = n * channels * plane, fan_in = 27;
+  const vgg::BatchNormShape s{channels, plane, 1e-5f, 0.1f};
+  const auto z = random_floats(std::size_t(total), 31, -2.0f, 3.0f);
+  const auto gamma = random_floats(channels, 32, 0.5f, 1.5f), beta = random_floats(channels, 33);
+  const auto dy = random_floats(std::size_t(total), 34);
+  // Per backend: running statistics (in/out), saved statistics, outputs.
+  struct Run {
+    std::vector<float> running_mean{0.1f, -0.2f, 0.3f, 0.0f}, running_var{1.0f, 0.5f, 2.0f, 1.5f};
+    std::vector<float> saved_mean = std::vector<float>(4), saved_invstd = std::vector<float>(4);
+    std::vector<float> y, dz, dgamma = std::vector<float>(4), dbeta = std::vector<float>(4);
+    vgg::BatchNormTensors tensors(const std::vector<float>& g, const std::vector<float>& b) {
+      return {g.data(), b.data(), running_mean.data(), running_var.data(), saved_mean.data(), saved_invstd.data()};
+    }
+  } cpu, gpu;
+  cpu.y.resize(std::size_t(total));
+  gpu.y.assign(std::size_t(total), -7.0f);
+  Cpu::batchnorm_relu_forward(ctx, s, z.data(), cpu.tensors(gamma, beta), cpu.y.data(), n);
+  const vgg::BatchNormTensors t = gpu.tensors(gamma, beta);
+  run_on_host(ops::BatchNormStatistics{z.data(), n, channels, plane, t, s.momentum, s.eps});
+  run_on_host(ops::BatchNormRelu{z.data(), gpu.y.data(), total, plane, channels, t});
+  CHECK(relative_difference(cpu.saved_mean, gpu.saved_mean) <= 1e-6f);
+  CHECK(relative_difference(cpu.saved_invstd, gpu.saved_invstd) <= 1e-6f);
+  CHECK(relative_difference(cpu.running_mean, gpu.running_mean) <= 1e-6f);
+  CHECK(relative_difference(cpu.running_var, gpu.running_var) <= 1e-6f);
+  CHECK(relative_difference(cpu.y, gpu.y) <= 1e-6f);
+  CHECK(std::count(gpu.y.begin(), gpu.y.end(), 0.0f) > total / 5);  // the ReLU did cut
+
+  cpu.dz.resize(std::size_t(total));
+  gpu.dz = dy;  // in place, as the layer runs it
+  Cpu::batchnorm_relu_backward(ctx, s, z.data(), cpu.y.data(), dy.data(), cpu.tensors(gamma, beta), cpu.dz.data(),
+                               cpu.dgamma.data(), cpu.dbeta.data(), n);
+  run_on_host(ops::BatchNormGradientSums{z.data(), gpu.y.data(), gpu.dz.data(), n, channels, plane, t,
+                                         gpu.dgamma.data(), gpu.dbeta.data()});
+  run_on_host(ops::BatchNormInputGradient{z.data(), gpu.y.data(), gpu.dz.data(), gpu.dz.data(), total, plane, channels,
+                                          t, gpu.dgamma.data(), gpu.dbeta.data()});
+  CHECK(relative_difference(cpu.dgamma, gpu.dgamma) <= 1e-5f);
+  CHECK(relative_difference(cpu.dbeta, gpu.dbeta) <= 1e-5f);
+  CHECK(relative_difference(cpu.dz, gpu.dz) <= 1e-5f);
+
+  // Eval: the fold into a conv (weights channels x fan_in) and the gradients back, in place.
+  const auto w = random_floats(std::size_t(channels * fan_in), 35), b = random_floats(channels, 36);
+  const auto dw_folded = random_floats(w.size(), 37), db_folded = random_floats(channels, 38);
+  std::vector<float> fw_cpu(w.size()), fb_cpu(channels), fw_gpu(w.size(), -7.0f), fb_gpu(channels, -7.0f);
+  Cpu::batchnorm_fold(ctx, s, w.data(), b.data(), fan_in, cpu.tensors(gamma, beta), fw_cpu.data(), fb_cpu.data());
+  run_on_host(ops::BatchNormFoldWeights{w.data(), fw_gpu.data(), fan_in, channels, t, s.eps});
+  run_on_host(ops::BatchNormFoldBias{b.data(), fb_gpu.data(), channels, t, s.eps});
+  CHECK(bit_equal(fw_cpu, fw_gpu));
+  CHECK(bit_equal(fb_cpu, fb_gpu));
+  std::vector<float> dw_cpu = dw_folded, db_cpu = db_folded, dw_gpu = dw_folded, db_gpu = db_folded;
+  std::vector<float> dg_cpu(4), dbeta_cpu(4), dg_gpu(4), dbeta_gpu(4);
+  Cpu::batchnorm_fold_backward(ctx, s, w.data(), b.data(), fan_in, cpu.tensors(gamma, beta), dw_cpu.data(),
+                               db_cpu.data(), dw_cpu.data(), db_cpu.data(), dg_cpu.data(), dbeta_cpu.data());
+  run_on_host(ops::BatchNormUnfoldChannelGradients{w.data(), b.data(), dw_gpu.data(), db_gpu.data(), db_gpu.data(),
+                                                   dg_gpu.data(), dbeta_gpu.data(), fan_in, channels, t, s.eps});
+  run_on_host(ops::BatchNormUnfoldWeightGradients{dw_gpu.data(), dw_gpu.data(), fan_in, channels, t, s.eps});
+  CHECK(bit_equal(dw_cpu, dw_gpu));
+  CHECK(bit_equal(db_cpu, db_gpu));
+  CHECK(relative_difference(dg_cpu, dg_gpu) <= 1e-6f);
+  CHECK(bit_equal(dbeta_cpu, dbeta_gpu));
+  CHECK(dbeta_gpu == db_folded);
+}
+
 TEST_CASE("Adam and SGD updates match the CPU backend's") {
   vgg::cpu::Context ctx;
   const std::size_t count = 1001;

@@ -39,6 +39,12 @@ class Tiny {
     visit("fc.1.weight", {3, 8}, 24);
     visit("fc.1.bias", {3}, 3);
   }
+  // No state beyond the parameters (a batch-norm network has running statistics here).
+  static constexpr long long num_state = 0;
+  template <class F>
+  void for_each_state(F&&) {}
+  template <class F>
+  void for_each_counter(F&&) {}
   // The seam a checkpoint crosses: host memory, so parameters are copied as they are.
   using backend = vgg::cpu::PlainBackend;
   backend::Context& context() { return context_; }

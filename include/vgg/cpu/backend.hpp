@@ -14,6 +14,7 @@
 
 #include "vgg/backend.hpp"
 #include "vgg/buffer.hpp"
+#include "vgg/cpu/batchnorm.hpp"
 #include "vgg/cpu/conv3x3.hpp"
 #include "vgg/cpu/dropout.hpp"
 #include "vgg/cpu/kernel_path.hpp"
@@ -149,6 +150,36 @@ struct BasicBackend {
     ws.get().set_bf16(uses_bf16(ctx));
     cpu::conv3x3_relu_pool_backward<Path>(x, weight, state.get(), dy_pooled, dx, weight_grad, bias_grad, n,
                                           geometry(s), ws.get(), ctx.threads());
+  }
+
+  static void conv3x3_forward(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x, const float* weight,
+                              const float* bias, float* y, int n) {
+    cpu::conv3x3_forward<Path>(x, weight, bias, y, n, geometry(s), ws.get(), ctx.threads());
+  }
+  static void conv3x3_backward(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
+                               const float* weight, float* dz, float* dx, float* weight_grad, float* bias_grad, int n) {
+    cpu::conv3x3_backward<Path>(x, weight, dz, dx, weight_grad, bias_grad, n, geometry(s), ws.get(), ctx.threads());
+  }
+
+  static void batchnorm_relu_forward(Context& ctx, const BatchNormShape& s, const float* z, const BatchNormTensors& t,
+                                     float* y, int n) {
+    cpu::batchnorm_relu_forward(s, z, t, y, n, ctx.threads());
+  }
+  static void batchnorm_relu_backward(Context& ctx, const BatchNormShape& s, const float* z, const float* y,
+                                      const float* dy, const BatchNormTensors& t, float* dz, float* weight_grad,
+                                      float* bias_grad, int n) {
+    cpu::batchnorm_relu_backward(s, z, y, dy, t, dz, weight_grad, bias_grad, n, ctx.threads());
+  }
+  static void batchnorm_fold(Context& ctx, const BatchNormShape& s, const float* weight, const float* bias,
+                             long fan_in, const BatchNormTensors& t, float* folded_weight, float* folded_bias) {
+    cpu::batchnorm_fold(s, weight, bias, fan_in, t, folded_weight, folded_bias, ctx.threads());
+  }
+  static void batchnorm_fold_backward(Context& ctx, const BatchNormShape& s, const float* weight, const float* bias,
+                                      long fan_in, const BatchNormTensors& t, const float* folded_weight_grad,
+                                      const float* folded_bias_grad, float* weight_grad, float* bias_grad,
+                                      float* gamma_grad, float* beta_grad) {
+    cpu::batchnorm_fold_backward(s, weight, bias, fan_in, t, folded_weight_grad, folded_bias_grad, weight_grad,
+                                 bias_grad, gamma_grad, beta_grad, ctx.threads());
   }
 
   static void maxpool2x2_forward(Context& ctx, const float* x, float* y, long planes, int h, int w) {

@@ -235,14 +235,16 @@ class PoolState {
 };
 
 namespace detail {
-/// y = relu(conv3x3(x) + b), or, with Pooled, pooled = maxpool2x2 of it, with the fused pass's
-/// state in y (plain path) or in winners (AVX-512 path; y is then unused).
-template <KernelPath Path, bool Pooled>
+/// y = relu(conv3x3(x) + b) (without the ReLU where Relu is false), or, with Pooled, pooled =
+/// maxpool2x2 of it, with the fused pass's state in y (plain path) or in winners (AVX-512 path; y is
+/// then unused).
+template <KernelPath Path, bool Pooled, bool Relu = true>
 inline void conv3x3_relu_forward(const float* x, const float* weight, const float* bias, float* y, float* pooled,
                                  [[maybe_unused]] std::uint32_t* winners, int n, const Conv3x3Geometry& g,
                                  Conv3x3Workspace& ws, int threads) {
   constexpr bool Plain = Path == KernelPath::plain;
   static_assert(Plain || kFastKernels, "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
+  static_assert(Relu || !Pooled, "vgg::cpu: a fused pool follows a ReLU");
   // Work items: (group of images, band of rows); a group of several images always spans whole images.
   const int group = g.images_per_item(n, threads, Path);
   const BandSplit split_rows =
@@ -282,7 +284,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
             avx512::conv3x3_relu_pool_one_channel(xi, weight, bias, pooled + first * g.cout * pooled_plane,
                                                   winners + first * g.winner_image_words(), g.cout, g.h, g.w, r0, r1);
           else
-            avx512::conv3x3_relu_one_channel(xi, weight, bias, yi, g.cout, g.h, g.w, r0, r1);
+            avx512::conv3x3_relu_one_channel<Relu>(xi, weight, bias, yi, g.cout, g.h, g.w, r0, r1);
           continue;
         }
         // The group's images side by side: column j of image i at (i - first) * cols + j.
@@ -297,7 +299,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           const long p1 = std::min(g.depth(), p0 + kColumnSlice);
           for (long i = first; i < last; ++i)
             im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, p0, p1);
-          const avx512::Epilogue e{1.0f, p0 > 0, p0 == 0 ? bias : nullptr, p1 == g.depth()};
+          const avx512::Epilogue e{1.0f, p0 > 0, p0 == 0 ? bias : nullptr, Relu && p1 == g.depth()};
 #ifdef VGG_BF16_KERNELS
           if (ws.bf16) {  // pass p0 of the bf16-packed weights starts at p0 / 2 pairs per padded row
             bf16::gemm<false>(g.cout, group_cols, p1 - p0, weight, g.depth(), col, ld, dst,
@@ -333,7 +335,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           im2col3x3(x + first * g.cin * plane, g.cin, g.h, g.w, r0, r1, col, cols, p0, p1);
           gemm_eigen<false, false>(g.cout, cols, p1 - p0, weight + p0, g.depth(), col, cols, out, plane, plan);
         }
-        for (int co = 0; co < g.cout; ++co) {
+        for (int co = 0; co < g.cout && Relu; ++co) {
           float* row = out + co * plane;
           for (long i = 0; i < cols; ++i) row[i] = std::max(row[i], 0.0f);
         }
@@ -376,7 +378,8 @@ inline void conv3x3_relu_pool_forward(const float* x, const float* weight, const
 namespace detail {
 /// dy is the gradient of y, or, with Pooled, of maxpool2x2(y) (then dz is built per image in a
 /// per-thread buffer that stays in cache, instead of a full-batch dy written and read back).
-template <KernelPath Path, bool Pooled>
+/// Without Relu, dy is already dz (a conv before batch norm; y is not read).
+template <KernelPath Path, bool Pooled, bool Relu = true>
 inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y,
                                   [[maybe_unused]] const std::uint32_t* winners,
                                   float* dy, float* dx, float* weight_grad, float* bias_grad, int n,
@@ -445,11 +448,11 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
           for (int co = 0; co < g.cout; ++co) {
             float* dyc = dy + (i * g.cout + co) * plane;
             float* dzc = dz + co * dz_stride + (i - first) * plane;  // == dyc for one image
-            const float* yc = y + (i * g.cout + co) * plane;
+            const float* yc = Relu ? y + (i * g.cout + co) * plane : nullptr;
             float s = 0.0f;
 #pragma omp simd reduction(+ : s)
             for (long p = 0; p < plane; ++p) {
-              const float v = yc[p] <= 0.0f ? 0.0f : dyc[p];  // a NaN output passes, as in torch
+              const float v = Relu && yc[p] <= 0.0f ? 0.0f : dyc[p];  // a NaN output passes, as in torch
               dyc[p] = v;
               dzc[p] = v;
               s += v;
@@ -503,6 +506,24 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
 }
 
 }  // namespace detail
+
+/// y = conv3x3(x, weight) + bias, no ReLU (the conv before a batch norm); otherwise as
+/// conv3x3_relu_forward.
+template <KernelPath Path = fastest_path>
+inline void conv3x3_forward(const float* x, const float* weight, const float* bias, float* y, int n,
+                            const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
+  detail::conv3x3_relu_forward<Path, false, false>(x, weight, bias, y, nullptr, nullptr, n, g, ws, threads);
+}
+
+/// Backward of y = conv3x3(x) + b given dz, the gradient of y (read; with several images per work
+/// item copied side by side first): the weight and bias gradients, and dx unless null.
+/// requires: ws.reserve_backward(g, t) with t >= threads.
+template <KernelPath Path = fastest_path>
+inline void conv3x3_backward(const float* x, const float* weight, float* dz, float* dx, float* weight_grad,
+                             float* bias_grad, int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
+  detail::conv3x3_relu_backward<Path, false, false>(x, weight, nullptr, nullptr, dz, dx, weight_grad, bias_grad, n, g,
+                                                    ws, threads);
+}
 
 /// Backward of y = relu(conv3x3(x) + b). Overwrites dy with dz = dy * (y > 0), writes the weight
 /// and bias gradients (not accumulated across calls), and, when dx is not null, the input gradient.

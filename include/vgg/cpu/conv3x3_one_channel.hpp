@@ -64,7 +64,9 @@ inline void store_output(float* o, __m512 value, int count) {
 }
 
 /// Rows [r0, r1) of y = relu(conv3x3(x) + bias) for a one-channel image x (h x w) and cout output
-/// planes (y is the image's cout x h x w output).
+/// planes (y is the image's cout x h x w output); without the ReLU where Relu is false (a conv
+/// before batch norm).
+template <bool Relu = true>
 inline void conv3x3_relu_one_channel(const float* x, const float* weight, const float* bias, float* y, int cout,
                                      int h, int w, int r0, int r1) {
   const long plane = long(h) * w;
@@ -76,7 +78,8 @@ inline void conv3x3_relu_one_channel(const float* x, const float* weight, const 
       for (int co = 0; co < cout; ++co) {
         // max(0, sum), in this order: MAXPS returns its second operand where one is NaN, and
         // torch's ReLU keeps NaN.
-        const __m512 a = _mm512_max_ps(_mm512_setzero_ps(), one_channel_sum(taps, weight + co * 9, bias[co]));
+        const __m512 sum = one_channel_sum(taps, weight + co * 9, bias[co]);
+        const __m512 a = Relu ? _mm512_max_ps(_mm512_setzero_ps(), sum) : sum;
         store_output(y + co * plane + long(r) * w + x0, a, count);
       }
     }

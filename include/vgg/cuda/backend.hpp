@@ -15,6 +15,7 @@
 #include <string>
 
 #include "vgg/backend.hpp"
+#include "vgg/cuda/batchnorm.hpp"
 #include "vgg/cuda/check.hpp"
 #include "vgg/cuda/context.hpp"
 #include "vgg/cuda/conv.hpp"
@@ -85,6 +86,36 @@ struct Backend {
     launch(ctx.stream(), ops::MaxPoolBackward{state.output(), dy_pooled, dz, long(n) * s.cout, s.h, s.w, true},
            "vgg::cuda max-pool + ReLU backward");
     ws.backward_products(ctx, s, x, weight, dz, dx, weight_grad, bias_grad, n);
+  }
+
+  static void conv3x3_forward(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x, const float* weight,
+                              const float* bias, float* y, int n) {
+    ws.forward(ctx, s, x, weight, bias, y, n, /*relu=*/false);
+  }
+  static void conv3x3_backward(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
+                               const float* weight, float* dz, float* dx, float* weight_grad, float* bias_grad, int n) {
+    ws.backward_products(ctx, s, x, weight, dz, dx, weight_grad, bias_grad, n);
+  }
+
+  static void batchnorm_relu_forward(Context& ctx, const BatchNormShape& s, const float* z, const BatchNormTensors& t,
+                                     float* y, int n) {
+    cuda::batchnorm_relu_forward(ctx.stream(), s, z, t, y, n);
+  }
+  static void batchnorm_relu_backward(Context& ctx, const BatchNormShape& s, const float* z, const float* y,
+                                      const float* dy, const BatchNormTensors& t, float* dz, float* weight_grad,
+                                      float* bias_grad, int n) {
+    cuda::batchnorm_relu_backward(ctx.stream(), s, z, y, dy, t, dz, weight_grad, bias_grad, n);
+  }
+  static void batchnorm_fold(Context& ctx, const BatchNormShape& s, const float* weight, const float* bias,
+                             long fan_in, const BatchNormTensors& t, float* folded_weight, float* folded_bias) {
+    cuda::batchnorm_fold(ctx.stream(), s, weight, bias, fan_in, t, folded_weight, folded_bias);
+  }
+  static void batchnorm_fold_backward(Context& ctx, const BatchNormShape& s, const float* weight, const float* bias,
+                                      long fan_in, const BatchNormTensors& t, const float* folded_weight_grad,
+                                      const float* folded_bias_grad, float* weight_grad, float* bias_grad,
+                                      float* gamma_grad, float* beta_grad) {
+    cuda::batchnorm_fold_backward(ctx.stream(), s, weight, bias, fan_in, t, folded_weight_grad, folded_bias_grad,
+                                  weight_grad, bias_grad, gamma_grad, beta_grad);
   }
 
   static void maxpool2x2_forward(Context& ctx, const float* x, float* y, long planes, int h, int w) {

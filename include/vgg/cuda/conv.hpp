@@ -135,15 +135,16 @@ class ConvWorkspace {
   }
 
   /// y = relu(conv(x, w) + b) on batch n: cuDNN's fused conv + bias + activation where it runs
-  /// it, else the convolution then a bias + ReLU kernel.
+  /// it, else the convolution then a bias + ReLU kernel. Without relu (a conv before batch norm),
+  /// the convolution then a bias kernel.
   void forward(Context& ctx, const ConvShape& s, const float* x, const float* weight, const float* bias, float* y,
-               int n) {
+               int n, bool relu = true) {
     const Plan& p = plan(ctx, s, n);
     ConvAlgorithms& a = *p.algorithms;
     if (ctx.measure_algorithms() && !a.forward.measured)
       detail::reserving(s, n, [&] { measure_forward(ctx, p, x, weight, y); });
     const float one = 1.0f, zero = 0.0f;
-    if (fused_) {
+    if (fused_ && relu) {
       const cudnnStatus_t status = cudnnConvolutionBiasActivationForward(
           ctx.cudnn(), &one, p.x.get(), x, filter_.get(), weight, convolution_.get(), a.forward.algo, ctx.workspace(),
           ctx.workspace_bytes(), &zero, p.y.get(), y, bias_.get(), bias, relu_.get(), p.y.get(), y);
@@ -155,7 +156,8 @@ class ConvWorkspace {
     VGG_CUDA_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, p.x.get(), x, filter_.get(), weight, convolution_.get(),
                                            a.forward.algo, ctx.workspace(), ctx.workspace_bytes(), &zero, p.y.get(), y));
     const long plane = long(s.h) * s.w;
-    launch(ctx.stream(), ops::BiasRelu{y, bias, long(n) * s.cout * plane, plane, s.cout, true}, "vgg::cuda conv bias + ReLU");
+    launch(ctx.stream(), ops::BiasRelu{y, bias, long(n) * s.cout * plane, plane, s.cout, relu},
+           "vgg::cuda conv bias + ReLU");
   }
 
   /// Given dz (the gradient behind the ReLU) on batch n: the bias and weight gradients, and dx unless null.

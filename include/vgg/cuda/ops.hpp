@@ -184,6 +184,165 @@ struct LinearBiasGrad {
   }
 };
 
+// ---- batch norm: the arithmetic is elementwise.hpp's, shared with the CPU backend ----
+// A channel's reductions (index space: channels) run on the device as one thread block per channel
+// (batchnorm.hpp) over the functor's value / contribution and finish; op(c) runs the same steps for
+// channel c serially, which is how the tests run them on the host.
+
+/// Training statistics of channel c: mean (first pass), squared deviations (second pass), then the
+/// saved mean and inverse standard deviation and the running statistics.
+struct BatchNormStatistics {
+  const float* z;
+  int batch, channels;
+  long plane;
+  BatchNormTensors t;
+  float momentum, eps;
+  VGG_HOST_DEVICE long count() const { return channels; }
+  VGG_HOST_DEVICE long values() const { return long(batch) * plane; }
+  VGG_HOST_DEVICE float value(int c, long j) const { return z[elementwise::channel_index(c, j, plane, channels)]; }
+  VGG_HOST_DEVICE float deviation(int c, long j, float mean) const {
+    return elementwise::squared_deviation(value(c, j), mean);
+  }
+  VGG_HOST_DEVICE void finish(int c, float mean, double squares) const {
+    elementwise::batchnorm_statistics(mean, squares, values(), momentum, eps, t.saved_mean[c], t.saved_invstd[c],
+                                      t.running_mean[c], t.running_var[c]);
+  }
+  VGG_HOST_DEVICE void operator()(long c) const {
+    double sum = 0.0;
+    for (long j = 0; j < values(); ++j) sum += double(value(int(c), j));
+    const float mean = elementwise::batchnorm_mean(sum, values());
+    double squares = 0.0;
+    for (long j = 0; j < values(); ++j) squares += double(deviation(int(c), j, mean));
+    finish(int(c), mean, squares);
+  }
+};
+
+/// y = relu(z * scale + shift) per element, with the channel's saved statistics.
+struct BatchNormRelu {
+  const float* z;
+  float* y;
+  long total, plane;
+  int channels;
+  BatchNormTensors t;
+  VGG_HOST_DEVICE long count() const { return total; }
+  VGG_HOST_DEVICE void operator()(long i) const {
+    const int c = elementwise::channel_of(i, plane, channels);
+    const float scale = elementwise::batchnorm_scale(t.weight[c], t.saved_invstd[c]);
+    y[i] = elementwise::batchnorm_relu(z[i], scale, elementwise::batchnorm_shift(t.bias[c], t.saved_mean[c], scale));
+  }
+};
+
+/// The gradient sums of channel c: beta's gradient sum(dyhat) and gamma's sum(dyhat * (z - mean)) *
+/// invstd, dyhat being the gradient behind the ReLU.
+struct BatchNormGradientSums {
+  const float *z, *y, *dy;
+  int batch, channels;
+  long plane;
+  BatchNormTensors t;
+  float *weight_grad, *bias_grad;
+  VGG_HOST_DEVICE long count() const { return channels; }
+  VGG_HOST_DEVICE long values() const { return long(batch) * plane; }
+  /// Value j's terms of the two sums.
+  VGG_HOST_DEVICE void contribution(int c, long j, double& sum, double& dot) const {
+    const long i = elementwise::channel_index(c, j, plane, channels);
+    const float g = elementwise::relu_gradient(dy[i], y[i]);
+    sum += double(g);
+    dot += double(g) * double(z[i] - t.saved_mean[c]);
+  }
+  VGG_HOST_DEVICE void finish(int c, double sum, double dot) const {
+    weight_grad[c] = float(dot) * t.saved_invstd[c];
+    bias_grad[c] = float(sum);
+  }
+  VGG_HOST_DEVICE void operator()(long c) const {
+    double sum = 0.0, dot = 0.0;
+    for (long j = 0; j < values(); ++j) contribution(int(c), j, sum, dot);
+    finish(int(c), sum, dot);
+  }
+};
+
+/// dz per element from the channel's gradient sums (dz may be dy: each element reads its own only).
+struct BatchNormInputGradient {
+  const float *z, *y, *dy;
+  float* dz;
+  long total, plane;
+  int channels;
+  BatchNormTensors t;
+  const float *weight_grad, *bias_grad;
+  VGG_HOST_DEVICE long count() const { return total; }
+  VGG_HOST_DEVICE void operator()(long i) const {
+    const int c = elementwise::channel_of(i, plane, channels);
+    dz[i] = elementwise::batchnorm_input_gradient(elementwise::relu_gradient(dy[i], y[i]), z[i], t.saved_mean[c],
+                                                  t.saved_invstd[c], t.weight[c], weight_grad[c], bias_grad[c],
+                                                  total / channels);
+  }
+};
+
+/// Eval: folded_weight = weight * scale per element of the channels x fan_in weights.
+struct BatchNormFoldWeights {
+  const float* weight;
+  float* folded_weight;
+  long fan_in;
+  int channels;
+  BatchNormTensors t;
+  float eps;
+  VGG_HOST_DEVICE long count() const { return fan_in * channels; }
+  VGG_HOST_DEVICE void operator()(long i) const {
+    const long c = i / fan_in;
+    folded_weight[i] = weight[i] * elementwise::batchnorm_fold_scale(t.weight[c], t.running_var[c], eps);
+  }
+};
+
+/// Eval: the folded bias of channel c.
+struct BatchNormFoldBias {
+  const float* bias;
+  float* folded_bias;
+  int channels;
+  BatchNormTensors t;
+  float eps;
+  VGG_HOST_DEVICE long count() const { return channels; }
+  VGG_HOST_DEVICE void operator()(long c) const {
+    const float scale = elementwise::batchnorm_fold_scale(t.weight[c], t.running_var[c], eps);
+    folded_bias[c] = elementwise::batchnorm_folded_bias(bias[c], t.bias[c], t.running_mean[c], scale);
+  }
+};
+
+/// Eval backward, channel c: gamma's and beta's gradients and the conv bias's, from the folded
+/// conv's (bias_grad may be folded_bias_grad). Runs before BatchNormUnfoldWeightGradients, which may
+/// overwrite the folded weight gradient that this one reads.
+struct BatchNormUnfoldChannelGradients {
+  const float *weight, *bias, *folded_weight_grad, *folded_bias_grad;
+  float *bias_grad, *gamma_grad, *beta_grad;
+  long fan_in;
+  int channels;
+  BatchNormTensors t;
+  float eps;
+  VGG_HOST_DEVICE long count() const { return channels; }
+  VGG_HOST_DEVICE void operator()(long c) const {
+    double dot = 0.0;
+    for (long k = 0; k < fan_in; ++k) dot += double(folded_weight_grad[c * fan_in + k]) * double(weight[c * fan_in + k]);
+    const float db = folded_bias_grad[c];
+    const float invstd = elementwise::batchnorm_fold_scale(1.0f, t.running_var[c], eps);
+    bias_grad[c] = db * elementwise::batchnorm_fold_scale(t.weight[c], t.running_var[c], eps);
+    gamma_grad[c] = float((dot + double(db) * double(bias[c] - t.running_mean[c])) * double(invstd));
+    beta_grad[c] = db;
+  }
+};
+
+/// Eval backward: the conv weight's gradient, dW' * scale per element (in place allowed).
+struct BatchNormUnfoldWeightGradients {
+  const float* folded_weight_grad;
+  float* weight_grad;
+  long fan_in;
+  int channels;
+  BatchNormTensors t;
+  float eps;
+  VGG_HOST_DEVICE long count() const { return fan_in * channels; }
+  VGG_HOST_DEVICE void operator()(long i) const {
+    const long c = i / fan_in;
+    weight_grad[i] = folded_weight_grad[i] * elementwise::batchnorm_fold_scale(t.weight[c], t.running_var[c], eps);
+  }
+};
+
 /// One column-major SGEMM as BLAS defines it: c (m x n, leading dimension ldc) =
 /// op(a) (m x k) * op(b) (k x n), op transposing when asked. The backend hands it to cuBLAS; the
 /// tests hand the same call to a host reference, so the row-major-to-column-major mapping of every

@@ -1,6 +1,8 @@
 #pragma once
 // Network checkpoints in safetensors. Weights use the chapter's PyTorch state_dict names
-// (vgg_block_1.0.weight, ..., fc.7.bias), so files move between PyTorch and vgg unchanged; the
+// (vgg_block_1.0.weight, ..., fc.7.bias), so files move between PyTorch and vgg unchanged; a
+// batch-norm network adds its state as PyTorch's state_dict has it (vgg_block_1.1.running_mean,
+// ...running_var F32, ...num_batches_tracked I64 []), never touched by the optimizer; the
 // architecture is written into __metadata__ and checked on load. A training checkpoint adds the
 // optimizer state per parameter (optimizer.<state>.<name>) and the counters needed to resume.
 // Every save is atomic (temporary file, fsync, rename): see safetensors.hpp.
@@ -13,6 +15,7 @@
 #include <limits>
 #include <optional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -144,6 +147,103 @@ void require_finite_weights(const std::filesystem::path& path, Net& net) {
   });
 }
 
+/// The network's state that is not parameters (batch norm's running statistics, copied to the
+/// host, and its counters), as saved beside the weights.
+struct HostState {
+  std::vector<float> values;           // for_each_state order
+  std::vector<std::int64_t> counters;  // for_each_counter order
+};
+
+template <class Net>
+HostState host_state(Net& net) {
+  HostState state;
+  state.values.resize(static_cast<std::size_t>(Net::num_state));
+  std::size_t offset = 0;
+  net.for_each_state([&](const StateView& v) {
+    Net::backend::copy_to_host(v.value.data(), state.values.data() + offset, v.value.size(), net.context());
+    offset += v.value.size();
+  });
+  net.for_each_counter([&](const CounterView& c) { state.counters.push_back(*c.value); });
+  return state;
+}
+
+/// Records of `state` (kept alive by the caller until the file is written).
+template <class Net>
+void add_state_records(Net& net, HostState& state, std::vector<TensorRecord>& records) {
+  std::size_t offset = 0, counter = 0;
+  net.for_each_state([&](const StateView& v) {
+    records.push_back(tensor_record(v.name, v.shape, std::span<const float>(state.values).subspan(offset, v.value.size())));
+    offset += v.value.size();
+  });
+  net.for_each_counter([&](const CounterView& c) {
+    records.push_back(tensor_record(c.name, {}, std::span<const std::int64_t>(state.counters).subspan(counter++, 1)));
+  });
+}
+
+/// Loader bindings of the state's F32 tensors into `state.values` (sized here).
+template <class Net>
+std::vector<ParamMutRef> state_refs(Net& net, HostState& state) {
+  state.values.assign(static_cast<std::size_t>(Net::num_state), 0.0f);
+  std::vector<ParamMutRef> refs;
+  std::size_t offset = 0;
+  net.for_each_state([&](const StateView& v) {
+    refs.push_back({v.name, v.shape, std::span<float>(state.values).subspan(offset, v.value.size())});
+    offset += v.value.size();
+  });
+  return refs;
+}
+
+/// After load_parameters filled the state's F32 tensors: refuses a NaN, an infinity or a negative
+/// variance, and reads the counters (I64 scalars, non-negative), naming the tensor.
+template <class Net>
+void finish_state(const SafetensorsFile& file, Net& net, std::span<const ParamMutRef> refs, HostState& state) {
+  for (const ParamMutRef& ref : refs) {
+    require_finite(file.path(), ref.name, ref.data, "state");
+    if (ref.name.ends_with("running_var"))
+      if (const auto negative = std::ranges::find_if(ref.data, [](float v) { return v < 0; });
+          negative != ref.data.end())
+        throw CheckpointError("checkpoint " + quoted(file.path()) + ": state tensor '" + ref.name +
+                              "' holds the negative variance " + describe_value(*negative) + " at element " +
+                              std::to_string(negative - ref.data.begin()) + "; the file is damaged");
+  }
+  state.counters.clear();
+  net.for_each_counter([&](const CounterView& c) {
+    std::int64_t value = 0;
+    file.read<std::int64_t>(c.name, std::span<std::int64_t>(&value, 1), std::span<const std::int64_t>{});
+    if (value < 0)
+      throw CheckpointError("checkpoint " + quoted(file.path()) + ": counter '" + c.name + "' is " +
+                            std::to_string(value) + ", below 0; the file is damaged");
+    state.counters.push_back(value);
+  });
+}
+
+template <class Net>
+void commit_state(Net& net, const HostState& state) {
+  std::size_t offset = 0, counter = 0;
+  net.for_each_state([&](const StateView& v) {
+    Net::backend::copy_from_host(state.values.data() + offset, v.value.data(), v.value.size(), net.context());
+    offset += v.value.size();
+  });
+  net.for_each_counter([&](const CounterView& c) { *c.value = state.counters[counter++]; });
+}
+
+/// A weights file must hold nothing but the network's tensors: lists the others.
+template <class Net>
+void require_no_unexpected(const SafetensorsFile& file, Net& net) {
+  std::set<std::string> expected;
+  net.for_each_parameter([&](const ParameterView& p) { expected.insert(p.name); });
+  net.for_each_state([&](const StateView& v) { expected.insert(v.name); });
+  net.for_each_counter([&](const CounterView& c) { expected.insert(c.name); });
+  std::string unexpected;
+  int count = 0;
+  for (const std::string& name : file.names())
+    if (!expected.contains(name) && ++count <= 32) unexpected += (count > 1 ? ", '" : "'") + name + "'";
+  if (count > 32) unexpected += ", ... (" + std::to_string(count - 32) + " more)";
+  if (count > 0)
+    throw CheckpointError("checkpoint " + quoted(file.path()) +
+                          " does not match the parameters being loaded: unexpected tensors: " + unexpected);
+}
+
 }  // namespace detail
 
 /// requires: nothing. ensures: returns when `path` (and, with check_temp, "<path>.tmp") is absent
@@ -179,10 +279,12 @@ void save_weights(const std::filesystem::path& path, Net& net, std::map<std::str
   metadata[kArchitectureKey] = Net::architecture();
   metadata[kFormatKey] = "weights-1";
   std::vector<float> weights = detail::host_parameters(net);
+  detail::HostState state = detail::host_state(net);
   std::vector<TensorRecord> records;
   detail::for_each_slice(net, "", weights, [&](std::string name, std::vector<std::int64_t> shape, std::span<float> v) {
     records.push_back(tensor_record(std::move(name), std::move(shape), v));
   });
+  detail::add_state_records(net, state, records);
   save_safetensors(path, records, metadata);
 }
 
@@ -206,9 +308,19 @@ std::map<std::string, std::string> load_weights(const std::filesystem::path& pat
     refs.push_back({p.name, p.shape, std::span<float>(staged).subspan(offset, p.value.size())});
     offset += p.value.size();
   });
-  load_parameters(file, refs, LoadPolicy{.allow_extra = training});
-  for (const ParamMutRef& ref : refs) detail::require_finite(path, ref.name, ref.data, "weight");
+  const std::size_t num_weights = refs.size();
+  detail::HostState state;
+  for (ParamMutRef& ref : detail::state_refs(net, state)) refs.push_back(std::move(ref));
+  // Counters (batch norm's) are I64, which load_parameters does not bind: a network with state
+  // checks for unexpected tensors itself.
+  constexpr bool has_state = Net::num_state > 0;
+  load_parameters(file, refs, LoadPolicy{.allow_extra = training || has_state});
+  const std::span<const ParamMutRef> weight_refs(refs.data(), num_weights);
+  for (const ParamMutRef& ref : weight_refs) detail::require_finite(path, ref.name, ref.data, "weight");
+  detail::finish_state(file, net, std::span<const ParamMutRef>(refs).subspan(num_weights), state);
+  if (has_state && !training) detail::require_no_unexpected(file, net);
   net.copy_parameters_from_host(staged);
+  detail::commit_state(net, state);
   return file.metadata();
 }
 
@@ -240,6 +352,8 @@ void save_training_checkpoint(const std::filesystem::path& path, Net& net, Optim
   const auto states = detail::optimizer_state(optimizer);
   host.reserve(1 + states.size());  // no reallocation: records point into these buffers
   add_records("", host.front());
+  detail::HostState net_state = detail::host_state(net);
+  detail::add_state_records(net, net_state, records);
   for (auto& [state_name, flat] : states) {
     host.push_back(detail::host_copy(net, flat));
     add_records("optimizer." + state_name + ".", host.back());
@@ -286,6 +400,12 @@ TrainingState load_training_checkpoint(const std::filesystem::path& path, Net& n
     for (const ParamMutRef& ref : refs) detail::require_finite(path, ref.name, ref.data, "weight");
     return all;
   }();
+  detail::HostState net_state;
+  {
+    const std::vector<ParamMutRef> refs = detail::state_refs(net, net_state);
+    load_parameters(file, refs, LoadPolicy{.allow_extra = true});
+    detail::finish_state(file, net, refs, net_state);
+  }
   std::vector<std::vector<float>> staged_state;
   for (auto& [state_name, flat] : detail::optimizer_state(optimizer)) {
     staged_state.emplace_back(flat.size());
@@ -325,6 +445,7 @@ TrainingState load_training_checkpoint(const std::filesystem::path& path, Net& n
 
   // Commit: to the backend's memory.
   net.copy_parameters_from_host(staged_weights);
+  detail::commit_state(net, net_state);
   std::size_t i = 0;
   for (auto& [state_name, flat] : detail::optimizer_state(optimizer)) {
     Net::backend::copy_from_host(staged_state[i].data(), flat.data(), flat.size(), net.context());

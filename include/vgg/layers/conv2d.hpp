@@ -63,7 +63,7 @@ class Conv3x3Relu : public WeightAndBias<B> {
                                   this->weight_grad().data(), this->bias_grad().data(), n);
   }
 
-  /// f(suffix, shape, value, grad) for the weight, then the bias.
+  /// f(module, suffix, shape, value, grad) for the weight, then the bias.
   template <class F>
   void for_each_parameter(F&& f) {
     this->visit(f, TensorShape{{Out, In, 3, 3}, 4});
