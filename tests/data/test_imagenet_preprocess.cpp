@@ -109,6 +109,12 @@ TEST_CASE("the antialiased resize keeps constants, is the identity at the same s
   Image ramp = Image::zeros(3, 4);
   for (std::size_t i = 0; i < ramp.pixels.size(); ++i) ramp.pixels[i] = float(i) / 36.0f;
   CHECK(resize_antialiased(ramp, 3, 4).pixels == ramp.pixels);
+  const Image full = resize_antialiased(ramp, 7, 5);  // a window is exactly that part of the whole
+  const Image window = resize_antialiased_window(ramp, 7, 5, 2, 1, 4, 3);
+  for (int c = 0; c < 3; ++c)
+    for (int y = 0; y < 4; ++y)
+      for (int x = 0; x < 3; ++x) CHECK(window.at(c, y, x) == full.at(c, y + 2, x + 1));
+  CHECK_THROWS_AS(resize_antialiased_window(ramp, 7, 5, 4, 1, 4, 3), ImageError);
 
   // 1 x 4 -> 1 x 2: scale 2, each output averages its two input pixels with weights (1/4, 3/4, 3/4, 1/4) / 2,
   // clipped at the border: output 0 sees inputs 0, 1, 2 with weights 3/4, 3/4, 1/4.
@@ -122,8 +128,11 @@ TEST_CASE("the antialiased resize keeps constants, is the identity at the same s
 TEST_CASE("ImageNetPreprocess refuses what torchvision would pad or cannot represent") {
   const Image tiny = Image::zeros(2, 2);
   CHECK_THROWS_AS((ImageNetPreprocess{.resize_size = 4, .crop_size = 5}(tiny)), ImageError);
-  Image strip = Image::zeros(1, 200000);  // 256 x 51,200,000 after the resize: beyond the cap
-  CHECK_THROWS_AS(ImageNetPreprocess{}(strip), ImageError);
+  Image strip = Image::zeros(1, 200000);  // 256 x 51,200,000 after the resize: only the crop is computed
+  for (float& v : strip.pixels) v = 0.5f;
+  const Image strip_out = ImageNetPreprocess{}(strip);
+  CHECK(strip_out.height == 224);
+  CHECK(strip_out.at(1, 100, 100) == doctest::Approx((0.5 - 0.456) / 0.224));
   Image out = ImageNetPreprocess{.resize_size = 4, .crop_size = 3}(tiny);
   CHECK(out.height == 3);
   CHECK(out.at(0, 0, 0) == doctest::Approx(-0.485 / 0.229));

@@ -23,10 +23,6 @@
 
 namespace vgg::data {
 
-/// The most pixels ImageNetPreprocess lets its resized (not yet cropped) image have: 2^25, the
-/// decoders' default cap. Only extreme aspect ratios reach it (512:1 for resize_size 256).
-inline constexpr std::uint64_t kMaxResizedPixels = std::uint64_t{1} << 25;
-
 /// torchvision's output size for Resize(shorter) (an int size): the shorter side becomes
 /// `shorter`, the longer one int(shorter * long / short) (truncated, as Python's int() does).
 /// requires: height, width, shorter >= 1 (ImageError otherwise).  ensures: {height, width}.
@@ -58,12 +54,13 @@ struct FilterTaps {
   std::vector<std::size_t> offsets;
 };
 
-inline FilterTaps antialiased_bilinear_taps(int in, int out) {
+// Taps for outputs first_out .. first_out + count - 1 of an in -> out resize.
+inline FilterTaps antialiased_bilinear_taps(int in, int out, int first_out, int count) {
   FilterTaps taps;
   const double scale = double(in) / double(out);
   const double support = scale >= 1.0 ? scale : 1.0;
   const double inverse = scale >= 1.0 ? 1.0 / scale : 1.0;
-  for (int o = 0; o < out; ++o) {
+  for (int o = first_out; o < first_out + count; ++o) {
     const double center = scale * (o + 0.5);
     // Truncation toward zero, as torch's int64_t conversion does.
     const int first = std::max(static_cast<int>(center - support + 0.5), 0);
@@ -83,7 +80,59 @@ inline FilterTaps antialiased_bilinear_taps(int in, int out) {
   return taps;
 }
 
+// torchvision's CenterCrop offset int(round(excess / 2.0)): Python's round takes halves to even.
+inline int center_offset(int excess) {
+  const int half = excess / 2;
+  return (excess % 2 == 0 || half % 2 == 0) ? half : half + 1;
+}
+
 }  // namespace detail
+
+/// The window of rows top .. top + window_height - 1 and columns left .. left + window_width - 1
+/// of the antialiased bilinear resize of `image` to out_height x out_width (see resize_antialiased),
+/// computed without the rest of the resized image.
+/// requires: image non-empty, out sizes >= 1, the window non-empty and inside the output
+/// (ImageError otherwise).  ensures: a window_height x window_width image.
+inline Image resize_antialiased_window(const Image& image, int out_height, int out_width, int top, int left,
+                                       int window_height, int window_width) {
+  if (image.height < 1 || image.width < 1 || out_height < 1 || out_width < 1 || window_height < 1 ||
+      window_width < 1 || top < 0 || left < 0 || top > out_height - window_height || left > out_width - window_width)
+    throw ImageError("vgg::data::resize_antialiased_window: expected a non-empty image and a non-empty window inside "
+                     "the output, found " + std::to_string(image.height) + " x " + std::to_string(image.width) +
+                     " -> " + std::to_string(out_height) + " x " + std::to_string(out_width) + ", window " +
+                     std::to_string(window_height) + " x " + std::to_string(window_width) + " at (" +
+                     std::to_string(top) + ", " + std::to_string(left) + ")");
+  const detail::FilterTaps columns = detail::antialiased_bilinear_taps(image.width, out_width, left, window_width);
+  const detail::FilterTaps rows = detail::antialiased_bilinear_taps(image.height, out_height, top, window_height);
+  // Only the input rows the window's vertical taps read (taps start in increasing order).
+  const int first_row = rows.first.front();
+  const int end_row = rows.first.back() + rows.count.back();
+  // Horizontal pass first, then vertical, as torch does; in double, so that the only rounding is
+  // the final one to float.
+  std::vector<double> horizontal(std::size_t(std::max(end_row - first_row, 0)) * std::size_t(window_width));
+  Image out = Image::zeros(window_height, window_width);
+  for (int c = 0; c < Image::channels; ++c) {
+    for (int y = first_row; y < end_row; ++y)
+      for (int x = 0; x < window_width; ++x) {
+        const std::size_t tap = std::size_t(x);
+        const double* w = columns.weights.data() + columns.offsets[tap];
+        double sum = 0.0;
+        for (int k = 0; k < columns.count[tap]; ++k) sum += w[k] * image.at(c, y, columns.first[tap] + k);
+        horizontal[std::size_t(y - first_row) * std::size_t(window_width) + tap] = sum;
+      }
+    for (int y = 0; y < window_height; ++y) {
+      const std::size_t tap = std::size_t(y);
+      const double* w = rows.weights.data() + rows.offsets[tap];
+      for (int x = 0; x < window_width; ++x) {
+        double sum = 0.0;
+        for (int k = 0; k < rows.count[tap]; ++k)
+          sum += w[k] * horizontal[std::size_t(rows.first[tap] - first_row + k) * std::size_t(window_width) + std::size_t(x)];
+        out.at(c, y, x) = static_cast<float>(sum);
+      }
+    }
+  }
+  return out;
+}
 
 /// Antialiased bilinear resize, as F.interpolate(mode="bilinear", align_corners=False,
 /// antialias=True) (and torchvision's Resize(antialias=True) on float tensors). Upsampling is
@@ -91,35 +140,7 @@ inline FilterTaps antialiased_bilinear_taps(int in, int out) {
 /// requires: image non-empty, out_height, out_width >= 1 (ImageError otherwise).
 /// ensures: an out_height x out_width image; values stay within the input's range.
 inline Image resize_antialiased(const Image& image, int out_height, int out_width) {
-  if (image.height < 1 || image.width < 1 || out_height < 1 || out_width < 1)
-    throw ImageError("vgg::data::resize_antialiased: sizes must be at least 1, found " + std::to_string(image.height) +
-                     " x " + std::to_string(image.width) + " -> " + std::to_string(out_height) + " x " +
-                     std::to_string(out_width));
-  const detail::FilterTaps columns = detail::antialiased_bilinear_taps(image.width, out_width);
-  const detail::FilterTaps rows = detail::antialiased_bilinear_taps(image.height, out_height);
-  // Horizontal pass first (in height x out_width), then vertical, as torch does; in double, so
-  // that the only rounding is the final one to float.
-  std::vector<double> horizontal(std::size_t(image.height) * std::size_t(out_width));
-  Image out = Image::zeros(out_height, out_width);
-  for (int c = 0; c < Image::channels; ++c) {
-    for (int y = 0; y < image.height; ++y)
-      for (int x = 0; x < out_width; ++x) {
-        const double* w = columns.weights.data() + columns.offsets[std::size_t(x)];
-        double sum = 0.0;
-        for (int k = 0; k < columns.count[std::size_t(x)]; ++k) sum += w[k] * image.at(c, y, columns.first[std::size_t(x)] + k);
-        horizontal[std::size_t(y) * std::size_t(out_width) + std::size_t(x)] = sum;
-      }
-    for (int y = 0; y < out_height; ++y) {
-      const double* w = rows.weights.data() + rows.offsets[std::size_t(y)];
-      for (int x = 0; x < out_width; ++x) {
-        double sum = 0.0;
-        for (int k = 0; k < rows.count[std::size_t(y)]; ++k)
-          sum += w[k] * horizontal[std::size_t(rows.first[std::size_t(y)] + k) * std::size_t(out_width) + std::size_t(x)];
-        out.at(c, y, x) = static_cast<float>(sum);
-      }
-    }
-  }
-  return out;
+  return resize_antialiased_window(image, out_height, out_width, 0, 0, out_height, out_width);
 }
 
 /// torchvision's CenterCrop: offsets int(round((size - crop) / 2.0)) with Python's round (halves
@@ -131,11 +152,8 @@ inline Image center_crop(const Image& image, int crop_height, int crop_width) {
     throw ImageError("vgg::data::center_crop: a " + std::to_string(crop_height) + " x " + std::to_string(crop_width) +
                      " crop needs an image at least that large and at least 1 x 1, found " +
                      std::to_string(image.height) + " x " + std::to_string(image.width));
-  const auto offset = [](int excess) {
-    const int half = excess / 2;  // excess / 2.0 rounded half to even
-    return (excess % 2 == 0 || half % 2 == 0) ? half : half + 1;
-  };
-  const int top = offset(image.height - crop_height), left = offset(image.width - crop_width);
+  const int top = detail::center_offset(image.height - crop_height);
+  const int left = detail::center_offset(image.width - crop_width);
   Image out = Image::zeros(crop_height, crop_width);
   for (int c = 0; c < Image::channels; ++c)
     for (int y = 0; y < crop_height; ++y)
@@ -170,14 +188,10 @@ struct ImageNetPreprocess {
       throw ImageError("vgg::data::ImageNetPreprocess: expected 1 <= crop_size <= resize_size, found crop_size " +
                        std::to_string(crop_size) + " and resize_size " + std::to_string(resize_size));
     const auto [height, width] = resized_shorter_side(image.height, image.width, resize_size);
-    if (double(height) * double(width) > double(kMaxResizedPixels))
-      throw ImageError("vgg::data::ImageNetPreprocess: resizing a " + std::to_string(image.height) + " x " +
-                       std::to_string(image.width) + " image so that its shorter side is " +
-                       std::to_string(resize_size) + " gives more than " + std::to_string(kMaxResizedPixels) +
-                       " pixels; expected an aspect ratio that fits (at most " +
-                       std::to_string(kMaxResizedPixels / std::uint64_t(resize_size) / std::uint64_t(resize_size)) +
-                       ":1 here)");
-    Image out = center_crop(resize_antialiased(image, height, width), crop_size, crop_size);
+    const int top = detail::center_offset(height - crop_size), left = detail::center_offset(width - crop_size);
+    // Only the crop is computed: the same values as resizing everything and cropping, but the cost
+    // and memory do not depend on how elongated the image is.
+    Image out = resize_antialiased_window(image, height, width, top, left, crop_size, crop_size);
     normalize(out, mean, std_dev);
     return out;
   }
