@@ -47,8 +47,8 @@
 namespace vgg::data {
 
 /// The default cap on width * height: 2^25 = 33,554,432 pixels (for example 8192 x 4096, or a
-/// 24-megapixel photo). The decoded image then takes at most 384 MiB of floats plus 192 MiB
-/// (16-bit PNG: 192 MiB) of decoder buffer.
+/// 24-megapixel photo). The decoded image then takes at most 384 MiB of floats plus a 96 MiB
+/// (16-bit PNG: 192 MiB) decoding buffer.
 inline constexpr std::uint64_t kMaxImagePixels = std::uint64_t{1} << 25;
 /// The largest image file read_image accepts: 1 GiB (far more than any image under the pixel cap
 /// needs).
@@ -284,9 +284,13 @@ inline bool jpeg_read_pixels(JpegReader& reader, std::uint8_t* out, std::size_t 
   if (setjmp(reader.errors.jump)) return false;
   reader.cinfo.out_color_space = JCS_RGB;
   jpeg_start_decompress(&reader.cinfo);
-  if (reader.cinfo.output_components != 3) {
+  // The buffer was sized from the header; libjpeg must deliver exactly that (no scaling).
+  if (reader.cinfo.output_components != 3 || reader.cinfo.output_width != reader.cinfo.image_width ||
+      reader.cinfo.output_height != reader.cinfo.image_height) {
     std::snprintf(reader.errors.message, sizeof reader.errors.message,
-                  "%d output components; expected 3 (RGB)", reader.cinfo.output_components);
+                  "libjpeg would deliver %u x %u pixels of %d components; expected %u x %u of 3 (RGB)",
+                  reader.cinfo.output_width, reader.cinfo.output_height, reader.cinfo.output_components,
+                  reader.cinfo.image_width, reader.cinfo.image_height);
     return false;
   }
   while (reader.cinfo.output_scanline < reader.cinfo.output_height) {
