@@ -128,8 +128,9 @@ struct PngLayout {
 };
 
 // Reads the header and sets up the transforms to 8- or 16-bit RGB. false: libpng failed, with the
-// reason in the state's error. (The only locals are trivially destructible: see the file comment.)
-inline bool png_read_header(PngReader& reader, PngLayout& layout) {
+// reason in the state's error. (The only locals are trivially destructible: see the file comment.
+// Compilers never inline a function that calls setjmp; noinline says so where it matters.)
+[[gnu::noinline]] inline bool png_read_header(PngReader& reader, PngLayout& layout) {
   if (setjmp(png_jmpbuf(reader.png))) return false;
   png_read_info(reader.png, reader.info);
   const int color_type = png_get_color_type(reader.png, reader.info);
@@ -150,7 +151,7 @@ inline bool png_read_header(PngReader& reader, PngLayout& layout) {
   return true;
 }
 
-inline bool png_read_pixels(PngReader& reader, png_bytepp rows) {
+[[gnu::noinline]] inline bool png_read_pixels(PngReader& reader, png_bytepp rows) {
   if (setjmp(png_jmpbuf(reader.png))) return false;
   png_read_image(reader.png, rows);
   png_read_end(reader.png, nullptr);
@@ -266,7 +267,7 @@ struct JpegReader {
 };
 
 // false: libjpeg failed, with the reason in reader.errors. (Trivially destructible locals only.)
-inline bool jpeg_read_header_from(JpegReader& reader, std::span<const std::uint8_t> bytes) {
+[[gnu::noinline]] inline bool jpeg_read_header_from(JpegReader& reader, std::span<const std::uint8_t> bytes) {
   reader.cinfo.err = jpeg_std_error(&reader.errors.manager);
   reader.errors.manager.error_exit = jpeg_on_error;
   reader.errors.manager.emit_message = jpeg_on_message;
@@ -280,7 +281,7 @@ inline bool jpeg_read_header_from(JpegReader& reader, std::span<const std::uint8
   return true;
 }
 
-inline bool jpeg_read_pixels(JpegReader& reader, std::uint8_t* out, std::size_t row_bytes) {
+[[gnu::noinline]] inline bool jpeg_read_pixels(JpegReader& reader, std::uint8_t* out, std::size_t row_bytes) {
   if (setjmp(reader.errors.jump)) return false;
   reader.cinfo.out_color_space = JCS_RGB;
   jpeg_start_decompress(&reader.cinfo);
