@@ -58,6 +58,7 @@ struct Options {
   bool help = false;               ///< --help: print kHelp, do nothing else
   bool distributed = false;        ///< data-parallel over the ranks of mpirun (batch_size is global)
   int collective_timeout = 300;    ///< seconds one collective may wait before the job is aborted; 0: never
+  std::string precision = "fp32";  ///< fp32 | bf16 (mixed: bf16 operands, fp32 sums, master weights and loss)
 };
 
 inline const char* const kHelp = R"(Usage: vgg-train [options]
@@ -75,6 +76,11 @@ Options:
   --width-divisor D      1, 2, 4 or 8 (default 8, the chapter's small net)
   --threads N            compute threads, 1 to 256; 0: all cores (default 0)
   --device NAME          cpu | cuda | auto (auto: the GPU when one is usable, else the CPU) (default cpu)
+  --precision P          fp32 | bf16 (default fp32). bf16 is mixed precision: the convolution and
+                         linear products take bf16 operands and sum in fp32; weights, optimizer
+                         state, activations and loss stay fp32. It runs where the CPU has
+                         AVX512-BF16; elsewhere (and on --device cuda) the run is fp32, and the
+                         first line says which kernels run
   --seed N               seed for initialisation, shuffling and dropout, 0 to 2^64-1 (default 1)
   --save PATH            checkpoint written atomically after every epoch
                          (default runs/vgg11_w<D>_<S>.safetensors)
@@ -181,7 +187,8 @@ inline Options parse_args(std::span<const std::string_view> args) {
     static constexpr std::string_view known[] = {"--data", "--epochs", "--batch-size", "--lr", "--optimizer",
                                                   "--resize", "--width-divisor", "--threads", "--seed", "--save",
                                                   "--resume", "--overwrite", "--limit", "--log", "--evaluate",
-                                                  "--device", "--distributed", "--collective-timeout"};
+                                                  "--device", "--distributed", "--collective-timeout",
+                                                  "--precision"};
     if (std::find(std::begin(known), std::end(known), flag) == std::end(known))
       throw UsageError("unknown option " + quote(flag) + " (see --help)");
     // The last of two values silently winning hides typos in long command lines and scripts.
@@ -209,6 +216,10 @@ inline Options parse_args(std::span<const std::string_view> args) {
       o.device = std::string(value());
       if (o.device != "cpu" && o.device != "cuda" && o.device != "auto")
         throw UsageError("--device must be cpu, cuda or auto, found " + quote(o.device));
+    } else if (flag == "--precision") {
+      o.precision = std::string(value());
+      if (o.precision != "fp32" && o.precision != "bf16")
+        throw UsageError("--precision must be fp32 or bf16, found " + quote(o.precision));
     } else if (flag == "--distributed") o.distributed = true;
     else if (flag == "--collective-timeout")
       o.collective_timeout = parse_integer<int>(flag, value(), 0, kMaxCollectiveTimeout);
@@ -242,7 +253,7 @@ inline std::map<std::string, std::string> run_settings(const Options& o) {
   return {{"seed", std::to_string(o.seed)},         {"batch_size", std::to_string(o.batch_size)},
           {"lr", lr},                               {"optimizer", o.optimizer},
           {"resize", std::to_string(o.resize)},     {"width_divisor", std::to_string(o.width_divisor)},
-          {"limit", std::to_string(o.limit)}};
+          {"limit", std::to_string(o.limit)},       {"precision", o.precision}};
 }
 
 /// requires: nothing. ensures: whether a setting stored in a checkpoint equals this run's. lr

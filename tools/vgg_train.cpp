@@ -191,6 +191,36 @@ void require_data_directory(const fs::path& data) {
                              "(train-images-idx3-ubyte, ...; see docs/DATA.md)");
 }
 
+/// --precision on the network's context, and the line every run starts with: the processor, the
+/// kernel path and the precision that actually run (a bf16 request on a CPU without AVX512-BF16,
+/// or on a backend without a bf16 path, runs fp32 and says why), so a log tells what it measured.
+template <class Net>
+std::string apply_precision(const Options& o, Net& net) {
+  using B = typename Net::backend;
+  const vgg::Precision asked = o.precision == "bf16" ? vgg::Precision::bf16 : vgg::Precision::fp32;
+  std::string line;
+  vgg::Precision used = vgg::Precision::fp32;
+  std::string note;
+  if constexpr (requires(typename Net::Context& c) { c.set_precision(asked); c.precision_in_use(); }) {
+    net.context().set_precision(asked);
+    used = net.context().precision_in_use();
+    note = net.context().precision_note();
+  } else if (asked == vgg::Precision::bf16) {
+    note = std::string("the ") + B::name() + " backend has no bf16 path yet; running fp32";
+  }
+  if constexpr (B::device == vgg::Device::cpu) line = "cpu: " + vgg::cpu::describe() + "; ";
+  line += std::string("kernels: ") + B::name() + "; precision: " + vgg::to_string(used);
+  if (used == vgg::Precision::bf16) line += " (bf16 operands by AVX512-BF16 vdpbf16ps, fp32 sums and weights)";
+  if (!note.empty()) line += " (--precision bf16: " + note + ")";
+  return line;
+}
+
+template <class Net>
+vgg::Precision precision_used(Net& net) {
+  if constexpr (requires(typename Net::Context& c) { c.precision_in_use(); }) return net.context().precision_in_use();
+  return vgg::Precision::fp32;
+}
+
 /// Buffers are sized for the batch, so a batch larger than the data set is capped to it.
 std::size_t effective_batch(const Options& o, std::size_t samples, const char* what, bool report = true) {
   const std::size_t batch = std::min<std::size_t>(std::size_t(o.batch_size), samples);
@@ -244,6 +274,8 @@ int train(const Options& o, Optimizer optimizer) {
   const auto test_set = vgg::data::load_dataset(o.data, vgg::data::Split::test);
   auto net = std::make_unique<Net>(o.seed);
   if (o.threads > 0) net->set_threads(o.threads);
+  const std::string kernels = apply_precision(o, *net);
+  if (root) std::cout << kernels << std::endl;
 
   const std::size_t samples = o.limit == 0 ? train_set.size() : std::min(o.limit, train_set.size());
   const std::size_t train_batch = effective_batch(o, samples, "training images", root);
@@ -384,9 +416,10 @@ int train(const Options& o, Optimizer optimizer) {
       char json[512];
       std::snprintf(json, sizeof json,
                     "{\"epoch\": %d, \"train_loss\": %.6f, \"train_acc\": %.6f, \"test_loss\": %.6f, \"test_acc\": %.6f, "
-                    "\"train_seconds\": %.2f, \"seconds\": %.2f, \"images_per_second\": %.2f, \"threads\": %d, \"ranks\": %d, \"seed\": %llu}",
+                    "\"train_seconds\": %.2f, \"seconds\": %.2f, \"images_per_second\": %.2f, \"threads\": %d, \"ranks\": %d, \"seed\": %llu, \"precision\": \"%s\"}",
                     epoch + 1, train_loss, train_acc, test.loss, test_acc, train_seconds, seconds,
-                    double(seen) / train_seconds, net->threads(), place.ranks, (unsigned long long)o.seed);
+                    double(seen) / train_seconds, net->threads(), place.ranks, (unsigned long long)o.seed,
+                    vgg::to_string(precision_used(*net)));
       append_line(o.log, json);
     }
   } catch (const vgg::NumericalError& e) {
@@ -406,6 +439,7 @@ int evaluate_checkpoint(const Options& o) {
   const auto test_set = vgg::data::load_dataset(o.data, vgg::data::Split::test);
   auto net = std::make_unique<Net>(o.seed);
   if (o.threads > 0) net->set_threads(o.threads);
+  std::cout << apply_precision(o, *net) << std::endl;
   vgg::io::load_weights(o.evaluate, *net);
   vgg::data::Batcher batches(test_set, {.batch_size = effective_batch(o, test_set.size(), "test images"),
                                         .output_size = o.resize, .shuffle = false});

@@ -34,6 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     require(o.threads >= 0 && o.threads <= vgg_train::kMaxThreads);
     require(o.lr > 0 && std::isfinite(o.lr));
     require(o.optimizer == "adam" || o.optimizer == "sgd");
+    require(o.precision == "fp32" || o.precision == "bf16");
     require(!o.save.empty() && !o.log.empty() && !o.data.empty());
     require(!(o.resume && !o.evaluate.empty()));
     require(o.collective_timeout >= 0 && o.collective_timeout <= vgg_train::kMaxCollectiveTimeout);

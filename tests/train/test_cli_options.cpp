@@ -118,6 +118,20 @@ TEST_CASE("--distributed: its timeout, and the modes it cannot run in") {
   CHECK_USAGE(ARGS("--distributed", "--distributed"), "--distributed is given twice");
 }
 
+TEST_CASE("--precision: fp32 by default, bf16 on request, stored with the run's settings") {
+  CHECK(parse({}).precision == "fp32");
+  CHECK(parse({"--precision", "bf16"}).precision == "bf16");
+  CHECK(parse({"--precision", "fp32"}).precision == "fp32");
+  CHECK_USAGE(ARGS("--precision", "fp16"), "--precision must be fp32 or bf16, found 'fp16'");
+  CHECK_USAGE(ARGS("--precision", "BF16"), "--precision must be fp32 or bf16, found 'BF16'");
+  CHECK_USAGE(ARGS("--precision"), "--precision needs a value");
+  CHECK_USAGE(ARGS("--precision", "bf16", "--precision", "bf16"), "--precision is given twice");
+  // A resumed run must use the precision its checkpoint was trained with.
+  CHECK(vgg_train::run_settings(parse({"--precision", "bf16"})).at("precision") == "bf16");
+  CHECK(vgg_train::run_settings(parse({})).at("precision") == "fp32");
+  CHECK_FALSE(vgg_train::same_setting("precision", "bf16", "fp32"));
+}
+
 TEST_CASE("the settings check keeps lr exactly and still accepts the old %f spelling") {
   auto o = parse({"--lr", "1e-7"});
   const auto settings = vgg_train::run_settings(o);
