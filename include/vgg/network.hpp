@@ -78,6 +78,7 @@ struct network_spec<InputT, std::tuple<Blocks...>, Head> {
   static constexpr auto shapes = stage_shapes<InputT::shape, Blocks...>();
   static constexpr Shape feature_shape = shapes[num_blocks];
   static constexpr int num_classes = Head::classes;
+  using head = Head;
 
   template <class B, std::size_t... I>
   static auto all_layers(std::index_sequence<I...>)
@@ -178,6 +179,8 @@ class Network {
   /// The logits of one sample: classes x 1 x 1.
   static constexpr Shape output_shape = std::tuple_element_t<num_layers - 1, layer_types>::output_shape;
   static constexpr int num_classes = spec::num_classes;
+  /// Layers of the feature extractor (the conv blocks); the classifier's Flatten has this index.
+  static constexpr std::size_t num_feature_layers = num_layers - std::tuple_size_v<detail::head_layers<feature_shape, typename spec::head, B>>;
 
   /// Output of block i (0-based; block i is named vgg_block_{i+1}). A bad index does not compile
   /// in a constant expression and throws std::out_of_range otherwise.
@@ -206,7 +209,14 @@ class Network {
   }();
 
   /// ensures: parameters initialised as PyTorch's defaults, reproducibly from `seed`; eval mode.
-  explicit Network(std::uint64_t seed = 0) { reset_parameters(seed); }
+  explicit Network(std::uint64_t seed = 0) {
+    reset_parameters(seed);
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      ((I < num_feature_layers ? std::get<I>(layers_).for_each_parameter([&](auto&&...) { ++num_feature_tensors_; })
+                               : void()),
+       ...);
+    }(std::make_index_sequence<num_layers>{});
+  }
   Network(const Network&) = delete;
   Network& operator=(const Network&) = delete;
   Network(Network&&) = default;
@@ -220,6 +230,20 @@ class Network {
     Rng rng(seed);
     std::apply([&](auto&... layer) { (layer.reset_parameters(rng, context_), ...); }, layers_);
   }
+
+  /// Fine-tuning: with `frozen`, backward() stops at the classifier (no conv backward is computed)
+  /// and optimizers leave the feature extractor's parameters alone. Forward passes are unchanged:
+  /// in train mode batch norm still updates its running statistics, as PyTorch does for a module
+  /// in train mode whose parameters have requires_grad=False.
+  void freeze_features(bool frozen = true) {
+    if (frozen == features_frozen_) return;
+    features_frozen_ = frozen;
+    backward_batch_ = backward_threads_ = 0;  // unfrozen layers need their backward buffers
+    last_batch_ = 0;                          // the last pass's buffers may not have been reserved
+  }
+  bool features_frozen() const { return features_frozen_; }
+  /// Whether parameter tensor `index` (network order, as for_each_parameter visits) is frozen.
+  bool parameter_frozen(std::size_t index) const { return features_frozen_ && index < num_feature_tensors_; }
 
   void set_mode(Mode mode) { mode_ = mode; }
   void train() { mode_ = Mode::train; }
@@ -353,6 +377,9 @@ class Network {
   /// to the input batch. requires: the input of that forward pass is still alive and unchanged.
   void backward(bool input_gradient = false) {
     require_forward("backward");
+    if (input_gradient && features_frozen_)
+      throw std::logic_error("vgg::Vgg::backward: the input gradient needs the conv backward pass, which frozen "
+                             "features skip; call freeze_features(false) first");
     if (input_overwritten_)
       throw std::logic_error("vgg::Vgg::backward: the staged batch of the last forward pass was overwritten by a "
                              "later stage(); stage the next batch after the backward pass of this one");
@@ -377,8 +404,8 @@ class Network {
   int last_batch() const { return last_batch_; }
 
   /// Visits (value, grad) of every parameter tensor in network order, without allocating: for
-  /// optimizers, which run every step. Both are in the backend's memory; grad is empty before the
-  /// first backward pass.
+  /// optimizers, which run every step (they skip parameter_frozen tensors, whose grad may be empty
+  /// or stale). Both are in the backend's memory; grad is empty before the first backward pass.
   template <class F>
   void for_each_parameter_data(F&& f) {
     std::apply([&](auto&... layer) {
@@ -618,6 +645,7 @@ class Network {
 
   template <std::size_t I>
   void reserve_backward_layer(int batch, BufferName& reserving) {
+    if (features_frozen_ && I < num_feature_layers) return;  // never differentiated
     reserving = {"the backward workspace", long(I)};
     if constexpr (pool_runs_inside_previous<I + 1>()) {
       // Differentiated from the pooled gradient: no gradient of its full-size output.
@@ -639,8 +667,13 @@ class Network {
   float* backward_layer(float* dy, bool input_gradient) {
     using L = std::tuple_element_t<I, layer_types>;
     if (L::is_identity(last_ctx_.mode)) return dy;  // output is input: dx is dy
+    // Frozen features: the classifier's first Linear computes no input gradient, and the layers
+    // before it (Flatten and the conv blocks) are not differentiated at all.
+    if (features_frozen_ && I <= num_feature_layers) return nullptr;
     float* dx = nullptr;
-    if constexpr (I > 0) {
+    if (features_frozen_ && I == num_feature_layers + 1) {
+      dx = nullptr;
+    } else if constexpr (I > 0) {
       dx = grads_[I - 1].data();
     } else {
       if (input_gradient) dx = input_grad_.data();
@@ -698,6 +731,8 @@ class Network {
   int reserved_batch_ = 0, reserved_threads_ = 0, backward_batch_ = 0, backward_threads_ = 0;
   Mode mode_ = Mode::eval;
   std::uint64_t seed_ = 0, step_ = 0;
+  bool features_frozen_ = false;
+  std::size_t num_feature_tensors_ = 0;  // parameter tensors of the feature layers, which come first
 };
 
 /// The network of the pack Arch... on the default backend (the CPU, default_backend.hpp).
