@@ -26,7 +26,10 @@ unit_tests_in() {
 # Under AddressSanitizer + UndefinedBehaviorSanitizer (bad input must never read out of bounds).
 # VGG_SANITIZE=0 skips this stage.
 if [ "${VGG_SANITIZE:-1}" != 0 ]; then
-  unit_tests_in "${build}-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVGG_SANITIZE=ON
+  # -g1 (line tables): sanitizer reports keep file:line, and the build takes about a third less time
+  # than with full debug information.
+  unit_tests_in "${build}-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
+    -DVGG_SANITIZE=ON
 fi
 
 # With only the plain kernels (Eigen GEMM, no AVX-512 code), the path every non-AVX-512 machine
@@ -48,7 +51,8 @@ if [ "${VGG_FUZZ:-1}" != 0 ]; then
   fi
   rm -rf "$probe"
   if [ "$have_libfuzzer" = 1 ]; then
-    CC=clang-14 CXX=clang++-14 cmake -S . -B "${build}-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVGG_FUZZ=ON \
+    CC=clang-14 CXX=clang++-14 cmake -S . -B "${build}-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DVGG_FUZZ=ON \
       -DVGG_BUILD_BENCHMARKS=OFF -DVGG_BUILD_EXAMPLES=OFF -DVGG_BUILD_TOOLS=OFF
     cmake --build "${build}-fuzz" -j "$(nproc)" --target vgg_fuzzers
     bash tests/fuzz/run.sh "${build}-fuzz" "${VGG_FUZZ_SECONDS:-30}"
