@@ -136,6 +136,9 @@ TEST_CASE("AVX-512 GEMM matches Eigen's on edge-cutting shapes" * doctest::skip(
   check_gemm<true>(64, 100, 8, 1.0f, true, 9);
   check_gemm<false>(64, 100, 600, 1.0f, true, 10);
   check_gemm<false, true>(40, 75, 777, -1.5f, false, 13);
+  // Rows over one block (block_rows(): 128 for a 1 MiB L2, 256 for 2 MiB), with a short last block.
+  check_gemm<false>(300, 70, 300, 1.0f, false, 14);
+  check_gemm<false>(520, 33, 40, 1.0f, true, 15, true);
   // Bias in the first depth pass, ReLU in the last, with one, two and three passes.
   for (int k : {9, 300, 600}) {
     check_gemm<false>(21, 70, k, 1.0f, true, 11, true);

@@ -100,6 +100,12 @@ TEST_CASE("band splits cover every row once, in bands of nearly equal height") {
         vgg::cpu::Conv3x3Geometry{256, 256, 56, 56, larger}.max_band_rows());
   CHECK(vgg::cpu::Conv3x3Geometry{256, 256, 56, 56, measured}.backward_band_rows() >
         vgg::cpu::Conv3x3Geometry{256, 256, 56, 56, measured}.max_band_rows());
+  // The GEMM's row blocks: an eighth of L2 of A rows (1 MiB: the 128 measured; 2 MiB: 256), within 64-512.
+  CHECK(vgg::cpu::avx512::block_rows_for_l2(1L << 20) == 128);
+  CHECK(vgg::cpu::avx512::block_rows_for_l2(2L << 20) == 256);
+  CHECK(vgg::cpu::avx512::block_rows_for_l2(256L << 10) == 64);
+  CHECK(vgg::cpu::avx512::block_rows_for_l2(64L << 20) == 512);
+  CHECK(vgg::cpu::avx512::block_rows() == vgg::cpu::avx512::block_rows_for_l2(vgg::cpu::cpu_info().cache.l2));
   // 14x14 images go two to a band on the fast path (one where a thread would be left without).
   const vgg::cpu::Conv3x3Geometry small{512, 512, 14, 14, measured};
   CHECK(small.images_per_band(8, 2) == 2);

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "vgg/cpu/cpu_info.hpp"
 #include "vgg/cpu/kernel_path.hpp"
 
 VGG_INTRINSICS_BEGIN
@@ -23,7 +24,20 @@ using Index = std::ptrdiff_t;
 inline constexpr int kMr = 8;      // rows of C per tile (broadcast operand A)
 inline constexpr int kNr = 32;     // columns of C per tile (two zmm vectors of operand B)
 inline constexpr Index kKc = 256;  // depth per pass: an 8 x 256 A tile and a 256 x 32 B panel sit in L1
-inline constexpr Index kMc = 128;  // rows of C per block: 128 x 256 of A (128 KiB) stays in L2
+
+/// Rows of C per block in the forward product (A B): the block's A (rows x kKc floats) takes an
+/// eighth of L2, the rest holding the pass's B panels and C's tiles. 1 MiB of L2 gives 128 rows (the
+/// EPYC kinds: measured best there among 64-512); 2 MiB gives 256 (the Xeon kind). Only layers with
+/// more than 128 output channels (the wide ones) see a difference.
+constexpr Index block_rows_for_l2(long l2_bytes) {
+  const Index rows = Index(l2_bytes / 8) / (kKc * Index(sizeof(float))) / kMr * kMr;
+  return rows < 64 ? 64 : rows > 512 ? 512 : rows;
+}
+/// This CPU's block rows, from its L2 (cpu_info), read once.
+inline Index block_rows() {
+  static const Index rows = block_rows_for_l2(cpu_info().cache.l2);
+  return rows;
+}
 
 /// What the kernel does with a finished tile T = alpha * A B, element (i, j):
 /// C = (accumulate ? C : 0) + T + (bias ? bias[i] : 0), then max(C, 0) if relu.
@@ -206,10 +220,10 @@ inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const flo
       const int mr = int(std::min<Index>(kMr, m - i0));
       if ((!TransA && !rows_in_place) || mr < kMr) pack_a<TransA>(a, lda, i0, mr, p0, kc, a_pack + i0 * kc);
     }
-    // Rows in blocks of kMc: a block's A (<= 128 KiB) and the pass's B panels then share L2. Only
+    // Rows in blocks of block_rows(): a block's A (an eighth of L2) and the pass's B panels then share L2. Only
     // for A B, the forward convolution's product: blocking the input gradient's (A^T B) and the
     // weight gradient's (A B^T, whose panels are packed once each) measured slower.
-    const Index mc = TransA || TransB ? m : kMc;
+    const Index mc = TransA || TransB ? m : block_rows();
     for (Index ic = 0; ic < m; ic += mc) {
       const Index i_end = std::min(m, ic + mc);
       for (Index j0 = 0; j0 < n; j0 += kNr) {
