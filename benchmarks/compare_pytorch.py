@@ -19,16 +19,10 @@ PyTorch runs in three set-ups, and each ratio is against the fastest of them for
 With --bf16, a second table: vgg in bf16 mixed precision (bench_train's bf16/ rows, where the CPU has
 AVX512-BF16) against PyTorch's bf16 autocast (torch.cpu.amp.autocast(dtype=torch.bfloat16), with
 tcmalloc and channels_last: oneDNN then picks its AVX512-BF16 or AMX kernels by itself).
-With --torchvision, a third table: full-width VGG-16 and VGG-16-BN eval forward at batch 1 and 8
-(bench_torchvision) against torchvision's own models (python3-torchvision) in PyTorch's eval
-set-ups: "best" (tcmalloc, channels_last, inference_mode), "mkldnn" (pre-packed as above) and "jit"
-(torch.jit.script + torch.jit.freeze + torch.jit.optimize_for_inference: batch norm folded into the
-convolutions and oneDNN's layout chosen once, PyTorch's documented fastest eval path).
 PyTorch is skipped cleanly when it is not installed. OPENBLAS_CORETYPE is left as the machine sets
 it (PyTorch uses oneDNN for these layers, not OpenBLAS).
 
 Usage: /usr/bin/python3 benchmarks/compare_pytorch.py [--rounds 3] [--threads 2] [--build build] [--bf16]
-       [--torchvision] [--only-torchvision]
 """
 import argparse
 import json
@@ -103,39 +97,10 @@ TORCH_BENCH = textwrap.dedent(r"""
     print(json.dumps(out))
 """)
 
-TORCHVISION_BENCH = textwrap.dedent(r"""
-    import json, sys, time, torch, torchvision
-    threads, setup = int(sys.argv[1]), sys.argv[2]
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    def timed(fn, reps):
-        for _ in range(2): fn()
-        t = time.perf_counter()
-        for _ in range(reps): fn()
-        return (time.perf_counter() - t) / reps
-    out = {}
-    for name in ("vgg16", "vgg16_bn"):
-        net = getattr(torchvision.models, name)().eval()
-        with torch.inference_mode() if setup == "best" else torch.no_grad():
-            # Converted once per net (to_mkldnn replaces the modules in place), then timed per batch.
-            if setup == "mkldnn":
-                from torch.utils import mkldnn
-                m, prepare = mkldnn.to_mkldnn(net), lambda x: x.to_mkldnn()
-            elif setup == "jit":
-                m = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(net)))
-                prepare = lambda x: x.to(memory_format=torch.channels_last)
-            else:
-                m, prepare = net.to(memory_format=torch.channels_last), lambda x: x.to(memory_format=torch.channels_last)
-            for n in (1, 8):
-                xin = prepare(torch.rand(n, 3, 224, 224) * 4 - 2)
-                out[f"{name}_b{n}/eval_forward"] = n / timed(lambda: m(xin), 5 if n == 1 else 3)
-    print(json.dumps(out))
-""")
 
-
-def run_vgg(build, threads, prefix="^vgg11", exe="bench_train"):
+def run_vgg(build, threads, prefix="^vgg11"):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    res = subprocess.run([os.path.join(build, "benchmarks", exe), "--benchmark_format=json",
+    res = subprocess.run([os.path.join(build, "benchmarks", "bench_train"), "--benchmark_format=json",
                           "--benchmark_min_time=2", f"--benchmark_filter={prefix}"], capture_output=True, text=True,
                          env=env, check=True)
     data = json.loads(res.stdout)
@@ -149,11 +114,11 @@ def torch_version():
     return res.stdout.strip() or "?"
 
 
-def run_torch(threads, setup, script=TORCH_BENCH):
+def run_torch(threads, setup):
     env = dict(os.environ)
     if setup != "default" and os.path.exists(TCMALLOC):
         env["LD_PRELOAD"] = TCMALLOC
-    res = subprocess.run([TORCH_PYTHON, "-c", script, str(threads), setup], capture_output=True,
+    res = subprocess.run([TORCH_PYTHON, "-c", TORCH_BENCH, str(threads), setup], capture_output=True,
                          text=True, env=env, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -178,9 +143,6 @@ def main():
     parser.add_argument("--build", default="build")
     parser.add_argument("--no-default", action="store_true", help="skip PyTorch's default set-up")
     parser.add_argument("--bf16", action="store_true", help="also vgg in bf16 against PyTorch's bf16 autocast")
-    parser.add_argument("--torchvision", action="store_true",
-                        help="also full-width VGG-16 and VGG-16-BN eval against torchvision's models")
-    parser.add_argument("--only-torchvision", action="store_true", help="the torchvision table alone")
     args = parser.parse_args()
     have_torch = subprocess.run([TORCH_PYTHON, "-c", "import torch"], capture_output=True).returncode == 0
     if not have_torch:
@@ -190,25 +152,9 @@ def main():
         print(f"note: {TCMALLOC} not found (apt-get install libtcmalloc-minimal4): PyTorch's 'best' set-up "
               "runs with glibc malloc", file=sys.stderr)
     keys = ["vgg", "torch_best", "torch_mkldnn", "torch_default", "vgg_bf16", "torch_bf16"]
-    tv_keys = ["vgg_tv", "tv_best", "tv_mkldnn", "tv_jit"]
-    results = {key: [] for key in keys + tv_keys}
-    with_torchvision = args.torchvision or args.only_torchvision
-    if with_torchvision and have_torch and subprocess.run([TORCH_PYTHON, "-c", "import torchvision"],
-                                                         capture_output=True).returncode != 0:
-        print("torchvision is not installed for /usr/bin/python3 (apt-get install python3-torchvision): "
-              "measuring vgg only in the torchvision table", file=sys.stderr)
-        have_torchvision = False
-    else:
-        have_torchvision = have_torch
+    results = {key: [] for key in keys}
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
-        if with_torchvision:
-            results["vgg_tv"].append(run_vgg(args.build, args.threads, "^tv/", "bench_torchvision"))
-            if have_torchvision:
-                for setup in ("best", "mkldnn", "jit"):
-                    results["tv_" + setup].append(run_torch(args.threads, setup, TORCHVISION_BENCH))
-        if args.only_torchvision:
-            continue
         results["vgg"].append(run_vgg(args.build, args.threads))
         if have_torch:
             results["torch_best"].append(run_torch(args.threads, "best"))
@@ -219,28 +165,12 @@ def main():
             results["vgg_bf16"].append(run_vgg(args.build, args.threads, "^bf16/vgg11"))
             if have_torch:
                 results["torch_bf16"].append(run_torch(args.threads, "bf16"))
+    names = list(results["vgg"][0])
     context = getattr(run_vgg, "context", {})
     # The first line names the machine and the path: figures from the pool's two CPU kinds differ.
     print(f"CPU: {context.get('vgg_cpu', context.get('cpu_model', '?'))}; vgg kernels: {context.get('vgg_kernels', '?')}; "
           f"torch {torch_version() if have_torch else 'absent'}")
     print(f"median ± half-range of {args.rounds} alternating rounds, {args.threads} threads")
-    if with_torchvision:
-        print(f"\ntorchvision's VGG-16 / VGG-16-BN (3x224x224, 1000 classes), eval forward")
-        print(f"{'benchmark (images/s)':26} {'vgg':>16} {'torch best':>16} {'torch mkldnn':>16} {'torch jit':>16}"
-              f" {'vgg/fastest torch':>18}")
-        for name in results["vgg_tv"][0]:
-            medians, cells = row(results, name, tv_keys)
-            torch_keys = [k for k in tv_keys[1:] if k in medians]
-            if torch_keys:
-                fastest = max(torch_keys, key=lambda k: medians[k])
-                ratio = f"{medians['vgg_tv'] / medians[fastest]:6.2f}x ({fastest[3:]})"
-            else:
-                ratio = "-"
-            print(f"{name:26} " + " ".join(f"{c:>16}" for c in cells) + f" {ratio:>18}")
-    if args.only_torchvision:
-        print(json.dumps(results), file=open(os.path.join(args.build, "compare_pytorch.json"), "w"))
-        return
-    names = list(results["vgg"][0])
     print(f"{'benchmark (images/s)':24} {'vgg':>16} {'torch best':>16} {'torch mkldnn':>16} {'torch default':>16}"
           f" {'vgg/fastest torch':>18}")
     for name in names:
