@@ -1,0 +1,191 @@
+// Winograd F(2x2, 3x3) convolution (winograd.hpp), forward and input gradient, against a naive
+// direct convolution in double and against the library's direct path (im2col + GEMM), on both kernel
+// paths where built: odd sizes (partial tiles), one-pixel images, 1-3 threads, VGG-like widths.
+//
+// Tolerance, from F(2x2, 3x3)'s error growth: |V| <= 4 max|d| (B^T d B: sums of 4 inputs per side,
+// coefficients +-1), |U| <= 2.25 max|g| (G's rows sum to at most 1.5 in absolute value), the GEMM
+// sums c products (c = input channels) with relative error ~ (c + 4) eps, and A^T m A sums 9
+// products of M: |y - y_exact| <= 81 (c + 6) eps max|g| max|d|. This is ~10x looser than what is
+// seen, and ~100x tighter than any wrong coefficient or misplaced tile would give.
+#include <doctest/doctest.h>
+
+#include <vgg/cpu/conv3x3.hpp>
+#include <vgg/cpu/winograd.hpp>
+
+#include <cfloat>
+#include <cmath>
+#include <vector>
+
+#include "reference.hpp"
+
+namespace {
+
+using vgg::cpu::KernelPath;
+
+float max_abs(const std::vector<float>& v) {
+  float m = 0;
+  for (float e : v) m = std::max(m, std::abs(e));
+  return m;
+}
+
+/// The stated bound for a convolution summing over `channels` input channels.
+float winograd_tolerance(int channels, float max_g, float max_d) {
+  return 81.0f * float(channels + 6) * FLT_EPSILON * max_g * max_d;
+}
+
+/// Direct convolution (no ReLU), in double.
+std::vector<float> naive_conv(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& b,
+                              int n, int cin, int cout, int h, int wd, bool relu) {
+  std::vector<float> y(std::size_t(n) * cout * h * wd);
+  for (int i = 0; i < n; ++i)
+    for (int co = 0; co < cout; ++co)
+      for (int r = 0; r < h; ++r)
+        for (int c = 0; c < wd; ++c) {
+          double acc = b.empty() ? 0.0 : b[std::size_t(co)];
+          for (int ci = 0; ci < cin; ++ci)
+            for (int ky = 0; ky < 3; ++ky)
+              for (int kx = 0; kx < 3; ++kx) {
+                const int sy = r + ky - 1, sx = c + kx - 1;
+                if (sy < 0 || sy >= h || sx < 0 || sx >= wd) continue;
+                acc += double(w[((std::size_t(co) * cin + ci) * 3 + ky) * 3 + kx]) *
+                       x[((std::size_t(i) * cin + ci) * h + sy) * wd + sx];
+              }
+          y[((std::size_t(i) * cout + co) * h + r) * wd + c] = float(relu ? std::max(acc, 0.0) : acc);
+        }
+  return y;
+}
+
+/// Input gradient of a stride-1 pad-1 convolution for output gradient dz, in double.
+std::vector<float> naive_input_grad(const std::vector<float>& dz, const std::vector<float>& w, int n, int cin,
+                                    int cout, int h, int wd) {
+  std::vector<float> dx(std::size_t(n) * cin * h * wd);
+  for (int i = 0; i < n; ++i)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int r = 0; r < h; ++r)
+        for (int c = 0; c < wd; ++c) {
+          double acc = 0.0;  // dx(r, c) = sum dz(r - ky + 1, c - kx + 1) w(ky, kx)
+          for (int co = 0; co < cout; ++co)
+            for (int ky = 0; ky < 3; ++ky)
+              for (int kx = 0; kx < 3; ++kx) {
+                const int sy = r - ky + 1, sx = c - kx + 1;
+                if (sy < 0 || sy >= h || sx < 0 || sx >= wd) continue;
+                acc += double(w[((std::size_t(co) * cin + ci) * 3 + ky) * 3 + kx]) *
+                       dz[((std::size_t(i) * cout + co) * h + sy) * wd + sx];
+              }
+          dx[((std::size_t(i) * cin + ci) * h + r) * wd + c] = float(acc);
+        }
+  return dx;
+}
+
+template <KernelPath Path>
+std::vector<float> winograd_forward(const std::vector<float>& x, const std::vector<float>& w,
+                                    const std::vector<float>& b, int n, int cin, int cout, int h, int wd, int threads,
+                                    bool relu, long chunk = 0) {
+  const vgg::cpu::WinogradGeometry g{cin, cout, h, wd, chunk};
+  vgg::cpu::WinogradFilter<Path> u;
+  u.reserve(cin, cout);
+  vgg::cpu::winograd_transform_filter(w.data(), u, threads);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(g, threads);
+  std::vector<float> y(std::size_t(n) * cout * h * wd, -7.0f);
+  vgg::cpu::winograd_conv3x3_forward<Path>(x.data(), u, b.data(), y.data(), n, g, ws, threads, relu);
+  return y;
+}
+
+template <KernelPath Path>
+std::vector<float> winograd_input_grad(const std::vector<float>& dz, const std::vector<float>& w, int n, int cin,
+                                       int cout, int h, int wd, int threads) {
+  const vgg::cpu::WinogradGeometry g{cin, cout, h, wd};
+  vgg::cpu::WinogradFilter<Path> u;
+  u.reserve(cout, cin);
+  vgg::cpu::winograd_transform_filter_input_grad(w.data(), u, threads);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(vgg::cpu::winograd_input_grad_geometry(g), threads);
+  std::vector<float> dx(std::size_t(n) * cin * h * wd, -7.0f);
+  vgg::cpu::winograd_conv3x3_input_grad<Path>(dz.data(), u, dx.data(), n, g, ws, threads);
+  return dx;
+}
+
+template <KernelPath Path>
+void check_against_naive(int n, int cin, int cout, int h, int wd, int threads, bool relu, long chunk = 0) {
+  CAPTURE(n);
+  CAPTURE(cin);
+  CAPTURE(cout);
+  CAPTURE(h);
+  CAPTURE(wd);
+  CAPTURE(threads);
+  CAPTURE(relu);
+  CAPTURE(chunk);
+  CAPTURE(int(Path));
+  const unsigned seed = unsigned(n * 1000 + cin * 100 + cout * 10 + h + wd);
+  const auto x = ref::random_vector(std::size_t(n) * cin * h * wd, seed);
+  const auto w = ref::random_vector(std::size_t(cout) * cin * 9, seed + 1);
+  const auto b = ref::random_vector(std::size_t(cout), seed + 2);
+  const auto want = naive_conv(x, w, b, n, cin, cout, h, wd, relu);
+  const auto got = winograd_forward<Path>(x, w, b, n, cin, cout, h, wd, threads, relu, chunk);
+  const float tol = winograd_tolerance(cin, max_abs(w), max_abs(x));
+  CHECK(ref::max_abs_diff(want, got.data()) <= tol);
+
+  const auto dz = ref::random_vector(std::size_t(n) * cout * h * wd, seed + 3);
+  const auto want_dx = naive_input_grad(dz, w, n, cin, cout, h, wd);
+  const auto got_dx = winograd_input_grad<Path>(dz, w, n, cin, cout, h, wd, threads);
+  CHECK(ref::max_abs_diff(want_dx, got_dx.data()) <= winograd_tolerance(cout, max_abs(w), max_abs(dz)));
+}
+
+template <KernelPath Path>
+void odd_sizes() {
+  const int shapes[][2] = {{7, 9}, {1, 1}, {2, 3}, {3, 2}, {1, 6}, {5, 1}, {8, 8}, {13, 11}};
+  for (const auto& s : shapes)
+    for (int threads : {1, 2, 3}) check_against_naive<Path>(3, 3, 5, s[0], s[1], threads, threads == 2);
+  // Chunks cut mid tile-row and mid image (32 tiles each), several chunks per thread.
+  check_against_naive<Path>(3, 4, 6, 17, 15, 2, true, 32);
+  check_against_naive<Path>(2, 37, 19, 9, 30, 3, false, 32);
+}
+
+}  // namespace
+
+TEST_CASE("Winograd F(2x2,3x3) matches a naive convolution on odd sizes (plain path)") {
+  odd_sizes<KernelPath::plain>();
+}
+
+TEST_CASE("Winograd F(2x2,3x3) matches a naive convolution on odd sizes (AVX-512 path)") {
+#ifdef VGG_FAST_KERNELS
+  odd_sizes<KernelPath::avx512>();
+#endif
+}
+
+TEST_CASE("Winograd F(2x2,3x3) matches the direct path on a VGG-like layer, forward and input gradient") {
+  const int n = 2, cin = 64, cout = 64, h = 28, wd = 28, threads = 2;
+  const auto x = ref::random_vector(std::size_t(n) * cin * h * wd, 11);
+  const auto w = ref::random_vector(std::size_t(cout) * cin * 9, 12, -0.1f, 0.1f);
+  const auto b = ref::random_vector(std::size_t(cout), 13);
+  const auto dz = ref::random_vector(std::size_t(n) * cout * h * wd, 14);
+  const vgg::cpu::Conv3x3Geometry dg{cin, cout, h, wd};
+  vgg::cpu::Conv3x3Workspace dws;
+  dws.reserve_backward(dg, threads);
+  std::vector<float> direct(std::size_t(n) * cout * h * wd), direct_dx(std::size_t(n) * cin * h * wd);
+  std::vector<float> dw(std::size_t(cout) * cin * 9), db(static_cast<std::size_t>(cout)), dz_copy = dz;
+  vgg::cpu::conv3x3_forward(x.data(), w.data(), b.data(), direct.data(), n, dg, dws, threads);
+  vgg::cpu::conv3x3_backward(x.data(), w.data(), dz_copy.data(), direct_dx.data(), dw.data(), db.data(), n, dg, dws,
+                             threads);
+  const float tol = winograd_tolerance(cin, max_abs(w), max_abs(x));
+  const float tol_dx = winograd_tolerance(cout, max_abs(w), max_abs(dz));
+  // The direct path itself is checked against the naive one here too: the bound covers both.
+  CHECK(ref::max_abs_diff(naive_conv(x, w, b, n, cin, cout, h, wd, false), direct.data()) <= tol);
+  const auto plain = winograd_forward<KernelPath::plain>(x, w, b, n, cin, cout, h, wd, threads, false);
+  CHECK(ref::max_abs_diff(direct, plain.data()) <= tol);
+  CHECK(ref::max_abs_diff(direct_dx, winograd_input_grad<KernelPath::plain>(dz, w, n, cin, cout, h, wd, threads).data()) <=
+        tol_dx);
+#ifdef VGG_FAST_KERNELS
+  const auto fast = winograd_forward<KernelPath::avx512>(x, w, b, n, cin, cout, h, wd, threads, false);
+  CHECK(ref::max_abs_diff(direct, fast.data()) <= tol);
+  CHECK(ref::max_abs_diff(plain, fast.data()) <= tol);
+  CHECK(ref::max_abs_diff(direct_dx, winograd_input_grad<KernelPath::avx512>(dz, w, n, cin, cout, h, wd, threads).data()) <=
+        tol_dx);
+#endif
+  // And the bound is not vacuous: a filter off by one 3x3 tap is caught.
+  auto w_wrong = w;
+  w_wrong[4] += 0.05f;
+  const auto wrong = winograd_forward<KernelPath::plain>(x, w_wrong, b, n, cin, cout, h, wd, threads, false);
+  CHECK(ref::max_abs_diff(direct, wrong.data()) > tol);
+}
