@@ -140,6 +140,9 @@ void odd_sizes() {
   // Chunks cut mid tile-row and mid image (32 tiles each), several chunks per thread.
   check_against_naive<Path>(3, 4, 6, 17, 15, 2, true, 32);
   check_against_naive<Path>(2, 37, 19, 9, 30, 3, false, 32);
+  // Tile rows longer than one 16-tile vector (33 and 34 tiles), whole and cut by chunks.
+  check_against_naive<Path>(2, 5, 7, 5, 67, 2, true);
+  check_against_naive<Path>(2, 5, 7, 4, 66, 1, false, 32);
 }
 
 }  // namespace

@@ -245,6 +245,97 @@ inline void winograd_output_run_plain(const float* m, const float* bias, bool re
   }
 }
 
+#ifdef VGG_FAST_KERNELS
+/// Lanes [lo, hi) of a 16-lane mask.
+inline __mmask16 lanes_between(long lo, long hi) {
+  lo = std::clamp<long>(lo, 0, 16);
+  hi = std::clamp<long>(hi, 0, 16);
+  return hi <= lo ? __mmask16(0) : __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+/// winograd_input_run_plain, 16 tiles to a vector: each input row's 34 columns come in by four
+/// masked loads (zeros outside the image), split into even and odd columns by permutes.
+inline void winograd_input_run_avx512(const float* x, const WinogradGeometry& g, const TileRun& run, float* v,
+                                      long ld, long t0) {
+  const long plane = long(g.h) * g.w, point_stride = long(g.cin) * ld;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (long k0 = 0; k0 < run.count; k0 += 16) {
+    const long base = 2 * (run.tx0 + k0) - 1;  // the first input column of the 16 tiles
+    const __mmask16 m0 = lanes_between(-base, g.w - base), m16 = lanes_between(-base - 16, g.w - base - 16),
+                    m2 = lanes_between(-base - 2, g.w - base - 2), m18 = lanes_between(-base - 18, g.w - base - 18);
+    const __mmask16 store = lanes_between(0, run.count - k0);
+    for (int ci = 0; ci < g.cin; ++ci) {
+      const float* xc = x + (run.image * g.cin + ci) * plane;
+      __m512 h[4][4];  // h[r][j]: row r of the tiles, times B (columns)
+      for (int r = 0; r < 4; ++r) {
+        const long yy = 2 * run.ty - 1 + r;
+        if (yy < 0 || yy >= g.h) {
+          for (int j = 0; j < 4; ++j) h[r][j] = _mm512_setzero_ps();
+          continue;
+        }
+        const float* row = xc + yy * g.w + base;  // masked lanes are never read
+        const __m512 a = _mm512_maskz_loadu_ps(m0, row), b = _mm512_maskz_loadu_ps(m16, row + 16);
+        const __m512 a2 = _mm512_maskz_loadu_ps(m2, row + 2), b2 = _mm512_maskz_loadu_ps(m18, row + 18);
+        const __m512 c0 = _mm512_permutex2var_ps(a, even, b), c1 = _mm512_permutex2var_ps(a, odd, b);
+        const __m512 c2 = _mm512_permutex2var_ps(a2, even, b2), c3 = _mm512_permutex2var_ps(a2, odd, b2);
+        h[r][0] = _mm512_sub_ps(c0, c2);
+        h[r][1] = _mm512_add_ps(c1, c2);
+        h[r][2] = _mm512_sub_ps(c2, c1);
+        h[r][3] = _mm512_sub_ps(c1, c3);
+      }
+      float* dst = v + ci * ld + t0 + k0;
+      for (int j = 0; j < 4; ++j) {
+        _mm512_mask_storeu_ps(dst + (0 * 4 + j) * point_stride, store, _mm512_sub_ps(h[0][j], h[2][j]));
+        _mm512_mask_storeu_ps(dst + (1 * 4 + j) * point_stride, store, _mm512_add_ps(h[1][j], h[2][j]));
+        _mm512_mask_storeu_ps(dst + (2 * 4 + j) * point_stride, store, _mm512_sub_ps(h[2][j], h[1][j]));
+        _mm512_mask_storeu_ps(dst + (3 * 4 + j) * point_stride, store, _mm512_sub_ps(h[1][j], h[3][j]));
+      }
+    }
+  }
+}
+
+/// winograd_output_run_plain, 16 tiles to a vector: a tile row's two output columns interleaved by
+/// permutes into 32 output columns, stored masked at the image's right edge.
+inline void winograd_output_run_avx512(const float* m, const float* bias, bool relu, const WinogradGeometry& g,
+                                       const TileRun& run, float* y, long ld, long t0) {
+  const long plane = long(g.h) * g.w, point_stride = long(g.cout) * ld;
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512 zero = _mm512_setzero_ps();
+  for (long k0 = 0; k0 < run.count; k0 += 16) {
+    const long x0 = 2 * (run.tx0 + k0);
+    const long outputs = std::min(2 * (run.count - k0), g.w - x0);  // columns stored
+    const __mmask16 load = lanes_between(0, run.count - k0);
+    const __mmask16 s0 = lanes_between(0, outputs), s1 = lanes_between(0, outputs - 16);
+    for (int co = 0; co < g.cout; ++co) {
+      float* yc = y + (run.image * g.cout + co) * plane;
+      const __m512 b = _mm512_set1_ps(bias ? bias[co] : 0.0f);
+      const float* src = m + co * ld + t0 + k0;
+      __m512 t[2][4];
+      for (int c = 0; c < 4; ++c) {
+        const __m512 s4 = _mm512_maskz_loadu_ps(load, src + (4 + c) * point_stride);
+        const __m512 s8 = _mm512_maskz_loadu_ps(load, src + (8 + c) * point_stride);
+        t[0][c] = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(load, src + c * point_stride), s4), s8);
+        t[1][c] = _mm512_sub_ps(_mm512_sub_ps(s4, s8), _mm512_maskz_loadu_ps(load, src + (12 + c) * point_stride));
+      }
+      for (int r = 0; r < 2; ++r) {
+        if (2 * run.ty + r >= g.h) break;
+        __m512 o0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(t[r][0], t[r][1]), t[r][2]), b);
+        __m512 o1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(t[r][1], t[r][2]), t[r][3]), b);
+        if (relu) {  // zero first: a NaN passes, as in torch's ReLU
+          o0 = _mm512_max_ps(zero, o0);
+          o1 = _mm512_max_ps(zero, o1);
+        }
+        float* row = yc + (2 * run.ty + r) * g.w + x0;
+        _mm512_mask_storeu_ps(row, s0, _mm512_permutex2var_ps(o0, lo, o1));
+        _mm512_mask_storeu_ps(row + 16, s1, _mm512_permutex2var_ps(o0, hi, o1));
+      }
+    }
+  }
+}
+#endif
+
 /// Calls f(run, t0) for the tile runs of tiles [begin, end), t0 counting from begin.
 template <class F>
 inline void for_each_tile_run(const WinogradGeometry& g, long begin, long end, F f) {
@@ -285,6 +376,12 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
     for (long c = mine.begin; c < mine.end; ++c) {
       const long begin = c * per_chunk, end = std::min(total, begin + per_chunk), cols = end - begin;
       detail::for_each_tile_run(g, begin, end, [&](const detail::TileRun& run, long t0) {
+#ifdef VGG_FAST_KERNELS
+        if constexpr (Path == KernelPath::avx512) {
+          detail::winograd_input_run_avx512(x, g, run, v, ld, t0);
+          return;
+        }
+#endif
         detail::winograd_input_run_plain(x, g, run, v, ld, t0);
       });
       for (int p = 0; p < kWinogradPoints; ++p) {
@@ -301,6 +398,12 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
         gemm_eigen<false, false>(g.cout, cols, g.cin, u.point(p), g.cin, vp, ld, mp, ld, plan);
       }
       detail::for_each_tile_run(g, begin, end, [&](const detail::TileRun& run, long t0) {
+#ifdef VGG_FAST_KERNELS
+        if constexpr (Path == KernelPath::avx512) {
+          detail::winograd_output_run_avx512(m, bias, relu, g, run, y, ld, t0);
+          return;
+        }
+#endif
         detail::winograd_output_run_plain(m, bias, relu, g, run, y, ld, t0);
       });
     }

@@ -1,0 +1,112 @@
+// Winograd F(2x2, 3x3) (cpu/winograd.hpp) against the direct path (im2col + GEMM, cpu/conv3x3.hpp),
+// forward with bias and ReLU, on the wide layers of full-width VGG-11 at batch 8, 2 threads.
+// GFLOP/s counts the direct convolution's FLOPs for both (2 * 9 * cin * cout * h * w per image),
+// so that the two rows of a layer compare by time. The Winograd filter transform is outside the
+// timed loop (eval keeps it; training pays it once per step: the "filter" rows).
+//   build/benchmarks/bench_winograd --benchmark_counters_tabular=true
+#include <benchmark/benchmark.h>
+
+#include <vgg/cpu/conv3x3.hpp>
+#include <vgg/cpu/winograd.hpp>
+
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr int kBatch = 8, kThreads = 2;
+struct Layer {
+  const char* name;
+  int cin, cout, hw;
+};
+constexpr Layer kLayers[] = {{"conv4_256-256_56", 256, 256, 56},
+                             {"conv5_256-512_28", 256, 512, 28},
+                             {"conv6_512-512_28", 512, 512, 28},
+                             {"conv7_512-512_14", 512, 512, 14}};
+
+std::vector<float> random_vector(std::size_t n, unsigned seed, float scale) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> v(n);
+  for (float& e : v) e = dist(gen);
+  return v;
+}
+
+void set_counters(benchmark::State& state, const Layer& l) {
+  const double flops = 2.0 * 9 * l.cin * l.cout * double(l.hw) * l.hw * kBatch;
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_direct(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::Conv3x3Workspace ws;
+  ws.reserve(g, kThreads);
+  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
+  std::vector<float> y(std::size_t(kBatch) * l.cout * l.hw * l.hw);
+  for (auto _ : state) {
+    vgg::cpu::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), kBatch, g, ws, kThreads);
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_counters(state, l);
+}
+
+/// range(1): tiles per chunk (0: from the L2 size).
+void BM_winograd(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::WinogradGeometry g{l.cin, l.cout, l.hw, l.hw, long(state.range(1))};
+  vgg::cpu::WinogradFilter<> u;
+  u.reserve(l.cin, l.cout);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(g, kThreads);
+  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
+  std::vector<float> y(std::size_t(kBatch) * l.cout * l.hw * l.hw);
+  vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
+  for (auto _ : state) {
+    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), y.data(), kBatch, g, ws, kThreads, true);
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = double(g.max_chunk());
+}
+
+void BM_winograd_filter(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  vgg::cpu::WinogradFilter<> u;
+  u.reserve(l.cin, l.cout);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  for (auto _ : state) {
+    vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
+    benchmark::DoNotOptimize(u.data());
+  }
+}
+
+void register_all() {
+  for (int i = 0; i < int(std::size(kLayers)); ++i) {
+    const std::string name = kLayers[i].name;
+    benchmark::RegisterBenchmark(("direct/" + name).c_str(), BM_direct)->Arg(i)->Unit(benchmark::kMillisecond)->UseRealTime();
+    for (int chunk : {0, 64, 128, 256})
+      benchmark::RegisterBenchmark(("winograd/" + name).c_str(), BM_winograd)
+          ->Args({i, chunk})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    benchmark::RegisterBenchmark(("winograd_filter/" + name).c_str(), BM_winograd_filter)
+        ->Arg(i)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+}
