@@ -143,6 +143,9 @@ void odd_sizes() {
   // Tile rows longer than one 16-tile vector (33 and 34 tiles), whole and cut by chunks.
   check_against_naive<Path>(2, 5, 7, 5, 67, 2, true);
   check_against_naive<Path>(2, 5, 7, 4, 66, 1, false, 32);
+  // More input channels than one GEMM depth pass (256), on the packed filter layout, both ways.
+  check_against_naive<Path>(1, 300, 13, 4, 5, 2, false);
+  check_against_naive<Path>(1, 13, 300, 3, 5, 2, true);
 }
 
 }  // namespace

@@ -68,7 +68,6 @@ class WinogradFilter {
     cin_ = cin;
     cout_ = cout;
     data_.reserve(std::size_t(kWinogradPoints * point_stride()));
-    scratch_.reserve(std::size_t(kWinogradPoints) * cin * cout);
   }
   long point_stride() const {
 #ifdef VGG_FAST_KERNELS
@@ -78,13 +77,12 @@ class WinogradFilter {
   }
   const float* point(int p) const { return data_.data() + p * point_stride(); }
   float* data() { return data_.data(); }
-  float* scratch() { return scratch_.data(); }
   int cin() const { return cin_; }
   int cout() const { return cout_; }
 
  private:
   int cin_ = 0, cout_ = 0;
-  Buffer<float> data_, scratch_;  // scratch: U unpacked, before packing (AVX-512 path)
+  Buffer<float> data_;
 };
 
 namespace detail {
@@ -107,30 +105,42 @@ inline void winograd_filter_tile(const float* g, float u[16]) {
   }
 }
 
+/// Where U[p](co, ci) lies in f's storage: U[p] row-major (plain path), or, on the AVX-512 path,
+/// where pack_a_whole would put it (depth pass of ci, 8-row tile of co, interleaved by 8), so that
+/// the transform writes the packed layout directly.
+template <KernelPath Path>
+inline long winograd_filter_offset(const WinogradFilter<Path>& f, int co, int ci) {
+#ifdef VGG_FAST_KERNELS
+  if constexpr (Path == KernelPath::avx512) {
+    const long m_padded = (f.cout() + avx512::kMr - 1) / avx512::kMr * avx512::kMr;
+    const long p0 = ci / avx512::kKc * avx512::kKc, kc = std::min<long>(avx512::kKc, f.cin() - p0);
+    const long i0 = co / avx512::kMr * avx512::kMr;
+    return p0 * m_padded + i0 * kc + (ci - p0) * avx512::kMr + (co - i0);
+  }
+#endif
+  return long(co) * f.cin() + ci;
+}
+
 /// Fills filter f from weights read as w(co, ci, ky, kx) = weight[index(co, ci, ky, kx)].
 template <KernelPath Path, class Index3x3>
 inline void winograd_transform(Index3x3 index, WinogradFilter<Path>& f, int threads) {
   const int cin = f.cin(), cout = f.cout();
-  const long plane = long(cout) * cin;
-  float* u = Path == KernelPath::plain ? f.data() : f.scratch();
+  const long stride = f.point_stride();
+  float* u = f.data();
+  // The packed layout's padding rows (cout not a multiple of 8) must read as zeros.
+  if (Path == KernelPath::avx512 && cout % 8 != 0) std::fill(u, u + kWinogradPoints * stride, 0.0f);
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-    const Range mine = split(plane, tid, nth);
+    const Range mine = split(long(cout) * cin, tid, nth);
     for (long k = mine.begin; k < mine.end; ++k) {
       const int co = int(k / cin), ci = int(k % cin);
       float g[9], t[16];
       for (int e = 0; e < 9; ++e) g[e] = index(co, ci, e / 3, e % 3);
       winograd_filter_tile(g, t);
-      for (int p = 0; p < kWinogradPoints; ++p) u[p * plane + k] = t[p];
+      const long at = winograd_filter_offset(f, co, ci);
+      for (int p = 0; p < kWinogradPoints; ++p) u[p * stride + at] = t[p];
     }
-#ifdef VGG_FAST_KERNELS
-    if constexpr (Path == KernelPath::avx512) {
-#pragma omp barrier
-      for (int p = 0; p < kWinogradPoints; ++p)  // each point's U packed by all threads together
-        avx512::pack_a_whole<false>(u + p * plane, cin, cout, cin, f.data() + p * f.point_stride(), tid, nth);
-    }
-#endif
   }
 }
 }  // namespace detail
