@@ -76,6 +76,46 @@ void BM_winograd(benchmark::State& state) {
   state.counters["chunk"] = double(g.max_chunk());
 }
 
+/// Input gradient: the direct backward with dx (range(1) = 1) and without (0), whose difference is
+/// what dx costs there (its GEMM and col2im; the weight gradient's GEMM shares the im2col), against
+/// Winograd's input gradient (filter transform outside the loop).
+void BM_direct_backward(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::Conv3x3Workspace ws;
+  ws.reserve_backward(g, kThreads);
+  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  auto dz = random_vector(std::size_t(kBatch) * l.cout * l.hw * l.hw, 4, 1.0f);
+  std::vector<float> dx(x.size()), dw(w.size()), db(static_cast<std::size_t>(l.cout));
+  for (auto _ : state) {
+    vgg::cpu::conv3x3_backward(x.data(), w.data(), dz.data(), state.range(1) ? dx.data() : nullptr, dw.data(),
+                               db.data(), kBatch, g, ws, kThreads);
+    benchmark::DoNotOptimize(dw.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = 0;
+}
+
+void BM_winograd_input_grad(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::WinogradGeometry g{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::WinogradFilter<> u;
+  u.reserve(l.cout, l.cin);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(vgg::cpu::winograd_input_grad_geometry(g), kThreads);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto dz = random_vector(std::size_t(kBatch) * l.cout * l.hw * l.hw, 4, 1.0f);
+  std::vector<float> dx(std::size_t(kBatch) * l.cin * l.hw * l.hw);
+  vgg::cpu::winograd_transform_filter_input_grad(w.data(), u, kThreads);
+  for (auto _ : state) {
+    vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), kBatch, g, ws, kThreads);
+    benchmark::DoNotOptimize(dx.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = double(vgg::cpu::winograd_input_grad_geometry(g).max_chunk());
+}
+
 void BM_winograd_filter(benchmark::State& state) {
   const Layer& l = kLayers[state.range(0)];
   vgg::cpu::WinogradFilter<> u;
@@ -96,6 +136,15 @@ void register_all() {
           ->Args({i, chunk})
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
+    for (int with_dx : {0, 1})
+      benchmark::RegisterBenchmark(("direct_backward/" + name).c_str(), BM_direct_backward)
+          ->Args({i, with_dx})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    benchmark::RegisterBenchmark(("winograd_input_grad/" + name).c_str(), BM_winograd_input_grad)
+        ->Arg(i)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
     benchmark::RegisterBenchmark(("winograd_filter/" + name).c_str(), BM_winograd_filter)
         ->Arg(i)
         ->Unit(benchmark::kMillisecond)
