@@ -420,9 +420,7 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
   }
 }
 
-/// dx = the input gradient of a stride-1 pad-1 3x3 convolution for the output gradient dz
-/// (n x cout x h x w), through u from winograd_transform_filter_input_grad(weight).
-/// requires: g is the layer's geometry; ws.reserve(g.input_grad(), t)... see input_grad_geometry.
+/// The geometry of the forward that computes a layer's input gradient: cout -> cin channels.
 inline WinogradGeometry winograd_input_grad_geometry(const WinogradGeometry& g) {
   return WinogradGeometry{g.cout, g.cin, g.h, g.w, g.chunk_override};
 }
