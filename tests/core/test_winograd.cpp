@@ -77,10 +77,11 @@ std::vector<float> naive_input_grad(const std::vector<float>& dz, const std::vec
   return dx;
 }
 
+/// With pool, the fused 2x2 max-pool's output instead of y.
 template <KernelPath Path>
 std::vector<float> winograd_forward(const std::vector<float>& x, const std::vector<float>& w,
                                     const std::vector<float>& b, int n, int cin, int cout, int h, int wd, int threads,
-                                    bool relu, long chunk = 0) {
+                                    bool relu, long chunk = 0, bool pool = false) {
   const vgg::cpu::WinogradGeometry g{cin, cout, h, wd, chunk};
   vgg::cpu::WinogradFilter<Path> u;
   u.reserve(cin, cout);
@@ -88,8 +89,11 @@ std::vector<float> winograd_forward(const std::vector<float>& x, const std::vect
   vgg::cpu::WinogradWorkspace ws;
   ws.reserve(g, threads);
   std::vector<float> y(std::size_t(n) * cout * h * wd, -7.0f);
-  vgg::cpu::winograd_conv3x3_forward<Path>(x.data(), u, b.data(), y.data(), n, g, ws, threads, relu);
-  return y;
+  std::vector<float> pooled(std::size_t(n) * cout * (h / 2) * (wd / 2), -7.0f);
+  if (pool && pooled.empty()) return pooled;  // no pooling window (a 1-pixel side)
+  vgg::cpu::winograd_conv3x3_forward<Path>(x.data(), u, b.data(), pool ? nullptr : y.data(), n, g, ws, threads, relu,
+                                           pool ? pooled.data() : nullptr);
+  return pool ? pooled : y;
 }
 
 template <KernelPath Path>
@@ -125,6 +129,10 @@ void check_against_naive(int n, int cin, int cout, int h, int wd, int threads, b
   const auto got = winograd_forward<Path>(x, w, b, n, cin, cout, h, wd, threads, relu, chunk);
   const float tol = winograd_tolerance(cin, max_abs(w), max_abs(x));
   CHECK(ref::max_abs_diff(want, got.data()) <= tol);
+  // The fused 2x2 max-pool (floor at odd edges), of the same output.
+  const auto want_pooled = ref::maxpool2x2(want, n * cout, h, wd);
+  const auto got_pooled = winograd_forward<Path>(x, w, b, n, cin, cout, h, wd, threads, relu, chunk, true);
+  CHECK(ref::max_abs_diff(want_pooled, got_pooled.data()) <= tol);
 
   const auto dz = ref::random_vector(std::size_t(n) * cout * h * wd, seed + 3);
   const auto want_dx = naive_input_grad(dz, w, n, cin, cout, h, wd);

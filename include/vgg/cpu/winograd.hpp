@@ -229,8 +229,9 @@ inline void winograd_input_run_plain(const float* x, const WinogradGeometry& g, 
 /// y's 2x2 tiles of the run = A^T m A + bias (then ReLU), m[p] = M[p][co][t0 + k]; plain scalar code.
 /// A^T = [1 1 1 0; 0 1 -1 -1].
 inline void winograd_output_run_plain(const float* m, const float* bias, bool relu, const WinogradGeometry& g,
-                                      const TileRun& run, float* y, long ld, long t0) {
+                                      const TileRun& run, float* y, long ld, long t0, float* pooled) {
   const long plane = long(g.h) * g.w, point_stride = long(g.cout) * ld;
+  const long pw = g.w / 2, pooled_plane = long(g.h / 2) * pw;
   for (int co = 0; co < g.cout; ++co) {
     float* yc = y + (run.image * g.cout + co) * plane;
     const float b = bias ? bias[co] : 0.0f;
@@ -244,6 +245,16 @@ inline void winograd_output_run_plain(const float* m, const float* bias, bool re
         t[1][c] = s[4 + c] - s[8 + c] - s[12 + c];
       }
       const long y0 = 2 * run.ty, x0 = 2 * (run.tx0 + k);
+      if (pooled) {  // the tile is the pooling window; one that overhangs an odd edge is dropped (floor)
+        if (y0 + 1 >= g.h || x0 + 1 >= g.w) continue;
+        float best = t[0][0] + t[0][1] + t[0][2];
+        best = std::max(best, t[0][1] - t[0][2] - t[0][3]);
+        best = std::max(best, t[1][0] + t[1][1] + t[1][2]);
+        best = std::max(best, t[1][1] - t[1][2] - t[1][3]) + b;
+        pooled[(run.image * g.cout + co) * pooled_plane + run.ty * pw + run.tx0 + k] =
+            relu ? std::max(best, 0.0f) : best;
+        continue;
+      }
       for (int r = 0; r < 2; ++r) {
         const float o0 = t[r][0] + t[r][1] + t[r][2] + b, o1 = t[r][1] - t[r][2] - t[r][3] + b;
         if (y0 + r >= g.h) break;
@@ -308,8 +319,10 @@ inline void winograd_input_run_avx512(const float* x, const WinogradGeometry& g,
 /// winograd_output_run_plain, 16 tiles to a vector: a tile row's two output columns interleaved by
 /// permutes into 32 output columns, stored masked at the image's right edge.
 inline void winograd_output_run_avx512(const float* m, const float* bias, bool relu, const WinogradGeometry& g,
-                                       const TileRun& run, float* y, long ld, long t0) {
+                                       const TileRun& run, float* y, long ld, long t0, float* pooled) {
   const long plane = long(g.h) * g.w, point_stride = long(g.cout) * ld;
+  const long pw = g.w / 2, pooled_plane = long(g.h / 2) * pw;
+  if (pooled && 2 * run.ty + 1 >= g.h) return;  // an odd last row of tiles has no pooling window
   const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   const __m512 zero = _mm512_setzero_ps();
@@ -318,6 +331,7 @@ inline void winograd_output_run_avx512(const float* m, const float* bias, bool r
     const long outputs = std::min(2 * (run.count - k0), g.w - x0);  // columns stored
     const __mmask16 load = lanes_between(0, run.count - k0);
     const __mmask16 s0 = lanes_between(0, outputs), s1 = lanes_between(0, outputs - 16);
+    const __mmask16 windows = lanes_between(0, std::min(run.count - k0, pw - (run.tx0 + k0)));
     for (int co = 0; co < g.cout; ++co) {
       float* yc = y + (run.image * g.cout + co) * plane;
       const __m512 b = _mm512_set1_ps(bias ? bias[co] : 0.0f);
@@ -328,6 +342,17 @@ inline void winograd_output_run_avx512(const float* m, const float* bias, bool r
         const __m512 s8 = _mm512_maskz_loadu_ps(load, src + (8 + c) * point_stride);
         t[0][c] = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(load, src + c * point_stride), s4), s8);
         t[1][c] = _mm512_sub_ps(_mm512_sub_ps(s4, s8), _mm512_maskz_loadu_ps(load, src + (12 + c) * point_stride));
+      }
+      if (pooled) {  // the tile is the pooling window (those over an odd right edge are dropped: floor)
+        const __m512 r0 = _mm512_max_ps(_mm512_add_ps(_mm512_add_ps(t[0][0], t[0][1]), t[0][2]),
+                                        _mm512_sub_ps(_mm512_sub_ps(t[0][1], t[0][2]), t[0][3]));
+        const __m512 r1 = _mm512_max_ps(_mm512_add_ps(_mm512_add_ps(t[1][0], t[1][1]), t[1][2]),
+                                        _mm512_sub_ps(_mm512_sub_ps(t[1][1], t[1][2]), t[1][3]));
+        __m512 best = _mm512_add_ps(_mm512_max_ps(r0, r1), b);
+        if (relu) best = _mm512_max_ps(zero, best);
+        _mm512_mask_storeu_ps(pooled + (run.image * g.cout + co) * pooled_plane + run.ty * pw + run.tx0 + k0, windows,
+                              best);
+        continue;
       }
       for (int r = 0; r < 2; ++r) {
         if (2 * run.ty + r >= g.h) break;
@@ -360,12 +385,14 @@ inline void for_each_tile_run(const WinogradGeometry& g, long begin, long end, F
 }  // namespace detail
 
 /// y = conv3x3(x) + bias (then ReLU where relu) for n images, NCHW, by F(2x2, 3x3) Winograd, with
-/// filter u from winograd_transform_filter (or _input_grad; bias may be null).
+/// filter u from winograd_transform_filter (or _input_grad; bias may be null). With `pooled`, y is
+/// not written: pooled (n x cout x h/2 x w/2) = maxpool2x2 of it instead, each output tile being
+/// one pooling window (an eval forward: no winner masks are kept for a backward pass).
 /// requires: ws.reserve(g, t) with t >= threads; u.reserve(g.cin, g.cout) and transformed.
 template <KernelPath Path = fastest_path>
 inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>& u, const float* bias, float* y,
                                      int n, const WinogradGeometry& g, WinogradWorkspace& ws, int threads,
-                                     bool relu = false) {
+                                     bool relu = false, float* pooled = nullptr) {
   static_assert(Path == KernelPath::plain || kFastKernels,
                 "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
   const long total = long(n) * g.tiles_per_image(), max_chunk = g.max_chunk();
@@ -410,11 +437,11 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
       detail::for_each_tile_run(g, begin, end, [&](const detail::TileRun& run, long t0) {
 #ifdef VGG_FAST_KERNELS
         if constexpr (Path == KernelPath::avx512) {
-          detail::winograd_output_run_avx512(m, bias, relu, g, run, y, ld, t0);
+          detail::winograd_output_run_avx512(m, bias, relu, g, run, y, ld, t0, pooled);
           return;
         }
 #endif
-        detail::winograd_output_run_plain(m, bias, relu, g, run, y, ld, t0);
+        detail::winograd_output_run_plain(m, bias, relu, g, run, y, ld, t0, pooled);
       });
     }
   }
