@@ -76,6 +76,49 @@ void BM_winograd(benchmark::State& state) {
   state.counters["chunk"] = double(g.max_chunk());
 }
 
+/// Conv + ReLU + 2x2 max-pool, as the net runs its pooled layers (conv4, conv6, conv8): the direct
+/// path's fused pool (winner masks kept for a backward pass) against Winograd's (the pool taken per
+/// output tile; nothing kept: eval only).
+void BM_direct_pooled(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::Conv3x3Workspace ws;
+  ws.reserve(g, kThreads);
+  vgg::cpu::PoolState<vgg::cpu::fastest_path> pool_state;
+  pool_state.reserve(g, kBatch);
+  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
+  std::vector<float> pooled(std::size_t(kBatch) * l.cout * (l.hw / 2) * (l.hw / 2));
+  for (auto _ : state) {
+    vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), pool_state, kBatch, g, ws,
+                                        kThreads);
+    benchmark::DoNotOptimize(pooled.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = 0;
+}
+
+void BM_winograd_pooled(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::WinogradGeometry g{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::WinogradFilter<> u;
+  u.reserve(l.cin, l.cout);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(g, kThreads);
+  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
+  std::vector<float> pooled(std::size_t(kBatch) * l.cout * (l.hw / 2) * (l.hw / 2));
+  vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
+  for (auto _ : state) {
+    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), nullptr, kBatch, g, ws, kThreads, true, pooled.data());
+    benchmark::DoNotOptimize(pooled.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = double(g.max_chunk());
+}
+
 /// Input gradient: the direct backward with dx (range(1) = 1) and without (0), whose difference is
 /// what dx costs there (its GEMM and col2im; the weight gradient's GEMM shares the im2col), against
 /// Winograd's input gradient (filter transform outside the loop).
@@ -136,6 +179,16 @@ void register_all() {
           ->Args({i, chunk})
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
+    if (i != 1) {  // conv4, conv6 and conv8 (conv7's shape) are followed by a pool; conv5 is not
+      benchmark::RegisterBenchmark(("direct_pooled/" + name).c_str(), BM_direct_pooled)
+          ->Arg(i)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("winograd_pooled/" + name).c_str(), BM_winograd_pooled)
+          ->Arg(i)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
     for (int with_dx : {0, 1})
       benchmark::RegisterBenchmark(("direct_backward/" + name).c_str(), BM_direct_backward)
           ->Args({i, with_dx})
