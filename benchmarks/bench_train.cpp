@@ -60,11 +60,14 @@ void train_step(benchmark::State& state) {
   state.counters["faults/step"] = double(minor_faults() - faults) / double(state.iterations());
 }
 
-template <class Net, vgg::Precision P = vgg::Precision::fp32>
+/// With Winograd false, every conv layer on the direct path (Context::set_winograd), to measure what
+/// the backend's Winograd rule gives.
+template <class Net, vgg::Precision P = vgg::Precision::fp32, bool Winograd = true>
 void eval_forward(benchmark::State& state) {
   const int n = int(state.range(0));
   auto net = std::make_unique<Net>(1);
   if (!set_precision<P>(state, *net)) return;
+  if constexpr (requires { net->context().set_winograd(Winograd); }) net->context().set_winograd(Winograd);
   const auto x = batch_data(n);
   (void)net->forward(x, n);
   const long faults = minor_faults();
@@ -100,6 +103,7 @@ void first_step(benchmark::State& state) {
 BENCHMARK(train_step<Narrow>)->Name("vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Narrow>)->Name("vgg11_w8/eval_forward")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Wide>)->Name("vgg11_w1/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(eval_forward<Wide, vgg::Precision::fp32, false>)->Name("direct/vgg11_w1/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 // bf16 mixed precision (where the CPU has AVX512-BF16; skipped elsewhere), beside the fp32 rows.
 BENCHMARK(train_step<Narrow, vgg::Precision::bf16>)->Name("bf16/vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Narrow, vgg::Precision::bf16>)->Name("bf16/vgg11_w8/eval_forward")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -9,6 +9,7 @@
 #include <vgg/cpu/conv3x3.hpp>
 #include <vgg/cpu/winograd.hpp>
 
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -19,11 +20,13 @@ constexpr int kBatch = 8, kThreads = 2;
 struct Layer {
   const char* name;
   int cin, cout, hw;
+  bool pooled;  // followed by a 2x2 max-pool in VGG-11
 };
-constexpr Layer kLayers[] = {{"conv4_256-256_56", 256, 256, 56},
-                             {"conv5_256-512_28", 256, 512, 28},
-                             {"conv6_512-512_28", 512, 512, 28},
-                             {"conv7_512-512_14", 512, 512, 14}};
+// conv2 and conv3 (narrower) are measured to place the threshold of cpu::Backend's Winograd rule.
+constexpr Layer kLayers[] = {{"conv2_64-128_112", 64, 128, 112, true},  {"conv3_128-256_56", 128, 256, 56, false},
+                             {"conv4_256-256_56", 256, 256, 56, true},  {"conv5_256-512_28", 256, 512, 28, false},
+                             {"conv6_512-512_28", 512, 512, 28, true},  {"conv7_512-512_14", 512, 512, 14, false},
+                             {"conv8_512-512_14", 512, 512, 14, true}};
 
 std::vector<float> random_vector(std::size_t n, unsigned seed, float scale) {
   std::mt19937 gen(seed);
@@ -170,6 +173,17 @@ void BM_winograd_filter(benchmark::State& state) {
   }
 }
 
+/// What the layers pay per eval forward to know the cached filter is current: the weights compared
+/// with the copy it was made from (cpu::Backend's ConvWorkspace::winograd_filter).
+void BM_weights_compare(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const std::vector<float> copy = w;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(std::memcmp(w.data(), copy.data(), w.size() * sizeof(float)));
+  }
+}
+
 void register_all() {
   for (int i = 0; i < int(std::size(kLayers)); ++i) {
     const std::string name = kLayers[i].name;
@@ -179,7 +193,7 @@ void register_all() {
           ->Args({i, chunk})
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
-    if (i != 1) {  // conv4, conv6 and conv8 (conv7's shape) are followed by a pool; conv5 is not
+    if (kLayers[i].pooled) {
       benchmark::RegisterBenchmark(("direct_pooled/" + name).c_str(), BM_direct_pooled)
           ->Arg(i)
           ->Unit(benchmark::kMillisecond)
@@ -199,6 +213,10 @@ void register_all() {
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
     benchmark::RegisterBenchmark(("winograd_filter/" + name).c_str(), BM_winograd_filter)
+        ->Arg(i)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("weights_compare/" + name).c_str(), BM_weights_compare)
         ->Arg(i)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();

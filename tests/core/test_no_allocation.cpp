@@ -129,3 +129,27 @@ TEST_CASE("batch norm: a steady-state training step and an eval batch allocate n
     CHECK(allocated == 0);
   }
 }
+
+TEST_CASE("Winograd layers (C_in, C_out >= 256): steady-state training, eval and eval-mode backward allocate nothing") {
+  // Both convs of the block are picked by cpu::Backend's Winograd rule on the AVX-512 path; the second
+  // is pooled, so the eval-mode backward rebuilds its pool state by the direct path.
+  using Net = vgg::Vgg<vgg::Input<256, 6, 10>, vgg::VggBlock<2, 256, 256>, vgg::Classifier<7, 4>>;
+  auto net = std::make_unique<Net>(1);
+  std::vector<float> x(3 * 256 * 6 * 10);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 19) / 19.0f - 0.4f;
+  const std::vector<std::int32_t> labels{0, 1, 2};
+  vgg::Sgd sgd({.lr = 0.01f, .momentum = 0.9f});
+  for (int threads : {1, 2}) {
+    net->set_threads(threads);
+    (void)vgg::train_step(*net, sgd, x, labels);
+    (void)vgg::evaluate_batch(*net, x, labels);
+    net->backward();
+    const long before = allocations.load();
+    (void)vgg::train_step(*net, sgd, x, labels);
+    (void)vgg::evaluate_batch(*net, x, labels);
+    net->backward();
+    const long allocated = allocations.load() - before;
+    CAPTURE(threads);
+    CHECK(allocated == 0);
+  }
+}

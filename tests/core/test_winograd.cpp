@@ -11,9 +11,14 @@
 
 #include <vgg/cpu/conv3x3.hpp>
 #include <vgg/cpu/winograd.hpp>
+#include <vgg/io/checkpoint.hpp>
+#include <vgg/vgg.hpp>
 
 #include <cfloat>
 #include <cmath>
+#include <filesystem>
+#include <string>
+#include <unistd.h>
 #include <vector>
 
 #include "reference.hpp"
@@ -204,4 +209,143 @@ TEST_CASE("Winograd F(2x2,3x3) matches the direct path on a VGG-like layer, forw
   w_wrong[4] += 0.05f;
   const auto wrong = winograd_forward<KernelPath::plain>(x, w_wrong, b, n, cin, cout, h, wd, threads, false);
   CHECK(ref::max_abs_diff(direct, wrong.data()) > tol);
+}
+
+// The layer's eval forward (Winograd where cpu::Backend's rule picks it: C_in, C_out >= 256 on the
+// AVX-512 path) against its train forward (always the direct path); the cached filter follows a
+// weight change; a backward after an eval pooled forward matches one after a train forward exactly
+// (the pool state is rebuilt by the direct path).
+
+TEST_CASE("Conv3x3Relu's eval forward by Winograd matches its direct forward; backward after it is exact" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  using B = vgg::cpu::Backend;
+  constexpr int In = 256, Out = 256, H = 6, W = 10, n = 2;
+  CHECK(B::winograd_rule(vgg::ConvShape{In, Out, H, W}) == vgg::cpu::kFastKernels);
+  vgg::Conv3x3Relu<In, Out, H, W, B> layer;
+  B::Context exec;
+  exec.set_threads(2);
+  vgg::Rng rng(7);
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, n, /*pooled=*/true);
+  const vgg::RunContext eval{vgg::Mode::eval, 1, 0, 0}, train{vgg::Mode::train, 1, 0, 0};
+  const auto x = ref::random_vector(std::size_t(n) * In * H * W, 21);
+  const std::size_t out_size = std::size_t(n) * Out * H * W, pooled_size = std::size_t(n) * Out * (H / 2) * (W / 2);
+  std::vector<float> y_eval(out_size), y_train(out_size), p_eval(pooled_size), p_train(pooled_size);
+  std::vector<float> w(layer.weight().begin(), layer.weight().end());
+  const float tol = winograd_tolerance(In, max_abs(w), max_abs(x));
+  layer.forward(exec, x.data(), y_eval.data(), n, eval);
+  layer.forward(exec, x.data(), y_train.data(), n, train);
+  CHECK(ref::max_abs_diff(y_train, y_eval.data()) <= tol);
+  // The weights change (as an optimizer step would): the cached transform must follow.
+  layer.weight()[5] += 0.5f;
+  layer.forward(exec, x.data(), y_eval.data(), n, eval);
+  layer.forward(exec, x.data(), y_train.data(), n, train);
+  CHECK(ref::max_abs_diff(y_train, y_eval.data()) <= tol);
+
+  layer.reserve_backward(exec, n, /*pooled=*/true);
+  const auto dy = ref::random_vector(pooled_size, 22);
+  std::vector<float> dx_train(x.size()), dx_eval(x.size());
+  layer.forward_pooled(exec, x.data(), p_train.data(), n, train);
+  layer.backward_pooled(exec, x.data(), dy.data(), dx_train.data(), n, train);
+  const std::vector<float> wg_train(layer.weight_grad().begin(), layer.weight_grad().end());
+  layer.forward_pooled(exec, x.data(), p_eval.data(), n, eval);
+  CHECK(ref::max_abs_diff(p_train, p_eval.data()) <= tol);
+  layer.backward_pooled(exec, x.data(), dy.data(), dx_eval.data(), n, eval);
+  CHECK(ref::max_abs_diff(dx_train, dx_eval.data()) == 0.0f);
+  CHECK(ref::max_abs_diff(wg_train, layer.weight_grad().data()) == 0.0f);
+}
+
+// The network: eval logits with the Winograd layers against the same network with Winograd turned
+// off (Context::set_winograd), after weight updates (an optimizer step) and a checkpoint load, which
+// the cached filter transform must follow; and the gradients of a backward after an eval forward.
+//
+// Tolerance: 2^-16 (1.5e-5) of the largest logit (taken as at least 1). Each Winograd layer's error is
+// within the kernel bound above and the classifier adds rounding of its own; the differences seen are
+// ~1e-7, a few float ulps of these logits. A stale filter (the weights of before the update or the
+// load) would move them by 0.2-0.5: the test checks that the update and the load move the direct
+// path's logits by over 100x the tolerance, so it cannot pass with one.
+
+namespace {
+
+using WideNet = vgg::Vgg<vgg::Input<256, 6, 10>, vgg::VggBlock<2, 256, 256>, vgg::Classifier<16, 5>>;
+
+std::vector<float> eval_logits(WideNet& net, const std::vector<float>& x, int n, bool winograd) {
+  net.context().set_winograd(winograd);
+  net.set_mode(vgg::Mode::eval);
+  const auto logits = net.forward(x, n);
+  return {logits.data(), logits.data() + logits.size()};
+}
+
+float logits_tolerance(const std::vector<float>& logits) { return std::ldexp(std::max(1.0f, max_abs(logits)), -16); }
+
+}  // namespace
+
+TEST_CASE("a network's eval forward by Winograd matches the direct path after optimizer steps and a checkpoint load" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  constexpr int n = 3;
+  auto net = std::make_unique<WideNet>(11);
+  net->set_threads(2);
+  const auto x = ref::random_vector(std::size_t(n) * 256 * 6 * 10, 31);
+  const std::vector<std::int32_t> labels{0, 3, 4};
+
+  auto direct = eval_logits(*net, x, n, false);
+  auto wino = eval_logits(*net, x, n, true);
+  MESSAGE("initial: max |winograd - direct| = " << ref::max_abs_diff(direct, wino.data()) << ", max |logit| = "
+                                                << max_abs(direct));
+  CHECK(ref::max_abs_diff(direct, wino.data()) <= logits_tolerance(direct));
+
+  // Optimizer steps (train mode: the direct path) change the conv weights under the cached transform.
+  vgg::Sgd sgd({.lr = 0.05f, .momentum = 0.9f});
+  for (int step = 0; step < 3; ++step) (void)vgg::train_step(*net, sgd, x, labels);
+  const auto before = direct;
+  direct = eval_logits(*net, x, n, false);
+  wino = eval_logits(*net, x, n, true);
+  MESSAGE("after steps: max |winograd - direct| = " << ref::max_abs_diff(direct, wino.data())
+                                                    << ", moved by " << ref::max_abs_diff(before, direct.data()));
+  CHECK(ref::max_abs_diff(direct, wino.data()) <= logits_tolerance(direct));
+  CHECK(ref::max_abs_diff(before, direct.data()) > 100 * logits_tolerance(direct));
+
+  // A checkpoint of another network loaded into this one (whose transform is cached).
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("vgg_test_winograd_" + std::to_string(::getpid()) + ".safetensors");
+  {
+    auto other = std::make_unique<WideNet>(12);
+    vgg::io::save_weights(path, *other);
+  }
+  vgg::io::load_weights(path, *net);
+  std::filesystem::remove(path);
+  const auto trained = direct;
+  direct = eval_logits(*net, x, n, false);
+  wino = eval_logits(*net, x, n, true);
+  MESSAGE("after load: max |winograd - direct| = " << ref::max_abs_diff(direct, wino.data())
+                                                   << ", moved by " << ref::max_abs_diff(trained, direct.data()));
+  CHECK(ref::max_abs_diff(direct, wino.data()) <= logits_tolerance(direct));
+  CHECK(ref::max_abs_diff(trained, direct.data()) > 100 * logits_tolerance(direct));
+}
+
+TEST_CASE("a network's backward after an eval forward by Winograd matches the one after the direct forward" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  constexpr int n = 2;
+  auto net = std::make_unique<WideNet>(13);
+  net->set_threads(2);
+  const auto x = ref::random_vector(std::size_t(n) * 256 * 6 * 10, 32);
+  const std::vector<std::int32_t> labels{1, 2};
+  auto gradients = [&](bool winograd) {
+    (void)eval_logits(*net, x, n, winograd);
+    (void)net->loss(labels, /*gradient=*/true);
+    net->backward(/*input_gradient=*/true);
+    std::vector<float> g;
+    net->for_each_parameter_data([&](std::span<float>, std::span<float> grad) { g.insert(g.end(), grad.begin(), grad.end()); });
+    const auto dx = net->input_gradient();
+    g.insert(g.end(), dx.begin(), dx.end());
+    return g;
+  };
+  const auto direct = gradients(false);
+  const auto wino = gradients(true);
+  // The pooled conv's backward rebuilds its pool state by the direct path; the first conv's ReLU
+  // mask comes from its Winograd output, and the second conv's input is that output: the gradients
+  // differ by the forward's rounding, carried through (a ReLU flipped at an exact 0 would show).
+  MESSAGE("max |grad winograd - grad direct| = " << ref::max_abs_diff(direct, wino.data()) << ", max |grad| = "
+                                                 << max_abs(direct));
+  CHECK(ref::max_abs_diff(direct, wino.data()) <= std::ldexp(std::max(1.0f, max_abs(direct)), -16));
 }

@@ -21,6 +21,7 @@
 #include "vgg/cpu/linear.hpp"
 #include "vgg/cpu/maxpool.hpp"
 #include "vgg/cpu/parallel.hpp"
+#include "vgg/cpu/winograd.hpp"
 #include "vgg/elementwise.hpp"
 #include "vgg/loss.hpp"
 #include "vgg/precision.hpp"
@@ -46,6 +47,12 @@ class Context {
     return "this CPU has no AVX512-BF16 (" + describe() + "); running fp32";
   }
 
+  /// Whether the wide conv layers may run by Winograd F(2x2, 3x3) where the backend's rule picks them
+  /// (on by default); off, every conv layer takes the direct path (the tests and benchmarks compare
+  /// the two this way).
+  void set_winograd(bool allowed) { winograd_ = allowed; }
+  bool winograd() const { return winograd_; }
+
   /// The most threads a network accepts: more than any machine this library targets has cores,
   /// and few enough that per-thread work buffers stay bounded.
   static constexpr int max_threads = 256;
@@ -57,6 +64,7 @@ class Context {
  private:
   int threads_ = 0;
   Precision precision_ = Precision::fp32;
+  bool winograd_ = true;
 };
 
 template <KernelPath Path>
@@ -84,17 +92,57 @@ struct BasicBackend {
     if (count) std::memcpy(dst, src, count * sizeof(float));
   }
 
-  /// Per-thread column slices, GEMM plans and partial gradients of one conv layer.
+  /// Whether a layer's eval forward runs by Winograd F(2x2, 3x3) (winograd.hpp): a static rule from
+  /// bench_winograd (docs/PERFORMANCE.md, 1.6-2.7x over the direct path on every layer measured with
+  /// C_in, C_out >= 256 on the Xeon kind), on the AVX-512 path; the plain path stays the reference.
+  static constexpr bool winograd_rule(const ConvShape& s) {
+    return Path == KernelPath::avx512 && s.cin >= 256 && s.cout >= 256;
+  }
+
+  /// Per-thread column slices, GEMM plans and partial gradients of one conv layer; for a layer the
+  /// Winograd rule picks, also its transformed filter (cached) and chunk buffers.
   class ConvWorkspace {
    public:
-    void reserve(const Context& ctx, const ConvShape& s, int /*batch*/) { ws_.reserve(geometry(s), ctx.threads()); }
+    void reserve(const Context& ctx, const ConvShape& s, int /*batch*/) {
+      ws_.reserve(geometry(s), ctx.threads());
+      if (winograd_rule(s)) {
+        filter_.reserve(s.cin, s.cout);
+        winograd_ws_.reserve(winograd_geometry(s), ctx.threads());
+        filtered_weights_.reserve(std::size_t(9) * s.cin * s.cout);
+        winograd_threads_ = std::max(winograd_threads_, ctx.threads());
+      }
+    }
     void reserve_backward(const Context& ctx, const ConvShape& s, int /*batch*/, bool pooled) {
       ws_.reserve_backward(geometry(s), ctx.threads(), pooled);
     }
     Conv3x3Workspace& get() { return ws_; }
 
+    /// Whether an eval forward of this layer takes Winograd now (fp32 only: bf16 has its own kernels).
+    bool use_winograd(const Context& ctx, const ConvShape& s) const {
+      return winograd_rule(s) && ctx.winograd() && winograd_threads_ >= ctx.threads() &&
+             ctx.precision_in_use() == Precision::fp32;
+    }
+    /// The filter transformed for `weight`, redone only when the weights differ from the copy it was
+    /// made from (the layer cannot see an optimizer step or a checkpoint load; memcmp is exact and
+    /// ~1 ms for 512 x 512, against 10-20 ms for the transform).
+    const WinogradFilter<Path>& winograd_filter(const float* weight, const ConvShape& s, int threads) {
+      const std::size_t bytes = std::size_t(9) * s.cin * s.cout * sizeof(float);
+      if (!filter_valid_ || std::memcmp(filtered_weights_.data(), weight, bytes) != 0) {
+        winograd_transform_filter(weight, filter_, threads);
+        std::memcpy(filtered_weights_.data(), weight, bytes);
+        filter_valid_ = true;
+      }
+      return filter_;
+    }
+    WinogradWorkspace& winograd_workspace() { return winograd_ws_; }
+
    private:
     Conv3x3Workspace ws_;
+    WinogradFilter<Path> filter_;
+    WinogradWorkspace winograd_ws_;
+    vgg::Buffer<float> filtered_weights_;
+    int winograd_threads_ = 0;
+    bool filter_valid_ = false;
   };
 
   /// The fused conv + pool's state: winner masks (AVX-512 path) or the conv's output (plain path).
@@ -131,6 +179,16 @@ struct BasicBackend {
                                    const float* weight, const float* bias, float* y, int n) {
     ws.get().set_bf16(uses_bf16(ctx));
     cpu::conv3x3_relu_forward<Path>(x, weight, bias, y, n, geometry(s), ws.get(), ctx.threads());
+  }
+  /// An eval forward by Winograd where winograd_rule picks the layer: y = relu(conv(x) + b), or, with
+  /// pooled (y null), its 2x2 max-pool, keeping no pool state for a backward pass. Returns false,
+  /// doing nothing, where the rule does not pick it (the caller runs the direct path).
+  static bool conv3x3_relu_forward_winograd(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
+                                            const float* weight, const float* bias, float* y, float* pooled, int n) {
+    if (!ws.use_winograd(ctx, s)) return false;
+    cpu::winograd_conv3x3_forward<Path>(x, ws.winograd_filter(weight, s, ctx.threads()), bias, y, n,
+                                        winograd_geometry(s), ws.winograd_workspace(), ctx.threads(), true, pooled);
+    return true;
   }
   static void conv3x3_relu_pool_forward(Context& ctx, ConvWorkspace& ws, PoolState& state, const ConvShape& s,
                                         const float* x, const float* weight, const float* bias, float* pooled, int n) {
@@ -249,6 +307,7 @@ struct BasicBackend {
 
  private:
   static Conv3x3Geometry geometry(const ConvShape& s) { return {s.cin, s.cout, s.h, s.w}; }
+  static WinogradGeometry winograd_geometry(const ConvShape& s) { return {s.cin, s.cout, s.h, s.w}; }
 };
 
 /// The CPU backend on the fastest kernel path compiled in: the default of every network.
