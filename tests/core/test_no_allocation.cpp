@@ -130,7 +130,7 @@ TEST_CASE("batch norm: a steady-state training step and an eval batch allocate n
   }
 }
 
-TEST_CASE("Winograd layers (C_in, C_out >= 256): steady-state training, eval and eval-mode backward allocate nothing") {
+TEST_CASE("wide conv layers (Winograd on the AVX-512 path): steady-state training, eval and eval-mode backward allocate nothing") {
   // Both convs of the block are picked by cpu::Backend's Winograd rule on the AVX-512 path; the second
   // is pooled, so the eval-mode backward rebuilds its pool state by the direct path.
   using Net = vgg::Vgg<vgg::Input<256, 6, 10>, vgg::VggBlock<2, 256, 256>, vgg::Classifier<7, 4>>;
