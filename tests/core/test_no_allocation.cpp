@@ -131,9 +131,10 @@ TEST_CASE("batch norm: a steady-state training step and an eval batch allocate n
 }
 
 TEST_CASE("wide conv layers (Winograd on the AVX-512 path): steady-state training, eval and eval-mode backward allocate nothing") {
-  // Both convs of the block are picked by cpu::Backend's Winograd rule on the AVX-512 path; the second
-  // is pooled, so the eval-mode backward rebuilds its pool state by the direct path.
-  using Net = vgg::Vgg<vgg::Input<256, 6, 10>, vgg::VggBlock<2, 256, 256>, vgg::Classifier<7, 4>>;
+  // The three convs are picked by cpu::Backend's Winograd rule on the AVX-512 path: the second runs its
+  // forward and input gradient by Winograd in training too; the third is pooled, so the eval-mode
+  // backward rebuilds its pool state by the direct path.
+  using Net = vgg::Vgg<vgg::Input<256, 6, 10>, vgg::VggBlock<3, 256, 256>, vgg::Classifier<7, 4>>;
   auto net = std::make_unique<Net>(1);
   std::vector<float> x(3 * 256 * 6 * 10);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 19) / 19.0f - 0.4f;

@@ -211,12 +211,13 @@ TEST_CASE("Winograd F(2x2,3x3) matches the direct path on a VGG-like layer, forw
   CHECK(ref::max_abs_diff(direct, wrong.data()) > tol);
 }
 
-// The layer's eval forward (Winograd where cpu::Backend's rule picks it: C_in, C_out >= 256 on the
-// AVX-512 path) against its train forward (always the direct path); the cached filter follows a
-// weight change; a backward after an eval pooled forward matches one after a train forward exactly
-// (the pool state is rebuilt by the direct path).
+// The layer by Winograd (where cpu::Backend's rule picks it: C_in, C_out >= 256 on the AVX-512 path)
+// against the same layer with Winograd off (Context::set_winograd(false): the direct path): forward in
+// both modes, the eval pooled forward, the input gradient; the cached filters follow a weight change;
+// a backward after an eval pooled forward equals one after a training forward exactly (the pool state
+// is rebuilt by the direct path).
 
-TEST_CASE("Conv3x3Relu's eval forward by Winograd matches its direct forward; backward after it is exact" *
+TEST_CASE("Conv3x3Relu by Winograd matches its direct path: forward, pooled eval forward, input gradient" *
           doctest::skip(!vgg::cpu::kFastKernels)) {
   using B = vgg::cpu::Backend;
   constexpr int In = 256, Out = 256, H = 6, W = 10, n = 2;
@@ -226,30 +227,70 @@ TEST_CASE("Conv3x3Relu's eval forward by Winograd matches its direct forward; ba
   exec.set_threads(2);
   vgg::Rng rng(7);
   layer.reset_parameters(rng, exec);
-  layer.reserve(exec, n, /*pooled=*/true);
+  layer.reserve(exec, n);
+  layer.reserve_backward(exec, n);
   const vgg::RunContext eval{vgg::Mode::eval, 1, 0, 0}, train{vgg::Mode::train, 1, 0, 0};
   const auto x = ref::random_vector(std::size_t(n) * In * H * W, 21);
-  const std::size_t out_size = std::size_t(n) * Out * H * W, pooled_size = std::size_t(n) * Out * (H / 2) * (W / 2);
-  std::vector<float> y_eval(out_size), y_train(out_size), p_eval(pooled_size), p_train(pooled_size);
-  std::vector<float> w(layer.weight().begin(), layer.weight().end());
-  const float tol = winograd_tolerance(In, max_abs(w), max_abs(x));
-  layer.forward(exec, x.data(), y_eval.data(), n, eval);
-  layer.forward(exec, x.data(), y_train.data(), n, train);
-  CHECK(ref::max_abs_diff(y_train, y_eval.data()) <= tol);
-  // The weights change (as an optimizer step would): the cached transform must follow.
-  layer.weight()[5] += 0.5f;
-  layer.forward(exec, x.data(), y_eval.data(), n, eval);
-  layer.forward(exec, x.data(), y_train.data(), n, train);
-  CHECK(ref::max_abs_diff(y_train, y_eval.data()) <= tol);
+  const auto dy = ref::random_vector(std::size_t(n) * Out * H * W, 23);
+  const std::size_t out_size = std::size_t(n) * Out * H * W;
 
+  for (int change = 0; change < 2; ++change) {
+    // change 1: the weights move (as an optimizer step would) under both cached transforms.
+    if (change) layer.weight()[5] += 0.5f;
+    CAPTURE(change);
+    const std::vector<float> w(layer.weight().begin(), layer.weight().end());
+    const float tol = winograd_tolerance(In, max_abs(w), max_abs(x));
+    // forward and backward; the backward overwrites its dy with dz = dy * (y > 0).
+    struct Pass {
+      std::vector<float> y, dz, dx, wg;
+    };
+    auto pass = [&](bool winograd, const vgg::RunContext& run) {
+      exec.set_winograd(winograd);
+      Pass p{std::vector<float>(out_size), dy, std::vector<float>(x.size()), {}};
+      layer.forward(exec, x.data(), p.y.data(), n, run);
+      layer.backward(exec, x.data(), p.y.data(), p.dz.data(), p.dx.data(), n, run);
+      p.wg.assign(layer.weight_grad().begin(), layer.weight_grad().end());
+      return p;
+    };
+    const Pass direct = pass(false, train), wino_train = pass(true, train), wino_eval = pass(true, eval);
+    CHECK(ref::max_abs_diff(direct.y, wino_train.y.data()) <= tol);
+    CHECK(ref::max_abs_diff(direct.y, wino_eval.y.data()) <= tol);
+    // The ReLU masks agree (no output within rounding of 0 here), so dz and the weight gradient
+    // (direct path in both) are equal; dx is Winograd's, within the bound for Out channels.
+    CHECK(ref::max_abs_diff(direct.dz, wino_train.dz.data()) == 0.0f);
+    CHECK(ref::max_abs_diff(direct.wg, wino_train.wg.data()) == 0.0f);
+    const float dx_tol = winograd_tolerance(Out, max_abs(w), max_abs(direct.dz));
+    CHECK(ref::max_abs_diff(direct.dx, wino_train.dx.data()) <= dx_tol);
+    CHECK(ref::max_abs_diff(direct.dx, wino_eval.dx.data()) <= dx_tol);
+    CHECK(ref::max_abs_diff(direct.dx, wino_train.dx.data()) > 0.0f);  // Winograd did compute it
+  }
+}
+
+TEST_CASE("Conv3x3Relu's pooled eval forward by Winograd matches the direct one; a backward after it is exact" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  using B = vgg::cpu::Backend;
+  constexpr int In = 256, Out = 256, H = 6, W = 10, n = 2;
+  vgg::Conv3x3Relu<In, Out, H, W, B> layer;
+  B::Context exec;
+  exec.set_threads(2);
+  vgg::Rng rng(8);
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, n, /*pooled=*/true);
   layer.reserve_backward(exec, n, /*pooled=*/true);
+  const vgg::RunContext eval{vgg::Mode::eval, 1, 0, 0}, train{vgg::Mode::train, 1, 0, 0};
+  const auto x = ref::random_vector(std::size_t(n) * In * H * W, 21);
+  const std::size_t pooled_size = std::size_t(n) * Out * (H / 2) * (W / 2);
   const auto dy = ref::random_vector(pooled_size, 22);
-  std::vector<float> dx_train(x.size()), dx_eval(x.size());
-  layer.forward_pooled(exec, x.data(), p_train.data(), n, train);
+  std::vector<float> p_train(pooled_size), p_eval(pooled_size), dx_train(x.size()), dx_eval(x.size());
+  const std::vector<float> w(layer.weight().begin(), layer.weight().end());
+  const float tol = winograd_tolerance(In, max_abs(w), max_abs(x));
+
+  layer.forward_pooled(exec, x.data(), p_train.data(), n, train);  // direct: keeps the winner masks
   layer.backward_pooled(exec, x.data(), dy.data(), dx_train.data(), n, train);
   const std::vector<float> wg_train(layer.weight_grad().begin(), layer.weight_grad().end());
-  layer.forward_pooled(exec, x.data(), p_eval.data(), n, eval);
+  layer.forward_pooled(exec, x.data(), p_eval.data(), n, eval);  // Winograd: keeps nothing
   CHECK(ref::max_abs_diff(p_train, p_eval.data()) <= tol);
+  CHECK(ref::max_abs_diff(p_train, p_eval.data()) > 0.0f);  // it did run by Winograd
   layer.backward_pooled(exec, x.data(), dy.data(), dx_eval.data(), n, eval);
   CHECK(ref::max_abs_diff(dx_train, dx_eval.data()) == 0.0f);
   CHECK(ref::max_abs_diff(wg_train, layer.weight_grad().data()) == 0.0f);
@@ -267,7 +308,9 @@ TEST_CASE("Conv3x3Relu's eval forward by Winograd matches its direct forward; ba
 
 namespace {
 
-using WideNet = vgg::Vgg<vgg::Input<256, 6, 10>, vgg::VggBlock<2, 256, 256>, vgg::Classifier<16, 5>>;
+// Three convs: the first has no input gradient (first layer), the second runs forward and input
+// gradient by Winograd in training too, the third is pooled (Winograd in eval only).
+using WideNet = vgg::Vgg<vgg::Input<256, 6, 10>, vgg::VggBlock<3, 256, 256>, vgg::Classifier<16, 5>>;
 
 std::vector<float> eval_logits(WideNet& net, const std::vector<float>& x, int n, bool winograd) {
   net.context().set_winograd(winograd);
@@ -323,29 +366,37 @@ TEST_CASE("a network's eval forward by Winograd matches the direct path after op
   CHECK(ref::max_abs_diff(trained, direct.data()) > 100 * logits_tolerance(direct));
 }
 
-TEST_CASE("a network's backward after an eval forward by Winograd matches the one after the direct forward" *
+TEST_CASE("a network's gradients with Winograd layers match the direct path's, in eval and train mode" *
           doctest::skip(!vgg::cpu::kFastKernels)) {
   constexpr int n = 2;
   auto net = std::make_unique<WideNet>(13);
   net->set_threads(2);
   const auto x = ref::random_vector(std::size_t(n) * 256 * 6 * 10, 32);
   const std::vector<std::int32_t> labels{1, 2};
-  auto gradients = [&](bool winograd) {
-    (void)eval_logits(*net, x, n, winograd);
+  auto gradients = [&](bool winograd, vgg::Mode mode) {
+    net->context().set_winograd(winograd);
+    net->set_mode(mode);
+    net->set_step(0);  // the same dropout masks in train mode
+    (void)net->forward(x, n);
     (void)net->loss(labels, /*gradient=*/true);
     net->backward(/*input_gradient=*/true);
     std::vector<float> g;
-    net->for_each_parameter_data([&](std::span<float>, std::span<float> grad) { g.insert(g.end(), grad.begin(), grad.end()); });
+    net->for_each_parameter_data(
+        [&](std::span<float>, std::span<float> grad) { g.insert(g.end(), grad.begin(), grad.end()); });
     const auto dx = net->input_gradient();
     g.insert(g.end(), dx.begin(), dx.end());
     return g;
   };
-  const auto direct = gradients(false);
-  const auto wino = gradients(true);
-  // The pooled conv's backward rebuilds its pool state by the direct path; the first conv's ReLU
-  // mask comes from its Winograd output, and the second conv's input is that output: the gradients
-  // differ by the forward's rounding, carried through (a ReLU flipped at an exact 0 would show).
-  MESSAGE("max |grad winograd - grad direct| = " << ref::max_abs_diff(direct, wino.data()) << ", max |grad| = "
-                                                 << max_abs(direct));
-  CHECK(ref::max_abs_diff(direct, wino.data()) <= std::ldexp(std::max(1.0f, max_abs(direct)), -16));
+  for (const vgg::Mode mode : {vgg::Mode::eval, vgg::Mode::train}) {
+    CAPTURE(int(mode));
+    const auto direct = gradients(false, mode);
+    const auto wino = gradients(true, mode);
+    // The pooled conv's backward runs by the direct path (its pool state rebuilt after an eval
+    // forward); the others' ReLU masks come from their Winograd outputs, and their input gradients
+    // are Winograd's: the gradients differ by rounding, carried through (a flipped ReLU would show).
+    MESSAGE("max |grad winograd - grad direct| = " << ref::max_abs_diff(direct, wino.data())
+                                                   << ", max |grad| = " << max_abs(direct));
+    CHECK(ref::max_abs_diff(direct, wino.data()) <= std::ldexp(std::max(1.0f, max_abs(direct)), -16));
+    CHECK(ref::max_abs_diff(direct, wino.data()) > 0.0f);  // Winograd did run
+  }
 }

@@ -102,7 +102,7 @@ struct BasicBackend {
   }
 
   /// Per-thread column slices, GEMM plans and partial gradients of one conv layer; for a layer the
-  /// Winograd rule picks, also its transformed filter (cached) and chunk buffers.
+  /// Winograd rule picks, also its transformed filters (cached) and chunk buffers.
   class ConvWorkspace {
    public:
     void reserve(const Context& ctx, const ConvShape& s, int /*batch*/) {
@@ -110,41 +110,66 @@ struct BasicBackend {
       if (winograd_rule(s)) {
         filter_.reserve(s.cin, s.cout);
         winograd_ws_.reserve(winograd_geometry(s), ctx.threads());
-        filtered_weights_.reserve(std::size_t(9) * s.cin * s.cout);
+        weights_seen_.reserve(std::size_t(9) * s.cin * s.cout);
         winograd_threads_ = std::max(winograd_threads_, ctx.threads());
       }
     }
+    /// Without a pool: also the input gradient's filter (its chunk buffers share the forward's).
     void reserve_backward(const Context& ctx, const ConvShape& s, int /*batch*/, bool pooled) {
       ws_.reserve_backward(geometry(s), ctx.threads(), pooled);
+      if (winograd_rule(s) && !pooled) {
+        input_grad_filter_.reserve(s.cout, s.cin);
+        winograd_ws_.reserve(winograd_input_grad_geometry(winograd_geometry(s)), ctx.threads());
+        weights_seen_.reserve(std::size_t(9) * s.cin * s.cout);
+        input_grad_threads_ = std::max(input_grad_threads_, ctx.threads());
+      }
     }
     Conv3x3Workspace& get() { return ws_; }
 
-    /// Whether an eval forward of this layer takes Winograd now (fp32 only: bf16 has its own kernels).
+    /// Whether a forward of this layer takes Winograd now (fp32 only: bf16 has its own kernels).
     bool use_winograd(const Context& ctx, const ConvShape& s) const {
       return winograd_rule(s) && ctx.winograd() && winograd_threads_ >= ctx.threads() &&
              ctx.precision_in_use() == Precision::fp32;
     }
-    /// The filter transformed for `weight`, redone only when the weights differ from the copy it was
-    /// made from (the layer cannot see an optimizer step or a checkpoint load; memcmp is exact and
-    /// ~1 ms for 512 x 512, against 10-20 ms for the transform).
+    /// Whether an input gradient of this (unpooled) layer takes Winograd now.
+    bool use_winograd_input_grad(const Context& ctx, const ConvShape& s) const {
+      return winograd_rule(s) && ctx.winograd() && input_grad_threads_ >= ctx.threads() &&
+             ctx.precision_in_use() == Precision::fp32;
+    }
+    /// The filter transformed for `weight`, redone only when the weights differ from the copy that the
+    /// cached transforms were made from (the layer cannot see an optimizer step or a checkpoint load;
+    /// memcmp is exact and 0.2 ms for 512 x 512, against 5-13 ms for a transform).
     const WinogradFilter<Path>& winograd_filter(const float* weight, const ConvShape& s, int threads) {
-      const std::size_t bytes = std::size_t(9) * s.cin * s.cout * sizeof(float);
-      if (!filter_valid_ || std::memcmp(filtered_weights_.data(), weight, bytes) != 0) {
-        winograd_transform_filter(weight, filter_, threads);
-        std::memcpy(filtered_weights_.data(), weight, bytes);
-        filter_valid_ = true;
-      }
+      see_weights(weight, s);
+      if (!filter_valid_) winograd_transform_filter(weight, filter_, threads);
+      filter_valid_ = true;
       return filter_;
+    }
+    /// The same for the input gradient's filter (rotated 180 degrees, channels swapped).
+    const WinogradFilter<Path>& winograd_input_grad_filter(const float* weight, const ConvShape& s, int threads) {
+      see_weights(weight, s);
+      if (!input_grad_filter_valid_) winograd_transform_filter_input_grad(weight, input_grad_filter_, threads);
+      input_grad_filter_valid_ = true;
+      return input_grad_filter_;
     }
     WinogradWorkspace& winograd_workspace() { return winograd_ws_; }
 
    private:
+    /// Invalidates both transforms where `weight` differs from the copy they were made from.
+    void see_weights(const float* weight, const ConvShape& s) {
+      const std::size_t bytes = std::size_t(9) * s.cin * s.cout * sizeof(float);
+      if (weights_valid_ && std::memcmp(weights_seen_.data(), weight, bytes) == 0) return;
+      std::memcpy(weights_seen_.data(), weight, bytes);
+      weights_valid_ = true;
+      filter_valid_ = input_grad_filter_valid_ = false;
+    }
+
     Conv3x3Workspace ws_;
-    WinogradFilter<Path> filter_;
+    WinogradFilter<Path> filter_, input_grad_filter_;
     WinogradWorkspace winograd_ws_;
-    vgg::Buffer<float> filtered_weights_;
-    int winograd_threads_ = 0;
-    bool filter_valid_ = false;
+    vgg::Buffer<float> weights_seen_;
+    int winograd_threads_ = 0, input_grad_threads_ = 0;
+    bool weights_valid_ = false, filter_valid_ = false, input_grad_filter_valid_ = false;
   };
 
   /// The fused conv + pool's state: winner masks (AVX-512 path) or the conv's output (plain path).
@@ -182,9 +207,10 @@ struct BasicBackend {
     ws.get().set_bf16(uses_bf16(ctx));
     cpu::conv3x3_relu_forward<Path>(x, weight, bias, y, n, geometry(s), ws.get(), ctx.threads());
   }
-  /// An eval forward by Winograd where winograd_rule picks the layer: y = relu(conv(x) + b), or, with
-  /// pooled (y null), its 2x2 max-pool, keeping no pool state for a backward pass. Returns false,
-  /// doing nothing, where the rule does not pick it (the caller runs the direct path).
+  /// A forward by Winograd where winograd_rule picks the layer: y = relu(conv(x) + b) (a training
+  /// forward too: conv3x3_relu_backward reads only y), or, with pooled (y null), its 2x2 max-pool,
+  /// keeping no pool state for a backward pass (an eval forward). Returns false, doing nothing, where
+  /// the rule does not pick it (the caller runs the direct path).
   static bool conv3x3_relu_forward_winograd(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
                                             const float* weight, const float* bias, float* y, float* pooled, int n) {
     if (!ws.use_winograd(ctx, s)) return false;
@@ -201,8 +227,14 @@ struct BasicBackend {
                                     const float* weight, const float* y, float* dy, float* dx, float* weight_grad,
                                     float* bias_grad, int n) {
     ws.get().set_bf16(uses_bf16(ctx));
-    cpu::conv3x3_relu_backward<Path>(x, weight, y, dy, dx, weight_grad, bias_grad, n, geometry(s), ws.get(),
-                                     ctx.threads());
+    // Where the rule picks the layer, dx by Winograd: the direct backward leaves dz = dy * (y > 0) in
+    // dy, which is the input gradient's convolution input.
+    const bool winograd_dx = dx && ws.use_winograd_input_grad(ctx, s);
+    cpu::conv3x3_relu_backward<Path>(x, weight, y, dy, winograd_dx ? nullptr : dx, weight_grad, bias_grad, n,
+                                     geometry(s), ws.get(), ctx.threads());
+    if (winograd_dx)
+      cpu::winograd_conv3x3_input_grad<Path>(dy, ws.winograd_input_grad_filter(weight, s, ctx.threads()), dx, n,
+                                             winograd_geometry(s), ws.winograd_workspace(), ctx.threads());
   }
   static void conv3x3_relu_pool_backward(Context& ctx, ConvWorkspace& ws, const PoolState& state, const ConvShape& s,
                                          const float* x, const float* weight, const float* dy_pooled, float* dx,

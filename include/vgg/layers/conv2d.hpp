@@ -44,15 +44,16 @@ class Conv3x3Relu : public WeightAndBias<B> {
     }
     this->reserve_gradients();
   }
-  void forward(Context& exec, const float* x, float* y, int n, const RunContext& run) {
-    if (eval_winograd(exec, x, y, nullptr, n, run)) return;
+  void forward(Context& exec, const float* x, float* y, int n, const RunContext&) {
+    if (winograd_forward(exec, x, y, nullptr, n)) return;
     B::conv3x3_relu_forward(exec, workspace_, shape, x, this->weight().data(), this->bias().data(), y, n);
   }
   /// pooled = maxpool2x2(forward(x)), the pool taken while the conv's output is in cache; the
   /// layer keeps what backward_pooled needs (the backend's PoolState).
   /// requires: reserve(exec, batch, /*pooled=*/true) with batch >= n.
   void forward_pooled(Context& exec, const float* x, float* pooled, int n, const RunContext& run) {
-    pool_state_stale_ = eval_winograd(exec, x, nullptr, pooled, n, run);
+    // Winograd keeps no winner masks: eval only (a backward after it rebuilds them, see below).
+    pool_state_stale_ = run.mode == Mode::eval && winograd_forward(exec, x, nullptr, pooled, n);
     if (pool_state_stale_) return;
     B::conv3x3_relu_pool_forward(exec, workspace_, pool_state_, shape, x, this->weight().data(), this->bias().data(),
                                  pooled, n);
@@ -87,14 +88,13 @@ class Conv3x3Relu : public WeightAndBias<B> {
   }
 
  private:
-  /// Whether the backend has a Winograd eval forward (the CPU one; winograd_rule picks the layers).
+  /// Whether the backend has a Winograd forward (the CPU one; its winograd_rule picks the layers).
   static constexpr bool has_winograd = requires { &B::conv3x3_relu_forward_winograd; };
-  /// In eval mode, the forward by Winograd where the backend's rule picks this layer; false otherwise.
-  bool eval_winograd(Context& exec, const float* x, float* y, float* pooled, int n, const RunContext& run) {
+  /// The forward by Winograd where the backend picks this layer; false (nothing done) otherwise.
+  bool winograd_forward(Context& exec, const float* x, float* y, float* pooled, int n) {
     if constexpr (has_winograd) {
-      if (run.mode == Mode::eval)
-        return B::conv3x3_relu_forward_winograd(exec, workspace_, shape, x, this->weight().data(),
-                                                this->bias().data(), y, pooled, n);
+      return B::conv3x3_relu_forward_winograd(exec, workspace_, shape, x, this->weight().data(), this->bias().data(),
+                                              y, pooled, n);
     }
     return false;
   }
