@@ -220,7 +220,9 @@ TEST_CASE("Winograd F(2x2,3x3) matches the direct path on a VGG-like layer, forw
 TEST_CASE("Conv3x3Relu by Winograd matches its direct path: forward, pooled eval forward, input gradient" *
           doctest::skip(!vgg::cpu::kFastKernels)) {
   using B = vgg::cpu::Backend;
-  constexpr int In = 256, Out = 256, H = 6, W = 10, n = 2;
+  // 2 images of 16 x 16 tiles: a batch that pays for a new filter transform (kWinogradAmortisingTiles).
+  constexpr int In = 256, Out = 256, H = 32, W = 32, n = 2;
+  static_assert(n * (H / 2) * (W / 2) >= B::kWinogradAmortisingTiles);
   CHECK(B::winograd_rule(vgg::ConvShape{In, Out, H, W}) == vgg::cpu::kFastKernels);
   vgg::Conv3x3Relu<In, Out, H, W, B> layer;
   B::Context exec;
@@ -269,7 +271,7 @@ TEST_CASE("Conv3x3Relu by Winograd matches its direct path: forward, pooled eval
 TEST_CASE("Conv3x3Relu's pooled eval forward by Winograd matches the direct one; a backward after it is exact" *
           doctest::skip(!vgg::cpu::kFastKernels)) {
   using B = vgg::cpu::Backend;
-  constexpr int In = 256, Out = 256, H = 6, W = 10, n = 2;
+  constexpr int In = 256, Out = 256, H = 32, W = 32, n = 2;
   vgg::Conv3x3Relu<In, Out, H, W, B> layer;
   B::Context exec;
   exec.set_threads(2);
@@ -296,6 +298,42 @@ TEST_CASE("Conv3x3Relu's pooled eval forward by Winograd matches the direct one;
   CHECK(ref::max_abs_diff(wg_train, layer.weight_grad().data()) == 0.0f);
 }
 
+TEST_CASE("a small batch makes a new filter transform only when the weights repeat (eval), never in training" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  using B = vgg::cpu::Backend;
+  constexpr int In = 256, Out = 256, H = 6, W = 10, n = 2;  // 30 tiles: too few to pay for a transform
+  static_assert(n * (H / 2) * (W / 2) < B::kWinogradAmortisingTiles);
+  vgg::Conv3x3Relu<In, Out, H, W, B> layer;
+  B::Context exec;
+  exec.set_threads(2);
+  vgg::Rng rng(9);
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, n);
+  layer.reserve_backward(exec, n);
+  const vgg::RunContext eval{vgg::Mode::eval, 1, 0, 0}, train{vgg::Mode::train, 1, 0, 0};
+  const auto x = ref::random_vector(std::size_t(n) * In * H * W, 24);
+  const std::size_t out_size = std::size_t(n) * Out * H * W;
+  std::vector<float> direct(out_size), y(out_size);
+  exec.set_winograd(false);
+  layer.forward(exec, x.data(), direct.data(), n, eval);
+  exec.set_winograd(true);
+  auto forward = [&](const vgg::RunContext& run) {
+    layer.forward(exec, x.data(), y.data(), n, run);
+    return ref::max_abs_diff(direct, y.data());
+  };
+  CHECK(forward(eval) == 0.0f);  // new weights, small batch: direct
+  CHECK(forward(eval) > 0.0f);   // the same weights again: transformed once, Winograd from now on
+  CHECK(forward(train) > 0.0f);  // cached: Winograd in training too
+  // Training steps change the weights each time: every forward stays direct.
+  for (int step = 0; step < 2; ++step) {
+    layer.weight()[std::size_t(step)] += 0.25f;
+    exec.set_winograd(false);
+    layer.forward(exec, x.data(), direct.data(), n, train);
+    exec.set_winograd(true);
+    CHECK(forward(train) == 0.0f);
+  }
+}
+
 // The network: eval logits with the Winograd layers against the same network with Winograd turned
 // off (Context::set_winograd), after weight updates (an optimizer step) and a checkpoint load, which
 // the cached filter transform must follow; and the gradients of a backward after an eval forward.
@@ -310,7 +348,9 @@ namespace {
 
 // Three convs: the first has no input gradient (first layer), the second runs forward and input
 // gradient by Winograd in training too, the third is pooled (Winograd in eval only).
-using WideNet = vgg::Vgg<vgg::Input<256, 6, 10>, vgg::VggBlock<3, 256, 256>, vgg::Classifier<16, 5>>;
+// 32 x 32 images (256 tiles each): batches of 2 and 3 pay for new transforms, so training runs by
+// Winograd as well.
+using WideNet = vgg::Vgg<vgg::Input<256, 32, 32>, vgg::VggBlock<3, 256, 256>, vgg::Classifier<16, 5>>;
 
 std::vector<float> eval_logits(WideNet& net, const std::vector<float>& x, int n, bool winograd) {
   net.context().set_winograd(winograd);
@@ -328,7 +368,7 @@ TEST_CASE("a network's eval forward by Winograd matches the direct path after op
   constexpr int n = 3;
   auto net = std::make_unique<WideNet>(11);
   net->set_threads(2);
-  const auto x = ref::random_vector(std::size_t(n) * 256 * 6 * 10, 31);
+  const auto x = ref::random_vector(std::size_t(n) * 256 * 32 * 32, 31);
   const std::vector<std::int32_t> labels{0, 3, 4};
 
   auto direct = eval_logits(*net, x, n, false);
@@ -336,6 +376,7 @@ TEST_CASE("a network's eval forward by Winograd matches the direct path after op
   MESSAGE("initial: max |winograd - direct| = " << ref::max_abs_diff(direct, wino.data()) << ", max |logit| = "
                                                 << max_abs(direct));
   CHECK(ref::max_abs_diff(direct, wino.data()) <= logits_tolerance(direct));
+  CHECK(ref::max_abs_diff(direct, wino.data()) > 0.0f);  // Winograd did run
 
   // Optimizer steps (train mode: the direct path) change the conv weights under the cached transform.
   vgg::Sgd sgd({.lr = 0.05f, .momentum = 0.9f});
@@ -371,7 +412,7 @@ TEST_CASE("a network's gradients with Winograd layers match the direct path's, i
   constexpr int n = 2;
   auto net = std::make_unique<WideNet>(13);
   net->set_threads(2);
-  const auto x = ref::random_vector(std::size_t(n) * 256 * 6 * 10, 32);
+  const auto x = ref::random_vector(std::size_t(n) * 256 * 32 * 32, 32);
   const std::vector<std::int32_t> labels{1, 2};
   auto gradients = [&](bool winograd, vgg::Mode mode) {
     net->context().set_winograd(winograd);

@@ -100,6 +100,11 @@ struct BasicBackend {
   static constexpr bool winograd_rule(const ConvShape& s) {
     return Path == KernelPath::avx512 && s.cin >= 256 && s.cout >= 256;
   }
+  /// The tiles (2x2 outputs) a batch needs for a new filter transform to pay for itself in one call.
+  /// Both the transform and what Winograd saves per tile grow with C_in x C_out, so the break-even is
+  /// a tile count: 200-250 measured (bench_winograd: conv5 and conv7, forward and input gradient, on
+  /// the EPYC), doubled for a margin. Full-width VGG-11 at batch 8: 28x28 layers 1568 tiles, 14x14 392.
+  static constexpr long kWinogradAmortisingTiles = 512;
 
   /// Per-thread column slices, GEMM plans and partial gradients of one conv layer; for a layer the
   /// Winograd rule picks, also its transformed filters (cached) and chunk buffers.
@@ -136,32 +141,49 @@ struct BasicBackend {
       return winograd_rule(s) && ctx.winograd() && input_grad_threads_ >= ctx.threads() &&
              ctx.precision_in_use() == Precision::fp32;
     }
-    /// The filter transformed for `weight`, redone only when the weights differ from the copy that the
-    /// cached transforms were made from (the layer cannot see an optimizer step or a checkpoint load;
-    /// memcmp is exact and 0.2 ms for 512 x 512, against 5-13 ms for a transform).
-    const WinogradFilter<Path>& winograd_filter(const float* weight, const ConvShape& s, int threads) {
-      see_weights(weight, s);
-      if (!filter_valid_) winograd_transform_filter(weight, filter_, threads);
-      filter_valid_ = true;
-      return filter_;
+    /// The filter transformed for `weight`, or null where the direct path is the faster choice for
+    /// this call. The transform is redone only when the weights differ from the copy it was made from
+    /// (the layer cannot see an optimizer step or a checkpoint load; memcmp is exact and 0.2 ms for
+    /// 512 x 512, against 5-13 ms for a transform). A new transform is made only where it pays: the
+    /// batch holds kWinogradAmortisingTiles tiles, or the weights are the same as at the previous
+    /// call (an eval loop, which will reuse it). So a training step on a small batch, whose weights
+    /// change every step, stays direct.
+    const WinogradFilter<Path>* winograd_filter(const float* weight, const ConvShape& s, int n, int threads) {
+      const bool repeated = see_weights(weight, s);
+      if (!filter_valid_) {
+        if (!repeated && !amortised(s, n)) return nullptr;
+        winograd_transform_filter(weight, filter_, threads);
+        filter_valid_ = true;
+      }
+      return &filter_;
     }
-    /// The same for the input gradient's filter (rotated 180 degrees, channels swapped).
-    const WinogradFilter<Path>& winograd_input_grad_filter(const float* weight, const ConvShape& s, int threads) {
+    /// The same for the input gradient's filter (rotated 180 degrees, channels swapped); made only
+    /// for a batch that amortises it.
+    const WinogradFilter<Path>* winograd_input_grad_filter(const float* weight, const ConvShape& s, int n,
+                                                           int threads) {
       see_weights(weight, s);
-      if (!input_grad_filter_valid_) winograd_transform_filter_input_grad(weight, input_grad_filter_, threads);
-      input_grad_filter_valid_ = true;
-      return input_grad_filter_;
+      if (!input_grad_filter_valid_) {
+        if (!amortised(s, n)) return nullptr;
+        winograd_transform_filter_input_grad(weight, input_grad_filter_, threads);
+        input_grad_filter_valid_ = true;
+      }
+      return &input_grad_filter_;
     }
     WinogradWorkspace& winograd_workspace() { return winograd_ws_; }
 
    private:
-    /// Invalidates both transforms where `weight` differs from the copy they were made from.
-    void see_weights(const float* weight, const ConvShape& s) {
+    /// Invalidates both transforms where `weight` differs from the copy they were made from; true
+    /// where it does not (the same weights as at the previous call).
+    bool see_weights(const float* weight, const ConvShape& s) {
       const std::size_t bytes = std::size_t(9) * s.cin * s.cout * sizeof(float);
-      if (weights_valid_ && std::memcmp(weights_seen_.data(), weight, bytes) == 0) return;
+      if (weights_valid_ && std::memcmp(weights_seen_.data(), weight, bytes) == 0) return true;
       std::memcpy(weights_seen_.data(), weight, bytes);
       weights_valid_ = true;
       filter_valid_ = input_grad_filter_valid_ = false;
+      return false;
+    }
+    static bool amortised(const ConvShape& s, int n) {
+      return long(n) * winograd_geometry(s).tiles_per_image() >= kWinogradAmortisingTiles;
     }
 
     Conv3x3Workspace ws_;
@@ -214,7 +236,9 @@ struct BasicBackend {
   static bool conv3x3_relu_forward_winograd(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
                                             const float* weight, const float* bias, float* y, float* pooled, int n) {
     if (!ws.use_winograd(ctx, s)) return false;
-    cpu::winograd_conv3x3_forward<Path>(x, ws.winograd_filter(weight, s, ctx.threads()), bias, y, n,
+    const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads());
+    if (!u) return false;
+    cpu::winograd_conv3x3_forward<Path>(x, *u, bias, y, n,
                                         winograd_geometry(s), ws.winograd_workspace(), ctx.threads(), true, pooled);
     return true;
   }
@@ -229,12 +253,13 @@ struct BasicBackend {
     ws.get().set_bf16(uses_bf16(ctx));
     // Where the rule picks the layer, dx by Winograd: the direct backward leaves dz = dy * (y > 0) in
     // dy, which is the input gradient's convolution input.
-    const bool winograd_dx = dx && ws.use_winograd_input_grad(ctx, s);
-    cpu::conv3x3_relu_backward<Path>(x, weight, y, dy, winograd_dx ? nullptr : dx, weight_grad, bias_grad, n,
-                                     geometry(s), ws.get(), ctx.threads());
-    if (winograd_dx)
-      cpu::winograd_conv3x3_input_grad<Path>(dy, ws.winograd_input_grad_filter(weight, s, ctx.threads()), dx, n,
-                                             winograd_geometry(s), ws.winograd_workspace(), ctx.threads());
+    const WinogradFilter<Path>* u =
+        dx && ws.use_winograd_input_grad(ctx, s) ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads()) : nullptr;
+    cpu::conv3x3_relu_backward<Path>(x, weight, y, dy, u ? nullptr : dx, weight_grad, bias_grad, n, geometry(s),
+                                     ws.get(), ctx.threads());
+    if (u)
+      cpu::winograd_conv3x3_input_grad<Path>(dy, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(),
+                                             ctx.threads());
   }
   static void conv3x3_relu_pool_backward(Context& ctx, ConvWorkspace& ws, const PoolState& state, const ConvShape& s,
                                          const float* x, const float* weight, const float* dy_pooled, float* dx,
