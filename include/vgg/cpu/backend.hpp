@@ -117,6 +117,7 @@ struct BasicBackend {
         winograd_ws_.reserve(winograd_geometry(s), ctx.threads());
         weights_seen_.reserve(std::size_t(9) * s.cin * s.cout);
         winograd_threads_ = std::max(winograd_threads_, ctx.threads());
+        touch_winograd_buffers();
       }
     }
     /// Without a pool: also the input gradient's filter (its chunk buffers share the forward's).
@@ -127,6 +128,7 @@ struct BasicBackend {
         winograd_ws_.reserve(winograd_input_grad_geometry(winograd_geometry(s)), ctx.threads());
         weights_seen_.reserve(std::size_t(9) * s.cin * s.cout);
         input_grad_threads_ = std::max(input_grad_threads_, ctx.threads());
+        touch_winograd_buffers();
       }
     }
     Conv3x3Workspace& get() { return ws_; }
@@ -181,6 +183,21 @@ struct BasicBackend {
       weights_valid_ = true;
       filter_valid_ = input_grad_filter_valid_ = false;
       return false;
+    }
+    /// Writes every Winograd buffer once as it is reserved: a transform or chunk buffer first used
+    /// batches later (a 14x14 layer starts Winograd at its second eval batch) then faults no page in
+    /// a steady-state pass. The transforms are dropped (zeroed), to be redone where used.
+    void touch_winograd_buffers() {
+      auto touch = [](vgg::Buffer<float>& b) {
+        if (b.capacity()) std::memset(b.data(), 0, b.capacity() * sizeof(float));
+      };
+      touch(filter_.storage());
+      touch(input_grad_filter_.storage());
+      touch(weights_seen_);
+      for (auto& b : winograd_ws_.transformed_inputs) touch(b);
+      for (auto& b : winograd_ws_.products) touch(b);
+      for (auto& plan : winograd_ws_.plans) plan.touch();
+      weights_valid_ = filter_valid_ = input_grad_filter_valid_ = false;
     }
     static bool amortised(const ConvShape& s, int n) {
       return long(n) * winograd_geometry(s).tiles_per_image() >= kWinogradAmortisingTiles;

@@ -77,6 +77,7 @@ class WinogradFilter {
   }
   const float* point(int p) const { return data_.data() + p * point_stride(); }
   float* data() { return data_.data(); }
+  Buffer<float>& storage() { return data_; }
   int cin() const { return cin_; }
   int cout() const { return cout_; }
 
