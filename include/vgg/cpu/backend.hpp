@@ -92,8 +92,9 @@ struct BasicBackend {
     if (count) std::memcpy(dst, src, count * sizeof(float));
   }
 
-  /// Whether a layer's eval forward runs by Winograd F(2x2, 3x3) (winograd.hpp), on the AVX-512 path
-  /// (the plain path stays the reference). A rule by channels, which both CPU kinds of the pool
+  /// Whether a layer runs by Winograd F(2x2, 3x3) (winograd.hpp): its eval forward, and, without a
+  /// fused pool, its training forward and input gradient; on the AVX-512 path only (the plain path
+  /// stays the reference). A rule by channels, which both CPU kinds of the pool
   /// support (bench_winograd, docs/PERFORMANCE.md): every layer with C_in, C_out >= 256 measured
   /// 1.3-2.7x faster than the direct path on the Xeon and on the EPYC (Zen 5). Narrower layers won on
   /// the EPYC too but are not measured on the Xeon, so they stay direct.
@@ -102,8 +103,8 @@ struct BasicBackend {
   }
   /// The tiles (2x2 outputs) a batch needs for a new filter transform to pay for itself in one call.
   /// Both the transform and what Winograd saves per tile grow with C_in x C_out, so the break-even is
-  /// a tile count: 200-250 measured (bench_winograd: conv5 and conv7, forward and input gradient, on
-  /// the EPYC), doubled for a margin. Full-width VGG-11 at batch 8: 28x28 layers 1568 tiles, 14x14 392.
+  /// a tile count: 200-350 measured (bench_winograd: conv5 and conv7, forward and input gradient, on
+  /// the EPYC, docs/PERFORMANCE.md), 512 for a margin. Full-width VGG-11 at batch 8: 28x28 layers 1568 tiles, 14x14 392.
   static constexpr long kWinogradAmortisingTiles = 512;
 
   /// Per-thread column slices, GEMM plans and partial gradients of one conv layer; for a layer the
