@@ -41,11 +41,13 @@ bool set_precision(benchmark::State& state, Net& net) {
   return false;
 }
 
-template <class Net, vgg::Precision P = vgg::Precision::fp32>
+/// With Winograd false, every conv layer on the direct path (Context::set_winograd).
+template <class Net, vgg::Precision P = vgg::Precision::fp32, bool Winograd = true>
 void train_step(benchmark::State& state) {
   const int n = int(state.range(0));
   auto net = std::make_unique<Net>(1);
   if (!set_precision<P>(state, *net)) return;
+  if constexpr (requires { net->context().set_winograd(Winograd); }) net->context().set_winograd(Winograd);
   vgg::Adam adam;
   const auto x = batch_data(n);
   std::vector<std::int32_t> labels(static_cast<std::size_t>(n));
@@ -60,11 +62,14 @@ void train_step(benchmark::State& state) {
   state.counters["faults/step"] = double(minor_faults() - faults) / double(state.iterations());
 }
 
-template <class Net, vgg::Precision P = vgg::Precision::fp32>
+/// With Winograd false, every conv layer on the direct path (Context::set_winograd), to measure what
+/// the backend's Winograd rule gives.
+template <class Net, vgg::Precision P = vgg::Precision::fp32, bool Winograd = true>
 void eval_forward(benchmark::State& state) {
   const int n = int(state.range(0));
   auto net = std::make_unique<Net>(1);
   if (!set_precision<P>(state, *net)) return;
+  if constexpr (requires { net->context().set_winograd(Winograd); }) net->context().set_winograd(Winograd);
   const auto x = batch_data(n);
   (void)net->forward(x, n);
   const long faults = minor_faults();
@@ -100,6 +105,7 @@ void first_step(benchmark::State& state) {
 BENCHMARK(train_step<Narrow>)->Name("vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Narrow>)->Name("vgg11_w8/eval_forward")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Wide>)->Name("vgg11_w1/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(eval_forward<Wide, vgg::Precision::fp32, false>)->Name("direct/vgg11_w1/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 // bf16 mixed precision (where the CPU has AVX512-BF16; skipped elsewhere), beside the fp32 rows.
 BENCHMARK(train_step<Narrow, vgg::Precision::bf16>)->Name("bf16/vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Narrow, vgg::Precision::bf16>)->Name("bf16/vgg11_w8/eval_forward")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -111,6 +117,7 @@ BENCHMARK(eval_forward<Wide>)->Name("scaling/vgg11_w1/eval_forward")->Arg(1)->Ar
 BENCHMARK(train_step<Quarter>)->Name("scaling/vgg11_w4/train_step")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(train_step<Half>)->Name("scaling/vgg11_w2/train_step")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(train_step<Wide>)->Name("scaling/vgg11_w1/train_step")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(train_step<Wide, vgg::Precision::fp32, false>)->Name("direct/vgg11_w1/train_step")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Quarter>)->Name("scaling/vgg11_w4/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Half>)->Name("scaling/vgg11_w2/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(first_step)->Name("setup/vgg11_w8/first_step")->Arg(64)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();

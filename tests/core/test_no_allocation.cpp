@@ -129,3 +129,29 @@ TEST_CASE("batch norm: a steady-state training step and an eval batch allocate n
     CHECK(allocated == 0);
   }
 }
+
+TEST_CASE("wide conv layers (Winograd on the AVX-512 path): steady-state training, eval and eval-mode backward allocate nothing") {
+  // The three convs are picked by cpu::Backend's Winograd rule on the AVX-512 path: the second runs its
+  // forward and input gradient by Winograd in training too; the third is pooled, so the eval-mode
+  // backward rebuilds its pool state by the direct path.
+  // 32 x 32 images: a batch of 3 holds 768 tiles, enough for new filter transforms every step.
+  using Net = vgg::Vgg<vgg::Input<256, 32, 32>, vgg::VggBlock<3, 256, 256>, vgg::Classifier<7, 4>>;
+  auto net = std::make_unique<Net>(1);
+  std::vector<float> x(3 * 256 * 32 * 32);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 19) / 19.0f - 0.4f;
+  const std::vector<std::int32_t> labels{0, 1, 2};
+  vgg::Sgd sgd({.lr = 0.01f, .momentum = 0.9f});
+  for (int threads : {1, 2}) {
+    net->set_threads(threads);
+    (void)vgg::train_step(*net, sgd, x, labels);
+    (void)vgg::evaluate_batch(*net, x, labels);
+    net->backward();
+    const long before = allocations.load();
+    (void)vgg::train_step(*net, sgd, x, labels);
+    (void)vgg::evaluate_batch(*net, x, labels);
+    net->backward();
+    const long allocated = allocations.load() - before;
+    CAPTURE(threads);
+    CHECK(allocated == 0);
+  }
+}

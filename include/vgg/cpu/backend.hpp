@@ -21,6 +21,7 @@
 #include "vgg/cpu/linear.hpp"
 #include "vgg/cpu/maxpool.hpp"
 #include "vgg/cpu/parallel.hpp"
+#include "vgg/cpu/winograd.hpp"
 #include "vgg/elementwise.hpp"
 #include "vgg/loss.hpp"
 #include "vgg/precision.hpp"
@@ -46,6 +47,12 @@ class Context {
     return "this CPU has no AVX512-BF16 (" + describe() + "); running fp32";
   }
 
+  /// Whether the wide conv layers may run by Winograd F(2x2, 3x3) where the backend's rule picks them
+  /// (on by default); off, every conv layer takes the direct path (the tests and benchmarks compare
+  /// the two this way).
+  void set_winograd(bool allowed) { winograd_ = allowed; }
+  bool winograd() const { return winograd_; }
+
   /// The most threads a network accepts: more than any machine this library targets has cores,
   /// and few enough that per-thread work buffers stay bounded.
   static constexpr int max_threads = 256;
@@ -57,6 +64,7 @@ class Context {
  private:
   int threads_ = 0;
   Precision precision_ = Precision::fp32;
+  bool winograd_ = true;
 };
 
 template <KernelPath Path>
@@ -84,17 +92,124 @@ struct BasicBackend {
     if (count) std::memcpy(dst, src, count * sizeof(float));
   }
 
-  /// Per-thread column slices, GEMM plans and partial gradients of one conv layer.
+  /// Whether a layer runs by Winograd F(2x2, 3x3) (winograd.hpp): its eval forward, and, without a
+  /// fused pool, its training forward and input gradient; on the AVX-512 path only (the plain path
+  /// stays the reference). A rule by channels, which both CPU kinds of the pool
+  /// support (bench_winograd, docs/PERFORMANCE.md): every layer with C_in, C_out >= 256 measured
+  /// 1.3-2.7x faster than the direct path on the Xeon and on the EPYC (Zen 5). Narrower layers won on
+  /// the EPYC too but are not measured on the Xeon, so they stay direct.
+  static constexpr bool winograd_rule(const ConvShape& s) {
+    return Path == KernelPath::avx512 && s.cin >= 256 && s.cout >= 256;
+  }
+  /// The tiles (2x2 outputs) a batch needs for a new filter transform to pay for itself in one call.
+  /// Both the transform and what Winograd saves per tile grow with C_in x C_out, so the break-even is
+  /// a tile count: 200-350 measured (bench_winograd: conv5 and conv7, forward and input gradient, on
+  /// the EPYC, docs/PERFORMANCE.md), 512 for a margin. Full-width VGG-11 at batch 8: 28x28 layers 1568 tiles, 14x14 392.
+  static constexpr long kWinogradAmortisingTiles = 512;
+
+  /// Per-thread column slices, GEMM plans and partial gradients of one conv layer; for a layer the
+  /// Winograd rule picks, also its transformed filters (cached) and chunk buffers.
   class ConvWorkspace {
    public:
-    void reserve(const Context& ctx, const ConvShape& s, int /*batch*/) { ws_.reserve(geometry(s), ctx.threads()); }
+    void reserve(const Context& ctx, const ConvShape& s, int /*batch*/) {
+      ws_.reserve(geometry(s), ctx.threads());
+      if (winograd_rule(s)) {
+        filter_.reserve(s.cin, s.cout);
+        winograd_ws_.reserve(winograd_geometry(s), ctx.threads());
+        weights_seen_.reserve(std::size_t(9) * s.cin * s.cout);
+        winograd_threads_ = std::max(winograd_threads_, ctx.threads());
+        touch_winograd_buffers();
+      }
+    }
+    /// Without a pool: also the input gradient's filter (its chunk buffers share the forward's).
     void reserve_backward(const Context& ctx, const ConvShape& s, int /*batch*/, bool pooled) {
       ws_.reserve_backward(geometry(s), ctx.threads(), pooled);
+      if (winograd_rule(s) && !pooled) {
+        input_grad_filter_.reserve(s.cout, s.cin);
+        winograd_ws_.reserve(winograd_input_grad_geometry(winograd_geometry(s)), ctx.threads());
+        weights_seen_.reserve(std::size_t(9) * s.cin * s.cout);
+        input_grad_threads_ = std::max(input_grad_threads_, ctx.threads());
+        touch_winograd_buffers();
+      }
     }
     Conv3x3Workspace& get() { return ws_; }
 
+    /// Whether a forward of this layer takes Winograd now (fp32 only: bf16 has its own kernels).
+    bool use_winograd(const Context& ctx, const ConvShape& s) const {
+      return winograd_rule(s) && ctx.winograd() && winograd_threads_ >= ctx.threads() &&
+             ctx.precision_in_use() == Precision::fp32;
+    }
+    /// Whether an input gradient of this (unpooled) layer takes Winograd now.
+    bool use_winograd_input_grad(const Context& ctx, const ConvShape& s) const {
+      return winograd_rule(s) && ctx.winograd() && input_grad_threads_ >= ctx.threads() &&
+             ctx.precision_in_use() == Precision::fp32;
+    }
+    /// The filter transformed for `weight`, or null where the direct path is the faster choice for
+    /// this call. The transform is redone only when the weights differ from the copy it was made from
+    /// (the layer cannot see an optimizer step or a checkpoint load; memcmp is exact and 0.2 ms for
+    /// 512 x 512, against 5-13 ms for a transform). A new transform is made only where it pays: the
+    /// batch holds kWinogradAmortisingTiles tiles, or the weights are the same as at the previous
+    /// call (an eval loop, which will reuse it). So a training step on a small batch, whose weights
+    /// change every step, stays direct.
+    const WinogradFilter<Path>* winograd_filter(const float* weight, const ConvShape& s, int n, int threads) {
+      const bool repeated = see_weights(weight, s);
+      if (!filter_valid_) {
+        if (!repeated && !amortised(s, n)) return nullptr;
+        winograd_transform_filter(weight, filter_, threads);
+        filter_valid_ = true;
+      }
+      return &filter_;
+    }
+    /// The same for the input gradient's filter (rotated 180 degrees, channels swapped); made only
+    /// for a batch that amortises it.
+    const WinogradFilter<Path>* winograd_input_grad_filter(const float* weight, const ConvShape& s, int n,
+                                                           int threads) {
+      see_weights(weight, s);
+      if (!input_grad_filter_valid_) {
+        if (!amortised(s, n)) return nullptr;
+        winograd_transform_filter_input_grad(weight, input_grad_filter_, threads);
+        input_grad_filter_valid_ = true;
+      }
+      return &input_grad_filter_;
+    }
+    WinogradWorkspace& winograd_workspace() { return winograd_ws_; }
+
    private:
+    /// Invalidates both transforms where `weight` differs from the copy they were made from; true
+    /// where it does not (the same weights as at the previous call).
+    bool see_weights(const float* weight, const ConvShape& s) {
+      const std::size_t bytes = std::size_t(9) * s.cin * s.cout * sizeof(float);
+      if (weights_valid_ && std::memcmp(weights_seen_.data(), weight, bytes) == 0) return true;
+      std::memcpy(weights_seen_.data(), weight, bytes);
+      weights_valid_ = true;
+      filter_valid_ = input_grad_filter_valid_ = false;
+      return false;
+    }
+    /// Writes every Winograd buffer once as it is reserved: a transform or chunk buffer first used
+    /// batches later (a 14x14 layer starts Winograd at its second eval batch) then faults no page in
+    /// a steady-state pass. The transforms are dropped (zeroed), to be redone where used.
+    void touch_winograd_buffers() {
+      auto touch = [](vgg::Buffer<float>& b) {
+        if (b.capacity()) std::memset(b.data(), 0, b.capacity() * sizeof(float));
+      };
+      touch(filter_.storage());
+      touch(input_grad_filter_.storage());
+      touch(weights_seen_);
+      for (auto& b : winograd_ws_.transformed_inputs) touch(b);
+      for (auto& b : winograd_ws_.products) touch(b);
+      for (auto& plan : winograd_ws_.plans) plan.touch();
+      weights_valid_ = filter_valid_ = input_grad_filter_valid_ = false;
+    }
+    static bool amortised(const ConvShape& s, int n) {
+      return long(n) * winograd_geometry(s).tiles_per_image() >= kWinogradAmortisingTiles;
+    }
+
     Conv3x3Workspace ws_;
+    WinogradFilter<Path> filter_, input_grad_filter_;
+    WinogradWorkspace winograd_ws_;
+    vgg::Buffer<float> weights_seen_;
+    int winograd_threads_ = 0, input_grad_threads_ = 0;
+    bool weights_valid_ = false, filter_valid_ = false, input_grad_filter_valid_ = false;
   };
 
   /// The fused conv + pool's state: winner masks (AVX-512 path) or the conv's output (plain path).
@@ -132,6 +247,19 @@ struct BasicBackend {
     ws.get().set_bf16(uses_bf16(ctx));
     cpu::conv3x3_relu_forward<Path>(x, weight, bias, y, n, geometry(s), ws.get(), ctx.threads());
   }
+  /// A forward by Winograd where winograd_rule picks the layer: y = relu(conv(x) + b) (a training
+  /// forward too: conv3x3_relu_backward reads only y), or, with pooled (y null), its 2x2 max-pool,
+  /// keeping no pool state for a backward pass (an eval forward). Returns false, doing nothing, where
+  /// the rule does not pick it (the caller runs the direct path).
+  static bool conv3x3_relu_forward_winograd(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
+                                            const float* weight, const float* bias, float* y, float* pooled, int n) {
+    if (!ws.use_winograd(ctx, s)) return false;
+    const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads());
+    if (!u) return false;
+    cpu::winograd_conv3x3_forward<Path>(x, *u, bias, y, n,
+                                        winograd_geometry(s), ws.winograd_workspace(), ctx.threads(), true, pooled);
+    return true;
+  }
   static void conv3x3_relu_pool_forward(Context& ctx, ConvWorkspace& ws, PoolState& state, const ConvShape& s,
                                         const float* x, const float* weight, const float* bias, float* pooled, int n) {
     ws.get().set_bf16(uses_bf16(ctx));
@@ -141,8 +269,15 @@ struct BasicBackend {
                                     const float* weight, const float* y, float* dy, float* dx, float* weight_grad,
                                     float* bias_grad, int n) {
     ws.get().set_bf16(uses_bf16(ctx));
-    cpu::conv3x3_relu_backward<Path>(x, weight, y, dy, dx, weight_grad, bias_grad, n, geometry(s), ws.get(),
-                                     ctx.threads());
+    // Where the rule picks the layer, dx by Winograd: the direct backward leaves dz = dy * (y > 0) in
+    // dy, which is the input gradient's convolution input.
+    const WinogradFilter<Path>* u =
+        dx && ws.use_winograd_input_grad(ctx, s) ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads()) : nullptr;
+    cpu::conv3x3_relu_backward<Path>(x, weight, y, dy, u ? nullptr : dx, weight_grad, bias_grad, n, geometry(s),
+                                     ws.get(), ctx.threads());
+    if (u)
+      cpu::winograd_conv3x3_input_grad<Path>(dy, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(),
+                                             ctx.threads());
   }
   static void conv3x3_relu_pool_backward(Context& ctx, ConvWorkspace& ws, const PoolState& state, const ConvShape& s,
                                          const float* x, const float* weight, const float* dy_pooled, float* dx,
@@ -249,6 +384,7 @@ struct BasicBackend {
 
  private:
   static Conv3x3Geometry geometry(const ConvShape& s) { return {s.cin, s.cout, s.h, s.w}; }
+  static WinogradGeometry winograd_geometry(const ConvShape& s) { return {s.cin, s.cout, s.h, s.w}; }
 };
 
 /// The CPU backend on the fastest kernel path compiled in: the default of every network.

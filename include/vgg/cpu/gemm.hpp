@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <cstdint>
 
 #include "vgg/buffer.hpp"
@@ -58,6 +59,14 @@ class GemmPlan {
         bf16_b_.reserve(std::size_t(bf16::packed_b_size()));
       }
     }
+  }
+  /// Writes every packing buffer once, so that a plan first used batches after it was reserved
+  /// (a Winograd layer) faults no page in a steady-state pass.
+  void touch() {
+    for (Buffer<float>* b : {&a_, &b_, &fast_a_, &fast_b_})
+      if (b->capacity()) std::memset(b->data(), 0, b->capacity() * sizeof(float));
+    for (Buffer<std::uint32_t>* b : {&bf16_a_, &bf16_b_})
+      if (b->capacity()) std::memset(b->data(), 0, b->capacity() * sizeof(std::uint32_t));
   }
   /// Whether the AVX-512 path's products through this plan take bf16 operands.
   /// requires: !on || bf16::bf16_gemm_available().

@@ -1,0 +1,233 @@
+// Winograd F(2x2, 3x3) (cpu/winograd.hpp) against the direct path (im2col + GEMM, cpu/conv3x3.hpp),
+// forward with bias and ReLU, on the wide layers of full-width VGG-11 at batch 8, 2 threads.
+// GFLOP/s counts the direct convolution's FLOPs for both (2 * 9 * cin * cout * h * w per image),
+// so that the two rows of a layer compare by time. The Winograd filter transform is outside the
+// timed loop (eval keeps it; training pays it once per step: the "filter" rows).
+//   build/benchmarks/bench_winograd --benchmark_counters_tabular=true
+#include <benchmark/benchmark.h>
+
+#include <vgg/cpu/conv3x3.hpp>
+#include <vgg/cpu/winograd.hpp>
+
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr int kBatch = 8, kThreads = 2;
+struct Layer {
+  const char* name;
+  int cin, cout, hw;
+  bool pooled;  // followed by a 2x2 max-pool in VGG-11
+};
+// conv2 and conv3 (narrower) are measured to place the threshold of cpu::Backend's Winograd rule.
+constexpr Layer kLayers[] = {{"conv2_64-128_112", 64, 128, 112, true},  {"conv3_128-256_56", 128, 256, 56, false},
+                             {"conv4_256-256_56", 256, 256, 56, true},  {"conv5_256-512_28", 256, 512, 28, false},
+                             {"conv6_512-512_28", 512, 512, 28, true},  {"conv7_512-512_14", 512, 512, 14, false},
+                             {"conv8_512-512_14", 512, 512, 14, true}};
+
+std::vector<float> random_vector(std::size_t n, unsigned seed, float scale) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> v(n);
+  for (float& e : v) e = dist(gen);
+  return v;
+}
+
+void set_counters(benchmark::State& state, const Layer& l) {
+  const double flops = 2.0 * 9 * l.cin * l.cout * double(l.hw) * l.hw * kBatch;
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_direct(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::Conv3x3Workspace ws;
+  ws.reserve(g, kThreads);
+  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
+  std::vector<float> y(std::size_t(kBatch) * l.cout * l.hw * l.hw);
+  for (auto _ : state) {
+    vgg::cpu::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), kBatch, g, ws, kThreads);
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = 0;  // every row has the same counters (the CSV reporter requires it)
+}
+
+/// range(1): tiles per chunk (0: from the L2 size).
+void BM_winograd(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::WinogradGeometry g{l.cin, l.cout, l.hw, l.hw, long(state.range(1))};
+  vgg::cpu::WinogradFilter<> u;
+  u.reserve(l.cin, l.cout);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(g, kThreads);
+  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
+  std::vector<float> y(std::size_t(kBatch) * l.cout * l.hw * l.hw);
+  vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
+  for (auto _ : state) {
+    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), y.data(), kBatch, g, ws, kThreads, true);
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = double(g.max_chunk());
+}
+
+/// Conv + ReLU + 2x2 max-pool, as the net runs its pooled layers (conv4, conv6, conv8): the direct
+/// path's fused pool (winner masks kept for a backward pass) against Winograd's (the pool taken per
+/// output tile; nothing kept: eval only).
+void BM_direct_pooled(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::Conv3x3Workspace ws;
+  ws.reserve(g, kThreads);
+  vgg::cpu::PoolState<vgg::cpu::fastest_path> pool_state;
+  pool_state.reserve(g, kBatch);
+  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
+  std::vector<float> pooled(std::size_t(kBatch) * l.cout * (l.hw / 2) * (l.hw / 2));
+  for (auto _ : state) {
+    vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), pool_state, kBatch, g, ws,
+                                        kThreads);
+    benchmark::DoNotOptimize(pooled.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = 0;
+}
+
+void BM_winograd_pooled(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::WinogradGeometry g{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::WinogradFilter<> u;
+  u.reserve(l.cin, l.cout);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(g, kThreads);
+  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
+  std::vector<float> pooled(std::size_t(kBatch) * l.cout * (l.hw / 2) * (l.hw / 2));
+  vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
+  for (auto _ : state) {
+    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), nullptr, kBatch, g, ws, kThreads, true, pooled.data());
+    benchmark::DoNotOptimize(pooled.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = double(g.max_chunk());
+}
+
+/// Input gradient: the direct backward with dx (range(1) = 1) and without (0), whose difference is
+/// what dx costs there (its GEMM and col2im; the weight gradient's GEMM shares the im2col), against
+/// Winograd's input gradient (filter transform outside the loop).
+void BM_direct_backward(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::Conv3x3Workspace ws;
+  ws.reserve_backward(g, kThreads);
+  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  auto dz = random_vector(std::size_t(kBatch) * l.cout * l.hw * l.hw, 4, 1.0f);
+  std::vector<float> dx(x.size()), dw(w.size()), db(static_cast<std::size_t>(l.cout));
+  for (auto _ : state) {
+    vgg::cpu::conv3x3_backward(x.data(), w.data(), dz.data(), state.range(1) ? dx.data() : nullptr, dw.data(),
+                               db.data(), kBatch, g, ws, kThreads);
+    benchmark::DoNotOptimize(dw.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = 0;
+}
+
+void BM_winograd_input_grad(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::WinogradGeometry g{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::WinogradFilter<> u;
+  u.reserve(l.cout, l.cin);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(vgg::cpu::winograd_input_grad_geometry(g), kThreads);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto dz = random_vector(std::size_t(kBatch) * l.cout * l.hw * l.hw, 4, 1.0f);
+  std::vector<float> dx(std::size_t(kBatch) * l.cin * l.hw * l.hw);
+  vgg::cpu::winograd_transform_filter_input_grad(w.data(), u, kThreads);
+  for (auto _ : state) {
+    vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), kBatch, g, ws, kThreads);
+    benchmark::DoNotOptimize(dx.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = double(vgg::cpu::winograd_input_grad_geometry(g).max_chunk());
+}
+
+void BM_winograd_filter(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  vgg::cpu::WinogradFilter<> u;
+  u.reserve(l.cin, l.cout);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  for (auto _ : state) {
+    vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
+    benchmark::DoNotOptimize(u.data());
+  }
+}
+
+/// What the layers pay per eval forward to know the cached filter is current: the weights compared
+/// with the copy it was made from (cpu::Backend's ConvWorkspace::winograd_filter).
+void BM_weights_compare(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const std::vector<float> copy = w;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(std::memcmp(w.data(), copy.data(), w.size() * sizeof(float)));
+  }
+}
+
+void register_all() {
+  for (int i = 0; i < int(std::size(kLayers)); ++i) {
+    const std::string name = kLayers[i].name;
+    benchmark::RegisterBenchmark(("direct/" + name).c_str(), BM_direct)->Arg(i)->Unit(benchmark::kMillisecond)->UseRealTime();
+    for (int chunk : {0, 64, 128, 256})
+      benchmark::RegisterBenchmark(("winograd/" + name).c_str(), BM_winograd)
+          ->Args({i, chunk})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    if (kLayers[i].pooled) {
+      benchmark::RegisterBenchmark(("direct_pooled/" + name).c_str(), BM_direct_pooled)
+          ->Arg(i)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("winograd_pooled/" + name).c_str(), BM_winograd_pooled)
+          ->Arg(i)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
+    for (int with_dx : {0, 1})
+      benchmark::RegisterBenchmark(("direct_backward/" + name).c_str(), BM_direct_backward)
+          ->Args({i, with_dx})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    benchmark::RegisterBenchmark(("winograd_input_grad/" + name).c_str(), BM_winograd_input_grad)
+        ->Arg(i)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("winograd_filter/" + name).c_str(), BM_winograd_filter)
+        ->Arg(i)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("weights_compare/" + name).c_str(), BM_weights_compare)
+        ->Arg(i)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+}

@@ -1,0 +1,466 @@
+#pragma once
+// CPU kernel: 3x3 convolution (stride 1, padding 1) by Winograd's minimal filtering F(2x2, 3x3)
+// (Lavin & Gray 2016), for the wide layers, where the direct path (im2col + GEMM) is bound by its
+// GEMM's multiplications. Each 2x2 output tile takes 16 multiplications per (cin, cout) pair instead
+// of 36: the GEMM work falls 2.25x, for input and output transforms that cost O(cin + cout) per tile.
+//
+// Why F(2x2, 3x3) and not F(4x4, 3x3): F(4x4) saves 4x, not 2.25x, but its transform constants
+// (up to 8 in B^T, 1/24 in G) make its float error grow ~100x over the direct path's, too much for
+// training, and its 36 GEMMs of 6x6 tiles need tile chunks 2.25x larger in cache. F(2x2)'s transforms
+// hold only 0, +-1 and 1/2: its results stay within a few float ulps of the direct path's.
+//
+// Layout: tiles are numbered over (image, tile row, tile column), ceil(h/2) x ceil(w/2) per image
+// (a last tile that overhangs an odd edge reads zeros and stores only what lies inside). Threads
+// take chunks of tiles; per chunk, a thread
+//   1. transforms its input, V[16][cin][chunk] = B^T d B (16 transform points),
+//   2. runs 16 GEMMs M[p] (cout x chunk) = U[p] (cout x cin) V[p] (cin x chunk), single-threaded,
+//   3. transforms M back, y = A^T m A, + bias (+ ReLU), into its tiles of y.
+// The chunk is sized so that V and M stay in L2 between the steps. U = G g G^T is computed by a call
+// of its own (once per weight update; an eval loop can keep it); on the AVX-512 path it is stored
+// packed as the GEMM kernel reads it.
+//
+// The input gradient of a stride-1 pad-1 3x3 convolution is the same convolution of the output
+// gradient with the filter rotated 180 degrees and in/out channels swapped: the forward runs it, with
+// the filter transformed that way (winograd_transform_filter_input_grad).
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <vector>
+
+#include "vgg/buffer.hpp"
+#include "vgg/cpu/cpu_info.hpp"
+#include "vgg/cpu/gemm.hpp"
+#include "vgg/cpu/kernel_path.hpp"
+#include "vgg/cpu/parallel.hpp"
+
+VGG_INTRINSICS_BEGIN
+namespace vgg::cpu {
+
+/// Transform points of F(2x2, 3x3): a 4x4 input tile.
+inline constexpr int kWinogradPoints = 16;
+
+/// A Winograd convolution's shape: cin -> cout channels on h x w images.
+struct WinogradGeometry {
+  int cin, cout, h, w;
+  /// Tiles per chunk at most (0: from the L2 size, see max_chunk()).
+  long chunk_override = 0;
+  constexpr long tiles_h() const { return (h + 1) / 2; }
+  constexpr long tiles_w() const { return (w + 1) / 2; }
+  constexpr long tiles_per_image() const { return tiles_h() * tiles_w(); }
+  /// Tiles per chunk at most: V (16 x cin) and M (16 x cout) of a chunk fill about an L2, in whole
+  /// 32-column GEMM panels, 32 to 256.
+  long max_chunk() const {
+    if (chunk_override > 0) return (chunk_override + 31) / 32 * 32;
+    const long l2 = std::max(cpu_info().cache.l2, 256L << 10);
+    const long per_tile = long(kWinogradPoints) * (cin + cout) * long(sizeof(float));
+    return std::clamp<long>(l2 / per_tile / 32 * 32, 32, 256);
+  }
+};
+
+/// The transformed filter U[16][cout][cin] of one layer (plain path), or, on the AVX-512 path, each
+/// point's U[p] packed as the GEMM kernel reads it (pack_a_whole), at p * point_stride().
+template <KernelPath Path = fastest_path>
+class WinogradFilter {
+ public:
+  void reserve(int cin, int cout) {
+    cin_ = cin;
+    cout_ = cout;
+    data_.reserve(std::size_t(kWinogradPoints * point_stride()));
+  }
+  long point_stride() const {
+#ifdef VGG_FAST_KERNELS
+    if constexpr (Path == KernelPath::avx512) return avx512::packed_a_size(cout_, cin_);
+#endif
+    return long(cout_) * cin_;
+  }
+  const float* point(int p) const { return data_.data() + p * point_stride(); }
+  float* data() { return data_.data(); }
+  Buffer<float>& storage() { return data_; }
+  int cin() const { return cin_; }
+  int cout() const { return cout_; }
+
+ private:
+  int cin_ = 0, cout_ = 0;
+  Buffer<float> data_;
+};
+
+namespace detail {
+/// u[4][4] = G g G^T for one 3x3 filter g (row-major); G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+inline void winograd_filter_tile(const float* g, float u[16]) {
+  float t[4][3];  // G g
+  for (int c = 0; c < 3; ++c) {
+    const float g0 = g[c], g1 = g[3 + c], g2 = g[6 + c];
+    t[0][c] = g0;
+    t[1][c] = 0.5f * (g0 + g1 + g2);
+    t[2][c] = 0.5f * (g0 - g1 + g2);
+    t[3][c] = g2;
+  }
+  for (int r = 0; r < 4; ++r) {  // (G g) G^T
+    const float a = t[r][0], b = t[r][1], c = t[r][2];
+    u[r * 4 + 0] = a;
+    u[r * 4 + 1] = 0.5f * (a + b + c);
+    u[r * 4 + 2] = 0.5f * (a - b + c);
+    u[r * 4 + 3] = c;
+  }
+}
+
+/// Where U[p](co, ci) lies in f's storage: U[p] row-major (plain path), or, on the AVX-512 path,
+/// where pack_a_whole would put it (depth pass of ci, 8-row tile of co, interleaved by 8), so that
+/// the transform writes the packed layout directly.
+template <KernelPath Path>
+inline long winograd_filter_offset(const WinogradFilter<Path>& f, int co, int ci) {
+#ifdef VGG_FAST_KERNELS
+  if constexpr (Path == KernelPath::avx512) {
+    const long m_padded = (f.cout() + avx512::kMr - 1) / avx512::kMr * avx512::kMr;
+    const long p0 = ci / avx512::kKc * avx512::kKc, kc = std::min<long>(avx512::kKc, f.cin() - p0);
+    const long i0 = co / avx512::kMr * avx512::kMr;
+    return p0 * m_padded + i0 * kc + (ci - p0) * avx512::kMr + (co - i0);
+  }
+#endif
+  return long(co) * f.cin() + ci;
+}
+
+/// Fills filter f from weights read as w(co, ci, ky, kx) = weight[index(co, ci, ky, kx)].
+template <KernelPath Path, class Index3x3>
+inline void winograd_transform(Index3x3 index, WinogradFilter<Path>& f, int threads) {
+  const int cin = f.cin(), cout = f.cout();
+  const long stride = f.point_stride();
+  float* u = f.data();
+  // The packed layout's padding rows (cout not a multiple of 8) must read as zeros.
+  if (Path == KernelPath::avx512 && cout % 8 != 0) std::fill(u, u + kWinogradPoints * stride, 0.0f);
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+    const Range mine = split(long(cout) * cin, tid, nth);
+    for (long k = mine.begin; k < mine.end; ++k) {
+      const int co = int(k / cin), ci = int(k % cin);
+      float g[9], t[16];
+      for (int e = 0; e < 9; ++e) g[e] = index(co, ci, e / 3, e % 3);
+      winograd_filter_tile(g, t);
+      const long at = winograd_filter_offset(f, co, ci);
+      for (int p = 0; p < kWinogradPoints; ++p) u[p * stride + at] = t[p];
+    }
+  }
+}
+}  // namespace detail
+
+/// U = G g G^T for a layer's weights (cout x cin x 3 x 3), for winograd_conv3x3_forward.
+/// requires: f.reserve(cin, cout).
+template <KernelPath Path>
+inline void winograd_transform_filter(const float* weight, WinogradFilter<Path>& f, int threads = 1) {
+  const int cin = f.cin();
+  detail::winograd_transform<Path>(
+      [&](int co, int ci, int ky, int kx) { return weight[((long(co) * cin + ci) * 3 + ky) * 3 + kx]; }, f, threads);
+}
+
+/// The filter that turns the forward into the input gradient: the layer's weights (cout x cin x
+/// 3 x 3) rotated 180 degrees, channels swapped (a cout -> cin convolution).
+/// requires: f.reserve(cout, cin), i.e. f.cin() is the layer's cout.
+template <KernelPath Path>
+inline void winograd_transform_filter_input_grad(const float* weight, WinogradFilter<Path>& f, int threads = 1) {
+  const int layer_cin = f.cout();  // f's output channels are the layer's input channels
+  detail::winograd_transform<Path>(
+      [&](int co, int ci, int ky, int kx) {  // f's (co, ci) = the layer's (ci, co)
+        return weight[((long(ci) * layer_cin + co) * 3 + (2 - ky)) * 3 + (2 - kx)];
+      },
+      f, threads);
+}
+
+/// Per-thread chunk buffers and GEMM plans, allocated once.
+struct WinogradWorkspace {
+  std::vector<Buffer<float>> transformed_inputs, products;  // per thread: V and M of one chunk
+  std::vector<GemmPlan> plans;
+  void reserve(const WinogradGeometry& g, int threads) {
+    const long chunk = g.max_chunk();
+    if (int(transformed_inputs.size()) < threads) {
+      transformed_inputs.resize(std::size_t(threads));
+      products.resize(std::size_t(threads));
+      plans.resize(std::size_t(threads));
+    }
+    for (int t = 0; t < threads; ++t) {
+      transformed_inputs[std::size_t(t)].reserve(std::size_t(kWinogradPoints * g.cin * chunk));
+      products[std::size_t(t)].reserve(std::size_t(kWinogradPoints * g.cout * chunk));
+      plans[std::size_t(t)].reserve(g.cout, chunk, g.cin);
+    }
+  }
+};
+
+namespace detail {
+/// A run of `count` tiles in one tile row: image i, tile row ty, tile columns tx0 .. tx0 + count.
+struct TileRun {
+  long image, ty, tx0, count;
+};
+
+/// V[p][ci][t0 + k] = (B^T d B)[p] for the run's tiles k, every input channel; plain scalar code.
+/// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+inline void winograd_input_run_plain(const float* x, const WinogradGeometry& g, const TileRun& run, float* v,
+                                     long ld, long t0) {
+  const long plane = long(g.h) * g.w;
+  const long channel_stride = ld, point_stride = long(g.cin) * ld;
+  for (int ci = 0; ci < g.cin; ++ci) {
+    const float* xc = x + (run.image * g.cin + ci) * plane;
+    for (long k = 0; k < run.count; ++k) {
+      const long y0 = 2 * run.ty - 1, x0 = 2 * (run.tx0 + k) - 1;
+      float d[4][4];
+      for (int r = 0; r < 4; ++r)
+        for (int c = 0; c < 4; ++c) {
+          const long yy = y0 + r, xx = x0 + c;
+          d[r][c] = yy >= 0 && yy < g.h && xx >= 0 && xx < g.w ? xc[yy * g.w + xx] : 0.0f;
+        }
+      float t[4][4];
+      for (int c = 0; c < 4; ++c) {
+        t[0][c] = d[0][c] - d[2][c];
+        t[1][c] = d[1][c] + d[2][c];
+        t[2][c] = d[2][c] - d[1][c];
+        t[3][c] = d[1][c] - d[3][c];
+      }
+      float* dst = v + ci * channel_stride + t0 + k;
+      for (int r = 0; r < 4; ++r) {
+        dst[(r * 4 + 0) * point_stride] = t[r][0] - t[r][2];
+        dst[(r * 4 + 1) * point_stride] = t[r][1] + t[r][2];
+        dst[(r * 4 + 2) * point_stride] = t[r][2] - t[r][1];
+        dst[(r * 4 + 3) * point_stride] = t[r][1] - t[r][3];
+      }
+    }
+  }
+}
+
+/// y's 2x2 tiles of the run = A^T m A + bias (then ReLU), m[p] = M[p][co][t0 + k]; plain scalar code.
+/// A^T = [1 1 1 0; 0 1 -1 -1].
+inline void winograd_output_run_plain(const float* m, const float* bias, bool relu, const WinogradGeometry& g,
+                                      const TileRun& run, float* y, long ld, long t0, float* pooled) {
+  const long plane = long(g.h) * g.w, point_stride = long(g.cout) * ld;
+  const long pw = g.w / 2, pooled_plane = long(g.h / 2) * pw;
+  for (int co = 0; co < g.cout; ++co) {
+    float* yc = y + (run.image * g.cout + co) * plane;
+    const float b = bias ? bias[co] : 0.0f;
+    for (long k = 0; k < run.count; ++k) {
+      const float* src = m + co * ld + t0 + k;
+      float s[16];
+      for (int p = 0; p < 16; ++p) s[p] = src[p * point_stride];
+      float t[2][4];
+      for (int c = 0; c < 4; ++c) {
+        t[0][c] = s[c] + s[4 + c] + s[8 + c];
+        t[1][c] = s[4 + c] - s[8 + c] - s[12 + c];
+      }
+      const long y0 = 2 * run.ty, x0 = 2 * (run.tx0 + k);
+      if (pooled) {  // the tile is the pooling window; one that overhangs an odd edge is dropped (floor)
+        if (y0 + 1 >= g.h || x0 + 1 >= g.w) continue;
+        float best = t[0][0] + t[0][1] + t[0][2];
+        best = std::max(best, t[0][1] - t[0][2] - t[0][3]);
+        best = std::max(best, t[1][0] + t[1][1] + t[1][2]);
+        best = std::max(best, t[1][1] - t[1][2] - t[1][3]) + b;
+        pooled[(run.image * g.cout + co) * pooled_plane + run.ty * pw + run.tx0 + k] =
+            relu ? std::max(best, 0.0f) : best;
+        continue;
+      }
+      for (int r = 0; r < 2; ++r) {
+        const float o0 = t[r][0] + t[r][1] + t[r][2] + b, o1 = t[r][1] - t[r][2] - t[r][3] + b;
+        if (y0 + r >= g.h) break;
+        float* row = yc + (y0 + r) * g.w;
+        row[x0] = relu ? std::max(o0, 0.0f) : o0;  // max(x, 0): a NaN passes through, as in torch
+        if (x0 + 1 < g.w) row[x0 + 1] = relu ? std::max(o1, 0.0f) : o1;
+      }
+    }
+  }
+}
+
+#ifdef VGG_FAST_KERNELS
+/// Lanes [lo, hi) of a 16-lane mask.
+inline __mmask16 lanes_between(long lo, long hi) {
+  lo = std::clamp<long>(lo, 0, 16);
+  hi = std::clamp<long>(hi, 0, 16);
+  return hi <= lo ? __mmask16(0) : __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+/// winograd_input_run_plain, 16 tiles to a vector: each input row's 34 columns come in by four
+/// masked loads (zeros outside the image), split into even and odd columns by permutes.
+inline void winograd_input_run_avx512(const float* x, const WinogradGeometry& g, const TileRun& run, float* v,
+                                      long ld, long t0) {
+  const long plane = long(g.h) * g.w, point_stride = long(g.cin) * ld;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (long k0 = 0; k0 < run.count; k0 += 16) {
+    const long base = 2 * (run.tx0 + k0) - 1;  // the first input column of the 16 tiles
+    const __mmask16 m0 = lanes_between(-base, g.w - base), m16 = lanes_between(-base - 16, g.w - base - 16),
+                    m2 = lanes_between(-base - 2, g.w - base - 2), m18 = lanes_between(-base - 18, g.w - base - 18);
+    const __mmask16 store = lanes_between(0, run.count - k0);
+    for (int ci = 0; ci < g.cin; ++ci) {
+      const float* xc = x + (run.image * g.cin + ci) * plane;
+      __m512 h[4][4];  // h[r][j]: row r of the tiles, times B (columns)
+      for (int r = 0; r < 4; ++r) {
+        const long yy = 2 * run.ty - 1 + r;
+        if (yy < 0 || yy >= g.h) {
+          for (int j = 0; j < 4; ++j) h[r][j] = _mm512_setzero_ps();
+          continue;
+        }
+        const float* row = xc + yy * g.w + base;  // masked lanes are never read
+        const __m512 a = _mm512_maskz_loadu_ps(m0, row), b = _mm512_maskz_loadu_ps(m16, row + 16);
+        const __m512 a2 = _mm512_maskz_loadu_ps(m2, row + 2), b2 = _mm512_maskz_loadu_ps(m18, row + 18);
+        const __m512 c0 = _mm512_permutex2var_ps(a, even, b), c1 = _mm512_permutex2var_ps(a, odd, b);
+        const __m512 c2 = _mm512_permutex2var_ps(a2, even, b2), c3 = _mm512_permutex2var_ps(a2, odd, b2);
+        h[r][0] = _mm512_sub_ps(c0, c2);
+        h[r][1] = _mm512_add_ps(c1, c2);
+        h[r][2] = _mm512_sub_ps(c2, c1);
+        h[r][3] = _mm512_sub_ps(c1, c3);
+      }
+      float* dst = v + ci * ld + t0 + k0;
+      for (int j = 0; j < 4; ++j) {
+        _mm512_mask_storeu_ps(dst + (0 * 4 + j) * point_stride, store, _mm512_sub_ps(h[0][j], h[2][j]));
+        _mm512_mask_storeu_ps(dst + (1 * 4 + j) * point_stride, store, _mm512_add_ps(h[1][j], h[2][j]));
+        _mm512_mask_storeu_ps(dst + (2 * 4 + j) * point_stride, store, _mm512_sub_ps(h[2][j], h[1][j]));
+        _mm512_mask_storeu_ps(dst + (3 * 4 + j) * point_stride, store, _mm512_sub_ps(h[1][j], h[3][j]));
+      }
+    }
+  }
+}
+
+/// winograd_output_run_plain, 16 tiles to a vector: a tile row's two output columns interleaved by
+/// permutes into 32 output columns, stored masked at the image's right edge.
+inline void winograd_output_run_avx512(const float* m, const float* bias, bool relu, const WinogradGeometry& g,
+                                       const TileRun& run, float* y, long ld, long t0, float* pooled) {
+  const long plane = long(g.h) * g.w, point_stride = long(g.cout) * ld;
+  const long pw = g.w / 2, pooled_plane = long(g.h / 2) * pw;
+  if (pooled && 2 * run.ty + 1 >= g.h) return;  // an odd last row of tiles has no pooling window
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512 zero = _mm512_setzero_ps();
+  for (long k0 = 0; k0 < run.count; k0 += 16) {
+    const long x0 = 2 * (run.tx0 + k0);
+    const long outputs = std::min(2 * (run.count - k0), g.w - x0);  // columns stored
+    const __mmask16 load = lanes_between(0, run.count - k0);
+    const __mmask16 s0 = lanes_between(0, outputs), s1 = lanes_between(0, outputs - 16);
+    const __mmask16 windows = lanes_between(0, std::min(run.count - k0, pw - (run.tx0 + k0)));
+    for (int co = 0; co < g.cout; ++co) {
+      float* yc = y + (run.image * g.cout + co) * plane;
+      const __m512 b = _mm512_set1_ps(bias ? bias[co] : 0.0f);
+      const float* src = m + co * ld + t0 + k0;
+      __m512 t[2][4];
+      for (int c = 0; c < 4; ++c) {
+        const __m512 s4 = _mm512_maskz_loadu_ps(load, src + (4 + c) * point_stride);
+        const __m512 s8 = _mm512_maskz_loadu_ps(load, src + (8 + c) * point_stride);
+        t[0][c] = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(load, src + c * point_stride), s4), s8);
+        t[1][c] = _mm512_sub_ps(_mm512_sub_ps(s4, s8), _mm512_maskz_loadu_ps(load, src + (12 + c) * point_stride));
+      }
+      if (pooled) {  // the tile is the pooling window (those over an odd right edge are dropped: floor)
+        const __m512 r0 = _mm512_max_ps(_mm512_add_ps(_mm512_add_ps(t[0][0], t[0][1]), t[0][2]),
+                                        _mm512_sub_ps(_mm512_sub_ps(t[0][1], t[0][2]), t[0][3]));
+        const __m512 r1 = _mm512_max_ps(_mm512_add_ps(_mm512_add_ps(t[1][0], t[1][1]), t[1][2]),
+                                        _mm512_sub_ps(_mm512_sub_ps(t[1][1], t[1][2]), t[1][3]));
+        __m512 best = _mm512_add_ps(_mm512_max_ps(r0, r1), b);
+        if (relu) best = _mm512_max_ps(zero, best);
+        _mm512_mask_storeu_ps(pooled + (run.image * g.cout + co) * pooled_plane + run.ty * pw + run.tx0 + k0, windows,
+                              best);
+        continue;
+      }
+      for (int r = 0; r < 2; ++r) {
+        if (2 * run.ty + r >= g.h) break;
+        __m512 o0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(t[r][0], t[r][1]), t[r][2]), b);
+        __m512 o1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(t[r][1], t[r][2]), t[r][3]), b);
+        if (relu) {  // zero first: a NaN passes, as in torch's ReLU
+          o0 = _mm512_max_ps(zero, o0);
+          o1 = _mm512_max_ps(zero, o1);
+        }
+        float* row = yc + (2 * run.ty + r) * g.w + x0;
+        _mm512_mask_storeu_ps(row, s0, _mm512_permutex2var_ps(o0, lo, o1));
+        _mm512_mask_storeu_ps(row + 16, s1, _mm512_permutex2var_ps(o0, hi, o1));
+      }
+    }
+  }
+}
+#endif
+
+/// Calls f(run, t0) for the tile runs of tiles [begin, end), t0 counting from begin.
+template <class F>
+inline void for_each_tile_run(const WinogradGeometry& g, long begin, long end, F f) {
+  const long tw = g.tiles_w(), per_image = g.tiles_per_image();
+  for (long t = begin; t < end;) {
+    const long image = t / per_image, in_image = t % per_image, ty = in_image / tw, tx = in_image % tw;
+    const long count = std::min(end - t, tw - tx);
+    f(TileRun{image, ty, tx, count}, t - begin);
+    t += count;
+  }
+}
+}  // namespace detail
+
+/// y = conv3x3(x) + bias (then ReLU where relu) for n images, NCHW, by F(2x2, 3x3) Winograd, with
+/// filter u from winograd_transform_filter (or _input_grad; bias may be null). With `pooled`, y is
+/// not written: pooled (n x cout x h/2 x w/2) = maxpool2x2 of it instead, each output tile being
+/// one pooling window (an eval forward: no winner masks are kept for a backward pass).
+/// requires: ws.reserve(g, t) with t >= threads; u.reserve(g.cin, g.cout) and transformed.
+template <KernelPath Path = fastest_path>
+inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>& u, const float* bias, float* y,
+                                     int n, const WinogradGeometry& g, WinogradWorkspace& ws, int threads,
+                                     bool relu = false, float* pooled = nullptr) {
+  static_assert(Path == KernelPath::plain || kFastKernels,
+                "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
+  const long total = long(n) * g.tiles_per_image(), max_chunk = g.max_chunk();
+  if (total == 0) return;
+  // Chunks: as few as max_chunk allows, a multiple of the thread count (balanced), equal in size.
+  long chunks = (total + max_chunk - 1) / max_chunk;
+  chunks = (chunks + threads - 1) / threads * threads;
+  const long per_chunk = std::min(max_chunk, ((total + chunks - 1) / chunks + 15) / 16 * 16);
+  chunks = (total + per_chunk - 1) / per_chunk;
+  const long ld = per_chunk;  // row stride of V's and M's matrices
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+    float* v = ws.transformed_inputs[std::size_t(tid)].data();
+    float* m = ws.products[std::size_t(tid)].data();
+    GemmPlan& plan = ws.plans[std::size_t(tid)];
+    const Range mine = split(chunks, tid, nth);
+    for (long c = mine.begin; c < mine.end; ++c) {
+      const long begin = c * per_chunk, end = std::min(total, begin + per_chunk), cols = end - begin;
+      detail::for_each_tile_run(g, begin, end, [&](const detail::TileRun& run, long t0) {
+#ifdef VGG_FAST_KERNELS
+        if constexpr (Path == KernelPath::avx512) {
+          detail::winograd_input_run_avx512(x, g, run, v, ld, t0);
+          return;
+        }
+#endif
+        detail::winograd_input_run_plain(x, g, run, v, ld, t0);
+      });
+      for (int p = 0; p < kWinogradPoints; ++p) {
+        const float* vp = v + p * long(g.cin) * ld;
+        float* mp = m + p * long(g.cout) * ld;
+#ifdef VGG_FAST_KERNELS
+        if constexpr (Path == KernelPath::avx512) {
+          avx512::gemm<false>(g.cout, cols, g.cin, nullptr, g.cin, vp, ld, mp, ld, plan.fast_a_pack(),
+                              plan.fast_b_pack(), avx512::Epilogue{1.0f, false, nullptr, false}, u.point(p));
+          continue;
+        }
+#endif
+        for (int co = 0; co < g.cout; ++co) std::fill(mp + co * ld, mp + co * ld + cols, 0.0f);
+        gemm_eigen<false, false>(g.cout, cols, g.cin, u.point(p), g.cin, vp, ld, mp, ld, plan);
+      }
+      detail::for_each_tile_run(g, begin, end, [&](const detail::TileRun& run, long t0) {
+#ifdef VGG_FAST_KERNELS
+        if constexpr (Path == KernelPath::avx512) {
+          detail::winograd_output_run_avx512(m, bias, relu, g, run, y, ld, t0, pooled);
+          return;
+        }
+#endif
+        detail::winograd_output_run_plain(m, bias, relu, g, run, y, ld, t0, pooled);
+      });
+    }
+  }
+}
+
+/// The geometry of the forward that computes a layer's input gradient: cout -> cin channels.
+inline WinogradGeometry winograd_input_grad_geometry(const WinogradGeometry& g) {
+  return WinogradGeometry{g.cout, g.cin, g.h, g.w, g.chunk_override};
+}
+
+/// dx (n x cin x h x w) from dz (n x cout x h x w) for a layer of geometry g (cin -> cout).
+/// requires: u.reserve(g.cout, g.cin) and winograd_transform_filter_input_grad(weight, u);
+///           ws.reserve(winograd_input_grad_geometry(g), t) with t >= threads.
+template <KernelPath Path = fastest_path>
+inline void winograd_conv3x3_input_grad(const float* dz, const WinogradFilter<Path>& u, float* dx, int n,
+                                        const WinogradGeometry& g, WinogradWorkspace& ws, int threads) {
+  winograd_conv3x3_forward<Path>(dz, u, nullptr, dx, n, winograd_input_grad_geometry(g), ws, threads, false);
+}
+
+}  // namespace vgg::cpu
+VGG_INTRINSICS_END

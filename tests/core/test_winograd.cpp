@@ -1,0 +1,443 @@
+// Winograd F(2x2, 3x3) convolution (winograd.hpp), forward and input gradient, against a naive
+// direct convolution in double and against the library's direct path (im2col + GEMM), on both kernel
+// paths where built: odd sizes (partial tiles), one-pixel images, 1-3 threads, VGG-like widths.
+//
+// Tolerance, from F(2x2, 3x3)'s error growth: |V| <= 4 max|d| (B^T d B: sums of 4 inputs per side,
+// coefficients +-1), |U| <= 2.25 max|g| (G's rows sum to at most 1.5 in absolute value), the GEMM
+// sums c products (c = input channels) with relative error ~ (c + 4) eps, and A^T m A sums 9
+// products of M: |y - y_exact| <= 81 (c + 6) eps max|g| max|d|. The errors seen here are 35x or
+// more below it; a filter off by 0.05 in one tap (checked below) is well above it.
+#include <doctest/doctest.h>
+
+#include <vgg/cpu/conv3x3.hpp>
+#include <vgg/cpu/winograd.hpp>
+#include <vgg/io/checkpoint.hpp>
+#include <vgg/vgg.hpp>
+
+#include <cfloat>
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include "reference.hpp"
+
+namespace {
+
+using vgg::cpu::KernelPath;
+
+float max_abs(const std::vector<float>& v) {
+  float m = 0;
+  for (float e : v) m = std::max(m, std::abs(e));
+  return m;
+}
+
+/// The stated bound for a convolution summing over `channels` input channels.
+float winograd_tolerance(int channels, float max_g, float max_d) {
+  return 81.0f * float(channels + 6) * FLT_EPSILON * max_g * max_d;
+}
+
+/// Direct convolution (no ReLU), in double.
+std::vector<float> naive_conv(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& b,
+                              int n, int cin, int cout, int h, int wd, bool relu) {
+  std::vector<float> y(std::size_t(n) * cout * h * wd);
+  for (int i = 0; i < n; ++i)
+    for (int co = 0; co < cout; ++co)
+      for (int r = 0; r < h; ++r)
+        for (int c = 0; c < wd; ++c) {
+          double acc = b.empty() ? 0.0 : b[std::size_t(co)];
+          for (int ci = 0; ci < cin; ++ci)
+            for (int ky = 0; ky < 3; ++ky)
+              for (int kx = 0; kx < 3; ++kx) {
+                const int sy = r + ky - 1, sx = c + kx - 1;
+                if (sy < 0 || sy >= h || sx < 0 || sx >= wd) continue;
+                acc += double(w[((std::size_t(co) * cin + ci) * 3 + ky) * 3 + kx]) *
+                       x[((std::size_t(i) * cin + ci) * h + sy) * wd + sx];
+              }
+          y[((std::size_t(i) * cout + co) * h + r) * wd + c] = float(relu ? std::max(acc, 0.0) : acc);
+        }
+  return y;
+}
+
+/// Input gradient of a stride-1 pad-1 convolution for output gradient dz, in double.
+std::vector<float> naive_input_grad(const std::vector<float>& dz, const std::vector<float>& w, int n, int cin,
+                                    int cout, int h, int wd) {
+  std::vector<float> dx(std::size_t(n) * cin * h * wd);
+  for (int i = 0; i < n; ++i)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int r = 0; r < h; ++r)
+        for (int c = 0; c < wd; ++c) {
+          double acc = 0.0;  // dx(r, c) = sum dz(r - ky + 1, c - kx + 1) w(ky, kx)
+          for (int co = 0; co < cout; ++co)
+            for (int ky = 0; ky < 3; ++ky)
+              for (int kx = 0; kx < 3; ++kx) {
+                const int sy = r - ky + 1, sx = c - kx + 1;
+                if (sy < 0 || sy >= h || sx < 0 || sx >= wd) continue;
+                acc += double(w[((std::size_t(co) * cin + ci) * 3 + ky) * 3 + kx]) *
+                       dz[((std::size_t(i) * cout + co) * h + sy) * wd + sx];
+              }
+          dx[((std::size_t(i) * cin + ci) * h + r) * wd + c] = float(acc);
+        }
+  return dx;
+}
+
+/// With pool, the fused 2x2 max-pool's output instead of y.
+template <KernelPath Path>
+std::vector<float> winograd_forward(const std::vector<float>& x, const std::vector<float>& w,
+                                    const std::vector<float>& b, int n, int cin, int cout, int h, int wd, int threads,
+                                    bool relu, long chunk = 0, bool pool = false) {
+  const vgg::cpu::WinogradGeometry g{cin, cout, h, wd, chunk};
+  vgg::cpu::WinogradFilter<Path> u;
+  u.reserve(cin, cout);
+  vgg::cpu::winograd_transform_filter(w.data(), u, threads);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(g, threads);
+  std::vector<float> y(std::size_t(n) * cout * h * wd, -7.0f);
+  std::vector<float> pooled(std::size_t(n) * cout * (h / 2) * (wd / 2), -7.0f);
+  if (pool && pooled.empty()) return pooled;  // no pooling window (a 1-pixel side)
+  vgg::cpu::winograd_conv3x3_forward<Path>(x.data(), u, b.data(), pool ? nullptr : y.data(), n, g, ws, threads, relu,
+                                           pool ? pooled.data() : nullptr);
+  return pool ? pooled : y;
+}
+
+template <KernelPath Path>
+std::vector<float> winograd_input_grad(const std::vector<float>& dz, const std::vector<float>& w, int n, int cin,
+                                       int cout, int h, int wd, int threads) {
+  const vgg::cpu::WinogradGeometry g{cin, cout, h, wd};
+  vgg::cpu::WinogradFilter<Path> u;
+  u.reserve(cout, cin);
+  vgg::cpu::winograd_transform_filter_input_grad(w.data(), u, threads);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(vgg::cpu::winograd_input_grad_geometry(g), threads);
+  std::vector<float> dx(std::size_t(n) * cin * h * wd, -7.0f);
+  vgg::cpu::winograd_conv3x3_input_grad<Path>(dz.data(), u, dx.data(), n, g, ws, threads);
+  return dx;
+}
+
+template <KernelPath Path>
+void check_against_naive(int n, int cin, int cout, int h, int wd, int threads, bool relu, long chunk = 0) {
+  CAPTURE(n);
+  CAPTURE(cin);
+  CAPTURE(cout);
+  CAPTURE(h);
+  CAPTURE(wd);
+  CAPTURE(threads);
+  CAPTURE(relu);
+  CAPTURE(chunk);
+  CAPTURE(int(Path));
+  const unsigned seed = unsigned(n * 1000 + cin * 100 + cout * 10 + h + wd);
+  const auto x = ref::random_vector(std::size_t(n) * cin * h * wd, seed);
+  const auto w = ref::random_vector(std::size_t(cout) * cin * 9, seed + 1);
+  const auto b = ref::random_vector(std::size_t(cout), seed + 2);
+  const auto want = naive_conv(x, w, b, n, cin, cout, h, wd, relu);
+  const auto got = winograd_forward<Path>(x, w, b, n, cin, cout, h, wd, threads, relu, chunk);
+  const float tol = winograd_tolerance(cin, max_abs(w), max_abs(x));
+  CHECK(ref::max_abs_diff(want, got.data()) <= tol);
+  // The fused 2x2 max-pool (floor at odd edges), of the same output.
+  const auto want_pooled = ref::maxpool2x2(want, n * cout, h, wd);
+  const auto got_pooled = winograd_forward<Path>(x, w, b, n, cin, cout, h, wd, threads, relu, chunk, true);
+  CHECK(ref::max_abs_diff(want_pooled, got_pooled.data()) <= tol);
+
+  const auto dz = ref::random_vector(std::size_t(n) * cout * h * wd, seed + 3);
+  const auto want_dx = naive_input_grad(dz, w, n, cin, cout, h, wd);
+  const auto got_dx = winograd_input_grad<Path>(dz, w, n, cin, cout, h, wd, threads);
+  CHECK(ref::max_abs_diff(want_dx, got_dx.data()) <= winograd_tolerance(cout, max_abs(w), max_abs(dz)));
+}
+
+template <KernelPath Path>
+void odd_sizes() {
+  const int shapes[][2] = {{7, 9}, {1, 1}, {2, 3}, {3, 2}, {1, 6}, {5, 1}, {8, 8}, {13, 11}};
+  for (const auto& s : shapes)
+    for (int threads : {1, 2, 3}) check_against_naive<Path>(3, 3, 5, s[0], s[1], threads, threads == 2);
+  // Chunks cut mid tile-row and mid image (32 tiles each), several chunks per thread.
+  check_against_naive<Path>(3, 4, 6, 17, 15, 2, true, 32);
+  check_against_naive<Path>(2, 37, 19, 9, 30, 3, false, 32);
+  // Tile rows longer than one 16-tile vector (33 and 34 tiles), whole and cut by chunks.
+  check_against_naive<Path>(2, 5, 7, 5, 67, 2, true);
+  check_against_naive<Path>(2, 5, 7, 4, 66, 1, false, 32);
+  // More input channels than one GEMM depth pass (256), on the packed filter layout, both ways.
+  check_against_naive<Path>(1, 300, 13, 4, 5, 2, false);
+  check_against_naive<Path>(1, 13, 300, 3, 5, 2, true);
+}
+
+}  // namespace
+
+TEST_CASE("Winograd F(2x2,3x3) matches a naive convolution on odd sizes (plain path)") {
+  odd_sizes<KernelPath::plain>();
+}
+
+// Reported skipped by doctest where the AVX-512 path is not built (VGG_PLAIN_KERNELS, or no AVX-512).
+TEST_CASE("Winograd F(2x2,3x3) matches a naive convolution on odd sizes (AVX-512 path)" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+#ifdef VGG_FAST_KERNELS
+  odd_sizes<KernelPath::avx512>();
+#endif
+}
+
+TEST_CASE("Winograd F(2x2,3x3) matches the direct path on a VGG-like layer, forward and input gradient") {
+  const int n = 2, cin = 64, cout = 64, h = 28, wd = 28, threads = 2;
+  const auto x = ref::random_vector(std::size_t(n) * cin * h * wd, 11);
+  const auto w = ref::random_vector(std::size_t(cout) * cin * 9, 12, -0.1f, 0.1f);
+  const auto b = ref::random_vector(std::size_t(cout), 13);
+  const auto dz = ref::random_vector(std::size_t(n) * cout * h * wd, 14);
+  const vgg::cpu::Conv3x3Geometry dg{cin, cout, h, wd};
+  vgg::cpu::Conv3x3Workspace dws;
+  dws.reserve_backward(dg, threads);
+  std::vector<float> direct(std::size_t(n) * cout * h * wd), direct_dx(std::size_t(n) * cin * h * wd);
+  std::vector<float> dw(std::size_t(cout) * cin * 9), db(static_cast<std::size_t>(cout)), dz_copy = dz;
+  vgg::cpu::conv3x3_forward(x.data(), w.data(), b.data(), direct.data(), n, dg, dws, threads);
+  vgg::cpu::conv3x3_backward(x.data(), w.data(), dz_copy.data(), direct_dx.data(), dw.data(), db.data(), n, dg, dws,
+                             threads);
+  const float tol = winograd_tolerance(cin, max_abs(w), max_abs(x));
+  const float tol_dx = winograd_tolerance(cout, max_abs(w), max_abs(dz));
+  // The direct path itself is checked against the naive one here too: the bound covers both.
+  CHECK(ref::max_abs_diff(naive_conv(x, w, b, n, cin, cout, h, wd, false), direct.data()) <= tol);
+  const auto plain = winograd_forward<KernelPath::plain>(x, w, b, n, cin, cout, h, wd, threads, false);
+  CHECK(ref::max_abs_diff(direct, plain.data()) <= tol);
+  CHECK(ref::max_abs_diff(direct_dx, winograd_input_grad<KernelPath::plain>(dz, w, n, cin, cout, h, wd, threads).data()) <=
+        tol_dx);
+#ifdef VGG_FAST_KERNELS
+  const auto fast = winograd_forward<KernelPath::avx512>(x, w, b, n, cin, cout, h, wd, threads, false);
+  CHECK(ref::max_abs_diff(direct, fast.data()) <= tol);
+  CHECK(ref::max_abs_diff(plain, fast.data()) <= tol);
+  CHECK(ref::max_abs_diff(direct_dx, winograd_input_grad<KernelPath::avx512>(dz, w, n, cin, cout, h, wd, threads).data()) <=
+        tol_dx);
+#endif
+  // And the bound is not vacuous: a filter off by one 3x3 tap is caught.
+  auto w_wrong = w;
+  w_wrong[4] += 0.05f;
+  const auto wrong = winograd_forward<KernelPath::plain>(x, w_wrong, b, n, cin, cout, h, wd, threads, false);
+  CHECK(ref::max_abs_diff(direct, wrong.data()) > tol);
+}
+
+// The layer by Winograd (where cpu::Backend's rule picks it: C_in, C_out >= 256 on the AVX-512 path)
+// against the same layer with Winograd off (Context::set_winograd(false): the direct path): forward in
+// both modes, the eval pooled forward, the input gradient; the cached filters follow a weight change;
+// a backward after an eval pooled forward equals one after a training forward exactly (the pool state
+// is rebuilt by the direct path).
+
+TEST_CASE("Conv3x3Relu by Winograd matches its direct path: forward, pooled eval forward, input gradient" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  using B = vgg::cpu::Backend;
+  // 2 images of 16 x 16 tiles: a batch that pays for a new filter transform (kWinogradAmortisingTiles).
+  constexpr int In = 256, Out = 256, H = 32, W = 32, n = 2;
+  static_assert(n * (H / 2) * (W / 2) >= B::kWinogradAmortisingTiles);
+  CHECK(B::winograd_rule(vgg::ConvShape{In, Out, H, W}) == vgg::cpu::kFastKernels);
+  vgg::Conv3x3Relu<In, Out, H, W, B> layer;
+  B::Context exec;
+  exec.set_threads(2);
+  vgg::Rng rng(7);
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, n);
+  layer.reserve_backward(exec, n);
+  const vgg::RunContext eval{vgg::Mode::eval, 1, 0, 0}, train{vgg::Mode::train, 1, 0, 0};
+  const auto x = ref::random_vector(std::size_t(n) * In * H * W, 21);
+  const auto dy = ref::random_vector(std::size_t(n) * Out * H * W, 23);
+  const std::size_t out_size = std::size_t(n) * Out * H * W;
+
+  for (int change = 0; change < 2; ++change) {
+    // change 1: the weights move (as an optimizer step would) under both cached transforms.
+    if (change) layer.weight()[5] += 0.5f;
+    CAPTURE(change);
+    const std::vector<float> w(layer.weight().begin(), layer.weight().end());
+    const float tol = winograd_tolerance(In, max_abs(w), max_abs(x));
+    // forward and backward; the backward overwrites its dy with dz = dy * (y > 0).
+    struct Pass {
+      std::vector<float> y, dz, dx, wg;
+    };
+    auto pass = [&](bool winograd, const vgg::RunContext& run) {
+      exec.set_winograd(winograd);
+      Pass p{std::vector<float>(out_size), dy, std::vector<float>(x.size()), {}};
+      layer.forward(exec, x.data(), p.y.data(), n, run);
+      layer.backward(exec, x.data(), p.y.data(), p.dz.data(), p.dx.data(), n, run);
+      p.wg.assign(layer.weight_grad().begin(), layer.weight_grad().end());
+      return p;
+    };
+    const Pass direct = pass(false, train), wino_train = pass(true, train), wino_eval = pass(true, eval);
+    CHECK(ref::max_abs_diff(direct.y, wino_train.y.data()) <= tol);
+    CHECK(ref::max_abs_diff(direct.y, wino_eval.y.data()) <= tol);
+    // The ReLU masks agree (no output within rounding of 0 here), so dz and the weight gradient
+    // (direct path in both) are equal; dx is Winograd's, within the bound for Out channels.
+    CHECK(ref::max_abs_diff(direct.dz, wino_train.dz.data()) == 0.0f);
+    CHECK(ref::max_abs_diff(direct.wg, wino_train.wg.data()) == 0.0f);
+    const float dx_tol = winograd_tolerance(Out, max_abs(w), max_abs(direct.dz));
+    CHECK(ref::max_abs_diff(direct.dx, wino_train.dx.data()) <= dx_tol);
+    CHECK(ref::max_abs_diff(direct.dx, wino_eval.dx.data()) <= dx_tol);
+    CHECK(ref::max_abs_diff(direct.dx, wino_train.dx.data()) > 0.0f);  // Winograd did compute it
+  }
+}
+
+TEST_CASE("Conv3x3Relu's pooled eval forward by Winograd matches the direct one; a backward after it is exact" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  using B = vgg::cpu::Backend;
+  constexpr int In = 256, Out = 256, H = 32, W = 32, n = 2;
+  vgg::Conv3x3Relu<In, Out, H, W, B> layer;
+  B::Context exec;
+  exec.set_threads(2);
+  vgg::Rng rng(8);
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, n, /*pooled=*/true);
+  layer.reserve_backward(exec, n, /*pooled=*/true);
+  const vgg::RunContext eval{vgg::Mode::eval, 1, 0, 0}, train{vgg::Mode::train, 1, 0, 0};
+  const auto x = ref::random_vector(std::size_t(n) * In * H * W, 21);
+  const std::size_t pooled_size = std::size_t(n) * Out * (H / 2) * (W / 2);
+  const auto dy = ref::random_vector(pooled_size, 22);
+  std::vector<float> p_train(pooled_size), p_eval(pooled_size), dx_train(x.size()), dx_eval(x.size());
+  const std::vector<float> w(layer.weight().begin(), layer.weight().end());
+  const float tol = winograd_tolerance(In, max_abs(w), max_abs(x));
+
+  layer.forward_pooled(exec, x.data(), p_train.data(), n, train);  // direct: keeps the winner masks
+  layer.backward_pooled(exec, x.data(), dy.data(), dx_train.data(), n, train);
+  const std::vector<float> wg_train(layer.weight_grad().begin(), layer.weight_grad().end());
+  layer.forward_pooled(exec, x.data(), p_eval.data(), n, eval);  // Winograd: keeps nothing
+  CHECK(ref::max_abs_diff(p_train, p_eval.data()) <= tol);
+  CHECK(ref::max_abs_diff(p_train, p_eval.data()) > 0.0f);  // it did run by Winograd
+  layer.backward_pooled(exec, x.data(), dy.data(), dx_eval.data(), n, eval);
+  CHECK(ref::max_abs_diff(dx_train, dx_eval.data()) == 0.0f);
+  CHECK(ref::max_abs_diff(wg_train, layer.weight_grad().data()) == 0.0f);
+}
+
+TEST_CASE("a small batch makes a new filter transform only when the weights repeat (eval), never in training" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  using B = vgg::cpu::Backend;
+  constexpr int In = 256, Out = 256, H = 6, W = 10, n = 2;  // 30 tiles: too few to pay for a transform
+  static_assert(n * (H / 2) * (W / 2) < B::kWinogradAmortisingTiles);
+  vgg::Conv3x3Relu<In, Out, H, W, B> layer;
+  B::Context exec;
+  exec.set_threads(2);
+  vgg::Rng rng(9);
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, n);
+  layer.reserve_backward(exec, n);
+  const vgg::RunContext eval{vgg::Mode::eval, 1, 0, 0}, train{vgg::Mode::train, 1, 0, 0};
+  const auto x = ref::random_vector(std::size_t(n) * In * H * W, 24);
+  const std::size_t out_size = std::size_t(n) * Out * H * W;
+  std::vector<float> direct(out_size), y(out_size);
+  exec.set_winograd(false);
+  layer.forward(exec, x.data(), direct.data(), n, eval);
+  exec.set_winograd(true);
+  auto forward = [&](const vgg::RunContext& run) {
+    layer.forward(exec, x.data(), y.data(), n, run);
+    return ref::max_abs_diff(direct, y.data());
+  };
+  CHECK(forward(eval) == 0.0f);  // new weights, small batch: direct
+  CHECK(forward(eval) > 0.0f);   // the same weights again: transformed once, Winograd from now on
+  CHECK(forward(train) > 0.0f);  // cached: Winograd in training too
+  // Training steps change the weights each time: every forward stays direct.
+  for (int step = 0; step < 2; ++step) {
+    layer.weight()[std::size_t(step)] += 0.25f;
+    exec.set_winograd(false);
+    layer.forward(exec, x.data(), direct.data(), n, train);
+    exec.set_winograd(true);
+    CHECK(forward(train) == 0.0f);
+  }
+}
+
+// The network: eval logits with the Winograd layers against the same network with Winograd turned
+// off (Context::set_winograd), after weight updates (an optimizer step) and a checkpoint load, which
+// the cached filter transform must follow; and the gradients of a backward after an eval forward.
+//
+// Tolerance: 2^-16 (1.5e-5) of the largest logit (taken as at least 1). Each Winograd layer's error is
+// within the kernel bound above and the classifier adds rounding of its own; the differences seen are
+// ~1e-7, a few float ulps of these logits. A stale filter (the weights of before the update or the
+// load) would move them by 0.2-0.5: the test checks that the update and the load move the direct
+// path's logits by over 100x the tolerance, so it cannot pass with one.
+
+namespace {
+
+// Three convs: the first has no input gradient (first layer), the second runs forward and input
+// gradient by Winograd in training too, the third is pooled (Winograd in eval only).
+// 32 x 32 images (256 tiles each): batches of 2 and 3 pay for new transforms, so training runs by
+// Winograd as well.
+using WideNet = vgg::Vgg<vgg::Input<256, 32, 32>, vgg::VggBlock<3, 256, 256>, vgg::Classifier<16, 5>>;
+
+std::vector<float> eval_logits(WideNet& net, const std::vector<float>& x, int n, bool winograd) {
+  net.context().set_winograd(winograd);
+  net.set_mode(vgg::Mode::eval);
+  const auto logits = net.forward(x, n);
+  return {logits.data(), logits.data() + logits.size()};
+}
+
+float logits_tolerance(const std::vector<float>& logits) { return std::ldexp(std::max(1.0f, max_abs(logits)), -16); }
+
+}  // namespace
+
+TEST_CASE("a network's eval forward by Winograd matches the direct path after optimizer steps and a checkpoint load" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  constexpr int n = 3;
+  auto net = std::make_unique<WideNet>(11);
+  net->set_threads(2);
+  const auto x = ref::random_vector(std::size_t(n) * 256 * 32 * 32, 31);
+  const std::vector<std::int32_t> labels{0, 3, 4};
+
+  auto direct = eval_logits(*net, x, n, false);
+  auto wino = eval_logits(*net, x, n, true);
+  MESSAGE("initial: max |winograd - direct| = " << ref::max_abs_diff(direct, wino.data()) << ", max |logit| = "
+                                                << max_abs(direct));
+  CHECK(ref::max_abs_diff(direct, wino.data()) <= logits_tolerance(direct));
+  CHECK(ref::max_abs_diff(direct, wino.data()) > 0.0f);  // Winograd did run
+
+  // Optimizer steps (train mode: the direct path) change the conv weights under the cached transform.
+  vgg::Sgd sgd({.lr = 0.05f, .momentum = 0.9f});
+  for (int step = 0; step < 3; ++step) (void)vgg::train_step(*net, sgd, x, labels);
+  const auto before = direct;
+  direct = eval_logits(*net, x, n, false);
+  wino = eval_logits(*net, x, n, true);
+  MESSAGE("after steps: max |winograd - direct| = " << ref::max_abs_diff(direct, wino.data())
+                                                    << ", moved by " << ref::max_abs_diff(before, direct.data()));
+  CHECK(ref::max_abs_diff(direct, wino.data()) <= logits_tolerance(direct));
+  CHECK(ref::max_abs_diff(before, direct.data()) > 100 * logits_tolerance(direct));
+
+  // A checkpoint of another network loaded into this one (whose transform is cached).
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("vgg_test_winograd_" + std::to_string(::getpid()) + ".safetensors");
+  {
+    auto other = std::make_unique<WideNet>(12);
+    vgg::io::save_weights(path, *other);
+  }
+  vgg::io::load_weights(path, *net);
+  std::filesystem::remove(path);
+  const auto trained = direct;
+  direct = eval_logits(*net, x, n, false);
+  wino = eval_logits(*net, x, n, true);
+  MESSAGE("after load: max |winograd - direct| = " << ref::max_abs_diff(direct, wino.data())
+                                                   << ", moved by " << ref::max_abs_diff(trained, direct.data()));
+  CHECK(ref::max_abs_diff(direct, wino.data()) <= logits_tolerance(direct));
+  CHECK(ref::max_abs_diff(trained, direct.data()) > 100 * logits_tolerance(direct));
+}
+
+TEST_CASE("a network's gradients with Winograd layers match the direct path's, in eval and train mode" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  constexpr int n = 2;
+  auto net = std::make_unique<WideNet>(13);
+  net->set_threads(2);
+  const auto x = ref::random_vector(std::size_t(n) * 256 * 32 * 32, 32);
+  const std::vector<std::int32_t> labels{1, 2};
+  auto gradients = [&](bool winograd, vgg::Mode mode) {
+    net->context().set_winograd(winograd);
+    net->set_mode(mode);
+    net->set_step(0);  // the same dropout masks in train mode
+    (void)net->forward(x, n);
+    (void)net->loss(labels, /*gradient=*/true);
+    net->backward(/*input_gradient=*/true);
+    std::vector<float> g;
+    net->for_each_parameter_data(
+        [&](std::span<float>, std::span<float> grad) { g.insert(g.end(), grad.begin(), grad.end()); });
+    const auto dx = net->input_gradient();
+    g.insert(g.end(), dx.begin(), dx.end());
+    return g;
+  };
+  for (const vgg::Mode mode : {vgg::Mode::eval, vgg::Mode::train}) {
+    CAPTURE(int(mode));
+    const auto direct = gradients(false, mode);
+    const auto wino = gradients(true, mode);
+    // The pooled conv's backward runs by the direct path (its pool state rebuilt after an eval
+    // forward); the others' ReLU masks come from their Winograd outputs, and their input gradients
+    // are Winograd's: the gradients differ by rounding, carried through (a flipped ReLU would show).
+    MESSAGE("max |grad winograd - grad direct| = " << ref::max_abs_diff(direct, wino.data())
+                                                   << ", max |grad| = " << max_abs(direct));
+    CHECK(ref::max_abs_diff(direct, wino.data()) <= std::ldexp(std::max(1.0f, max_abs(direct)), -16));
+    CHECK(ref::max_abs_diff(direct, wino.data()) > 0.0f);  // Winograd did run
+  }
+}
