@@ -58,6 +58,8 @@ struct Options {
   bool help = false;               ///< --help: print kHelp, do nothing else
   bool distributed = false;        ///< data-parallel over the ranks of mpirun (batch_size is global)
   int collective_timeout = 300;    ///< seconds one collective may wait before the job is aborted; 0: never
+  std::filesystem::path init_from; ///< fine-tuning: a fresh run starts from these weights
+  bool freeze_features = false;    ///< fine-tuning: the conv blocks get no updates
 };
 
 inline const char* const kHelp = R"(Usage: vgg-train [options]
@@ -83,6 +85,10 @@ Options:
   --limit N              train on the first N training images only (smoke runs; 0: all)
   --log PATH             JSON-lines metrics log (default <save>.metrics.jsonl)
   --evaluate PATH        load the weights at PATH and report test accuracy; no training
+  --init-from PATH       fine-tuning: start a fresh run from the weights at PATH (matched by tensor
+                         name and shape); a last layer with another class count is re-initialised
+  --freeze-features      fine-tuning: the conv blocks get no updates (no conv backward is computed);
+                         only the classifier trains. Saved in the checkpoint: --resume must match
   --distributed          data-parallel training over the ranks of mpirun (MPI builds, --device cpu);
                          --batch-size is the global batch, split over the ranks; rank 0 alone
                          prints, logs and saves
@@ -181,7 +187,8 @@ inline Options parse_args(std::span<const std::string_view> args) {
     static constexpr std::string_view known[] = {"--data", "--epochs", "--batch-size", "--lr", "--optimizer",
                                                   "--resize", "--width-divisor", "--threads", "--seed", "--save",
                                                   "--resume", "--overwrite", "--limit", "--log", "--evaluate",
-                                                  "--device", "--distributed", "--collective-timeout"};
+                                                  "--device", "--distributed", "--collective-timeout",
+                                                  "--init-from", "--freeze-features"};
     if (std::find(std::begin(known), std::end(known), flag) == std::end(known))
       throw UsageError("unknown option " + quote(flag) + " (see --help)");
     // The last of two values silently winning hides typos in long command lines and scripts.
@@ -212,7 +219,19 @@ inline Options parse_args(std::span<const std::string_view> args) {
     } else if (flag == "--distributed") o.distributed = true;
     else if (flag == "--collective-timeout")
       o.collective_timeout = parse_integer<int>(flag, value(), 0, kMaxCollectiveTimeout);
+    else if (flag == "--init-from") o.init_from = path();
+    else if (flag == "--freeze-features") o.freeze_features = true;
   }
+  if (!o.init_from.empty() && o.resume)
+    throw UsageError("--init-from and --resume contradict: --init-from starts a fresh run from other weights; "
+                     "--resume continues the run at --save");
+  if (!o.init_from.empty() && !o.evaluate.empty())
+    throw UsageError("--init-from trains; --evaluate reads the weights at its own path: drop one of them");
+  if (o.freeze_features && !o.evaluate.empty())
+    throw UsageError("--freeze-features applies to training; --evaluate does not train");
+  // DataParallel all-reduces every gradient, and frozen conv blocks have none.
+  if (o.freeze_features && o.distributed)
+    throw UsageError("--freeze-features is not supported with --distributed yet");
   if (!o.evaluate.empty() && o.resume)
     throw UsageError("--evaluate and --resume contradict: --evaluate only reads the weights at its path; "
                      "--resume continues training from --save");
@@ -242,7 +261,7 @@ inline std::map<std::string, std::string> run_settings(const Options& o) {
   return {{"seed", std::to_string(o.seed)},         {"batch_size", std::to_string(o.batch_size)},
           {"lr", lr},                               {"optimizer", o.optimizer},
           {"resize", std::to_string(o.resize)},     {"width_divisor", std::to_string(o.width_divisor)},
-          {"limit", std::to_string(o.limit)}};
+          {"limit", std::to_string(o.limit)},       {"freeze_features", o.freeze_features ? "true" : "false"}};
 }
 
 /// requires: nothing. ensures: whether a setting stored in a checkpoint equals this run's. lr

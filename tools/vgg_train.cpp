@@ -4,6 +4,7 @@
 //   vgg-train --resize 64 --epochs 1            # a quick variant
 //   vgg-train --resume                          # continue from the checkpoint given by --save
 //   vgg-train --evaluate runs/vgg11_w8_224.safetensors
+//   vgg-train --init-from base.safetensors --freeze-features --save tuned.safetensors   # fine-tuning
 //   mpirun -np 2 vgg-train --distributed --threads 1   # data-parallel over 2 processes (MPI builds)
 //
 // The flags are parsed in cli_options.hpp (unit-tested and fuzzed on their own).
@@ -16,6 +17,7 @@
 #include <vgg/data/idx.hpp>
 #include <vgg/health.hpp>
 #include <vgg/io/checkpoint.hpp>
+#include <vgg/io/fine_tune.hpp>
 #include <vgg/vgg.hpp>
 
 #include <cerrno>
@@ -274,6 +276,16 @@ int train(const Options& o, Optimizer optimizer) {
                                      std::to_string(net->step()) + "; the file is damaged or from another run");
     first_epoch = state.epoch;
   }
+  if (!o.init_from.empty() && root) {
+    // A fresh run from other weights (a --distributed run hands them to every rank below).
+    const auto tuned = vgg::io::load_for_fine_tuning(o.init_from, *net, {.seed = o.seed});
+    std::cout << "fine-tuning from '" << o.init_from.string() << "'" << std::endl;
+    if (tuned.last_layer_reinitialised)
+      std::cout << "fine-tuning: the last layer " << tuned.last_layer << " has " << tuned.checkpoint_classes
+                << " classes in '" << o.init_from.string() << "', this run " << Net::num_classes
+                << ": re-initialised it (seed " << o.seed << ")" << std::endl;
+  }
+  if (o.freeze_features) net->freeze_features();
   // Training step and evaluation: this process alone, or its part of the ranks' global batch.
   auto sum_over_ranks = [&](std::span<double> values) {
 #if VGG_TRAIN_DISTRIBUTED
@@ -317,6 +329,7 @@ int train(const Options& o, Optimizer optimizer) {
     std::cout << "training " << Net::architecture() << " (" << Net::num_params << " parameters) on "
               << train_batches.samples_per_epoch() << " images, batch " << train_batch << ", " << o.optimizer << " lr "
               << o.lr << ", " << net->threads() << " threads, seed " << o.seed;
+    if (o.freeze_features) std::cout << ", features frozen";
     if (o.distributed)
       std::cout << ", " << place.ranks << (place.ranks == 1 ? " rank" : " ranks") << " (data-parallel, batch split over them)";
     std::cout << std::endl;

@@ -70,6 +70,7 @@ struct head_layers_of;
 template <Shape Features, class Head, class B>
   requires(!Head::torchvision)
 struct head_layers_of<Features, Head, B> {
+  static constexpr std::size_t first_linear = 1;  // Flatten, then the first Linear
   using type = std::tuple<Flatten<Features, B>, Linear<int(Features.size()), Head::hidden, true, B>,
                                Dropout<Head::hidden, Head::dropout, B>, Linear<Head::hidden, Head::hidden, true, B>,
                                Dropout<Head::hidden, Head::dropout, B>, Linear<Head::hidden, Head::classes, false, B>>;
@@ -79,6 +80,7 @@ template <Shape Features, class Head, class B>
   requires(Head::torchvision)
 struct head_layers_of<Features, Head, B> {
   static constexpr Shape pooled{Features.c, Head::pool, Head::pool};
+  static constexpr std::size_t first_linear = 2;  // AdaptiveAvgPool2d, Flatten, then the first Linear
   using type = std::tuple<AdaptiveAvgPool2d<Features, Head::pool, Head::pool, B>, Flatten<pooled, B, 0>,
                           Linear<int(pooled.size()), Head::hidden, true, B>, Dropout<Head::hidden, Head::dropout, B>,
                           Linear<Head::hidden, Head::hidden, true, B>, Dropout<Head::hidden, Head::dropout, B>,
@@ -97,6 +99,7 @@ struct network_spec<InputT, std::tuple<Blocks...>, Head> {
   static constexpr Shape feature_shape = shapes[num_blocks];
   static constexpr int num_classes = Head::classes;
   static constexpr bool torchvision = Head::torchvision;
+  using head = Head;
 
   template <class B, std::size_t... I>
   static auto all_layers(std::index_sequence<I...>)
@@ -225,6 +228,12 @@ class Network {
   /// The logits of one sample: classes x 1 x 1.
   static constexpr Shape output_shape = std::tuple_element_t<num_layers - 1, layer_types>::output_shape;
   static constexpr int num_classes = spec::num_classes;
+  /// Layers of the feature extractor (the conv blocks); the head's first layer (Flatten, or
+  /// torchvision's AdaptiveAvgPool2d) has this index.
+  static constexpr std::size_t num_feature_layers = num_layers - std::tuple_size_v<detail::head_layers<feature_shape, typename spec::head, B>>;
+  /// The classifier's first Linear: with frozen features, backward stops there.
+  static constexpr std::size_t first_classifier_layer =
+      num_feature_layers + detail::head_layers_of<feature_shape, typename spec::head, B>::first_linear;
 
   /// Output of block i (0-based; block i is named vgg_block_{i+1}). A bad index does not compile
   /// in a constant expression and throws std::out_of_range otherwise.
@@ -253,7 +262,14 @@ class Network {
   }();
 
   /// ensures: parameters initialised as PyTorch's defaults, reproducibly from `seed`; eval mode.
-  explicit Network(std::uint64_t seed = 0) { reset_parameters(seed); }
+  explicit Network(std::uint64_t seed = 0) {
+    reset_parameters(seed);
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      ((I < num_feature_layers ? std::get<I>(layers_).for_each_parameter([&](auto&&...) { ++num_feature_tensors_; })
+                               : void()),
+       ...);
+    }(std::make_index_sequence<num_layers>{});
+  }
   Network(const Network&) = delete;
   Network& operator=(const Network&) = delete;
   Network(Network&&) = default;
@@ -267,6 +283,20 @@ class Network {
     Rng rng(seed);
     std::apply([&](auto&... layer) { (layer.reset_parameters(rng, context_), ...); }, layers_);
   }
+
+  /// Fine-tuning: with `frozen`, backward() stops at the classifier (no conv backward is computed)
+  /// and optimizers leave the feature extractor's parameters alone. Forward passes are unchanged:
+  /// in train mode batch norm still updates its running statistics, as PyTorch does for a module
+  /// in train mode whose parameters have requires_grad=False.
+  void freeze_features(bool frozen = true) {
+    if (frozen == features_frozen_) return;
+    features_frozen_ = frozen;
+    backward_batch_ = backward_threads_ = 0;  // unfrozen layers need their backward buffers
+    last_batch_ = 0;                          // the last pass's buffers may not have been reserved
+  }
+  bool features_frozen() const { return features_frozen_; }
+  /// Whether parameter tensor `index` (network order, as for_each_parameter visits) is frozen.
+  bool parameter_frozen(std::size_t index) const { return features_frozen_ && index < num_feature_tensors_; }
 
   void set_mode(Mode mode) { mode_ = mode; }
   void train() { mode_ = Mode::train; }
@@ -400,6 +430,9 @@ class Network {
   /// to the input batch. requires: the input of that forward pass is still alive and unchanged.
   void backward(bool input_gradient = false) {
     require_forward("backward");
+    if (input_gradient && features_frozen_)
+      throw std::logic_error("vgg::Vgg::backward: the input gradient needs the conv backward pass, which frozen "
+                             "features skip; call freeze_features(false) first");
     if (input_overwritten_)
       throw std::logic_error("vgg::Vgg::backward: the staged batch of the last forward pass was overwritten by a "
                              "later stage(); stage the next batch after the backward pass of this one");
@@ -424,8 +457,8 @@ class Network {
   int last_batch() const { return last_batch_; }
 
   /// Visits (value, grad) of every parameter tensor in network order, without allocating: for
-  /// optimizers, which run every step. Both are in the backend's memory; grad is empty before the
-  /// first backward pass.
+  /// optimizers, which run every step (they skip parameter_frozen tensors, whose grad may be empty
+  /// or stale). Both are in the backend's memory; grad is empty before the first backward pass.
   template <class F>
   void for_each_parameter_data(F&& f) {
     std::apply([&](auto&... layer) {
@@ -670,6 +703,7 @@ class Network {
 
   template <std::size_t I>
   void reserve_backward_layer(int batch, BufferName& reserving) {
+    if (features_frozen_ && I < first_classifier_layer) return;  // never differentiated
     reserving = {"the backward workspace", long(I)};
     if constexpr (pool_runs_inside_previous<I + 1>()) {
       // Differentiated from the pooled gradient: no gradient of its full-size output.
@@ -691,8 +725,13 @@ class Network {
   float* backward_layer(float* dy, bool input_gradient) {
     using L = std::tuple_element_t<I, layer_types>;
     if (L::is_identity(last_ctx_.mode)) return dy;  // output is input: dx is dy
+    // Frozen features: the classifier's first Linear computes no input gradient, and the layers
+    // before it (the conv blocks, the adaptive pool, Flatten) are not differentiated at all.
+    if (features_frozen_ && I < first_classifier_layer) return nullptr;
     float* dx = nullptr;
-    if constexpr (I > 0) {
+    if (features_frozen_ && I == first_classifier_layer) {
+      dx = nullptr;
+    } else if constexpr (I > 0) {
       dx = grads_[I - 1].data();
     } else {
       if (input_gradient) dx = input_grad_.data();
@@ -750,6 +789,8 @@ class Network {
   int reserved_batch_ = 0, reserved_threads_ = 0, backward_batch_ = 0, backward_threads_ = 0;
   Mode mode_ = Mode::eval;
   std::uint64_t seed_ = 0, step_ = 0;
+  bool features_frozen_ = false;
+  std::size_t num_feature_tensors_ = 0;  // parameter tensors of the feature layers, which come first
 };
 
 /// The network of the pack Arch... on the default backend (the CPU, default_backend.hpp).

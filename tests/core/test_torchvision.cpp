@@ -5,11 +5,13 @@
 #include <doctest/doctest.h>
 
 #include <vgg/io/checkpoint.hpp>
+#include <vgg/io/fine_tune.hpp>
 #include <vgg/vgg.hpp>
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <sstream>
@@ -177,4 +179,49 @@ TEST_CASE("a torchvision-layout checkpoint round-trips with torchvision names") 
   const auto yb = b->forward(std::span<const float>(x), 2);
   lb.assign(yb.data(), yb.data() + yb.size());
   CHECK(la == lb);
+}
+
+TEST_CASE("fine-tuning a torchvision-layout net: 1000 classes to 10, classifier.6 re-initialised, features frozen") {
+  using Source = tv::vgg11_bn<1000, 64, vgg::Input<3, 32, 32>>;
+  using Net = tv::vgg11_bn<10, 64, vgg::Input<3, 32, 32>>;
+  static_assert(Net::first_classifier_layer == Net::num_feature_layers + 2,
+                "torchvision's head starts with AdaptiveAvgPool2d and a module-less flatten");
+  auto source = std::make_unique<Source>(3);
+  const auto path = std::filesystem::temp_directory_path() / "vgg_test_torchvision_fine_tune.safetensors";
+  vgg::io::save_weights(path, *source);
+  auto net = std::make_unique<Net>(5);
+  const auto result = vgg::io::load_for_fine_tuning(path, *net, {.seed = 5});
+  std::filesystem::remove(path);
+  CHECK(result.last_layer_reinitialised);
+  CHECK(result.last_layer == "classifier.6");
+  CHECK(result.checkpoint_classes == 1000);
+  std::map<std::string, std::vector<float>> from, loaded;
+  source->for_each_parameter([&](const vgg::ParameterView& p) { from[p.name].assign(p.value.begin(), p.value.end()); });
+  net->for_each_parameter([&](const vgg::ParameterView& p) { loaded[p.name].assign(p.value.begin(), p.value.end()); });
+  int same = 0;
+  for (const auto& [name, values] : loaded)
+    if (!name.starts_with("classifier.6.")) same += values == from.at(name);
+  CHECK(same == int(loaded.size()) - 2);
+
+  // Frozen features: three SGD steps move the classifier and leave every features.* tensor as it was.
+  net->freeze_features();
+  net->train();
+  std::vector<float> x(4 * Net::input_shape.size());
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 31 % 19) - 9) / 9.0f;
+  const std::vector<std::int32_t> labels = {0, 3, 7, 9};
+  vgg::Sgd sgd({.lr = 1e-2f, .momentum = 0.9f});
+  for (int step = 0; step < 3; ++step) vgg::train_step(*net, sgd, x, labels);
+  int features = 0, features_same = 0, classifier_changed = 0;
+  net->for_each_parameter([&](const vgg::ParameterView& p) {
+    const std::vector<float> now(p.value.begin(), p.value.end());
+    if (p.name.starts_with("features.")) {
+      ++features;
+      features_same += now == loaded.at(p.name);
+    } else {
+      classifier_changed += now != loaded.at(p.name);
+    }
+  });
+  CHECK(features == 32);  // 8 convs and 8 batch norms, a weight and a bias each
+  CHECK(features_same == features);
+  CHECK(classifier_changed == 6);
 }

@@ -138,3 +138,24 @@ TEST_CASE("the settings check keeps lr exactly and still accepts the old %f spel
     CHECK_MESSAGE(std::stof(s) == parse({"--lr", lr}).lr, lr);
   }
 }
+
+TEST_CASE("fine-tuning flags: --init-from and --freeze-features, their contradictions and the saved setting") {
+  const auto o = parse({"--init-from", "runs/base.safetensors", "--freeze-features"});
+  CHECK(o.init_from == "runs/base.safetensors");
+  CHECK(o.freeze_features);
+  CHECK(parse({}).init_from.empty());
+  CHECK_FALSE(parse({}).freeze_features);
+  CHECK(parse({"--freeze-features", "--resume"}).freeze_features);  // a frozen run resumes frozen
+  CHECK_USAGE(ARGS("--init-from", ""), "--init-from needs a non-empty path");
+  CHECK_USAGE(ARGS("--init-from"), "--init-from needs a value");
+  CHECK_USAGE(ARGS("--init-from", "a", "--resume"), "--init-from and --resume contradict");
+  CHECK_USAGE(ARGS("--resume", "--init-from", "a"), "--init-from and --resume contradict");
+  CHECK_USAGE(ARGS("--init-from", "a", "--evaluate", "b"), "--init-from trains; --evaluate");
+  CHECK_USAGE(ARGS("--freeze-features", "--evaluate", "b"), "--freeze-features applies to training");
+  CHECK_USAGE(ARGS("--freeze-features", "--distributed"), "not supported with --distributed");
+  CHECK_USAGE(ARGS("--freeze-features", "--freeze-features"), "--freeze-features is given twice");
+  CHECK_USAGE(ARGS("--init-from", "a", "--init-from", "b"), "--init-from is given twice");
+  // Saved with the run: --resume of a frozen run must freeze too.
+  CHECK(vgg_train::run_settings(o).at("freeze_features") == "true");
+  CHECK(vgg_train::run_settings(parse({})).at("freeze_features") == "false");
+}
