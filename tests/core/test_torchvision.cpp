@@ -9,6 +9,8 @@
 #include <vgg/vgg.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -224,4 +226,40 @@ TEST_CASE("fine-tuning a torchvision-layout net: 1000 classes to 10, classifier.
   CHECK(features == 32);  // 8 convs and 8 batch norms, a weight and a bias each
   CHECK(features_same == features);
   CHECK(classifier_changed == 6);
+}
+
+namespace {
+std::string golden(const char* name) { return std::string(VGG_TEST_DATA_DIR) + "/../golden/" + name; }
+
+/// Loads the torchvision state dict written by tools/torch_to_safetensors.py (through
+/// tools/make_golden_torchvision.py) and compares eval-mode logits with torchvision's, relative to
+/// the largest |logit| (tests/golden/README.md's convention).
+template <class Net>
+void check_golden(const char* weights, const std::string& logits_name) {
+  const vgg::io::SafetensorsFile io = vgg::io::load_safetensors(golden("torchvision_w32_io.safetensors"));
+  constexpr int n = 2;
+  const std::vector<std::int64_t> input_shape = {n, Net::input_shape.c, Net::input_shape.h, Net::input_shape.w};
+  std::vector<float> x(std::size_t(n) * Net::input_shape.size()), expected(std::size_t(n) * Net::num_classes);
+  io.read_f32("input", x, input_shape);
+  io.read_f32(logits_name, expected, std::vector<std::int64_t>{n, Net::num_classes});
+  auto net = std::make_unique<Net>(99);  // other values everywhere until the file is loaded
+  vgg::io::load_weights(golden(weights), *net);
+  net->eval();
+  const auto y = net->forward(std::span<const float>(x), n);
+  double largest = 0, error = 0, spread = 0;
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    largest = std::max(largest, double(std::abs(expected[i])));
+    error = std::max(error, double(std::abs(y.data()[i] - expected[i])));
+    spread = std::max(spread, double(std::abs(expected[i] - expected[i % Net::num_classes])));
+  }
+  INFO("max|ours - torchvision| = " << error << ", max|logit| = " << largest);
+  CHECK(largest > 0.05);            // the golden logits are not degenerate ...
+  CHECK(spread > 1e3 * 1e-5 * largest);  // ... and the two images are told apart well above the tolerance
+  CHECK(error <= 1e-5 * largest);
+}
+}  // namespace
+
+TEST_CASE("torchvision golden (1/32 width, 3x96x64: the 7x7 adaptive pool spreads 3x2 features): logits match") {
+  check_golden<tv::vgg11_bn<10, 32, vgg::Input<3, 96, 64>>>("torchvision_vgg11_bn_w32.safetensors", "vgg11_bn.logits");
+  check_golden<tv::vgg16<10, 32, vgg::Input<3, 96, 64>>>("torchvision_vgg16_w32.safetensors", "vgg16.logits");
 }
