@@ -19,10 +19,16 @@ PyTorch runs in three set-ups, and each ratio is against the fastest of them for
 With --bf16, a second table: vgg in bf16 mixed precision (bench_train's bf16/ rows, where the CPU has
 AVX512-BF16) against PyTorch's bf16 autocast (torch.cpu.amp.autocast(dtype=torch.bfloat16), with
 tcmalloc and channels_last: oneDNN then picks its AVX512-BF16 or AMX kernels by itself).
+With --torchvision, instead: torchvision's full-width vgg16 and vgg16_bn (3x224x224, 1000 classes),
+eval forward at batch 1 and 8 (build/benchmarks/bench_torchvision against torchvision.models.vgg16 /
+vgg16_bn), PyTorch in its eval set-ups "best" (channels_last, inference_mode), "mkldnn" (to_mkldnn)
+and "jit" (torch.jit.trace + torch.jit.optimize_for_inference: batch norm folded into the conv,
+oneDNN layouts), all with tcmalloc; each ratio is against the fastest of the three.
 PyTorch is skipped cleanly when it is not installed. OPENBLAS_CORETYPE is left as the machine sets
 it (PyTorch uses oneDNN for these layers, not OpenBLAS).
 
 Usage: /usr/bin/python3 benchmarks/compare_pytorch.py [--rounds 3] [--threads 2] [--build build] [--bf16]
+       /usr/bin/python3 benchmarks/compare_pytorch.py --torchvision [--rounds 3] [--threads 2]
 """
 import argparse
 import json
@@ -97,10 +103,40 @@ TORCH_BENCH = textwrap.dedent(r"""
     print(json.dumps(out))
 """)
 
+# torchvision's own nets, eval forward at batch 1 and 8, in one set-up (argv: threads, setup).
+TORCH_TV_BENCH = textwrap.dedent(r"""
+    import json, sys, time, torch, torchvision
+    threads, setup = int(sys.argv[1]), sys.argv[2]
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    def timed(fn, reps):
+        for _ in range(2): fn()
+        t = time.perf_counter()
+        for _ in range(reps): fn()
+        return (time.perf_counter() - t) / reps
+    out = {}
+    for name in ("vgg16", "vgg16_bn"):
+        model = getattr(torchvision.models, name)().eval()
+        for n, reps in ((1, 10), (8, 3)):
+            x = torch.rand(n, 3, 224, 224)
+            with torch.inference_mode():
+                if setup == "mkldnn":
+                    from torch.utils import mkldnn
+                    net, xx = mkldnn.to_mkldnn(model), x.to_mkldnn()
+                elif setup == "jit":
+                    with torch.no_grad():
+                        net, xx = torch.jit.optimize_for_inference(torch.jit.trace(model, x)), x
+                else:
+                    net = model.to(memory_format=torch.channels_last)
+                    xx = x.to(memory_format=torch.channels_last)
+                out[f"{name}/eval_forward_b{n}"] = n / timed(lambda: net(xx), reps)
+    print(json.dumps(out))
+""")
 
-def run_vgg(build, threads, prefix="^vgg11"):
+
+def run_vgg(build, threads, prefix="^vgg11", binary="bench_train"):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    res = subprocess.run([os.path.join(build, "benchmarks", "bench_train"), "--benchmark_format=json",
+    res = subprocess.run([os.path.join(build, "benchmarks", binary), "--benchmark_format=json",
                           "--benchmark_min_time=2", f"--benchmark_filter={prefix}"], capture_output=True, text=True,
                          env=env, check=True)
     data = json.loads(res.stdout)
@@ -114,11 +150,11 @@ def torch_version():
     return res.stdout.strip() or "?"
 
 
-def run_torch(threads, setup):
+def run_torch(threads, setup, script=TORCH_BENCH):
     env = dict(os.environ)
     if setup != "default" and os.path.exists(TCMALLOC):
         env["LD_PRELOAD"] = TCMALLOC
-    res = subprocess.run([TORCH_PYTHON, "-c", TORCH_BENCH, str(threads), setup], capture_output=True,
+    res = subprocess.run([TORCH_PYTHON, "-c", script, str(threads), setup], capture_output=True,
                          text=True, env=env, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -143,7 +179,11 @@ def main():
     parser.add_argument("--build", default="build")
     parser.add_argument("--no-default", action="store_true", help="skip PyTorch's default set-up")
     parser.add_argument("--bf16", action="store_true", help="also vgg in bf16 against PyTorch's bf16 autocast")
+    parser.add_argument("--torchvision", action="store_true",
+                        help="instead: full-width vgg16 / vgg16_bn eval forward, batch 1 and 8, against torchvision")
     args = parser.parse_args()
+    if args.torchvision:
+        return main_torchvision(args)
     have_torch = subprocess.run([TORCH_PYTHON, "-c", "import torch"], capture_output=True).returncode == 0
     if not have_torch:
         print("PyTorch is not installed for /usr/bin/python3 (apt-get install python3-torch): "
@@ -192,6 +232,38 @@ def main():
             vs_fp32 = f"{medians['vgg_bf16'] / medians['vgg']:6.2f}x" if {"vgg_bf16", "vgg"} <= medians.keys() else "-"
             print(f"{name:24} " + " ".join(f"{c:>16}" for c in cells) + f" {vs_torch:>15} {vs_fp32:>10}")
     print(json.dumps(results), file=open(os.path.join(args.build, "compare_pytorch.json"), "w"))
+
+
+def main_torchvision(args):
+    have_torch = subprocess.run([TORCH_PYTHON, "-c", "import torchvision"], capture_output=True).returncode == 0
+    if not have_torch:
+        print("torchvision is not installed for /usr/bin/python3 (apt-get install python3-torchvision): "
+              "measuring vgg only", file=sys.stderr)
+    setups = ["best", "mkldnn", "jit"]
+    keys = ["vgg"] + [f"torch_{s}" for s in setups]
+    results = {key: [] for key in keys}
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+        results["vgg"].append(run_vgg(args.build, args.threads, "^tv/", "bench_torchvision"))
+        if have_torch:
+            for setup in setups:
+                results[f"torch_{setup}"].append(run_torch(args.threads, setup, TORCH_TV_BENCH))
+    context = getattr(run_vgg, "context", {})
+    print(f"CPU: {context.get('vgg_cpu', context.get('cpu_model', '?'))}; vgg kernels: {context.get('vgg_kernels', '?')}; "
+          f"torch {torch_version() if have_torch else 'absent'}")
+    print(f"median ± half-range of {args.rounds} alternating rounds, {args.threads} threads; torchvision nets, eval")
+    print(f"{'benchmark (images/s)':24} {'vgg':>16} {'torch best':>16} {'torch mkldnn':>16} {'torch jit':>16}"
+          f" {'vgg/fastest torch':>18}")
+    for name in results["vgg"][0]:
+        medians, cells = row(results, name, keys)
+        torch_keys = [k for k in keys[1:] if k in medians]
+        if torch_keys:
+            fastest = max(torch_keys, key=lambda k: medians[k])
+            ratio = f"{medians['vgg'] / medians[fastest]:6.2f}x ({fastest[6:]})"
+        else:
+            ratio = "-"
+        print(f"{name:24} " + " ".join(f"{c:>16}" for c in cells) + f" {ratio:>18}")
+    print(json.dumps(results), file=open(os.path.join(args.build, "compare_pytorch_torchvision.json"), "w"))
 
 
 if __name__ == "__main__":

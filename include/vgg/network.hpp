@@ -31,6 +31,7 @@
 #include "vgg/default_backend.hpp"
 #include "vgg/layer.hpp"
 #include "vgg/loss.hpp"
+#include "vgg/layers/adaptive_avgpool2d.hpp"
 #include "vgg/layers/batchnorm2d.hpp"
 #include "vgg/layers/conv2d.hpp"
 #include "vgg/layers/dropout.hpp"
@@ -65,9 +66,28 @@ struct block_layers<S, Block, B, std::index_sequence<R...>> {
 };
 
 template <Shape Features, class Head, class B>
-using head_layers = std::tuple<Flatten<Features, B>, Linear<int(Features.size()), Head::hidden, true, B>,
+struct head_layers_of;
+template <Shape Features, class Head, class B>
+  requires(!Head::torchvision)
+struct head_layers_of<Features, Head, B> {
+  static constexpr std::size_t first_linear = 1;  // Flatten, then the first Linear
+  using type = std::tuple<Flatten<Features, B>, Linear<int(Features.size()), Head::hidden, true, B>,
                                Dropout<Head::hidden, Head::dropout, B>, Linear<Head::hidden, Head::hidden, true, B>,
                                Dropout<Head::hidden, Head::dropout, B>, Linear<Head::hidden, Head::classes, false, B>>;
+};
+/// torchvision: AdaptiveAvgPool2d, then torch.flatten (no module), then the same Linear/Dropout stack.
+template <Shape Features, class Head, class B>
+  requires(Head::torchvision)
+struct head_layers_of<Features, Head, B> {
+  static constexpr Shape pooled{Features.c, Head::pool, Head::pool};
+  static constexpr std::size_t first_linear = 2;  // AdaptiveAvgPool2d, Flatten, then the first Linear
+  using type = std::tuple<AdaptiveAvgPool2d<Features, Head::pool, Head::pool, B>, Flatten<pooled, B, 0>,
+                          Linear<int(pooled.size()), Head::hidden, true, B>, Dropout<Head::hidden, Head::dropout, B>,
+                          Linear<Head::hidden, Head::hidden, true, B>, Dropout<Head::hidden, Head::dropout, B>,
+                          Linear<Head::hidden, Head::classes, false, B>>;
+};
+template <Shape Features, class Head, class B>
+using head_layers = typename head_layers_of<Features, Head, B>::type;
 
 /// Everything derived from a valid pack: stage shapes and the flat layer tuple.
 template <class InputT, class BlocksTuple, class Head>
@@ -78,6 +98,7 @@ struct network_spec<InputT, std::tuple<Blocks...>, Head> {
   static constexpr auto shapes = stage_shapes<InputT::shape, Blocks...>();
   static constexpr Shape feature_shape = shapes[num_blocks];
   static constexpr int num_classes = Head::classes;
+  static constexpr bool torchvision = Head::torchvision;
   using head = Head;
 
   template <class B, std::size_t... I>
@@ -94,7 +115,11 @@ struct network_spec<InputT, std::tuple<Blocks...>, Head> {
     ((os << " VggBlock<" << Blocks::num_convs << ',' << Blocks::in_channels << ',' << Blocks::out_channels
          << (Blocks::batch_norm ? ",BatchNorm>" : ">")),
      ...);
-    os << " Classifier<" << Head::hidden << ',' << Head::classes << ',' << Head::dropout << '>';
+    if constexpr (Head::torchvision)
+      os << " TorchvisionClassifier<" << Head::hidden << ',' << Head::classes << ',' << Head::pool << ','
+         << Head::dropout << '>';
+    else
+      os << " Classifier<" << Head::hidden << ',' << Head::classes << ',' << Head::dropout << '>';
     return os.str();
   }
 };
@@ -127,10 +152,13 @@ struct LayerPlace {
   int group = 0;
   int position = 0;
 };
-template <class LayersTuple>
+template <class L>
+inline constexpr bool is_adaptive_avg_pool = requires { requires L::is_adaptive_avg_pool; };
+
+template <class LayersTuple, bool Torchvision = false>
 struct layer_places;
 template <class... L>
-struct layer_places<std::tuple<L...>> {
+struct layer_places<std::tuple<L...>, false> {
   static constexpr std::array<LayerPlace, sizeof...(L)> value = [] {
     std::array<LayerPlace, sizeof...(L)> places{};
     int group = 0, position = 0;
@@ -141,6 +169,27 @@ struct layer_places<std::tuple<L...>> {
     return places;
   }();
 };
+/// torchvision's tree: every block layer in `features` (group 0, numbered across blocks), the
+/// adaptive pool as the top-level `avgpool` (group 1, position -1: no index), the rest in
+/// `classifier` (group 2, numbered from 0).
+template <class... L>
+struct layer_places<std::tuple<L...>, true> {
+  static constexpr std::array<LayerPlace, sizeof...(L)> value = [] {
+    std::array<LayerPlace, sizeof...(L)> places{};
+    int group = 0, position = 0;
+    std::size_t i = 0;
+    ((is_adaptive_avg_pool<L> ? (places[i++] = {1, -1}, group = 2, position = 0)
+                              : (places[i++] = {group, position}, position += L::torch_modules)),
+     ...);
+    return places;
+  }();
+};
+
+/// The module-group names of each layout (the state_dict prefixes): a table, not code in layers.
+/// The chapter's: vgg_block_1 .. vgg_block_N, then fc. torchvision's: features, avgpool, classifier.
+inline constexpr std::array<const char*, 3> kTorchvisionGroupNames{"features", "avgpool", "classifier"};
+inline constexpr const char* kChapterBlockPrefix = "vgg_block_";
+inline constexpr const char* kChapterHeadName = "fc";
 
 }  // namespace detail
 
@@ -179,8 +228,12 @@ class Network {
   /// The logits of one sample: classes x 1 x 1.
   static constexpr Shape output_shape = std::tuple_element_t<num_layers - 1, layer_types>::output_shape;
   static constexpr int num_classes = spec::num_classes;
-  /// Layers of the feature extractor (the conv blocks); the classifier's Flatten has this index.
+  /// Layers of the feature extractor (the conv blocks); the head's first layer (Flatten, or
+  /// torchvision's AdaptiveAvgPool2d) has this index.
   static constexpr std::size_t num_feature_layers = num_layers - std::tuple_size_v<detail::head_layers<feature_shape, typename spec::head, B>>;
+  /// The classifier's first Linear: with frozen features, backward stops there.
+  static constexpr std::size_t first_classifier_layer =
+      num_feature_layers + detail::head_layers_of<feature_shape, typename spec::head, B>::first_linear;
 
   /// Output of block i (0-based; block i is named vgg_block_{i+1}). A bad index does not compile
   /// in a constant expression and throws std::out_of_range otherwise.
@@ -467,8 +520,13 @@ class Network {
   /// The pack written as text, e.g. "Input<1,224,224> VggBlock<1,1,8> ... Classifier<512,10,0.5>".
   static std::string architecture() { return spec::architecture(); }
 
+  /// true for torchvision's module tree (features / avgpool / classifier), false for the chapter's.
+  static constexpr bool torchvision_layout = spec::torchvision;
+
   static std::string group_name(int group) {
-    return group < int(num_blocks) ? "vgg_block_" + std::to_string(group + 1) : std::string("fc");
+    if constexpr (torchvision_layout) return detail::kTorchvisionGroupNames[std::size_t(group)];
+    return group < int(num_blocks) ? detail::kChapterBlockPrefix + std::to_string(group + 1)
+                                   : std::string(detail::kChapterHeadName);
   }
   static constexpr detail::LayerPlace layer_place(std::size_t i) { return places[i]; }
 
@@ -484,7 +542,7 @@ class Network {
   void set_seed(std::uint64_t seed) { seed_ = seed; }
 
  private:
-  static constexpr auto places = detail::layer_places<layer_types>::value;
+  static constexpr auto places = detail::layer_places<layer_types, spec::torchvision>::value;
 
   /// The state_dict name of a tensor of layer I's module `module` (counted from its first).
   template <std::size_t I>
@@ -562,8 +620,8 @@ class Network {
     std::string text() const {
       if (layer < 0) return what;
       const auto place = places[std::size_t(layer)];
-      return std::string(what) + " of layer " + std::to_string(layer) + " (" + group_name(place.group) + "." +
-             std::to_string(place.position) + ")";
+      return std::string(what) + " of layer " + std::to_string(layer) + " (" + group_name(place.group) +
+             (place.position < 0 ? std::string() : "." + std::to_string(place.position)) + ")";
     }
   };
 
@@ -645,7 +703,7 @@ class Network {
 
   template <std::size_t I>
   void reserve_backward_layer(int batch, BufferName& reserving) {
-    if (features_frozen_ && I < num_feature_layers) return;  // never differentiated
+    if (features_frozen_ && I < first_classifier_layer) return;  // never differentiated
     reserving = {"the backward workspace", long(I)};
     if constexpr (pool_runs_inside_previous<I + 1>()) {
       // Differentiated from the pooled gradient: no gradient of its full-size output.
@@ -668,10 +726,10 @@ class Network {
     using L = std::tuple_element_t<I, layer_types>;
     if (L::is_identity(last_ctx_.mode)) return dy;  // output is input: dx is dy
     // Frozen features: the classifier's first Linear computes no input gradient, and the layers
-    // before it (Flatten and the conv blocks) are not differentiated at all.
-    if (features_frozen_ && I <= num_feature_layers) return nullptr;
+    // before it (the conv blocks, the adaptive pool, Flatten) are not differentiated at all.
+    if (features_frozen_ && I < first_classifier_layer) return nullptr;
     float* dx = nullptr;
-    if (features_frozen_ && I == num_feature_layers + 1) {
+    if (features_frozen_ && I == first_classifier_layer) {
       dx = nullptr;
     } else if constexpr (I > 0) {
       dx = grads_[I - 1].data();

@@ -12,19 +12,28 @@
 namespace vgg {
 
 /// Prints the module tree with PyTorch's names, then the parameter count of each group.
+/// A torchvision-layout net prints as print(torchvision.models.vgg16()) does: class VGG, ReLU(inplace=True)
+/// and the top-level (avgpool) module.
 template <class Net>
 void print_modules(std::ostream& os) {
-  os << "Vgg(\n";
+  constexpr bool tv = Net::torchvision_layout;
+  os << (tv ? "VGG(\n" : "Vgg(\n");
   std::string open_group;
+  bool sequential_open = false;
   Net::for_each_module([&](const std::string& group, int position, const std::string& text) {
     if (group != open_group) {
-      if (!open_group.empty()) os << "  )\n";
-      os << "  (" << group << "): Sequential(\n";
+      if (sequential_open) os << "  )\n";
       open_group = group;
+      sequential_open = position >= 0;
+      if (!sequential_open) {  // a top-level module, not a Sequential
+        os << "  (" << group << "): " << text << '\n';
+        return;
+      }
+      os << "  (" << group << "): Sequential(\n";
     }
-    os << "    (" << position << "): " << text << '\n';
+    os << "    (" << position << "): " << (tv && text == "ReLU()" ? std::string("ReLU(inplace=True)") : text) << '\n';
   });
-  os << "  )\n)\n";
+  os << (sequential_open ? "  )\n)\n" : ")\n");
 }
 
 /// Prints "name: count" per parameter tensor group and the total.

@@ -9,7 +9,8 @@
 
 namespace vgg {
 
-template <Shape In, class B>
+/// TorchModules is 0 in torchvision's layout, where flattening is torch.flatten in forward(), not a module.
+template <Shape In, class B, int TorchModules = 1>
 class Flatten {
  public:
   using backend = B;
@@ -17,7 +18,7 @@ class Flatten {
   static constexpr Shape input_shape = In;
   static constexpr Shape output_shape{int(In.size()), 1, 1};
   static constexpr long long num_params = 0;
-  static constexpr int torch_modules = 1;
+  static constexpr int torch_modules = TorchModules;
   static constexpr bool ends_block = false;
   static constexpr double flops_per_sample = 0.0;
   static constexpr bool is_identity(Mode) { return true; }
@@ -31,7 +32,7 @@ class Flatten {
   void for_each_parameter(F&&) {}
   template <class F>
   static void describe(F&& emit) {
-    emit("Flatten(start_dim=1, end_dim=-1)");
+    if (TorchModules > 0) emit("Flatten(start_dim=1, end_dim=-1)");
   }
 };
 
