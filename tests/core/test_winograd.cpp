@@ -441,3 +441,55 @@ TEST_CASE("a network's gradients with Winograd layers match the direct path's, i
     CHECK(ref::max_abs_diff(direct, wino.data()) > 0.0f);  // Winograd did run
   }
 }
+
+namespace {
+// The same three convs with batch norm: eval folds the norm into the conv, and the folded conv runs
+// by Winograd where the plain one would.
+using WideBnNet = vgg::Vgg<vgg::Input<256, 32, 32>, vgg::VggBlock<3, 256, 256, vgg::BatchNorm>, vgg::Classifier<16, 5>>;
+}  // namespace
+
+TEST_CASE("a batch-norm network's eval forward and eval gradients by Winograd match the direct path" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  constexpr int n = 2;
+  auto net = std::make_unique<WideBnNet>(14);
+  net->set_threads(2);
+  const auto x = ref::random_vector(std::size_t(n) * 256 * 32 * 32, 33);
+  const std::vector<std::int32_t> labels{1, 4};
+  auto eval = [&](bool winograd) {
+    net->context().set_winograd(winograd);
+    net->set_mode(vgg::Mode::eval);
+    const auto logits = net->forward(x, n);
+    return std::vector<float>(logits.data(), logits.data() + logits.size());
+  };
+  auto gradients = [&](bool winograd) {
+    net->context().set_winograd(winograd);
+    net->set_mode(vgg::Mode::eval);
+    (void)net->forward(x, n);
+    (void)net->loss(labels, /*gradient=*/true);
+    net->backward(/*input_gradient=*/true);
+    std::vector<float> g;
+    net->for_each_parameter_data(
+        [&](std::span<float>, std::span<float> grad) { g.insert(g.end(), grad.begin(), grad.end()); });
+    const auto dx = net->input_gradient();
+    g.insert(g.end(), dx.begin(), dx.end());
+    return g;
+  };
+  // Training steps move the weights and the running statistics, both of which the fold reads.
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    const auto direct = eval(false);
+    const auto wino = eval(true);
+    MESSAGE("bn eval: max |winograd - direct| = " << ref::max_abs_diff(direct, wino.data()) << ", max |logit| = "
+                                                  << max_abs(direct));
+    CHECK(ref::max_abs_diff(direct, wino.data()) <= logits_tolerance(direct));
+    CHECK(ref::max_abs_diff(direct, wino.data()) > 0.0f);  // Winograd did run
+    // A backward after a pooled eval forward by Winograd rebuilds the pool state by the direct path.
+    const auto g_direct = gradients(false);
+    const auto g_wino = gradients(true);
+    CHECK(ref::max_abs_diff(g_direct, g_wino.data()) <= std::ldexp(std::max(1.0f, max_abs(g_direct)), -16));
+    vgg::Sgd sgd({.lr = 0.05f, .momentum = 0.9f});
+    for (int step = 0; step < 2; ++step) (void)vgg::train_step(*net, sgd, x, labels);
+    const auto moved = eval(false);
+    CHECK(ref::max_abs_diff(direct, moved.data()) > 100 * logits_tolerance(direct));
+  }
+}
