@@ -19,6 +19,7 @@
 #include "vgg/backend.hpp"
 #include "vgg/context.hpp"
 #include "vgg/layer.hpp"
+#include "vgg/layers/winograd_offer.hpp"
 #include "vgg/parameters.hpp"
 #include "vgg/shape.hpp"
 
@@ -161,9 +162,7 @@ class Conv3x3BatchNormRelu : public WeightAndBias<B> {
     this->reserve_gradients();
     norm_.reserve_gradients();
     if (pooled) dy_.reserve(std::size_t(batch) * output_shape.size());
-    if constexpr (has_winograd) {
-      if (pooled && B::winograd_rule(shape)) repooled_.reserve(std::size_t(batch) * Out * (H / 2) * (W / 2));
-    }
+    winograd_.reserve_backward(shape, batch, pooled);
   }
 
   void forward(Context& exec, const float* x, float* y, int n, const RunContext& ctx) {
@@ -172,7 +171,7 @@ class Conv3x3BatchNormRelu : public WeightAndBias<B> {
       norm_.forward_relu(exec, z_.data(), y, n);
     } else {
       fold(exec);
-      if (winograd_forward(exec, x, y, nullptr, n)) return;
+      if (winograd_.forward(exec, workspace_, shape, x, folded_weight_.data(), folded_bias_.data(), y, n)) return;
       B::conv3x3_relu_forward(exec, workspace_, shape, x, folded_weight_.data(), folded_bias_.data(), y, n);
     }
   }
@@ -186,8 +185,9 @@ class Conv3x3BatchNormRelu : public WeightAndBias<B> {
     } else {
       fold(exec);
       // Winograd keeps no winner masks: an eval backward after it rebuilds them (backward_pooled).
-      pool_state_stale_ = winograd_forward(exec, x, nullptr, pooled, n);
-      if (pool_state_stale_) return;
+      if (winograd_.forward_pooled(true, exec, workspace_, shape, x, folded_weight_.data(), folded_bias_.data(),
+                                   pooled, n))
+        return;
       B::conv3x3_relu_pool_forward(exec, workspace_, pool_state_, shape, x, folded_weight_.data(),
                                    folded_bias_.data(), pooled, n);
     }
@@ -210,11 +210,8 @@ class Conv3x3BatchNormRelu : public WeightAndBias<B> {
       B::maxpool2x2_backward(exec, y_.data(), dy_pooled, dy_.data(), long(n) * Out, H, W);
       backward(exec, x, y_.data(), dy_.data(), dx, n, ctx);
     } else {
-      if (pool_state_stale_) {  // the eval forward ran by Winograd: rebuild the pool state by the direct path
-        B::conv3x3_relu_pool_forward(exec, workspace_, pool_state_, shape, x, folded_weight_.data(),
-                                     folded_bias_.data(), repooled_.data(), n);
-        pool_state_stale_ = false;
-      }
+      winograd_.restore_pool_state(exec, workspace_, pool_state_, shape, x, folded_weight_.data(),
+                                   folded_bias_.data(), n);
       B::conv3x3_relu_pool_backward(exec, workspace_, pool_state_, shape, x, folded_weight_.data(), dy_pooled, dx,
                                     this->weight_grad().data(), this->bias_grad().data(), n);
       unfold_gradients(exec);
@@ -246,17 +243,6 @@ class Conv3x3BatchNormRelu : public WeightAndBias<B> {
   }
 
  private:
-  // Eval runs the folded conv, so it takes Winograd where the backend picks the layer, as Conv3x3Relu
-  // does; the folded weights are recomputed bit-identically each pass, so the cached filter transform
-  // stays valid until the conv's or the norm's parameters change.
-  static constexpr bool has_winograd = requires { &B::conv3x3_relu_forward_winograd; };
-  bool winograd_forward(Context& exec, const float* x, float* y, float* pooled, int n) {
-    if constexpr (has_winograd) {
-      return B::conv3x3_relu_forward_winograd(exec, workspace_, shape, x, folded_weight_.data(), folded_bias_.data(),
-                                              y, pooled, n);
-    }
-    return false;
-  }
   void fold(Context& exec) {
     norm_.fold(exec, this->weight().data(), this->bias().data(), fan_in, folded_weight_.data(), folded_bias_.data());
   }
@@ -273,10 +259,9 @@ class Conv3x3BatchNormRelu : public WeightAndBias<B> {
   typename B::template Buffer<float> z_;   // training: the conv's output, before the norm
   typename B::template Buffer<float> y_;   // training, pooled: the norm's output, before the pool
   typename B::template Buffer<float> dy_;  // training, pooled: its gradient
-  // Eval, pooled, after a Winograd forward: the pool state is stale until backward_pooled rebuilds
-  // it, writing the pooled output it recomputes here (reserved with the backward, Winograd layers only).
-  bool pool_state_stale_ = false;
-  typename B::template Buffer<float> repooled_;
+  // Eval offers the folded conv to Winograd; the folded weights are recomputed bit-identically each
+  // pass, so the cached filter transform stays valid until the conv's or the norm's parameters change.
+  WinogradOffer<B> winograd_;
 };
 
 }  // namespace vgg

@@ -7,6 +7,7 @@
 #include "vgg/backend.hpp"
 #include "vgg/context.hpp"
 #include "vgg/layer.hpp"
+#include "vgg/layers/winograd_offer.hpp"
 #include "vgg/parameters.hpp"
 #include "vgg/shape.hpp"
 
@@ -39,13 +40,11 @@ class Conv3x3Relu : public WeightAndBias<B> {
   }
   void reserve_backward(Context& exec, int batch, bool pooled = false) {
     workspace_.reserve_backward(exec, shape, batch, pooled);
-    if constexpr (has_winograd) {
-      if (pooled && B::winograd_rule(shape)) repooled_.reserve(std::size_t(batch) * Out * (H / 2) * (W / 2));
-    }
+    winograd_.reserve_backward(shape, batch, pooled);
     this->reserve_gradients();
   }
   void forward(Context& exec, const float* x, float* y, int n, const RunContext&) {
-    if (winograd_forward(exec, x, y, nullptr, n)) return;
+    if (winograd_.forward(exec, workspace_, shape, x, this->weight().data(), this->bias().data(), y, n)) return;
     B::conv3x3_relu_forward(exec, workspace_, shape, x, this->weight().data(), this->bias().data(), y, n);
   }
   /// pooled = maxpool2x2(forward(x)), the pool taken while the conv's output is in cache; the
@@ -53,8 +52,9 @@ class Conv3x3Relu : public WeightAndBias<B> {
   /// requires: reserve(exec, batch, /*pooled=*/true) with batch >= n.
   void forward_pooled(Context& exec, const float* x, float* pooled, int n, const RunContext& run) {
     // Winograd keeps no winner masks: eval only (a backward after it rebuilds them, see below).
-    pool_state_stale_ = run.mode == Mode::eval && winograd_forward(exec, x, nullptr, pooled, n);
-    if (pool_state_stale_) return;
+    if (winograd_.forward_pooled(run.mode == Mode::eval, exec, workspace_, shape, x, this->weight().data(),
+                                 this->bias().data(), pooled, n))
+      return;
     B::conv3x3_relu_pool_forward(exec, workspace_, pool_state_, shape, x, this->weight().data(), this->bias().data(),
                                  pooled, n);
   }
@@ -66,11 +66,7 @@ class Conv3x3Relu : public WeightAndBias<B> {
   /// pooled output (left as it is).
   /// requires: reserve_backward(exec, batch, /*pooled=*/true); x is the input of that forward_pooled.
   void backward_pooled(Context& exec, const float* x, const float* dy_pooled, float* dx, int n, const RunContext&) {
-    if (pool_state_stale_) {  // an eval Winograd forward kept no pool state: rebuild it by the direct path
-      B::conv3x3_relu_pool_forward(exec, workspace_, pool_state_, shape, x, this->weight().data(),
-                                   this->bias().data(), repooled_.data(), n);
-      pool_state_stale_ = false;
-    }
+    winograd_.restore_pool_state(exec, workspace_, pool_state_, shape, x, this->weight().data(), this->bias().data(), n);
     B::conv3x3_relu_pool_backward(exec, workspace_, pool_state_, shape, x, this->weight().data(), dy_pooled, dx,
                                   this->weight_grad().data(), this->bias_grad().data(), n);
   }
@@ -88,23 +84,9 @@ class Conv3x3Relu : public WeightAndBias<B> {
   }
 
  private:
-  /// Whether the backend has a Winograd forward (the CPU one; its winograd_rule picks the layers).
-  static constexpr bool has_winograd = requires { &B::conv3x3_relu_forward_winograd; };
-  /// The forward by Winograd where the backend picks this layer; false (nothing done) otherwise.
-  bool winograd_forward(Context& exec, const float* x, float* y, float* pooled, int n) {
-    if constexpr (has_winograd) {
-      return B::conv3x3_relu_forward_winograd(exec, workspace_, shape, x, this->weight().data(), this->bias().data(),
-                                              y, pooled, n);
-    }
-    return false;
-  }
-
   typename B::ConvWorkspace workspace_;
   typename B::PoolState pool_state_;
-  // After an eval Winograd forward_pooled, the pool state is stale; a backward_pooled then rebuilds
-  // it, writing the pooled output it recomputes here (reserved with the backward, Winograd layers only).
-  bool pool_state_stale_ = false;
-  typename B::template Buffer<float> repooled_;
+  WinogradOffer<B> winograd_;
 };
 
 }  // namespace vgg
