@@ -41,7 +41,17 @@ import textwrap
 TORCH_PYTHON = "/usr/bin/python3"
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
-TORCH_BENCH = textwrap.dedent(r"""
+# Both PyTorch scripts start with this: seconds per call of fn, after two warm-up calls.
+TIMED = textwrap.dedent(r"""
+    import time
+    def timed(fn, reps):
+        for _ in range(2): fn()
+        t = time.perf_counter()
+        for _ in range(reps): fn()
+        return (time.perf_counter() - t) / reps
+""")
+
+TORCH_BENCH = TIMED + textwrap.dedent(r"""
     import json, sys, time, torch
     from torch import nn
     threads, setup = int(sys.argv[1]), sys.argv[2]
@@ -64,11 +74,6 @@ TORCH_BENCH = textwrap.dedent(r"""
                              nn.Linear(h, h), nn.ReLU(), nn.Dropout(0.5), nn.Linear(h, classes))
     arch = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    def timed(fn, reps):
-        for _ in range(2): fn()
-        t = time.perf_counter()
-        for _ in range(reps): fn()
-        return (time.perf_counter() - t) / reps
     out = {}
     if setup == "mkldnn":
         from torch.utils import mkldnn
@@ -104,16 +109,11 @@ TORCH_BENCH = textwrap.dedent(r"""
 """)
 
 # torchvision's own nets, eval forward at batch 1 and 8, in one set-up (argv: threads, setup).
-TORCH_TV_BENCH = textwrap.dedent(r"""
+TORCH_TV_BENCH = TIMED + textwrap.dedent(r"""
     import json, sys, time, torch, torchvision
     threads, setup = int(sys.argv[1]), sys.argv[2]
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    def timed(fn, reps):
-        for _ in range(2): fn()
-        t = time.perf_counter()
-        for _ in range(reps): fn()
-        return (time.perf_counter() - t) / reps
     out = {}
     for name in ("vgg16", "vgg16_bn"):
         model = getattr(torchvision.models, name)().eval()
