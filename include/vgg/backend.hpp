@@ -126,6 +126,8 @@ concept Backend = requires(typename B::Context& ctx, typename B::ConvWorkspace& 
   B::batchnorm_fold_backward(ctx, bn, in, in, count, bn_tensors, in, in, out, out, out, out);
   B::maxpool2x2_forward(ctx, in, out, count, n, n);                   // (x, y, planes, h, w)
   B::maxpool2x2_backward(ctx, in, in, out, count, n, n);              // (x, dy, dx, planes, h, w)
+  B::adaptive_avgpool_forward(ctx, in, out, count, n, n, n, n);      // (x, y, planes, h, w, oh, ow)
+  B::adaptive_avgpool_backward(ctx, in, out, count, n, n, n, n);     // (dy, dx, planes, h, w, oh, ow)
   B::linear_forward(ctx, linear_ws, in, in, in, out, n, n, n, true);  // (x, w, b, y, batch, in, out, relu)
   B::linear_backward(ctx, linear_ws, in, in, in, out, out, out, out, n, n, n, true);
   B::dropout_forward(ctx, in, out, count, 0.5f, u, u);                // (x, y, count, p, seed, stream)

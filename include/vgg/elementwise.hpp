@@ -118,3 +118,46 @@ VGG_HOST_DEVICE inline float batchnorm_folded_bias(float bias, float beta, float
 }
 
 }  // namespace vgg::elementwise
+
+// ---- adaptive average pool (torch.nn.AdaptiveAvgPool2d's bins) ----
+// Output cell i of `out` along an axis of `in` averages the input indices [start, end) with start =
+// floor(i*in/out) and end = ceil((i+1)*in/out); bins overlap when the sizes do not divide. The
+// backward is a gather (each input pixel sums the bins that contain it), so the CUDA kernel needs no
+// atomics and no zeroing, and the CPU loop gives the same sums in the same order.
+namespace vgg::elementwise {
+
+VGG_HOST_DEVICE constexpr int adaptive_start(int i, int in, int out) { return (i * in) / out; }
+VGG_HOST_DEVICE constexpr int adaptive_end(int i, int in, int out) { return ((i + 1) * in + out - 1) / out; }
+/// The first and one past the last output cell whose bin contains input index r: the cells with
+/// start <= r < end, solved for i (start(i) <= r <=> i*in < (r+1)*out; end(i) > r <=> (i+1)*in > r*out).
+VGG_HOST_DEVICE constexpr int adaptive_first_bin(int r, int in, int out) { return (r * out) / in; }
+VGG_HOST_DEVICE constexpr int adaptive_last_bin(int r, int in, int out) { return ((r + 1) * out + in - 1) / in; }
+
+/// Output cell (i, j) of one h x w plane pooled to oh x ow.
+VGG_HOST_DEVICE inline float adaptive_avgpool(const float* plane, int h, int w, int oh, int ow, int i, int j) {
+  const int h0 = adaptive_start(i, h, oh), h1 = adaptive_end(i, h, oh);
+  const int w0 = adaptive_start(j, w, ow), w1 = adaptive_end(j, w, ow);
+  float sum = 0.0f;
+  for (int r = h0; r < h1; ++r)
+    for (int c = w0; c < w1; ++c) sum += plane[r * w + c];
+  return sum / float((h1 - h0) * (w1 - w0));
+}
+
+/// The gradient reaching input pixel (r, c) of one h x w plane from the oh x ow plane dy: the sum,
+/// over the bins containing it in row-major order, of the bin's gradient over its area.
+VGG_HOST_DEVICE inline float adaptive_avgpool_input_grad(const float* dy, int h, int w, int oh, int ow, int r,
+                                                         int c) {
+  const int i0 = adaptive_first_bin(r, h, oh), i1 = adaptive_last_bin(r, h, oh);
+  const int j0 = adaptive_first_bin(c, w, ow), j1 = adaptive_last_bin(c, w, ow);
+  float sum = 0.0f;
+  for (int i = i0; i < i1; ++i) {
+    const int rows = adaptive_end(i, h, oh) - adaptive_start(i, h, oh);
+    for (int j = j0; j < j1; ++j) {
+      const int cols = adaptive_end(j, w, ow) - adaptive_start(j, w, ow);
+      sum += dy[i * ow + j] / float(rows * cols);
+    }
+  }
+  return sum;
+}
+
+}  // namespace vgg::elementwise

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -151,6 +152,49 @@ TEST_CASE("AdaptiveAvgPool2d backward is the adjoint of forward (3x5 -> 7x7, bat
   const double lhs = std::inner_product(y.begin(), y.end(), dy.begin(), 0.0);
   const double rhs = std::inner_product(x.begin(), x.end(), dx.begin(), 0.0);
   CHECK(lhs == doctest::Approx(rhs).epsilon(1e-5));
+}
+
+TEST_CASE("AdaptiveAvgPool2d's backward gather visits exactly the bins that contain each input index") {
+  // The closed forms behind the gather (the CPU and CUDA kernels' shared body) against a search.
+  namespace ew = vgg::elementwise;
+  for (int in = 1; in <= 40; ++in)
+    for (int out = 1; out <= 40; ++out)
+      for (int r = 0; r < in; ++r) {
+        int first = -1, last = -1;
+        for (int i = 0; i < out; ++i)
+          if (ew::adaptive_start(i, in, out) <= r && r < ew::adaptive_end(i, in, out)) {
+            if (first < 0) first = i;
+            last = i + 1;
+          }
+        INFO("input ", in, ", output ", out, ", index ", r);
+        REQUIRE(ew::adaptive_first_bin(r, in, out) == first);
+        REQUIRE(ew::adaptive_last_bin(r, in, out) == last);
+      }
+}
+
+TEST_CASE("AdaptiveAvgPool2d backward equals the scatter of each bin's gradient, bit for bit (13x9 -> 7x7)") {
+  using Odd = vgg::AdaptiveAvgPool2d<vgg::Shape{3, 13, 9}, 7, 7, vgg::cpu::Backend>;
+  vgg::cpu::Backend::Context exec;
+  vgg::RunContext run{};
+  constexpr int n = 2, h = 13, w = 9, oh = 7, ow = 7;
+  const long planes = n * 3;
+  std::vector<float> dy(std::size_t(planes * oh * ow)), dx(std::size_t(planes * h * w), 5.0f);
+  vgg::Rng rng(3);
+  for (float& v : dy) v = rng.uniform(-1.0f, 1.0f);
+  std::vector<float> expected(dx.size(), 0.0f);
+  for (long p = 0; p < planes; ++p)
+    for (int i = 0; i < oh; ++i)
+      for (int j = 0; j < ow; ++j) {
+        const int h0 = vgg::elementwise::adaptive_start(i, h, oh), h1 = vgg::elementwise::adaptive_end(i, h, oh);
+        const int w0 = vgg::elementwise::adaptive_start(j, w, ow), w1 = vgg::elementwise::adaptive_end(j, w, ow);
+        const float g = dy[std::size_t((p * oh + i) * ow + j)] / float((h1 - h0) * (w1 - w0));
+        for (int r = h0; r < h1; ++r)
+          for (int c = w0; c < w1; ++c) expected[std::size_t((p * h + r) * w + c)] += g;
+      }
+  std::vector<float> x(dx.size()), y(dy.size());
+  Odd pool;
+  pool.backward(exec, x.data(), y.data(), dy.data(), dx.data(), n, run);
+  CHECK(std::memcmp(dx.data(), expected.data(), dx.size() * sizeof(float)) == 0);
 }
 
 TEST_CASE("a torchvision-layout checkpoint round-trips with torchvision names") {

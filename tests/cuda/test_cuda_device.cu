@@ -443,3 +443,28 @@ TEST_CASE("batch norm on the CUDA backend: train and eval passes, SGD steps and 
   gpu.backward();
   CHECK(vgg::cuda::device_allocations() - before == 0);
 }
+
+TEST_CASE("a torchvision-layout net whose adaptive pool is not the identity runs on the CUDA backend as on the CPU") {
+  if (no_device()) return;
+  // 1/32 width, 3x96x64: the features are 3x2, which the 7x7 adaptive pool spreads over overlapping bins.
+  using Tv = vgg::torchvision::vgg11<4, 32, vgg::Input<3, 96, 64>>;
+  static_assert(Tv::feature_shape.h == 3 && Tv::feature_shape.w == 2, "the adaptive pool must not be the identity here");
+  Tv cpu(21);
+  Tv::on<Gpu> gpu(21);
+  const auto x = random_floats(std::size_t(batch) * Tv::input_shape.size(), 6);
+  const std::vector<std::int32_t> labels{0, 3, 1, 2, 3};
+  for (vgg::Mode mode : {vgg::Mode::eval, vgg::Mode::train}) {
+    CAPTURE(mode);
+    cpu.set_mode(mode);
+    gpu.set_mode(mode);
+    const auto a = cpu.forward(x, batch);
+    const std::vector<float> cpu_logits(a.data(), a.data() + batch * Tv::num_classes);
+    const auto b = gpu.forward(x, batch);
+    CHECK(relative_difference(cpu_logits, {b.data(), cpu_logits.size()}) <= 1e-4f);
+    CHECK(gpu.loss(labels).loss == doctest::Approx(cpu.loss(labels).loss).epsilon(1e-4));
+    cpu.backward(/*input_gradient=*/true);
+    gpu.backward(/*input_gradient=*/true);
+    check_tensors(tensors(cpu, true), tensors(gpu, true), 1e-3f);
+    CHECK(relative_difference(to_host(cpu, cpu.input_gradient()), to_host(gpu, gpu.input_gradient())) <= 1e-3f);
+  }
+}

@@ -121,6 +121,33 @@ TEST_CASE("max-pool forward and backward (with and without the ReLU mask) match 
   }
 }
 
+TEST_CASE("adaptive average pool forward and backward match the CPU, bit for bit, on growing and shrinking sizes") {
+  vgg::cpu::Context ctx;
+  // (planes, h, w, oh, ow): 3x2 features spread to 7x7 (overlapping bins), 13x9 and 14x14 shrunk.
+  for (auto [planes, h, w, oh, ow] : {std::array{2, 3, 2, 7, 7}, std::array{3, 13, 9, 7, 7},
+                                      std::array{1, 14, 14, 7, 7}, std::array{4, 1, 1, 7, 7}, std::array{2, 5, 3, 2, 4}}) {
+    CAPTURE(planes);
+    CAPTURE(h);
+    CAPTURE(w);
+    const std::size_t in = std::size_t(planes) * h * w, out = std::size_t(planes) * oh * ow;
+    const auto x = random_floats(in, std::uint64_t(in));
+    const auto dy = random_floats(out, 17);
+    std::vector<float> y_cpu(out), y_gpu(out, -7.0f);
+    Cpu::adaptive_avgpool_forward(ctx, x.data(), y_cpu.data(), planes, h, w, oh, ow);
+    const ops::AdaptiveAvgPoolForward forward{x.data(), y_gpu.data(), planes, h, w, oh, ow};
+    CHECK(forward.count() == long(out));
+    run_on_host(forward);
+    CHECK(bit_equal(y_cpu, y_gpu));
+
+    std::vector<float> dx_cpu(in, 3.0f), dx_gpu(in, -7.0f);
+    Cpu::adaptive_avgpool_backward(ctx, dy.data(), dx_cpu.data(), planes, h, w, oh, ow);
+    const ops::AdaptiveAvgPoolBackward backward{dy.data(), dx_gpu.data(), planes, h, w, oh, ow};
+    CHECK(backward.count() == long(in));
+    run_on_host(backward);
+    CHECK(bit_equal(dx_cpu, dx_gpu));
+  }
+}
+
 TEST_CASE("max-pool with NaN: output NaN and gradient to the last NaN, as the CPU and PyTorch") {
   vgg::cpu::Context ctx;
   const int planes = 2, h = 6, w = 8;

@@ -19,6 +19,7 @@
 #include "vgg/cpu/dropout.hpp"
 #include "vgg/cpu/kernel_path.hpp"
 #include "vgg/cpu/linear.hpp"
+#include "vgg/cpu/adaptive_avgpool.hpp"
 #include "vgg/cpu/maxpool.hpp"
 #include "vgg/cpu/parallel.hpp"
 #include "vgg/cpu/winograd.hpp"
@@ -328,6 +329,15 @@ struct BasicBackend {
       cpu::maxpool2x2_backward(x, dy, dx, planes, h, w, ctx.threads());
     else
       cpu::maxpool2x2_backward_plain(x, dy, dx, planes, h, w, ctx.threads());
+  }
+
+  static void adaptive_avgpool_forward(Context& ctx, const float* x, float* y, long planes, int h, int w, int oh,
+                                       int ow) {
+    cpu::adaptive_avgpool_forward(x, y, planes, h, w, oh, ow, ctx.threads());
+  }
+  static void adaptive_avgpool_backward(Context& ctx, const float* dy, float* dx, long planes, int h, int w, int oh,
+                                        int ow) {
+    cpu::adaptive_avgpool_backward(dy, dx, planes, h, w, oh, ow, ctx.threads());
   }
 
   static void linear_forward(Context& ctx, LinearWorkspace& ws, const float* x, const float* weight, const float* bias,

@@ -125,6 +125,16 @@ struct Backend {
     launch(ctx.stream(), ops::MaxPoolBackward{x, dy, dx, planes, h, w, false}, "vgg::cuda max-pool backward");
   }
 
+  static void adaptive_avgpool_forward(Context& ctx, const float* x, float* y, long planes, int h, int w, int oh,
+                                       int ow) {
+    launch(ctx.stream(), ops::AdaptiveAvgPoolForward{x, y, planes, h, w, oh, ow}, "vgg::cuda adaptive avg-pool forward");
+  }
+  static void adaptive_avgpool_backward(Context& ctx, const float* dy, float* dx, long planes, int h, int w, int oh,
+                                        int ow) {
+    launch(ctx.stream(), ops::AdaptiveAvgPoolBackward{dy, dx, planes, h, w, oh, ow},
+           "vgg::cuda adaptive avg-pool backward");
+  }
+
   /// y = x W^T + b (x: n x in, W: out x in as PyTorch stores it, y: n x out), then ReLU.
   static void linear_forward(Context& ctx, LinearWorkspace&, const float* x, const float* weight, const float* bias,
                              float* y, int n, int in, int out, bool relu) {

@@ -93,6 +93,35 @@ struct MaxPoolForward {
   }
 };
 
+/// AdaptiveAvgPool2d((oh, ow)): index i is one output element of planes x oh x ow.
+struct AdaptiveAvgPoolForward {
+  const float* x;
+  float* y;
+  long planes;
+  int h, w, oh, ow;
+  VGG_HOST_DEVICE long count() const { return planes * long(oh) * ow; }
+  VGG_HOST_DEVICE void operator()(long i) const {
+    const long p = i / (long(oh) * ow);
+    const int r = int(i / ow % oh), c = int(i % ow);
+    y[i] = elementwise::adaptive_avgpool(x + p * long(h) * w, h, w, oh, ow, r, c);
+  }
+};
+
+/// Its backward: index i is one INPUT element of planes x h x w (a gather over the bins that
+/// contain it: no atomics, no zeroing).
+struct AdaptiveAvgPoolBackward {
+  const float* dy;
+  float* dx;
+  long planes;
+  int h, w, oh, ow;
+  VGG_HOST_DEVICE long count() const { return planes * long(h) * w; }
+  VGG_HOST_DEVICE void operator()(long i) const {
+    const long p = i / (long(h) * w);
+    const int r = int(i / w % h), c = int(i % w);
+    dx[i] = elementwise::adaptive_avgpool_input_grad(dy + p * long(oh) * ow, h, w, oh, ow, r, c);
+  }
+};
+
 /// Backward of the 2x2 max-pool: index i is one INPUT element of planes x h x w (a gather, so no
 /// atomics and no separate zeroing). Its window's gradient reaches it when it is the window's
 /// winner: the first maximum in row-major order, as PyTorch and the CPU kernels choose. Rows and
