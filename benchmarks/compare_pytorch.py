@@ -208,8 +208,9 @@ def main():
     names = list(results["vgg"][0])
     context = getattr(run_vgg, "context", {})
     # The first line names the machine and the path: figures from the pool's two CPU kinds differ.
-    print(f"CPU: {context.get('vgg_cpu', context.get('cpu_model', '?'))}; vgg kernels: {context.get('vgg_kernels', '?')}; "
-          f"torch {torch_version() if have_torch else 'absent'}")
+    bf16_kernel = f"; vgg bf16 kernel: {context.get('vgg_bf16_kernel', '?')}" if args.bf16 else ""
+    print(f"CPU: {context.get('vgg_cpu', context.get('cpu_model', '?'))}; vgg kernels: {context.get('vgg_kernels', '?')}"
+          f"{bf16_kernel}; torch {torch_version() if have_torch else 'absent'}")
     print(f"median ± half-range of {args.rounds} alternating rounds, {args.threads} threads")
     print(f"{'benchmark (images/s)':24} {'vgg':>16} {'torch best':>16} {'torch mkldnn':>16} {'torch default':>16}"
           f" {'vgg/fastest torch':>18}")

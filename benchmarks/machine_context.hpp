@@ -6,6 +6,7 @@
 #include <benchmark/benchmark.h>
 
 #include <vgg/cpu/cpu_info.hpp>
+#include <vgg/cpu/gemm_amx.hpp>
 #include <vgg/default_backend.hpp>
 
 namespace bench {
@@ -16,6 +17,7 @@ inline void add_machine_context() {
                                                std::to_string(cpu.model) + ")");
   benchmark::AddCustomContext("vgg_cpu", vgg::cpu::describe(cpu));
   benchmark::AddCustomContext("vgg_kernels", vgg::DefaultBackend::name());
+  benchmark::AddCustomContext("vgg_bf16_kernel", vgg::cpu::amx::bf16_kernel_description());
 }
 
 }  // namespace bench

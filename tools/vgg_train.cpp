@@ -212,7 +212,8 @@ std::string apply_precision(const Options& o, Net& net) {
   }
   if constexpr (B::device == vgg::Device::cpu) line = "cpu: " + vgg::cpu::describe() + "; ";
   line += std::string("kernels: ") + B::name() + "; precision: " + vgg::to_string(used);
-  if (used == vgg::Precision::bf16) line += " (bf16 operands by AVX512-BF16 vdpbf16ps, fp32 sums and weights)";
+  if (used == vgg::Precision::bf16)
+    line += " (bf16 operands by " + vgg::cpu::amx::bf16_kernel_description() + ", fp32 sums and weights)";
   if (!note.empty()) line += " (--precision bf16: " + note + ")";
   return line;
 }

@@ -12,12 +12,18 @@
 
 #include "reference.hpp"
 #include "vgg/buffer.hpp"
+#include "vgg/cpu/gemm_amx.hpp"
 #include "vgg/cpu/gemm_bf16.hpp"
 #include "vgg/vgg.hpp"
 
 namespace {
 
 namespace bf16 = vgg::cpu::bf16;
+namespace amx = vgg::cpu::amx;
+
+/// Which bf16 kernel check_gemm runs: vdpbf16ps, the AMX kernel on emulated tiles (its packing,
+/// loop and epilogue on any avx512_bf16 CPU), or on the tiles themselves.
+enum class Engine { vdpbf16ps, amx_emulated, amx_hardware };
 
 TEST_CASE("float to bf16 rounds to nearest, ties to even, as torch does") {
   CHECK(bf16::to_bf16(1.0f) == 0x3F80);
@@ -38,7 +44,9 @@ TEST_CASE("float to bf16 rounds to nearest, ties to even, as torch does") {
 }
 
 template <bool TransA, bool TransB>
-void check_gemm(int m, int n, int k, float alpha, bool accumulate, bool bias_relu, unsigned seed, bool prepacked = false) {
+void check_gemm(int m, int n, int k, float alpha, bool accumulate, bool bias_relu, unsigned seed, bool prepacked = false,
+                Engine engine = Engine::vdpbf16ps) {
+  CAPTURE(int(engine));
   CAPTURE(m);
   CAPTURE(n);
   CAPTURE(k);
@@ -54,16 +62,29 @@ void check_gemm(int m, int n, int k, float alpha, bool accumulate, bool bias_rel
   const auto B = [&](int p, int j) { return TransB ? b[std::size_t(j) * ldb + p] : b[std::size_t(p) * ldb + j]; };
 
   vgg::Buffer<std::uint32_t> a_pack, b_pack, a_whole;
-  a_pack.reserve(std::size_t((m + 7) / 8 * 8 * bf16::kKc / 2));
-  b_pack.reserve(std::size_t(bf16::packed_b_size()));
+  a_pack.reserve(std::size_t(engine == Engine::vdpbf16ps ? (m + 7) / 8 * 8 * bf16::kKc / 2 : amx::bf16_a_pack_size(m)));
+  b_pack.reserve(std::size_t(engine == Engine::vdpbf16ps ? bf16::packed_b_size() : amx::bf16_b_pack_size()));
   a_whole.reserve(std::size_t(bf16::packed_a_size(m, k)));
   if (prepacked) bf16::pack_a_whole<TransA>(a.data(), lda, m, k, a_whole.data());
   std::vector<float> c = c0;
   const vgg::cpu::avx512::Epilogue e{alpha, accumulate, bias_relu ? bias.data() : nullptr, bias_relu};
-  bf16::gemm<TransA, TransB>(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, a_pack.data(), b_pack.data(), e,
-                             prepacked ? a_whole.data() : nullptr);
+  if (engine == Engine::vdpbf16ps) {
+    bf16::gemm<TransA, TransB>(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, a_pack.data(), b_pack.data(), e,
+                               prepacked ? a_whole.data() : nullptr);
+  } else if (engine == Engine::amx_emulated) {
+    amx::EmulatedTiles tiles;
+    amx::gemm_on<TransA, TransB>(tiles, m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, a_pack.data(),
+                                 b_pack.data(), reinterpret_cast<float*>(b_pack.data() + bf16::packed_b_size()), e);
+  } else {
+#ifdef VGG_AMX_KERNELS
+    amx::HardwareTiles tiles;
+    amx::gemm_on<TransA, TransB>(tiles, m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, a_pack.data(),
+                                 b_pack.data(), reinterpret_cast<float*>(b_pack.data() + bf16::packed_b_size()), e);
+#endif
+  }
 
   double worst_tight = 0, worst_loose = 0;
+  int not_finite = 0;  // std::max would drop a NaN error, so NaN outputs are counted apart
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j) {
       double rounded = 0, exact = 0, magnitude = 0;
@@ -77,12 +98,14 @@ void check_gemm(int m, int n, int k, float alpha, bool accumulate, bool bias_rel
         return bias_relu ? std::max(r, 0.0) : r;
       };
       const double got = c[std::size_t(i) * ldc + j];
+      not_finite += !std::isfinite(got);
       const double scale = std::fabs(alpha) * magnitude + 1.0;
       // fp32 sums of exact bf16 products: k roundings of 2^-24 at most, each of a partial sum.
       worst_tight = std::max(worst_tight, std::fabs(got - finish(rounded)) / (scale * (k + 2) * 0x1p-24));
       // Each operand off by up to 2^-8 relative: a product by 2^-7 + 2^-16, summed over k.
       worst_loose = std::max(worst_loose, std::fabs(got - finish(exact)) / (scale * (0x1p-7 + 0x1p-16 + (k + 2) * 0x1p-24)));
     }
+  CHECK(not_finite == 0);
   CHECK(worst_tight <= 1.0);
   CHECK(worst_loose <= 1.0);
   // The columns beyond n and rows beyond m are never written: a 1-element-wider C would show it.
@@ -112,6 +135,75 @@ TEST_CASE("bf16 GEMM matches the bf16-rounded reference and fp32 within bf16's p
   // Weights packed once for many products.
   check_gemm<false, false>(24, 50, 1100, 1.0f, false, true, 10, true);
   check_gemm<true, false>(13, 33, 9, 1.0f, true, false, 11, true);
+#endif
+}
+
+/// The AMX kernel's cases: every shape class of the vdpbf16ps test (partial 32-row blocks and
+/// 32-column panels, depths that end inside a 16-pair tile and inside a pair, several passes).
+void check_amx(Engine engine) {
+#ifdef VGG_BF16_KERNELS
+  unsigned seed = 101;
+  for (int m : {1, 16, 17, 33, 64})
+    for (int n : {1, 16, 17, 32, 70})
+      for (int k : {1, 2, 9, 31, 32, 33, 512, 513, 1100}) {
+        check_gemm<false, false>(m, n, k, 1.0f, false, false, seed, false, engine);
+        check_gemm<true, false>(m, n, k, 1.0f, false, false, seed + 10, false, engine);
+        check_gemm<false, true>(m, n, k, 1.0f, false, false, seed + 20, false, engine);
+        seed += 30;
+      }
+  check_gemm<false, false>(21, 70, 9, -0.5f, true, false, 7, false, engine);
+  check_gemm<false, false>(21, 70, 1100, 1.0f, false, true, 8, false, engine);
+  check_gemm<true, false>(19, 45, 600, 2.0f, true, true, 9, false, engine);
+#else
+  (void)engine;
+#endif
+}
+
+TEST_CASE("AMX bf16 GEMM on emulated tiles (packing, tile loop, epilogue) matches the references") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16, which the AMX kernel's packing uses\n");
+    return;
+  }
+  check_amx(Engine::amx_emulated);
+}
+
+TEST_CASE("the emulated tiles compute TDPBF16PS: pairs of bf16 products in fp32, denormals flushed") {
+  // One A row of 16 pairs against one B column: only pair q = 3 is non-zero.
+  std::vector<std::uint32_t> a(32 * 16, 0), b(16 * 32, 0);
+  const auto pair = [](float even, float odd) {
+    return std::uint32_t(bf16::to_bf16(even)) | (std::uint32_t(bf16::to_bf16(odd)) << 16);
+  };
+  a[3] = pair(1.5f, -2.0f);     // row 0, pair 3
+  b[3 * 32 + 5] = pair(4.0f, 0.25f);  // pair 3, column 5
+  a[16 * 16 + 3] = pair(0x1p-130f, 1.0f);  // row 16: a denormal, flushed
+  b[3 * 32 + 20] = pair(0x1p100f, 0.0f);  // unflushed, the product would be 2^-30
+  amx::EmulatedTiles tiles;
+  tiles.zero_c();
+  tiles.step(a.data(), 16 * 4, b.data(), 32 * 4);
+  std::vector<float> c(32 * 32);
+  tiles.store_c(c.data());
+  CHECK(c[5] == 1.5f * 4.0f - 2.0f * 0.25f);
+  CHECK(c[16 * 32 + 20] == 0.0f);  // the denormal input is read as 0
+  CHECK(c[16 * 32 + 5] == 0.25f);
+  CHECK(c[0] == 0.0f);
+}
+
+TEST_CASE("AMX bf16 GEMM on the tiles matches the references") {
+  const auto& cpu = vgg::cpu::cpu_info();
+#ifdef VGG_AMX_KERNELS
+  const amx::AmxStatus& status = amx::amx_status();
+  if (!cpu.amx_bf16) {
+    CHECK_FALSE(status.ready);
+    CHECK_FALSE(status.why_not.empty());
+  }
+  if (!status.ready) {
+    std::printf("VGG_SKIPPED: AMX not run: %s\n", status.why_not.c_str());
+    return;
+  }
+  check_amx(Engine::amx_hardware);
+#else
+  (void)cpu;
+  std::printf("VGG_SKIPPED: the AMX kernel is not built for this target\n");
 #endif
 }
 

@@ -227,7 +227,8 @@ expect_raw(0 "test acc" --data "${data}" --resize 32 --evaluate "${WORK}/new_dir
 #    where the CPU has AVX512-BF16 and the AVX-512 kernels are built; elsewhere the run says it is fp32.
 file(READ /proc/cpuinfo cpuinfo)
 if(FAST_KERNELS AND cpuinfo MATCHES "[ \t]avx512_bf16[ \n]")
-  set(expected_precision "precision: bf16 \\(bf16 operands")
+  # ... and which bf16 kernel: AMX tiles where they run, else vdpbf16ps (saying why not AMX if the CPU has it).
+  set(expected_precision "precision: bf16 \\(bf16 operands by (AMX-BF16 tiles|AVX512-BF16 vdpbf16ps)")
 else()
   set(expected_precision "precision: fp32 \\(--precision bf16: ")
 endif()

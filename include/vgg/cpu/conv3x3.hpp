@@ -259,9 +259,10 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
 #ifdef VGG_FAST_KERNELS
     if (!Plain && g.cin != 1) {  // the weights packed once for all bands, by all threads
 #ifdef VGG_BF16_KERNELS
-      if (ws.bf16)
-        bf16::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights_bf16.data(), tid, nth);
-      else
+      if (ws.bf16) {
+        if (!amx::amx_ready())  // the AMX kernel packs its own row layout
+          bf16::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights_bf16.data(), tid, nth);
+      } else
 #endif
         avx512::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights.data(), tid, nth);
 #pragma omp barrier
@@ -302,9 +303,9 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           const avx512::Epilogue e{1.0f, p0 > 0, p0 == 0 ? bias : nullptr, Relu && p1 == g.depth()};
 #ifdef VGG_BF16_KERNELS
           if (ws.bf16) {  // pass p0 of the bf16-packed weights starts at p0 / 2 pairs per padded row
-            bf16::gemm<false>(g.cout, group_cols, p1 - p0, weight, g.depth(), col, ld, dst,
-                              staged ? group_cols : plane, plan.bf16_a_pack(), plan.bf16_b_pack(), e,
-                              ws.packed_weights_bf16.data() + p0 / 2 * m_padded);
+            amx::bf16_gemm<false>(g.cout, group_cols, p1 - p0, weight + p0, g.depth(), col, ld, dst,
+                                  staged ? group_cols : plane, plan.bf16_a_pack(), plan.bf16_b_pack(), e,
+                                  ws.packed_weights_bf16.data() + p0 / 2 * m_padded);
             continue;
           }
 #endif
@@ -482,8 +483,9 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
           if constexpr (!Plain) {
 #ifdef VGG_BF16_KERNELS
             if (plan.bf16())
-              bf16::gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
-                               plan.bf16_a_pack(), plan.bf16_b_pack(), avx512::Epilogue{1.0f, false, nullptr, false});
+              amx::bf16_gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
+                                   plan.bf16_a_pack(), plan.bf16_b_pack(),
+                                   avx512::Epilogue{1.0f, false, nullptr, false});
             else
 #endif
               avx512::gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,

@@ -15,6 +15,7 @@
 
 #include "vgg/buffer.hpp"
 #include "vgg/cpu/gemm_avx512.hpp"
+#include "vgg/cpu/gemm_amx.hpp"
 #include "vgg/cpu/gemm_bf16.hpp"
 
 namespace vgg::cpu {
@@ -55,8 +56,8 @@ class GemmPlan {
       fast_b_.reserve(std::size_t(avx512::kKc * avx512::kNr));
       // Where bf16 can run, its packing buffers too, so that switching precision never allocates.
       if (bf16::bf16_gemm_available()) {
-        bf16_a_.reserve(std::size_t((max_m_ + bf16::kMr - 1) / bf16::kMr * bf16::kMr * bf16::kKc / 2));
-        bf16_b_.reserve(std::size_t(bf16::packed_b_size()));
+        bf16_a_.reserve(std::size_t(amx::bf16_a_pack_size(max_m_)));
+        bf16_b_.reserve(std::size_t(amx::bf16_b_pack_size()));
       }
     }
   }
@@ -111,8 +112,8 @@ inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const flo
   if constexpr (Path == KernelPath::avx512) {
 #ifdef VGG_BF16_KERNELS
     if (plan.bf16()) {
-      bf16::gemm<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, plan.bf16_a_pack(), plan.bf16_b_pack(),
-                                 avx512::Epilogue{alpha, true, nullptr, false});
+      amx::bf16_gemm<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, plan.bf16_a_pack(), plan.bf16_b_pack(),
+                                     avx512::Epilogue{alpha, true, nullptr, false});
       return;
     }
 #endif
