@@ -765,29 +765,35 @@ class DataParallel {
     std::size_t lowest_tensor = 0;  // complete once backward has finished this tensor
   };
 
-  // Buckets of up to bucket_floats_ gradient floats in backward order: the last tensor first. The
-  // last bucket carries one more float: 1 from a rank whose backward failed, so that all ranks
-  // learn it from the reduction itself and none updates.
+  // Buckets of up to bucket_floats_ gradient floats in backward order: the last tensor first. A
+  // bucket ends where the next tensor does not fit, and only a tensor larger than a bucket is split
+  // (its pieces fill buckets of their own): a bucket then never waits for a layer that its own
+  // tensors do not need (with 4 MiB buckets, the first classifier layer's weight would otherwise
+  // share one with the convolutions and wait for their whole backward). The last bucket carries
+  // one more float: 1 from a rank whose backward failed, so that all ranks learn it from the
+  // reduction itself and none updates.
   void plan_buckets() {
     std::vector<std::size_t> sizes;
     net_.for_each_parameter_data([&](std::span<float> value, std::span<float>) { sizes.push_back(value.size()); });
     Bucket open;
     auto close = [&] {
+      if (open.floats == 0) return;
       open.end_piece = pieces_plan_.size();
       open.lowest_tensor = pieces_plan_.back().tensor;
       buckets_.push_back(open);
       open = Bucket{pieces_plan_.size(), pieces_plan_.size(), 0, 0};
     };
     for (std::size_t t = sizes.size(); t-- > 0;) {
+      if (open.floats + sizes[t] > bucket_floats_) close();
       for (std::size_t at = 0; at < sizes[t];) {
         const std::size_t take = std::min(sizes[t] - at, bucket_floats_ - open.floats);
         pieces_plan_.push_back({t, at, take});
         open.floats += take;
         at += take;
-        if (open.floats == bucket_floats_) close();
+        if (open.floats == bucket_floats_ || (at == sizes[t] && sizes[t] > bucket_floats_)) close();
       }
     }
-    if (open.floats > 0) close();
+    close();
     std::vector<std::size_t> staging(buckets_.size());
     for (std::size_t k = 0; k < buckets_.size(); ++k) staging[k] = buckets_[k].floats + (k + 1 == buckets_.size());
     comm_.reserve_buckets(staging);

@@ -182,6 +182,21 @@ TEST_CASE("overlapped and after-backward reductions give the same bits on 2 rank
         run(std::make_unique<WithDropout>(22), dist::Overlap::on));
 }
 
+TEST_CASE("overlapped buckets end where the next tensor does not fit, and split only tensors larger than a bucket") {
+  auto net = std::make_unique<Plain>(1);
+  dist::DataParallel dp(*net, {}, {.bucket_bytes = 4096 * sizeof(float), .timeout_seconds = 60.0,
+                                   .overlap = dist::Overlap::on});
+  // Backward order: the last two linears and the first one's bias (1,418 floats), the first
+  // linear's weight (4,096: a bucket of its own), the convolutions (336). Filling buckets to the
+  // brim would give 2, the second waiting for the convolutions.
+  CHECK(dp.overlap_buckets() == 3);
+  vgg::Adam adam({.lr = 1e-2f});
+  const GlobalBatch batch(2 * std::size_t(world_size()), 5);
+  dp.step(adam, batch.images(dp.shard(batch.labels.size())), batch.labels_of(dp.shard(batch.labels.size())));
+  CHECK(dp.buckets_started_in_backward() == 3);
+  CHECK(dp.in_sync());
+}
+
 TEST_CASE("Overlap::automatic is off on one host, and ranks asking for different modes are refused") {
   auto net = std::make_unique<Plain>(1);
   dist::DataParallel automatic(*net, {}, {.overlap = dist::Overlap::automatic});
