@@ -25,7 +25,8 @@
 // The seam for other transports: DataParallel<Net, Comm> talks to its communicator through
 // rank(), size(), reserve(floats), allreduce_sum(pieces, pre_scale, what, step) on gradient pieces in
 // the backend's memory, allreduce_sum(doubles), broadcast(floats / int64s), min_max(uint64) and
-// allgather(string). MpiCommunicator reduces host memory; NcclCommunicator (<vgg/distributed/nccl.hpp>,
+// allgather(string); for overlap, also spans_hosts(), reserve_buckets(sizes), bucket(k) (host
+// staging), start_bucket(k, what, step), progress(what, step) and wait_buckets(what, step). MpiCommunicator reduces host memory; NcclCommunicator (<vgg/distributed/nccl.hpp>,
 // target vgg::distributed_cuda) reduces a vgg::cuda network's device memory on its stream. A Comm
 // constructible from (Net::backend::Context&, MPI_Comm, double) is given the network's context.
 
@@ -633,7 +634,9 @@ class DataParallel {
 
   /// Collective: one training step on the global batch whose shard this rank holds (x: labels.size()
   /// samples of Net::input_shape; a shard may be empty once the first step is done). Forward and
-  /// backward on the shard, gradients averaged over the global batch, one optimizer update.
+  /// backward on the shard, gradients averaged over the global batch, one optimizer update. With
+  /// overlap, the loss allreduce runs before backward and the buckets are reduced during it (with
+  /// any backward hook of the caller's set aside for that backward, and put back).
   /// ensures: identical weights on every rank; no allocation by vgg after the first step (Open MPI
   ///          mallocs and frees a temporary buffer inside each allreduce); when the global loss is
   ///          not finite, no rank updates anything (as vgg::train_step).
@@ -831,14 +834,15 @@ class DataParallel {
     comm_.progress("gradient allreduce (overlapped)", step_now_);
   }
 
-  // Removes the hook when backward ends, returns or throws: the network never keeps a pointer to
-  // this object past the step.
+  // Puts the caller's hook (if any) back when backward ends, returns or throws: the network never
+  // keeps a pointer to this object past the step.
   struct HookScope {
     Net& net;
-    HookScope(Net& n, BackwardHook h) : net(n) { net.set_backward_hook(h); }
+    BackwardHook previous;
+    HookScope(Net& n, BackwardHook h) : net(n), previous(n.backward_hook()) { net.set_backward_hook(h); }
     HookScope(const HookScope&) = delete;
     HookScope& operator=(const HookScope&) = delete;
-    ~HookScope() { net.set_backward_hook({}); }
+    ~HookScope() { net.set_backward_hook(previous); }
   };
 
   // Backward with the buckets reduced as they complete; returns the seconds spent after backward

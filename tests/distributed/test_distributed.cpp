@@ -192,9 +192,14 @@ TEST_CASE("overlapped buckets end where the next tensor does not fit, and split 
   CHECK(dp.overlap_buckets() == 3);
   vgg::Adam adam({.lr = 1e-2f});
   const GlobalBatch batch(2 * std::size_t(world_size()), 5);
+  // A hook of the caller's is set aside for the step's backward and put back.
+  long calls = 0;
+  net->set_backward_hook({[](void* c, const vgg::FinishedGradients&) { ++*static_cast<long*>(c); }, &calls});
   dp.step(adam, batch.images(dp.shard(batch.labels.size())), batch.labels_of(dp.shard(batch.labels.size())));
   CHECK(dp.buckets_started_in_backward() == 3);
   CHECK(dp.in_sync());
+  CHECK(calls == 0);
+  CHECK(net->backward_hook().self == &calls);
 }
 
 TEST_CASE("Overlap::automatic is off on one host, and ranks asking for different modes are refused") {
