@@ -58,6 +58,7 @@ struct Options {
   bool help = false;               ///< --help: print kHelp, do nothing else
   bool distributed = false;        ///< data-parallel over the ranks of mpirun (batch_size is global)
   int collective_timeout = 300;    ///< seconds one collective may wait before the job is aborted; 0: never
+  std::string overlap = "auto";    ///< gradient reduction during backward (--distributed): on, off, auto
   std::string precision = "fp32";  ///< fp32 | bf16 (mixed: bf16 operands, fp32 sums, master weights and loss)
   std::filesystem::path init_from; ///< fine-tuning: a fresh run starts from these weights
   bool freeze_features = false;    ///< fine-tuning: the conv blocks get no updates
@@ -100,6 +101,9 @@ Options:
                          prints, logs and saves
   --collective-timeout S with --distributed: abort the whole job when one collective has waited S
                          seconds for a dead or hung rank, 0 to 604800; 0: never (default 300)
+  --overlap on|off|auto  with --distributed: reduce gradient buckets during the backward pass (on) or
+                         after it (off); auto (default): on when the ranks span several hosts,
+                         where the transfer can hide behind the convolutions' backward
   --help                 this text
 
 Each option may be given once. Training stops with exit status 1 when the loss, a gradient or a
@@ -193,7 +197,7 @@ inline Options parse_args(std::span<const std::string_view> args) {
     static constexpr std::string_view known[] = {"--data", "--epochs", "--batch-size", "--lr", "--optimizer",
                                                   "--resize", "--width-divisor", "--threads", "--seed", "--save",
                                                   "--resume", "--overwrite", "--limit", "--log", "--evaluate",
-                                                  "--device", "--distributed", "--collective-timeout",
+                                                  "--device", "--distributed", "--collective-timeout", "--overlap",
                                                   "--precision", "--init-from", "--freeze-features"};
     if (std::find(std::begin(known), std::end(known), flag) == std::end(known))
       throw UsageError("unknown option " + quote(flag) + " (see --help)");
@@ -229,7 +233,11 @@ inline Options parse_args(std::span<const std::string_view> args) {
     } else if (flag == "--distributed") o.distributed = true;
     else if (flag == "--collective-timeout")
       o.collective_timeout = parse_integer<int>(flag, value(), 0, kMaxCollectiveTimeout);
-    else if (flag == "--init-from") o.init_from = path();
+    else if (flag == "--overlap") {
+      o.overlap = std::string(value());
+      if (o.overlap != "on" && o.overlap != "off" && o.overlap != "auto")
+        throw UsageError("--overlap must be on, off or auto, found " + quote(o.overlap));
+    } else if (flag == "--init-from") o.init_from = path();
     else if (flag == "--freeze-features") o.freeze_features = true;
   }
   if (!o.init_from.empty() && o.resume)
@@ -253,6 +261,7 @@ inline Options parse_args(std::span<const std::string_view> args) {
                      "use --device cpu");
   if (seen.count("--collective-timeout") && !o.distributed)
     throw UsageError("--collective-timeout applies to --distributed runs only");
+  if (seen.count("--overlap") && !o.distributed) throw UsageError("--overlap applies to --distributed runs only");
   if (o.resume && o.overwrite)
     throw UsageError("--resume and --overwrite contradict: --resume continues the checkpoint that --overwrite "
                      "would replace");

@@ -251,8 +251,12 @@ std::unique_ptr<vgg::distributed::DataParallel<Net>> join_ranks(const Options& o
   // different epochs, or one would resume while another starts afresh.
   settings["epochs"] = std::to_string(o.epochs);
   settings["resume"] = o.resume ? "yes" : "no";
-  return std::make_unique<dist::DataParallel<Net>>(net, dist::Identity{.settings = settings, .data_fingerprint = data},
-                                                   dist::Options{.timeout_seconds = double(o.collective_timeout)});
+  const dist::Overlap overlap = o.overlap == "on"    ? dist::Overlap::on
+                                : o.overlap == "off" ? dist::Overlap::off
+                                                     : dist::Overlap::automatic;
+  return std::make_unique<dist::DataParallel<Net>>(
+      net, dist::Identity{.settings = settings, .data_fingerprint = data},
+      dist::Options{.timeout_seconds = double(o.collective_timeout), .overlap = overlap});
 }
 #endif
 
@@ -365,6 +369,9 @@ int train(const Options& o, Optimizer optimizer) {
     if (o.freeze_features) std::cout << ", features frozen";
     if (o.distributed)
       std::cout << ", " << place.ranks << (place.ranks == 1 ? " rank" : " ranks") << " (data-parallel, batch split over them)";
+#if VGG_TRAIN_DISTRIBUTED
+    if (parallel) std::cout << ", gradient overlap " << (parallel->overlapping() ? "on" : "off");
+#endif
     std::cout << std::endl;
   }
 

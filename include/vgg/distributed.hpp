@@ -6,7 +6,9 @@
 // rank (shard_range); a rank runs forward and backward on its shard, the gradients of all ranks are
 // averaged (weighted by shard size, so the result is the gradient of the global batch's mean loss)
 // with MPI_Allreduce over a few-MB staging bucket allocated once, and every rank applies the same
-// optimizer update. Ranks therefore hold identical weights after every step: the reduced gradient
+// optimizer update. With Options::overlap the buckets are built in backward order (the classifier's
+// gradients first) and each is reduced with MPI_Iallreduce as soon as the network's backward hook
+// (backward_hook.hpp) reports all of its gradients final, while the earlier layers' backward runs. Ranks therefore hold identical weights after every step: the reduced gradient
 // is the same bits everywhere (MPI reductions give every rank the same result for a given
 // communicator and count; in_sync() checks it).
 //
@@ -16,13 +18,15 @@
 //
 // Faults: the communicator returns MPI errors (MPI_ERRORS_RETURN) as vgg::distributed::Error, and a
 // watchdog thread aborts the whole job with a message when one collective has waited longer than
-// Options::timeout_seconds (a dead or stopped peer). Checkpoints are written by rank 0 alone and
+// Options::timeout_seconds (a dead or stopped peer); the non-blocking reductions are watched from
+// the MPI_Waitall that ends them. Checkpoints are written by rank 0 alone and
 // atomically (io/checkpoint.hpp), so the last one stays good whatever happens to the job.
 //
 // The seam for other transports: DataParallel<Net, Comm> talks to its communicator through
 // rank(), size(), reserve(floats), allreduce_sum(pieces, pre_scale, what, step) on gradient pieces in
 // the backend's memory, allreduce_sum(doubles), broadcast(floats / int64s), min_max(uint64) and
-// allgather(string). MpiCommunicator reduces host memory; NcclCommunicator (<vgg/distributed/nccl.hpp>,
+// allgather(string); for overlap, also spans_hosts(), reserve_buckets(sizes), bucket(k) (host
+// staging), start_bucket(k, what, step), progress(what, step) and wait_buckets(what, step). MpiCommunicator reduces host memory; NcclCommunicator (<vgg/distributed/nccl.hpp>,
 // target vgg::distributed_cuda) reduces a vgg::cuda network's device memory on its stream. A Comm
 // constructible from (Net::backend::Context&, MPI_Comm, double) is given the network's context.
 
@@ -59,6 +63,7 @@
 #include <utility>
 #include <vector>
 
+#include "vgg/backward_hook.hpp"
 #include "vgg/buffer.hpp"
 #include "vgg/context.hpp"
 #include "vgg/loss.hpp"
@@ -322,6 +327,54 @@ class MpiCommunicator {
     }
   }
 
+  /// Collective: whether the ranks run on more than one host (MPI_COMM_TYPE_SHARED groups fewer
+  /// ranks than the communicator has), where Overlap::automatic reduces during backward.
+  bool spans_hosts() {
+    auto guard = watchdog_.arm("host count at start-up", 0);
+    MPI_Comm local = MPI_COMM_NULL;
+    check(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local), "MPI_Comm_split_type", 0);
+    int here = 0;
+    MPI_Comm_size(local, &here);
+    MPI_Comm_free(&local);
+    return here < size_;
+  }
+
+  /// Non-blocking reductions (DataParallel with overlap): bucket k gets sizes[k] floats of host
+  /// staging of its own, so that every bucket may be in flight at once. Allocates; call once.
+  void reserve_buckets(std::span<const std::size_t> sizes) {
+    bucket_begin_.assign(sizes.size() + 1, 0);
+    for (std::size_t k = 0; k < sizes.size(); ++k) bucket_begin_[k + 1] = bucket_begin_[k] + sizes[k];
+    bucket_staging_.reserve(bucket_begin_.back());
+    requests_.assign(sizes.size(), MPI_REQUEST_NULL);
+  }
+  /// Bucket k's staging, for the caller to fill before start_bucket(k) and read after wait_buckets().
+  std::span<float> bucket(std::size_t k) {
+    return {bucket_staging_.data() + bucket_begin_[k], bucket_begin_[k + 1] - bucket_begin_[k]};
+  }
+  /// Starts summing bucket(k) over ranks, in place (MPI_Iallreduce). Every rank starts the same
+  /// buckets in the same order. requires: bucket k is not in flight.
+  void start_bucket(std::size_t k, const char* what, std::uint64_t step) {
+    if (requests_[k] != MPI_REQUEST_NULL)
+      throw std::logic_error("vgg::distributed::MpiCommunicator: bucket " + std::to_string(k) + " is still in flight");
+    const std::span<float> data = bucket(k);
+    auto guard = watchdog_.arm(what, step);
+    check(MPI_Iallreduce(MPI_IN_PLACE, data.data(), checked_count(data.size()), MPI_FLOAT, MPI_SUM, comm_,
+                         &requests_[k]),
+          "MPI_Iallreduce", step, what);
+  }
+  /// Lets the started reductions advance without waiting: Open MPI moves a non-blocking collective
+  /// on only inside MPI calls (no progress thread here), so DataParallel calls this between layers.
+  void progress(const char* what, std::uint64_t step) {
+    int done = 0;
+    check(MPI_Testall(int(requests_.size()), requests_.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall", step,
+          what);
+  }
+  /// Waits for every started bucket (watched: a dead peer aborts the job after the timeout).
+  void wait_buckets(const char* what, std::uint64_t step) {
+    auto guard = watchdog_.arm(what, step);
+    check(MPI_Waitall(int(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE), "MPI_Waitall", step, what);
+  }
+
   /// Sums `values` over ranks, in place.
   void allreduce_sum(std::span<double> values, const char* what, std::uint64_t step) {
     auto guard = watchdog_.arm(what, step);
@@ -392,6 +445,9 @@ class MpiCommunicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
   Buffer<float> staging_;
+  Buffer<float> bucket_staging_;           // the non-blocking buckets, end to end
+  std::vector<std::size_t> bucket_begin_;  // bucket k is [bucket_begin_[k], bucket_begin_[k + 1])
+  std::vector<MPI_Request> requests_;      // bucket k's reduction; MPI_REQUEST_NULL when done
 };
 
 /// A 64-bit fingerprint of bytes (SplitMix64 over 8-byte words): equal inputs give equal values on
@@ -441,9 +497,26 @@ struct Identity {
   std::uint64_t executable_fingerprint = distributed::executable_fingerprint();
 };
 
+/// Whether the gradient buckets are reduced during the backward pass (MPI_Iallreduce started from
+/// the backward hook) or after it (MPI_Allreduce).
+enum class Overlap {
+  off,        ///< after the whole backward pass
+  on,         ///< during it; needs a communicator with non-blocking buckets (MpiCommunicator)
+  automatic,  ///< on where the ranks span more than one host and the communicator can, else off
+};
+
+inline const char* to_string(Overlap o) {
+  return o == Overlap::off ? "off" : o == Overlap::on ? "on" : "auto";
+}
+
 struct Options {
   std::size_t bucket_bytes = std::size_t(4) << 20;  ///< gradient floats per MPI_Allreduce, x 4 bytes
   double timeout_seconds = 300.0;  ///< one collective's longest wait before the job is aborted; 0: never
+  /// automatic: on one host the reduction runs on the cores that compute backward, so there is
+  /// nothing idle to overlap with (docs/PERFORMANCE.md measures it); across hosts the network
+  /// transfer hides behind the convolutions' backward. With overlap, staging for every bucket
+  /// (one gradient's worth) is allocated at construction.
+  Overlap overlap = Overlap::automatic;
 };
 
 /// One global step's statistics, identical on every rank.
@@ -452,7 +525,8 @@ struct StepResult {
   long long correct = 0;    ///< correct predictions in the global batch
   long long samples = 0;    ///< samples in the global batch
   double wait_seconds = 0;           ///< this rank's wait for the slowest rank (the first, tiny allreduce)
-  double communication_seconds = 0;  ///< this rank's time reducing the gradient buckets
+  double communication_seconds = 0;  ///< this rank's time reducing the gradient buckets (with overlap:
+                                     ///< the part after backward, which it did not hide)
 };
 
 /// Rank `rank`'s part [begin, end) of a global batch of `global` samples split over `ranks` ranks:
@@ -510,6 +584,7 @@ class DataParallel {
       : net_(net), comm_(make_communicator(net, parent, options.timeout_seconds)) {
     if (options.bucket_bytes < sizeof(float))
       throw std::invalid_argument("vgg::distributed::DataParallel: bucket_bytes must hold at least one float");
+    overlap_ = resolve_overlap(options.overlap);
     check_agreement(identity);
     std::size_t tensors = 0;
     net_.for_each_parameter_data([&](std::span<float>, std::span<float>) { ++tensors; });
@@ -517,6 +592,9 @@ class DataParallel {
     pieces_.reserve(tensors + 2);
     bucket_floats_ = std::min(options.bucket_bytes / sizeof(float), std::size_t(Net::num_params));
     comm_.reserve(bucket_floats_);
+    if constexpr (kCanOverlap) {
+      if (overlap_) plan_buckets();
+    }
   }
 
   int rank() const { return comm_.rank(); }
@@ -524,6 +602,12 @@ class DataParallel {
   bool is_root() const { return comm_.rank() == 0; }
   Comm& communicator() { return comm_; }
   std::size_t bucket_floats() const { return bucket_floats_; }
+  /// Whether gradients are reduced during backward (Options::overlap, resolved).
+  bool overlapping() const { return overlap_; }
+  /// Buckets reduced during backward (0 without overlap).
+  std::size_t overlap_buckets() const { return buckets_.size(); }
+  /// Of those, how many the last step started from the backward hook, before backward returned.
+  std::size_t buckets_started_in_backward() const { return started_in_backward_; }
 
   /// This rank's samples of a global batch of `global` samples.
   Shard shard(std::size_t global) const { return shard_range(global, rank(), size()); }
@@ -550,7 +634,9 @@ class DataParallel {
 
   /// Collective: one training step on the global batch whose shard this rank holds (x: labels.size()
   /// samples of Net::input_shape; a shard may be empty once the first step is done). Forward and
-  /// backward on the shard, gradients averaged over the global batch, one optimizer update.
+  /// backward on the shard, gradients averaged over the global batch, one optimizer update. With
+  /// overlap, the loss allreduce runs before backward and the buckets are reduced during it (with
+  /// any backward hook of the caller's set aside for that backward, and put back).
   /// ensures: identical weights on every rank; no allocation by vgg after the first step (Open MPI
   ///          mallocs and frees a temporary buffer inside each allreduce); when the global loss is
   ///          not finite, no rank updates anything (as vgg::train_step).
@@ -567,8 +653,8 @@ class DataParallel {
       if (n > 0) {
         net_.set_mode(Mode::train);
         net_.forward(x, int(n));
-        local = net_.loss(labels, /*gradient=*/true);
-        net_.backward();
+        local = net_.loss(labels, /*gradient=*/true);  // also allocates the gradients on the first step
+        if (!overlap_) net_.backward();  // with overlap, after the loss allreduce (it gives pre_scale)
       } else {
         net_.set_step(step + 1);  // the ranks' dropout counters advance together
       }
@@ -602,12 +688,18 @@ class DataParallel {
       return {totals[1] / totals[0], (long long)(totals[2]), (long long)(totals[0]),
               std::chrono::duration<double>(communication_start - wait_start).count(), 0.0};
     // Weight rank r's mean gradient by n_r / N: the sum over ranks is the global batch's mean gradient.
-    reduce_gradients(float(double(n) / totals[0]), step);
-    const auto communication_end = Clock::now();
+    const float pre_scale = float(double(n) / totals[0]);
+    double communication = 0;
+    if constexpr (kCanOverlap) {
+      if (overlap_) communication = reduce_during_backward(pre_scale, n > 0, step);
+    }
+    if (!overlap_) {
+      reduce_gradients(pre_scale, step);
+      communication = std::chrono::duration<double>(Clock::now() - communication_start).count();
+    }
     optimizer.step(net_);
     return {totals[1] / totals[0], (long long)(totals[2]), (long long)(totals[0]),
-            std::chrono::duration<double>(communication_start - wait_start).count(),
-            std::chrono::duration<double>(communication_end - communication_start).count()};
+            std::chrono::duration<double>(communication_start - wait_start).count(), communication};
   }
 
   /// Fingerprint of this rank's parameter values (bits; the same for equal values on any backend).
@@ -644,6 +736,155 @@ class DataParallel {
     }
   }
 
+  // Non-blocking buckets need a host communicator that offers them (NcclCommunicator does not).
+  static constexpr bool kCanOverlap = requires(Comm& c, std::size_t k, std::uint64_t s) {
+    c.spans_hosts();
+    c.bucket(k);
+    c.start_bucket(k, "", s);
+    c.progress("", s);
+    c.wait_buckets("", s);
+  };
+
+  bool resolve_overlap(Overlap requested) {
+    if constexpr (kCanOverlap) {
+      // Collective on every rank whatever its option, so that ranks given different options reach
+      // the agreement check (which compares the result) instead of mismatched collectives.
+      const bool multi_host = comm_.spans_hosts();
+      return requested == Overlap::on || (requested == Overlap::automatic && multi_host);
+    } else {
+      if (requested == Overlap::on)
+        throw std::invalid_argument("vgg::distributed::DataParallel: Overlap::on needs a communicator with "
+                                    "non-blocking buckets (MpiCommunicator); this one reduces after backward");
+      return false;
+    }
+  }
+
+  // One slice of a parameter tensor's gradient in a bucket.
+  struct Piece {
+    std::size_t tensor = 0, offset = 0, size = 0;
+  };
+  struct Bucket {
+    std::size_t first_piece = 0, end_piece = 0, floats = 0;
+    std::size_t lowest_tensor = 0;  // complete once backward has finished this tensor
+  };
+
+  // Buckets of up to bucket_floats_ gradient floats in backward order: the last tensor first. A
+  // bucket ends where the next tensor does not fit, and only a tensor larger than a bucket is split
+  // (its pieces fill buckets of their own): a bucket then never waits for a layer that its own
+  // tensors do not need (with 4 MiB buckets, the first classifier layer's weight would otherwise
+  // share one with the convolutions and wait for their whole backward). The last bucket carries
+  // one more float: 1 from a rank whose backward failed, so that all ranks learn it from the
+  // reduction itself and none updates.
+  void plan_buckets() {
+    std::vector<std::size_t> sizes;
+    net_.for_each_parameter_data([&](std::span<float> value, std::span<float>) { sizes.push_back(value.size()); });
+    Bucket open;
+    auto close = [&] {
+      if (open.floats == 0) return;
+      open.end_piece = pieces_plan_.size();
+      open.lowest_tensor = pieces_plan_.back().tensor;
+      buckets_.push_back(open);
+      open = Bucket{pieces_plan_.size(), pieces_plan_.size(), 0, 0};
+    };
+    for (std::size_t t = sizes.size(); t-- > 0;) {
+      if (open.floats + sizes[t] > bucket_floats_) close();
+      for (std::size_t at = 0; at < sizes[t];) {
+        const std::size_t take = std::min(sizes[t] - at, bucket_floats_ - open.floats);
+        pieces_plan_.push_back({t, at, take});
+        open.floats += take;
+        at += take;
+        if (open.floats == bucket_floats_ || (at == sizes[t] && sizes[t] > bucket_floats_)) close();
+      }
+    }
+    close();
+    std::vector<std::size_t> staging(buckets_.size());
+    for (std::size_t k = 0; k < buckets_.size(); ++k) staging[k] = buckets_[k].floats + (k + 1 == buckets_.size());
+    comm_.reserve_buckets(staging);
+  }
+
+  // Bucket k's gradients x scale (zeros for scale 0, whatever the gradients hold) into its staging,
+  // and its reduction started.
+  void start_bucket(std::size_t k, float scale, bool failed, std::uint64_t step) {
+    const Bucket& b = buckets_[k];
+    float* out = comm_.bucket(k).data();
+    for (std::size_t i = b.first_piece; i < b.end_piece; ++i) {
+      const Piece& p = pieces_plan_[i];
+      const std::span<float> g = grads_[p.tensor];
+      if (scale == 0.0f || g.size() < p.offset + p.size) {
+        std::fill_n(out, p.size, 0.0f);
+      } else if (scale == 1.0f) {
+        std::copy_n(g.data() + p.offset, p.size, out);
+      } else {
+        std::transform(g.data() + p.offset, g.data() + p.offset + p.size, out, [scale](float v) { return scale * v; });
+      }
+      out += p.size;
+    }
+    if (k + 1 == buckets_.size()) *out = failed ? 1.0f : 0.0f;
+    comm_.start_bucket(k, "gradient allreduce (overlapped)", step);
+  }
+
+  static void on_backward(void* self, const FinishedGradients& finished) {
+    static_cast<DataParallel*>(self)->gradients_finished(finished.first_tensor);
+  }
+  // From the backward hook: tensors >= first_tensor are final; start every bucket they complete,
+  // then let the buckets in flight advance.
+  void gradients_finished(std::size_t first_tensor) {
+    while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].lowest_tensor >= first_tensor)
+      start_bucket(next_bucket_++, pre_scale_, false, step_now_);
+    comm_.progress("gradient allreduce (overlapped)", step_now_);
+  }
+
+  // Puts the caller's hook (if any) back when backward ends, returns or throws: the network never
+  // keeps a pointer to this object past the step.
+  struct HookScope {
+    Net& net;
+    BackwardHook previous;
+    HookScope(Net& n, BackwardHook h) : net(n), previous(n.backward_hook()) { net.set_backward_hook(h); }
+    HookScope(const HookScope&) = delete;
+    HookScope& operator=(const HookScope&) = delete;
+    ~HookScope() { net.set_backward_hook(previous); }
+  };
+
+  // Backward with the buckets reduced as they complete; returns the seconds spent after backward
+  // (starting what was left, waiting, copying back). Every rank starts every bucket in the same
+  // order: a rank without samples, or whose backward threw, contributes zeros to those it had not
+  // started, and its failure flag stops every rank before the update.
+  double reduce_during_backward(float pre_scale, bool run_backward, std::uint64_t step) {
+    pre_scale_ = pre_scale;
+    step_now_ = step;
+    next_bucket_ = 0;
+    std::exception_ptr failure;
+    if (run_backward) {
+      HookScope scope(net_, BackwardHook{&DataParallel::on_backward, this});
+      try {
+        net_.backward();
+      } catch (const Error&) {
+        throw;  // a failed collective: communication_failed is set and the job ends
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    started_in_backward_ = next_bucket_;
+    const auto start = std::chrono::steady_clock::now();
+    while (next_bucket_ < buckets_.size()) start_bucket(next_bucket_++, failure ? 0.0f : pre_scale, bool(failure), step);
+    comm_.wait_buckets("gradient allreduce (overlapped)", step);
+    if (failure) std::rethrow_exception(failure);
+    const std::span<float> last = comm_.bucket(buckets_.size() - 1);
+    if (last.back() > 0.0f)
+      throw Error("vgg::distributed: rank " + std::to_string(rank()) + ": " + std::to_string(int(last.back())) +
+                  " other rank(s) failed in the backward pass of step " + std::to_string(step) +
+                  " (see their messages); stopping");
+    for (std::size_t k = 0; k < buckets_.size(); ++k) {
+      const float* in = comm_.bucket(k).data();
+      for (std::size_t i = buckets_[k].first_piece; i < buckets_[k].end_piece; ++i) {
+        const Piece& p = pieces_plan_[i];
+        std::copy_n(in, p.size, grads_[p.tensor].data() + p.offset);
+        in += p.size;
+      }
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+
   void reduce_gradients(float pre_scale, std::uint64_t step) {
     pieces_.clear();
     std::size_t filled = 0;
@@ -670,6 +911,7 @@ class DataParallel {
         {"parameter count", std::to_string(Net::num_params)},
         {"backend", Net::backend::name()},
         {"data fingerprint", std::to_string(identity.data_fingerprint)},
+        {"gradient overlap", overlap_ ? "on" : "off"},
         {"executable fingerprint", std::to_string(identity.executable_fingerprint)}};
     for (const auto& [key, value] : identity.settings) fields.emplace_back("setting '" + key + "'", value);
     std::string mine;
@@ -712,6 +954,13 @@ class DataParallel {
   std::vector<std::span<float>> pieces_;  // the current bucket's slices of grads_
   std::size_t bucket_floats_ = 0;
   bool synchronized_ = false;
+  bool overlap_ = false;
+  // With overlap: the buckets in backward order, their pieces, and this step's progress through them.
+  std::vector<Bucket> buckets_;
+  std::vector<Piece> pieces_plan_;
+  std::size_t next_bucket_ = 0, started_in_backward_ = 0;
+  float pre_scale_ = 0;
+  std::uint64_t step_now_ = 0;
 };
 
 }  // namespace vgg::distributed

@@ -23,6 +23,7 @@
 #include <utility>
 
 #include "vgg/backend.hpp"
+#include "vgg/backward_hook.hpp"
 #include "vgg/block.hpp"
 #include "vgg/buffer.hpp"
 #include "vgg/checks.hpp"
@@ -269,6 +270,20 @@ class Network {
                                : void()),
        ...);
     }(std::make_index_sequence<num_layers>{});
+    // Where each layer's tensors and floats start in network order, for the backward hook.
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (
+          [&] {
+            tensor_begin_[I + 1] = tensor_begin_[I];
+            float_begin_[I + 1] = float_begin_[I];
+            std::get<I>(layers_).for_each_parameter(
+                [&](int, const char*, const TensorShape&, std::span<float> value, std::span<float>) {
+                  ++tensor_begin_[I + 1];
+                  float_begin_[I + 1] += value.size();
+                });
+          }(),
+          ...);
+    }(std::make_index_sequence<num_layers>{});
   }
   Network(const Network&) = delete;
   Network& operator=(const Network&) = delete;
@@ -444,6 +459,12 @@ class Network {
     backward_layers(g, input_gradient, std::make_index_sequence<num_layers>{});
     has_input_gradient_ = input_gradient;
   }
+
+  /// Runs hook after each parameterised layer's backward (backward_hook.hpp), from the next
+  /// backward() on; BackwardHook{} removes it. Frozen features are not differentiated, so their
+  /// layers are not reported. The caller keeps hook.self alive while the hook is set.
+  void set_backward_hook(BackwardHook hook) { hook_ = hook; }
+  BackwardHook backward_hook() const { return hook_; }
 
   /// The gradient with respect to the input of the last backward(true), batch x C x H x W, in the
   /// backend's memory.
@@ -745,6 +766,10 @@ class Network {
     } else {
       std::get<I>(layers_).backward(context_, activations_[I], activations_[I + 1], dy, dx, last_batch_, ctx);
     }
+    if constexpr (L::num_params > 0) {
+      if (hook_) hook_.call(hook_.self, FinishedGradients{I, tensor_begin_[I], tensor_begin_[I + 1], float_begin_[I],
+                                                          float_begin_[I + 1]});
+    }
     return dx;
   }
 
@@ -791,6 +816,9 @@ class Network {
   std::uint64_t seed_ = 0, step_ = 0;
   bool features_frozen_ = false;
   std::size_t num_feature_tensors_ = 0;  // parameter tensors of the feature layers, which come first
+  // Layer i's parameters are tensors [tensor_begin_[i], tensor_begin_[i + 1]), floats likewise.
+  std::array<std::size_t, num_layers + 1> tensor_begin_{}, float_begin_{};
+  BackwardHook hook_{};
 };
 
 /// The network of the pack Arch... on the default backend (the CPU, default_backend.hpp).

@@ -5,10 +5,13 @@
 
 #include <vgg/vgg.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 
 #include "reference.hpp"
 
@@ -146,6 +149,110 @@ std::vector<float> tiny_reference(Tiny& net, const std::vector<float>& x, int n)
   return ref::linear(h, p[10], p[11], n, 5, 3, false);
 }
 }  // namespace
+
+namespace {
+/// Records every backward-hook call, and whether the reported gradients were already set then
+/// (the test fills every gradient with NaN before backward) and what they held.
+struct HookRecorder {
+  Tiny* net = nullptr;
+  std::vector<vgg::FinishedGradients> calls;
+  std::vector<std::vector<float>> seen;  // the reported tensors' gradients, at the call
+  bool all_set = true;
+  static void record(void* self, const vgg::FinishedGradients& f) {
+    auto& r = *static_cast<HookRecorder*>(self);
+    r.calls.push_back(f);
+    std::size_t t = 0;
+    r.net->for_each_parameter_data([&](std::span<float>, std::span<float> grad) {
+      if (t >= f.first_tensor && t < f.end_tensor) {
+        for (float g : grad) r.all_set = r.all_set && !std::isnan(g);
+        r.seen.emplace_back(grad.begin(), grad.end());
+      }
+      ++t;
+    });
+  }
+};
+}  // namespace
+
+TEST_CASE("the backward hook runs once per parameterised layer, in backward order, once its gradients are final") {
+  auto net = std::make_unique<Tiny>(4);
+  const int n = 3;
+  std::vector<float> x(std::size_t(n) * Tiny::input_shape.size());
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 7) * 0.25f - 0.5f;
+  const std::vector<std::int32_t> labels{0, 2, 1};
+  std::vector<std::size_t> sizes;  // floats of each tensor, network order
+  net->for_each_parameter_data([&](std::span<float> value, std::span<float>) { sizes.push_back(value.size()); });
+  REQUIRE(sizes.size() == 12);  // 3 convs and 3 linears, weight and bias each
+
+  auto run = [&](HookRecorder& r, bool input_gradient) {
+    net->set_mode(vgg::Mode::train);
+    (void)net->forward(x, n);
+    (void)net->loss(labels, true);
+    net->for_each_parameter_data([](std::span<float>, std::span<float> grad) {
+      std::fill(grad.begin(), grad.end(), std::numeric_limits<float>::quiet_NaN());
+    });
+    r = HookRecorder{net.get(), {}, {}, true};
+    net->set_backward_hook({&HookRecorder::record, &r});
+    net->backward(input_gradient);
+    net->set_backward_hook({});
+  };
+
+  for (bool input_gradient : {false, true}) {
+    CAPTURE(input_gradient);
+    HookRecorder r;
+    run(r, input_gradient);
+    REQUIRE(r.calls.size() == 6);
+    CHECK(r.all_set);
+    // Contiguous ranges from the last tensor down to the first, two tensors (weight, bias) a layer.
+    std::size_t end = sizes.size();
+    std::size_t end_float = std::size_t(Tiny::num_params);
+    for (std::size_t i = 0; i < r.calls.size(); ++i) {
+      const vgg::FinishedGradients& f = r.calls[i];
+      CAPTURE(i);
+      CHECK(f.end_tensor == end);
+      CHECK(f.first_tensor + 2 == f.end_tensor);
+      CHECK(f.end_float == end_float);
+      CHECK(f.end_float - f.first_float == sizes[f.first_tensor] + sizes[f.first_tensor + 1]);
+      if (i > 0) CHECK(f.layer < r.calls[i - 1].layer);
+      end = f.first_tensor;
+      end_float = f.first_float;
+    }
+    CHECK(end == 0);
+    CHECK(end_float == 0);
+    CHECK(r.calls.front().layer == Tiny::num_layers - 1);
+    // What the hook saw is what backward left: nothing later rewrote those gradients.
+    std::vector<std::vector<float>> final_grads(sizes.size());
+    std::size_t t = 0;
+    net->for_each_parameter_data([&](std::span<float>, std::span<float> g) { final_grads[t++].assign(g.begin(), g.end()); });
+    std::size_t k = 0;
+    for (const auto& f : r.calls)
+      for (std::size_t tensor = f.first_tensor; tensor < f.end_tensor; ++tensor) CHECK(r.seen[k++] == final_grads[tensor]);
+  }
+
+  // Frozen features: only the classifier's three linears are differentiated, and reported.
+  net->freeze_features();
+  HookRecorder frozen;
+  run(frozen, false);
+  REQUIRE(frozen.calls.size() == 3);
+  CHECK(frozen.calls.back().first_tensor == 6);
+  CHECK(frozen.calls.front().end_tensor == 12);
+  CHECK(frozen.all_set);
+  net->freeze_features(false);
+
+  // Removed: backward calls nothing.
+  HookRecorder none;
+  run(none, false);
+  none.calls.clear();
+  (void)net->forward(x, n);
+  (void)net->loss(labels, true);
+  net->backward();
+  CHECK(none.calls.empty());
+  CHECK_FALSE(net->backward_hook());
+
+  // A hook that throws stops backward, which rethrows.
+  net->set_backward_hook({[](void*, const vgg::FinishedGradients&) { throw std::runtime_error("hook says no"); }, nullptr});
+  CHECK_THROWS_WITH(net->backward(), "hook says no");
+  net->set_backward_hook({});
+}
 
 TEST_CASE("a full forward pass matches the naive layer-by-layer reference for several thread counts") {
   Tiny net(11);

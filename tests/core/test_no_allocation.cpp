@@ -99,10 +99,16 @@ TEST_CASE("a steady-state training step (forward, loss, backward, Adam / SGD upd
       (void)vgg::train_step(*net, adam, x, labels);
       (void)vgg::train_step(*net, sgd, x, labels);
       (void)vgg::evaluate_batch(*net, x, labels);
+      // With a backward hook set (as data-parallel training sets one): still nothing.
+      long hook_calls = 0;
+      net->set_backward_hook({[](void* self, const vgg::FinishedGradients&) { ++*static_cast<long*>(self); }, &hook_calls});
+      (void)vgg::train_step(*net, adam, x, labels);
+      net->set_backward_hook({});
       const long allocated = allocations.load() - before;
       CAPTURE(threads);
       CAPTURE(vgg::to_string(net->context().precision_in_use()));
       CHECK(allocated == 0);
+      CHECK(hook_calls == 11);  // vgg11's 8 convs and 3 linears
     }
 }
 

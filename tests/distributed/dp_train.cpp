@@ -5,6 +5,7 @@
 //   mpirun -np 2 dp_train --net tiny --steps 20 --checkpoint run.safetensors --every 2
 //   mpirun -np 2 dp_train ... --die-rank 1 --die-step 6 --die-signal KILL     # a rank dies
 //   mpirun -np 1 dp_train ... --resume                                        # fewer ranks
+//   mpirun -np 2 dp_train ... --overlap on --die-rank 1 --die-step 3 --die-signal STOP --die-in backward
 #include <omp.h>
 #include <unistd.h>
 
@@ -43,6 +44,8 @@ struct Options {
   double timeout = 300;
   double bucket_mb = 4;
   int threads = 0;
+  std::string overlap = "auto";  // gradient reduction during backward: on, off, auto
+  std::string die_in = "step";   // before the step, or past its first collective (backward)
 };
 
 struct UsageError : std::runtime_error {
@@ -79,12 +82,18 @@ Options parse(int argc, char** argv) {
     else if (flag == "--timeout") o.timeout = number<double>(flag, value());
     else if (flag == "--bucket-mb") o.bucket_mb = number<double>(flag, value());
     else if (flag == "--threads") o.threads = number<int>(flag, value());
+    else if (flag == "--overlap") o.overlap = value();
+    else if (flag == "--die-in") o.die_in = value();
     else throw UsageError("unknown option '" + flag + "'");
   }
   if (o.net != "tiny" && o.net != "w8") throw UsageError("--net must be tiny or w8, found '" + o.net + "'");
   if (o.batch < 1) throw UsageError("--batch must be at least 1");
   if (o.die_signal != "KILL" && o.die_signal != "STOP") throw UsageError("--die-signal must be KILL or STOP");
   if (o.resume && o.checkpoint.empty()) throw UsageError("--resume needs --checkpoint");
+  if (o.overlap != "on" && o.overlap != "off" && o.overlap != "auto")
+    throw UsageError("--overlap must be on, off or auto, found '" + o.overlap + "'");
+  if (o.die_in != "step" && o.die_in != "backward")
+    throw UsageError("--die-in must be step or backward, found '" + o.die_in + "'");
   return o;
 }
 
@@ -121,11 +130,22 @@ int train(const Options& o) {
                    {"seed", std::to_string(o.seed)}},
       .data_fingerprint = dist::fingerprint_of(std::span<const float>(x))};
   dist::DataParallel dp(*net, identity,
-                        {.bucket_bytes = std::size_t(o.bucket_mb * 1048576.0), .timeout_seconds = o.timeout});
+                        {.bucket_bytes = std::size_t(o.bucket_mb * 1048576.0),
+                         .timeout_seconds = o.timeout,
+                         .overlap = o.overlap == "on"    ? dist::Overlap::on
+                                    : o.overlap == "off" ? dist::Overlap::off
+                                                         : dist::Overlap::automatic});
   double compute = 0, wait = 0, communication = 0;
   long timed = 0;
   for (long step = first; step < o.steps; ++step) {
     if (dp.rank() == o.die_rank && step == o.die_step) {
+      if (o.die_in == "backward") {
+        // Take part in the step's first collective as DataParallel::step does (the loss allreduce:
+        // samples, loss sum, correct, failures), so that the other ranks go on into backward and
+        // wait on the gradient buckets instead.
+        double totals[4] = {double(dp.shard(o.batch).size()), 0.0, 0.0, 0.0};
+        dp.communicator().allreduce_sum(std::span<double>(totals), "loss allreduce", net->step());
+      }
       std::cerr << "dp_train: rank " << dp.rank() << " raises SIG" << o.die_signal << " before step " << step
                 << std::endl;
       std::raise(o.die_signal == "KILL" ? SIGKILL : SIGSTOP);
@@ -154,6 +174,7 @@ int train(const Options& o) {
   }
   const bool same = dp.in_sync();
   if (dp.is_root()) {
+    std::printf("gradient overlap %s (%zu buckets)\n", dp.overlapping() ? "on" : "off", dp.overlap_buckets());
     std::printf("done: %ld steps on %d ranks, weights %s, fingerprint %016llx\n", o.steps, dp.size(),
                 same ? "identical on every rank" : "DIFFER between ranks",
                 static_cast<unsigned long long>(dp.parameters_fingerprint()));

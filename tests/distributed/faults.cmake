@@ -3,7 +3,8 @@
 #   - a rank killed with SIGKILL mid-run ends the job, with a message, in bounded time;
 #   - the last checkpoint stays good: the run resumes from it on 1 rank and on 2 ranks;
 #   - a rank that stops (SIGSTOP: alive but silent, which the MPI runtime cannot see) is caught by
-#     the collective timeout (watchdog), which aborts the job with its message.
+#     the collective timeout (watchdog), which aborts the job with its message, also while the
+#     other rank waits on gradient buckets reduced during backward (--overlap on).
 file(REMOVE_RECURSE "${WORK}")
 file(MAKE_DIRECTORY "${WORK}")
 set(ckpt "${WORK}/run.safetensors")
@@ -77,5 +78,18 @@ if(NOT stopped_out MATCHES "vgg::distributed: rank 0: [a-z ]+ of step 3 has not 
 endif()
 if(stopped_seconds GREATER 60)
   message(FATAL_ERROR "the job took ${stopped_seconds} s to stop after a rank hung")
+endif()
+# 5. The same with the gradient reduced during backward: rank 1 stops once past the step's first
+#    collective, so rank 0 waits on its overlapped buckets (MPI_Waitall), which the watchdog covers.
+run(stopped_overlap 90 -np 2 "${TRAIN}" --net tiny --batch 8 --steps 100000 --overlap on --bucket-mb 0.004
+    --die-rank 1 --die-step 3 --die-signal STOP --die-in backward --timeout 3)
+if(stopped_overlap_rc STREQUAL "0" OR stopped_overlap_rc MATCHES "timeout")
+  message(FATAL_ERROR "the overlapped job did not stop when a rank hung (exit ${stopped_overlap_rc}):\n${stopped_overlap_out}")
+endif()
+if(NOT stopped_overlap_out MATCHES "vgg::distributed: rank 0: gradient allreduce \\(overlapped\\) of step 3 has not completed after 3.0 s")
+  message(FATAL_ERROR "the watchdog's message for the overlapped buckets is missing:\n${stopped_overlap_out}")
+endif()
+if(stopped_overlap_seconds GREATER 60)
+  message(FATAL_ERROR "the overlapped job took ${stopped_overlap_seconds} s to stop after a rank hung")
 endif()
 file(REMOVE_RECURSE "${WORK}")

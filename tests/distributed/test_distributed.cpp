@@ -97,6 +97,16 @@ int world_size() { return dist::Environment::world_size(); }
 /// Small buckets, so that parameters span several buckets and buckets span several parameters.
 constexpr dist::Options kSmallBuckets{.bucket_bytes = 4096 * sizeof(float), .timeout_seconds = 60.0};
 
+/// Both reductions: after backward, and during it (MPI_Iallreduce from the backward hook) with
+/// buckets of 250 floats (the tiny net's parameters fill dozens), so that many are in flight at
+/// once and their boundaries fall inside tensors.
+constexpr dist::Overlap kModes[] = {dist::Overlap::off, dist::Overlap::on};
+constexpr dist::Options small_buckets(dist::Overlap overlap) {
+  return {.bucket_bytes = overlap == dist::Overlap::on ? 250 * sizeof(float) : 4096 * sizeof(float),
+          .timeout_seconds = 60.0,
+          .overlap = overlap};
+}
+
 }  // namespace
 
 TEST_CASE("shard_range: contiguous, balanced shards that cover the global batch") {
@@ -121,12 +131,16 @@ TEST_CASE("N ranks with per-rank batch B give one process's weights with batch N
   const int ranks = world_size();
   if (ranks < 2) MESSAGE("running on one rank: the reduction is trivial (run under mpirun -np 2)");
   constexpr std::size_t per_rank = 4;
+  for (const dist::Overlap mode : kModes) {
+  CAPTURE(dist::to_string(mode));
   auto net = std::make_unique<Plain>(7);
   auto reference = std::make_unique<Plain>(7);
   const auto initial = all_params(*reference);
   vgg::Adam adam({.lr = 1e-2f}), reference_adam({.lr = 1e-2f});
-  dist::DataParallel dp(*net, {.settings = {{"test", "equivalence"}}}, kSmallBuckets);
+  dist::DataParallel dp(*net, {.settings = {{"test", "equivalence"}}}, small_buckets(mode));
   CHECK(dp.bucket_floats() < std::size_t(Plain::num_params));  // several buckets are exercised
+  CHECK(dp.overlapping() == (mode == dist::Overlap::on));
+  if (mode == dist::Overlap::on) CHECK(dp.overlap_buckets() > 20);
   for (std::uint64_t step = 0; step < 5; ++step) {
     const GlobalBatch batch(per_rank * std::size_t(ranks), step);
     const dist::Shard mine = dp.shard(batch.labels.size());
@@ -137,18 +151,76 @@ TEST_CASE("N ranks with per-rank batch B give one process's weights with batch N
     CHECK(r.samples == (long long)(batch.labels.size()));
     CHECK(r.correct == expected.correct);
     CHECK(r.loss == doctest::Approx(expected.loss).epsilon(1e-5));
+    // Every bucket was started from the backward hook (the first conv's completes the last one).
+    if (mode == dist::Overlap::on) CHECK(dp.buckets_started_in_backward() == dp.overlap_buckets());
   }
   const auto trained = all_params(*net), expected = all_params(*reference);
   CHECK(max_relative_difference(expected, initial) > 1e-3);  // the steps moved the weights
   CHECK(max_relative_difference(trained, expected) < 1e-5);
   CHECK(dp.in_sync());
   CHECK(adam.steps() == 5);
+  }
+}
+
+TEST_CASE("overlapped and after-backward reductions give the same bits on 2 ranks, with and without dropout") {
+  // With 2 ranks each element's sum is one addition, whatever the bucket boundaries or MPI's
+  // algorithm: the two modes must agree exactly (more ranks may add in another order).
+  if (world_size() > 2) return;
+  auto run = [](auto net, dist::Overlap mode) {
+    vgg::Sgd sgd({.lr = 0.05f, .momentum = 0.9f});
+    dist::DataParallel dp(*net, {}, small_buckets(mode));
+    for (std::uint64_t step = 0; step < 4; ++step) {
+      const GlobalBatch batch(3 * std::size_t(world_size()) + 1, 300 + step);  // uneven shards
+      const dist::Shard mine = dp.shard(batch.labels.size());
+      dp.step(sgd, batch.images(mine), batch.labels_of(mine));
+      CHECK(dp.in_sync());
+    }
+    return all_params(*net);
+  };
+  CHECK(run(std::make_unique<Plain>(21), dist::Overlap::off) == run(std::make_unique<Plain>(21), dist::Overlap::on));
+  CHECK(run(std::make_unique<WithDropout>(22), dist::Overlap::off) ==
+        run(std::make_unique<WithDropout>(22), dist::Overlap::on));
+}
+
+TEST_CASE("overlapped buckets end where the next tensor does not fit, and split only tensors larger than a bucket") {
+  auto net = std::make_unique<Plain>(1);
+  dist::DataParallel dp(*net, {}, {.bucket_bytes = 4096 * sizeof(float), .timeout_seconds = 60.0,
+                                   .overlap = dist::Overlap::on});
+  // Backward order: the last two linears and the first one's bias (1,418 floats), the first
+  // linear's weight (4,096: a bucket of its own), the convolutions (336). Filling buckets to the
+  // brim would give 2, the second waiting for the convolutions.
+  CHECK(dp.overlap_buckets() == 3);
+  vgg::Adam adam({.lr = 1e-2f});
+  const GlobalBatch batch(2 * std::size_t(world_size()), 5);
+  // A hook of the caller's is set aside for the step's backward and put back.
+  long calls = 0;
+  net->set_backward_hook({[](void* c, const vgg::FinishedGradients&) { ++*static_cast<long*>(c); }, &calls});
+  dp.step(adam, batch.images(dp.shard(batch.labels.size())), batch.labels_of(dp.shard(batch.labels.size())));
+  CHECK(dp.buckets_started_in_backward() == 3);
+  CHECK(dp.in_sync());
+  CHECK(calls == 0);
+  CHECK(net->backward_hook().self == &calls);
+}
+
+TEST_CASE("Overlap::automatic is off on one host, and ranks asking for different modes are refused") {
+  auto net = std::make_unique<Plain>(1);
+  dist::DataParallel automatic(*net, {}, {.overlap = dist::Overlap::automatic});
+  CHECK_FALSE(automatic.overlapping());  // mpirun here starts every rank on this machine
+  CHECK(automatic.overlap_buckets() == 0);
+  if (world_size() < 2) return;
+  const dist::Options mine{.overlap = world_rank() == 0 ? dist::Overlap::off : dist::Overlap::on};
+  CHECK_THROWS_WITH_AS(dist::DataParallel(*net, {}, mine),
+                       doctest::Contains("rank 1 disagrees with rank 0 on the gradient overlap: rank 0 has 'off', "
+                                         "rank 1 has 'on'"),
+                       dist::Error);
 }
 
 TEST_CASE("a steady data-parallel step makes no C++ allocation") {
+  for (const dist::Overlap mode : kModes) {
+  CAPTURE(dist::to_string(mode));
   auto net = std::make_unique<WithDropout>(2);
   vgg::Adam adam({.lr = 1e-3f});
-  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  dist::DataParallel dp(*net, {}, small_buckets(mode));
   const GlobalBatch batch(4 * std::size_t(world_size()), 1);
   const dist::Shard mine = dp.shard(batch.labels.size());
   for (int i = 0; i < 2; ++i) dp.step(adam, batch.images(mine), batch.labels_of(mine));  // buffers, moments
@@ -159,14 +231,17 @@ TEST_CASE("a steady data-parallel step makes no C++ allocation") {
   const long control = allocations.load();
   auto probe = std::make_unique<std::vector<int>>(10);  // the counter sees allocations
   CHECK(allocations.load() - control >= 2);
+  }
 }
 
 TEST_CASE("uneven shards and an empty shard weight each rank by its sample count (SGD with momentum)") {
   const int ranks = world_size();
+  for (const dist::Overlap mode : kModes) {
+  CAPTURE(dist::to_string(mode));
   auto net = std::make_unique<Plain>(3);
   auto reference = std::make_unique<Plain>(3);
   vgg::Sgd sgd({.lr = 0.05f, .momentum = 0.9f}), reference_sgd({.lr = 0.05f, .momentum = 0.9f});
-  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  dist::DataParallel dp(*net, {}, small_buckets(mode));
   // 2 ranks + 1 sample: shards of 2 and 1; then 1 sample: rank 1's shard is empty.
   const std::size_t sizes[] = {std::size_t(2 * ranks + 1), 3, 1, std::size_t(ranks + 1)};
   std::uint64_t step = 0;
@@ -181,14 +256,17 @@ TEST_CASE("uneven shards and an empty shard weight each rank by its sample count
   CHECK(max_relative_difference(all_params(*net), all_params(*reference)) < 1e-5);
   CHECK(net->step() == reference->step());  // the dropout counters advanced on the empty shard too
   CHECK(dp.in_sync());
+  }
 }
 
 TEST_CASE("with dropout, ranks draw different masks and still hold bit-identical weights after every step") {
   const int ranks = world_size();
+  for (const dist::Overlap mode : kModes) {
+  CAPTURE(dist::to_string(mode));
   // Different initial weights per rank: the first step must take the root's.
   auto net = std::make_unique<WithDropout>(11 + std::uint64_t(world_rank()));
   vgg::Adam adam({.lr = 1e-2f});
-  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  dist::DataParallel dp(*net, {}, small_buckets(mode));
   const GlobalBatch same_input(4, 99);
   for (std::uint64_t step = 0; step < 4; ++step) {
     const GlobalBatch batch(4 * std::size_t(ranks), step);
@@ -214,6 +292,7 @@ TEST_CASE("with dropout, ranks draw different masks and still hold bit-identical
     dp.synchronize(adam);
     CHECK(dp.in_sync());
   }
+  }
 }
 
 TEST_CASE("ranks that disagree on settings or architecture are refused at start-up with a message") {
@@ -233,9 +312,11 @@ TEST_CASE("ranks that disagree on settings or architecture are refused at start-
 
 TEST_CASE("a bad shard on one rank stops every rank in the same step, each with a message") {
   if (world_size() < 2) return;
+  for (const dist::Overlap mode : kModes) {
+  CAPTURE(dist::to_string(mode));
   auto net = std::make_unique<Plain>(1);
   vgg::Adam adam({.lr = 1e-2f});
-  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  dist::DataParallel dp(*net, {}, small_buckets(mode));
   GlobalBatch batch(4 * std::size_t(world_size()), 7);
   const dist::Shard mine = dp.shard(batch.labels.size());
   dp.step(adam, batch.images(mine), batch.labels_of(mine));
@@ -251,7 +332,7 @@ TEST_CASE("a bad shard on one rank stops every rank in the same step, each with 
   // A rank whose first step has no samples has no gradient to contribute: every rank is told.
   auto fresh = std::make_unique<Plain>(1);
   vgg::Adam fresh_adam({.lr = 1e-2f});
-  dist::DataParallel first(*fresh, {}, kSmallBuckets);
+  dist::DataParallel first(*fresh, {}, small_buckets(mode));
   const GlobalBatch one(1, 8);
   const dist::Shard shard = first.shard(1);
   if (shard.size() == 0) {
@@ -260,12 +341,15 @@ TEST_CASE("a bad shard on one rank stops every rank in the same step, each with 
   } else {
     CHECK_THROWS_AS(first.step(fresh_adam, one.images(shard), one.labels_of(shard)), dist::Error);
   }
+  }
 }
 
 TEST_CASE("a NaN in the last rank's shard makes the global loss NaN, and no rank updates (as train_step)") {
+  for (const dist::Overlap mode : kModes) {
+  CAPTURE(dist::to_string(mode));
   auto net = std::make_unique<Plain>(2);
   vgg::Adam adam({.lr = 1e-2f});
-  dist::DataParallel dp(*net, {}, kSmallBuckets);
+  dist::DataParallel dp(*net, {}, small_buckets(mode));
   GlobalBatch batch(2 * std::size_t(world_size()), 9);
   const dist::Shard mine = dp.shard(batch.labels.size());
   dp.step(adam, batch.images(mine), batch.labels_of(mine));
@@ -277,6 +361,7 @@ TEST_CASE("a NaN in the last rank's shard makes the global loss NaN, and no rank
   CHECK(adam.steps() == 1);        // nobody updated
   CHECK(all_params(*net) == before);
   CHECK(dp.in_sync());
+  }
 }
 
 TEST_CASE("a checkpoint written by the root resumes on another number of ranks") {

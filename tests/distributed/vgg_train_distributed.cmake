@@ -3,6 +3,7 @@
 #   - 2 ranks train; the output is printed once and one checkpoint and one metrics log are written;
 #   - the checkpoint resumes on 1 rank, which continues after the saved epoch;
 #   - 1 rank of --distributed trains exactly as a plain run (byte-identical checkpoints);
+#   - 2 ranks train the same bytes with the gradient reduced during backward or after it;
 #   - ranks started on different data are refused, and write nothing.
 file(REMOVE_RECURSE "${WORK}")
 foreach(set data other)
@@ -84,6 +85,24 @@ execute_process(COMMAND "${CMAKE_COMMAND}" -E compare_files "${WORK}/plain.safet
                 RESULT_VARIABLE differ)
 if(NOT differ EQUAL 0)
   message(FATAL_ERROR "1 rank of --distributed trained other weights than a plain run")
+endif()
+
+# 3b. Two ranks reduce the gradient during backward (--overlap on) or after it (off): on 2 ranks each
+#     element's sum is one addition, so the checkpoints are the same bytes.
+foreach(mode on off)
+  run(overlap_${mode} "${MPIEXEC}" --oversubscribe -np 2 "${TRAIN}" ${common} --epochs 1 --overlap ${mode}
+      --save "${WORK}/overlap_${mode}.safetensors")
+  if(NOT overlap_${mode}_rc EQUAL 0 OR NOT overlap_${mode}_out MATCHES "2 ranks [^\n]*, gradient overlap ${mode}")
+    message(FATAL_ERROR "2 ranks with --overlap ${mode} failed (exit ${overlap_${mode}_rc}):\n${overlap_${mode}_out}")
+  endif()
+endforeach()
+if(NOT two_out MATCHES "gradient overlap off")  # auto: every rank on this host
+  message(FATAL_ERROR "--overlap auto did not turn overlap off on one host:\n${two_out}")
+endif()
+execute_process(COMMAND "${CMAKE_COMMAND}" -E compare_files "${WORK}/overlap_on.safetensors"
+                "${WORK}/overlap_off.safetensors" RESULT_VARIABLE differ)
+if(NOT differ EQUAL 0)
+  message(FATAL_ERROR "--overlap on and off trained other weights on 2 ranks")
 endif()
 
 # 4. Rank 1 reads other data (MPMD launch): refused at start-up, nothing written.

@@ -113,6 +113,11 @@ TEST_CASE("--distributed: its timeout, and the modes it cannot run in") {
   CHECK_USAGE(ARGS("--distributed", "--collective-timeout", "604801"), "--collective-timeout 604801 is out of range");
   CHECK_USAGE(ARGS("--distributed", "--collective-timeout", "-1"), "--collective-timeout -1 is out of range");
   CHECK_USAGE(ARGS("--collective-timeout", "10"), "--collective-timeout applies to --distributed runs only");
+  CHECK(o.overlap == "auto");
+  CHECK(parse({"--distributed", "--overlap", "on"}).overlap == "on");
+  CHECK(parse({"--distributed", "--overlap", "off"}).overlap == "off");
+  CHECK_USAGE(ARGS("--distributed", "--overlap", "yes"), "--overlap must be on, off or auto, found 'yes'");
+  CHECK_USAGE(ARGS("--overlap", "on"), "--overlap applies to --distributed runs only");
   CHECK_USAGE(ARGS("--distributed", "--device", "cuda"), "--distributed runs on the CPU only");
   CHECK_USAGE(ARGS("--distributed", "--evaluate", "w.safetensors"), "drop --distributed");
   CHECK_USAGE(ARGS("--distributed", "--distributed"), "--distributed is given twice");
