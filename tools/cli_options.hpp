@@ -28,7 +28,22 @@ struct UsageError : std::runtime_error {
 };
 
 inline constexpr int kResizes[] = {224, 96, 64, 32};
-inline constexpr int kWidthDivisors[] = {1, 2, 4, 8};
+/// 32 is for the torchvision models' small configuration alone (below).
+inline constexpr int kWidthDivisors[] = {1, 2, 4, 8, 32};
+/// --model: the chapter's 1-channel VGG-11, or a torchvision VGG (torchvision's layout and
+/// state_dict names, 3 input channels) with 10 classes.
+inline constexpr std::string_view kModels[] = {"chapter", "tv-vgg11", "tv-vgg11_bn", "tv-vgg16", "tv-vgg16_bn"};
+/// The (--resize, --width-divisor) pairs a torchvision model is compiled for: torchvision's own
+/// size, and a small one for tests (its 1x1 features are repeated to 7x7 by the average pool),
+/// compiled for the CPU only. Each pair costs a full training loop's compile time.
+struct TorchvisionSize {
+  int resize, width_divisor;
+};
+inline constexpr TorchvisionSize kTorchvisionSizes[] = {{224, 1}, {32, 32}};
+inline constexpr const char* kTorchvisionSizesText =
+    "--resize 224 --width-divisor 1 (torchvision's size) or --resize 32 --width-divisor 32 (a small test "
+    "configuration, CPU only)";
+inline bool is_torchvision_model(std::string_view model) { return model.starts_with("tv-"); }
 /// Each thread owns per-thread workspaces and libgomp refuses to start many hundreds of threads,
 /// so --threads is capped: 256 covers the largest common machines (2 x 128 hardware threads);
 /// more threads than cores only add contention.
@@ -45,7 +60,8 @@ struct Options {
   float lr = 1e-3f;
   std::string optimizer = "adam";
   int resize = 224;
-  int width_divisor = 8;
+  int width_divisor = 8;          ///< default 8 for the chapter's net, 1 for a torchvision model
+  std::string model = "chapter";  ///< chapter | tv-vgg11 | tv-vgg11_bn | tv-vgg16 | tv-vgg16_bn
   int threads = 0;  ///< 0: OpenMP's default (all cores)
   std::string device = "cpu";  ///< cpu | cuda | auto (the GPU when one is usable, else the CPU)
   std::uint64_t seed = 1;
@@ -67,16 +83,25 @@ struct Options {
 inline const char* const kHelp = R"(Usage: vgg-train [options]
 
 Trains the D2L chapter's VGG-11 (every width divided by --width-divisor) on Fashion-MNIST resized to
---resize x --resize, or evaluates a saved checkpoint on the test set.
+--resize x --resize, or evaluates a saved checkpoint on the test set. --model picks a torchvision VGG
+instead, to fine-tune pretrained weights (--init-from).
 
 Options:
+  --model NAME           chapter | tv-vgg11 | tv-vgg11_bn | tv-vgg16 | tv-vgg16_bn (default chapter).
+                         chapter: the D2L chapter's VGG-11, 1 input channel. tv-*: torchvision's
+                         vgg11 ... vgg16_bn (its layout and state_dict names, so a converted
+                         torchvision checkpoint loads) with 10 classes; the grey images are copied
+                         into 3 channels and normalised with ImageNet's mean (0.485, 0.456, 0.406)
+                         and std (0.229, 0.224, 0.225), as a pretrained torchvision net expects.
+                         tv-* runs at --resize 224 --width-divisor 1 (their default), or at
+                         --resize 32 --width-divisor 32 (a small test configuration, CPU only)
   --data DIR             IDX files (default data/fashion-mnist; fetch with scripts/fetch_data.sh)
   --epochs N             epochs to train in total, 1 to 2147483647 (default 5)
   --batch-size N         mini-batch size, at least 1 (default 64; at most the data set is used)
   --lr X                 learning rate, a positive float (default 1e-3)
   --optimizer NAME       adam | sgd (SGD uses momentum 0.9) (default adam)
   --resize S             input size: 224, 96, 64 or 32 (default 224)
-  --width-divisor D      1, 2, 4 or 8 (default 8, the chapter's small net)
+  --width-divisor D      1, 2, 4 or 8 (default 8, the chapter's small net); tv-*: 1 (default) or 32
   --threads N            compute threads, 1 to 256; 0: all cores (default 0)
   --device NAME          cpu | cuda | auto (auto: the GPU when one is usable, else the CPU) (default cpu)
   --precision P          fp32 | bf16 (default fp32). bf16 is mixed precision: the convolution and
@@ -86,7 +111,7 @@ Options:
                          first line says which kernels run
   --seed N               seed for initialisation, shuffling and dropout, 0 to 2^64-1 (default 1)
   --save PATH            checkpoint written atomically after every epoch
-                         (default runs/vgg11_w<D>_<S>.safetensors)
+                         (default runs/vgg11_w<D>_<S>.safetensors; tv-*: runs/<model>_w<D>_<S>.safetensors)
   --resume               continue from the checkpoint at --save
   --overwrite            let a fresh run (no --resume) replace an existing checkpoint at --save
   --limit N              train on the first N training images only (smoke runs; 0: all)
@@ -94,8 +119,12 @@ Options:
   --evaluate PATH        load the weights at PATH and report test accuracy; no training
   --init-from PATH       fine-tuning: start a fresh run from the weights at PATH (matched by tensor
                          name and shape); a last layer with another class count is re-initialised
+                         (a torchvision checkpoint's 1000-class classifier.6 becomes 10 classes).
+                         With a tv-* model, PATH may be torchvision's .pth converted by
+                         tools/torch_to_safetensors.py
   --freeze-features      fine-tuning: the conv blocks get no updates (no conv backward is computed);
-                         only the classifier trains. Saved in the checkpoint: --resume must match
+                         only the classifier trains. Saved in the checkpoint, like --model: --resume
+                         must match
   --distributed          data-parallel training over the ranks of mpirun (MPI builds, --device cpu);
                          --batch-size is the global batch, split over the ranks; rank 0 alone
                          prints, logs and saves
@@ -198,7 +227,7 @@ inline Options parse_args(std::span<const std::string_view> args) {
                                                   "--resize", "--width-divisor", "--threads", "--seed", "--save",
                                                   "--resume", "--overwrite", "--limit", "--log", "--evaluate",
                                                   "--device", "--distributed", "--collective-timeout", "--overlap",
-                                                  "--precision", "--init-from", "--freeze-features"};
+                                                  "--precision", "--init-from", "--freeze-features", "--model"};
     if (std::find(std::begin(known), std::end(known), flag) == std::end(known))
       throw UsageError("unknown option " + quote(flag) + " (see --help)");
     // The last of two values silently winning hides typos in long command lines and scripts.
@@ -213,7 +242,7 @@ inline Options parse_args(std::span<const std::string_view> args) {
       if (o.optimizer != "adam" && o.optimizer != "sgd")
         throw UsageError("--optimizer must be adam or sgd, found " + quote(o.optimizer));
     } else if (flag == "--resize") o.resize = parse_choice(flag, value(), kResizes, "224, 96, 64 or 32");
-    else if (flag == "--width-divisor") o.width_divisor = parse_choice(flag, value(), kWidthDivisors, "1, 2, 4 or 8");
+    else if (flag == "--width-divisor") o.width_divisor = parse_choice(flag, value(), kWidthDivisors, "1, 2, 4, 8 or 32");
     else if (flag == "--threads") o.threads = parse_integer<int>(flag, value(), 0, kMaxThreads);
     else if (flag == "--seed") o.seed = parse_integer<std::uint64_t>(flag, value(), 0, UINT64_MAX);
     else if (flag == "--save") o.save = path();
@@ -239,6 +268,25 @@ inline Options parse_args(std::span<const std::string_view> args) {
         throw UsageError("--overlap must be on, off or auto, found " + quote(o.overlap));
     } else if (flag == "--init-from") o.init_from = path();
     else if (flag == "--freeze-features") o.freeze_features = true;
+    else if (flag == "--model") {
+      o.model = std::string(value());
+      if (std::find(std::begin(kModels), std::end(kModels), o.model) == std::end(kModels))
+        throw UsageError("--model must be chapter, tv-vgg11, tv-vgg11_bn, tv-vgg16 or tv-vgg16_bn, found " +
+                         quote(o.model));
+    }
+  }
+  const bool torchvision = is_torchvision_model(o.model);
+  if (torchvision && !seen.count("--width-divisor")) o.width_divisor = 1;  // torchvision's widths
+  if (torchvision) {
+    const bool compiled = std::any_of(std::begin(kTorchvisionSizes), std::end(kTorchvisionSizes), [&](auto s) {
+      return s.resize == o.resize && s.width_divisor == o.width_divisor;
+    });
+    if (!compiled)
+      throw UsageError("--model " + o.model + " is not instantiated at --resize " + std::to_string(o.resize) +
+                       " --width-divisor " + std::to_string(o.width_divisor) + "; choose " + kTorchvisionSizesText);
+  } else if (o.width_divisor == 32) {
+    throw UsageError("--width-divisor 32 is instantiated for the torchvision models (--model tv-...) only; the "
+                     "chapter's net takes 1, 2, 4 or 8");
   }
   if (!o.init_from.empty() && o.resume)
     throw UsageError("--init-from and --resume contradict: --init-from starts a fresh run from other weights; "
@@ -266,8 +314,9 @@ inline Options parse_args(std::span<const std::string_view> args) {
     throw UsageError("--resume and --overwrite contradict: --resume continues the checkpoint that --overwrite "
                      "would replace");
   if (o.save.empty())
-    o.save = std::filesystem::path("runs") /
-             ("vgg11_w" + std::to_string(o.width_divisor) + "_" + std::to_string(o.resize) + ".safetensors");
+    o.save = std::filesystem::path("runs") / ((torchvision ? o.model : std::string("vgg11")) + "_w" +
+                                              std::to_string(o.width_divisor) + "_" + std::to_string(o.resize) +
+                                              ".safetensors");
   if (o.log.empty()) o.log = std::filesystem::path(o.save.string() + ".metrics.jsonl");
   return o;
 }
@@ -281,7 +330,8 @@ inline std::map<std::string, std::string> run_settings(const Options& o) {
           {"lr", lr},                               {"optimizer", o.optimizer},
           {"resize", std::to_string(o.resize)},     {"width_divisor", std::to_string(o.width_divisor)},
           {"limit", std::to_string(o.limit)},       {"precision", o.precision},
-          {"freeze_features", o.freeze_features ? "true" : "false"}};
+          {"freeze_features", o.freeze_features ? "true" : "false"},
+          {"model", o.model}};
 }
 
 /// requires: nothing. ensures: whether a setting stored in a checkpoint equals this run's. lr

@@ -1,10 +1,12 @@
-// vgg-train: trains the D2L chapter's VGG-11 on Fashion-MNIST (or evaluates a checkpoint).
+// vgg-train: trains the D2L chapter's VGG-11 on Fashion-MNIST (or evaluates a checkpoint); --model
+// tv-vgg11 ... tv-vgg16_bn trains a torchvision-layout VGG instead (fine-tuning pretrained weights).
 //
 //   vgg-train                                   # the chapter's recipe: width / 8, 224x224, batch 64, Adam 1e-3, 5 epochs
 //   vgg-train --resize 64 --epochs 1            # a quick variant
 //   vgg-train --resume                          # continue from the checkpoint given by --save
 //   vgg-train --evaluate runs/vgg11_w8_224.safetensors
 //   vgg-train --init-from base.safetensors --freeze-features --save tuned.safetensors   # fine-tuning
+//   vgg-train --model tv-vgg16 --init-from vgg16.safetensors --freeze-features   # torchvision's weights
 //   mpirun -np 2 vgg-train --distributed --threads 1   # data-parallel over 2 processes (MPI builds)
 //
 // The flags are parsed in cli_options.hpp (unit-tested and fuzzed on their own).
@@ -233,6 +235,31 @@ std::size_t effective_batch(const Options& o, std::size_t samples, const char* w
   return batch;
 }
 
+/// The batcher's input for Net: the chapter's net takes the grey image as it is; a torchvision-layout
+/// net takes 3 channels normalised with ImageNet's mean and std, which its pretrained weights expect.
+template <class Net>
+vgg::data::BatcherOptions input_options(vgg::data::BatcherOptions options) {
+  options.channels = Net::input_shape.c;
+  if constexpr (Net::torchvision_layout) {
+    static_assert(Net::input_shape.c == 3, "vgg-train: a torchvision-layout net takes 3 input channels (RGB).");
+    options.normalize = true;
+    options.mean = vgg::data::kImageNetMean;
+    options.std_dev = vgg::data::kImageNetStd;
+  }
+  return options;
+}
+
+/// --resume with another --model is a usage mistake; said before the weights are read (which would
+/// fail on the first tensor). Checkpoints written before --model existed hold the chapter's net.
+void require_same_model(const Options& o) {
+  const auto metadata = vgg::io::load_safetensors(o.save).metadata();
+  const auto it = metadata.find("model");
+  const std::string stored = it == metadata.end() ? "chapter" : it->second;
+  if (stored != o.model)
+    throw UsageError("--resume: the checkpoint '" + o.save.string() + "' was trained with model = " + stored +
+                     ", but this run has model = " + o.model + "; use the same --model");
+}
+
 #if VGG_TRAIN_DISTRIBUTED
 /// Collective: the data-parallel group of every rank, refused (vgg::distributed::Error) unless all
 /// ranks run this executable with the same settings on the same data.
@@ -295,6 +322,7 @@ int train(const Options& o, Optimizer optimizer) {
 #endif
   std::int64_t first_epoch = 0;
   if (o.resume && root) {
+    require_same_model(o);
     const auto state = vgg::io::load_training_checkpoint(o.save, *net, optimizer);
     for (const auto& [key, value] : vgg_train::run_settings(o)) {
       const auto it = state.metadata.find(key);
@@ -358,10 +386,12 @@ int train(const Options& o, Optimizer optimizer) {
 
   // Each rank prepares only its own part of every global batch.
   const auto part = std::size_t(place.rank), parts = std::size_t(place.ranks);
-  vgg::data::Batcher train_batches(train_set, {.batch_size = train_batch, .output_size = o.resize, .seed = o.seed,
-                                               .shuffle = true, .limit = o.limit, .part = part, .parts = parts});
-  vgg::data::Batcher test_batches(test_set, {.batch_size = test_batch, .output_size = o.resize, .seed = 0,
-                                             .shuffle = false, .part = part, .parts = parts});
+  vgg::data::Batcher train_batches(train_set,
+                                   input_options<Net>({.batch_size = train_batch, .output_size = o.resize, .seed = o.seed,
+                                                       .shuffle = true, .limit = o.limit, .part = part, .parts = parts}));
+  vgg::data::Batcher test_batches(test_set, input_options<Net>({.batch_size = test_batch, .output_size = o.resize,
+                                                                .seed = 0, .shuffle = false, .part = part,
+                                                                .parts = parts}));
   if (root) {
     std::cout << "training " << Net::architecture() << " (" << Net::num_params << " parameters) on "
               << train_batches.samples_per_epoch() << " images, batch " << train_batch << ", " << o.optimizer << " lr "
@@ -462,8 +492,8 @@ int evaluate_checkpoint(const Options& o) {
   if (o.threads > 0) net->set_threads(o.threads);
   std::cout << apply_precision(o, *net) << std::endl;
   vgg::io::load_weights(o.evaluate, *net);
-  vgg::data::Batcher batches(test_set, {.batch_size = effective_batch(o, test_set.size(), "test images"),
-                                        .output_size = o.resize, .shuffle = false});
+  vgg::data::Batcher batches(test_set, input_options<Net>({.batch_size = effective_batch(o, test_set.size(), "test images"),
+                                                           .output_size = o.resize, .shuffle = false}));
   std::size_t count = 0;
   const auto r = evaluate(*net, batches, count);
   if (!std::isfinite(r.loss))
@@ -473,12 +503,36 @@ int evaluate_checkpoint(const Options& o) {
   return 0;
 }
 
-template <int S, int D, class B>
-int run(const Options& o) {
-  using Net = typename vgg::vgg11<vgg::Input<1, S, S>, 10, D>::template on<B>;
+template <class Net, class B>
+int run_net(const Options& o) {
   if (!o.evaluate.empty()) return evaluate_checkpoint<Net>(o);
   if (o.optimizer == "sgd") return train<Net>(o, vgg::Sgd<B>({.lr = o.lr, .momentum = 0.9f}));
   return train<Net>(o, vgg::Adam<B>({.lr = o.lr}));
+}
+
+template <int S, int D, class B>
+int run(const Options& o) {
+  return run_net<typename vgg::vgg11<vgg::Input<1, S, S>, 10, D>::template on<B>, B>(o);
+}
+
+/// --model tv-*: torchvision's layout with 10 classes, at the (--resize, --width-divisor) pairs of
+/// vgg_train::kTorchvisionSizes only (parse_args refuses the others): every pair is a full training
+/// loop to compile.
+template <template <int, int, class> class Model, class B>
+int run_torchvision(const Options& o) {
+  if (o.resize == 224 && o.width_divisor == 1)
+    return run_net<typename Model<10, 1, vgg::Input<3, 224, 224>>::template on<B>, B>(o);
+  if (o.resize == 32 && o.width_divisor == 32) {
+    // A test configuration: the device unit leaves it out, since every net is a full training loop
+    // to compile there too.
+    if constexpr (B::host_memory) return run_net<typename Model<10, 32, vgg::Input<3, 32, 32>>::template on<B>, B>(o);
+    throw UsageError("--model " + o.model + " at --resize 32 --width-divisor 32 (a test configuration) is built "
+                     "for the CPU only, not for the " + B::name() + " backend: use --device cpu, or --resize 224 "
+                     "--width-divisor 1");
+  }
+  throw UsageError("--model " + o.model + " is not instantiated at --resize " + std::to_string(o.resize) +
+                   " --width-divisor " + std::to_string(o.width_divisor) + "; choose " +
+                   vgg_train::kTorchvisionSizesText);
 }
 
 template <int S, class B>
@@ -493,6 +547,11 @@ int dispatch_width(const Options& o) {
 
 template <class B>
 int dispatch(const Options& o) {
+  namespace tv = vgg::torchvision;
+  if (o.model == "tv-vgg11") return run_torchvision<tv::vgg11, B>(o);
+  if (o.model == "tv-vgg11_bn") return run_torchvision<tv::vgg11_bn, B>(o);
+  if (o.model == "tv-vgg16") return run_torchvision<tv::vgg16, B>(o);
+  if (o.model == "tv-vgg16_bn") return run_torchvision<tv::vgg16_bn, B>(o);
   switch (o.resize) {
     case 224: return dispatch_width<224, B>(o);
     case 96: return dispatch_width<96, B>(o);

@@ -269,3 +269,39 @@ TEST_CASE("invalid options and datasets are rejected") {
   const Dataset empty = synthetic_dataset(0);
   CHECK_THROWS_AS(Batcher(empty, {}), std::invalid_argument);
 }
+
+TEST_CASE("channels: the grey image is copied into each channel and normalised per channel") {
+  const Dataset data = synthetic_dataset(9);
+  constexpr std::size_t pixels = 6 * 6;
+  Batcher grey(data, {.batch_size = 4, .output_size = 6, .shuffle = false});
+  Batcher rgb(data, {.batch_size = 4, .output_size = 6, .shuffle = false, .channels = 3, .normalize = true,
+                     .mean = kImageNetMean, .std_dev = kImageNetStd});
+  Batcher copied(data, {.batch_size = 4, .output_size = 6, .shuffle = false, .channels = 3});
+  grey.start_epoch(0);
+  rgb.start_epoch(0);
+  copied.start_epoch(0);
+  std::size_t samples = 0;
+  while (auto g = grey.next()) {
+    const auto c = rgb.next();
+    const auto p = copied.next();
+    REQUIRE(c.has_value());
+    REQUIRE(p.has_value());
+    REQUIRE(c->size == g->size);
+    REQUIRE(c->images.size() == 3 * g->images.size());
+    for (std::size_t k = 0; k < g->size; ++k)
+      for (std::size_t ch = 0; ch < 3; ++ch)
+        for (std::size_t i = 0; i < pixels; ++i) {
+          const float x = g->images[k * pixels + i];
+          const std::size_t at = (k * 3 + ch) * pixels + i;
+          CHECK(p->images[at] == x);
+          CHECK(c->images[at] == doctest::Approx((x - kImageNetMean[ch]) / kImageNetStd[ch]).epsilon(1e-6));
+        }
+    samples += g->size;
+  }
+  CHECK(samples == 9);
+  CHECK_FALSE(rgb.next().has_value());
+  CHECK_THROWS_AS(Batcher(data, {.batch_size = 4, .output_size = 6, .channels = 4}), std::invalid_argument);
+  CHECK_THROWS_AS(Batcher(data, {.batch_size = 4, .output_size = 6, .channels = 3, .normalize = true,
+                                 .std_dev = {1.0f, 0.0f, 1.0f}}),
+                  std::invalid_argument);
+}

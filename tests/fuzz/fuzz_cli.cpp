@@ -37,6 +37,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     require(o.precision == "fp32" || o.precision == "bf16");
     require(!o.save.empty() && !o.log.empty() && !o.data.empty());
     require(!(o.resume && !o.evaluate.empty()));
+    // Only the sizes vgg-train dispatches: a tv-* model at its instantiated pairs, the chapter's
+    // net at widths 1 to 8 (its dispatch maps anything else to 8).
+    require(std::find(std::begin(vgg_train::kModels), std::end(vgg_train::kModels), o.model) !=
+            std::end(vgg_train::kModels));
+    if (vgg_train::is_torchvision_model(o.model))
+      require(std::any_of(std::begin(vgg_train::kTorchvisionSizes), std::end(vgg_train::kTorchvisionSizes),
+                          [&](auto s) { return s.resize == o.resize && s.width_divisor == o.width_divisor; }));
+    else
+      require(o.width_divisor >= 1 && o.width_divisor <= 8);
     require(o.collective_timeout >= 0 && o.collective_timeout <= vgg_train::kMaxCollectiveTimeout);
     require(!(o.distributed && (o.device == "cuda" || !o.evaluate.empty())));
     // The stored settings must read back as equal to themselves (the resume check).

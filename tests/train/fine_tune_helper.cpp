@@ -2,6 +2,11 @@
 // fixed at 10 (Fashion-MNIST), so the checkpoints it cannot write come from here:
 //   fine_tune_helper write OUT CLASSES WIDTH_DIVISOR   weights of vgg11<Input<1,32,32>, CLASSES, D>
 //                                                     (CLASSES 5 or 10, D 4 or 8), seed 7
+//   fine_tune_helper write-tv OUT MODEL CLASSES       torchvision-layout weights of MODEL (vgg11 or vgg16)
+//                                                     <CLASSES, 32, Input<3,32,32>> (CLASSES 10 or 1000),
+//                                                     seed 7, as tools/torch_to_safetensors.py writes
+//                                                     them: torchvision's names, no vgg metadata
+//   fine_tune_helper shape FILE NAME                  the shape of tensor NAME, e.g. "[10,128]"
 //   fine_tune_helper compare A B                      one line per float tensor of A:
 //                                                     "same NAME" or "differs NAME" (bitwise)
 #include <vgg/io/checkpoint.hpp>
@@ -11,6 +16,7 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -19,6 +25,17 @@ template <int Classes, int D>
 void write(const char* path) {
   auto net = std::make_unique<vgg::vgg11<vgg::Input<1, 32, 32>, Classes, D>>(7);
   vgg::io::save_weights(path, *net);
+}
+// Written as a converted torchvision checkpoint is: its tensors under their state_dict names, with
+// PyTorch's metadata only (vgg-train must not rely on vgg's architecture metadata there).
+template <template <int, int, class> class Model, int Classes>
+void write_tv(const char* path) {
+  auto net = std::make_unique<Model<Classes, 32, vgg::Input<3, 32, 32>>>(7);
+  std::vector<vgg::io::TensorRecord> records;
+  net->for_each_parameter([&](const vgg::ParameterView& p) {
+    records.push_back(vgg::io::tensor_record(p.name, p.shape, p.value));  // a view: the net outlives the save
+  });
+  vgg::io::save_safetensors(path, std::span<const vgg::io::TensorRecord>(records), {{"format", "pt"}});
 }
 }  // namespace
 
@@ -31,6 +48,19 @@ int main(int argc, char** argv) {
       else if (classes == "10" && width == "4") write<10, 4>(argv[2]);
       else if (classes == "10" && width == "8") write<10, 8>(argv[2]);
       else throw std::invalid_argument("unsupported CLASSES/WIDTH_DIVISOR " + classes + "/" + width);
+      return 0;
+    }
+    if (mode == "write-tv" && argc == 5) {
+      namespace tv = vgg::torchvision;
+      const std::string model = argv[3], classes = argv[4];
+      if (model == "vgg16" && classes == "1000") write_tv<tv::vgg16, 1000>(argv[2]);
+      else if (model == "vgg11" && classes == "1000") write_tv<tv::vgg11, 1000>(argv[2]);
+      else if (model == "vgg16" && classes == "10") write_tv<tv::vgg16, 10>(argv[2]);
+      else throw std::invalid_argument("unsupported MODEL/CLASSES " + model + "/" + classes);
+      return 0;
+    }
+    if (mode == "shape" && argc == 4) {
+      std::printf("%s\n", vgg::io::shape_to_string(vgg::io::load_safetensors(argv[2]).info(argv[3]).shape).c_str());
       return 0;
     }
     if (mode == "compare" && argc == 4) {
@@ -48,7 +78,8 @@ int main(int argc, char** argv) {
       }
       return 0;
     }
-    std::fprintf(stderr, "usage: fine_tune_helper write OUT CLASSES WIDTH_DIVISOR | compare A B\n");
+    std::fprintf(stderr, "usage: fine_tune_helper write OUT CLASSES WIDTH_DIVISOR | write-tv OUT MODEL CLASSES | "
+                         "compare A B\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fine_tune_helper: %s\n", e.what());

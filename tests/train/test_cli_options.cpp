@@ -178,3 +178,26 @@ TEST_CASE("fine-tuning flags: --init-from and --freeze-features, their contradic
   CHECK(vgg_train::run_settings(o).at("freeze_features") == "true");
   CHECK(vgg_train::run_settings(parse({})).at("freeze_features") == "false");
 }
+
+TEST_CASE("--model: the chapter's net by default, torchvision's at the instantiated sizes only") {
+  CHECK(parse({}).model == "chapter");
+  CHECK(vgg_train::run_settings(parse({})).at("model") == "chapter");
+  const auto tv = parse({"--model", "tv-vgg16"});
+  CHECK(tv.model == "tv-vgg16");
+  CHECK(tv.width_divisor == 1);  // torchvision's widths unless asked otherwise
+  CHECK(tv.resize == 224);
+  CHECK(tv.save == "runs/tv-vgg16_w1_224.safetensors");
+  CHECK(vgg_train::run_settings(tv).at("model") == "tv-vgg16");
+  const auto small = parse({"--model", "tv-vgg11_bn", "--resize", "32", "--width-divisor", "32"});
+  CHECK(small.width_divisor == 32);
+  CHECK(small.save == "runs/tv-vgg11_bn_w32_32.safetensors");
+  for (const char* model : {"tv-vgg11", "tv-vgg16_bn", "chapter"}) CHECK(parse({"--model", model}).model == model);
+  CHECK_USAGE(ARGS("--model", "vgg16"), "--model must be chapter, tv-vgg11, tv-vgg11_bn, tv-vgg16 or tv-vgg16_bn, found 'vgg16'");
+  CHECK_USAGE(ARGS("--model", "tv-vgg16", "--resize", "64"),
+              "--model tv-vgg16 is not instantiated at --resize 64 --width-divisor 1; choose --resize 224 "
+              "--width-divisor 1");
+  CHECK_USAGE(ARGS("--model", "tv-vgg16", "--width-divisor", "8"), "not instantiated at --resize 224 --width-divisor 8");
+  CHECK_USAGE(ARGS("--model", "tv-vgg16", "--resize", "32"), "or --resize 32 --width-divisor 32");
+  CHECK_USAGE(ARGS("--width-divisor", "32"), "--width-divisor 32 is instantiated for the torchvision models");
+  CHECK_USAGE(ARGS("--model", "chapter", "--model", "tv-vgg11"), "--model is given twice");
+}

@@ -11,11 +11,13 @@
 // splitmix64_finalize(seed ^ splitmix64_finalize(epoch)).
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <cmath>
 #include <functional>
 #include <mutex>
 #include <numeric>
@@ -57,14 +59,27 @@ struct BatcherOptions {
   // the first (size % parts) one larger: vgg::distributed::shard_range's split. The order and the
   // batch boundaries stay those of the whole batches (batch_size is the global batch).
   std::size_t part = 0, parts = 1;
+  // Channels of every output image: the grey image is copied into each (torchvision's pretrained
+  // nets take 3), after `transform`. 1 to kMaxChannels.
+  int channels = 1;
+  // Per-channel normalisation after the copy, x -> (x - mean[c]) / std_dev[c] (ImageNet's for a
+  // pretrained torchvision net: kImageNetMean, kImageNetStd). Off when `normalize` is false.
+  bool normalize = false;
+  std::array<float, 3> mean{0.0f, 0.0f, 0.0f};
+  std::array<float, 3> std_dev{1.0f, 1.0f, 1.0f};
 };
+
+inline constexpr int kMaxChannels = 3;
+/// torchvision's ImageNet normalisation (what its pretrained VGG weights were trained with).
+inline constexpr std::array<float, 3> kImageNetMean{0.485f, 0.456f, 0.406f};
+inline constexpr std::array<float, 3> kImageNetStd{0.229f, 0.224f, 0.225f};
 
 /// One mini-batch, valid until the next call to Batcher::next() / start_epoch() or destruction.
 struct Batch {
   std::size_t number = 0;                 // position of this batch within the epoch
   std::size_t size = 0;                   // samples in it (in this part); the last batch of an epoch may be short
   int image_size = 0;                     // S
-  std::span<float> images;                // NCHW [size, 1, S, S]
+  std::span<float> images;                // NCHW [size, channels, S, S]
   std::span<const std::int32_t> labels;   // [size]
   std::span<const std::size_t> indices;   // [size] positions in the Dataset, for debugging/tests
 };
@@ -77,10 +92,11 @@ struct Batch {
 class Batcher {
  public:
   /// requires: `data` outlives the Batcher and is not modified meanwhile; batch_size > 0;
-  /// output_size > 0; part < parts; data.images.count == data.size() > 0 (std::invalid_argument
-  /// otherwise).
+  /// output_size > 0; part < parts; 1 <= channels <= kMaxChannels; with normalize, every std_dev
+  /// of the first `channels` positive and finite and every mean finite; data.images.count ==
+  /// data.size() > 0 (std::invalid_argument otherwise).
   /// ensures: no epoch is active (next() returns nothing until start_epoch); buffers for two
-  /// batches of batch_size x 1 x S x S floats are allocated; the worker thread is running.
+  /// batches of batch_size x channels x S x S floats are allocated; the worker thread is running.
   Batcher(const Dataset& data, BatcherOptions options)
       : data_(data),
         options_(std::move(options)),
@@ -93,11 +109,19 @@ class Batcher {
         data.images.pixels.size() != data.images.count * data.images.pixels_per_image())
       throw std::invalid_argument("Batcher: dataset images and labels disagree in count");
     if (data.size() == 0) throw std::invalid_argument("Batcher: dataset is empty");
+    if (options_.channels < 1 || options_.channels > kMaxChannels)
+      throw std::invalid_argument("Batcher: channels must be 1 to " + std::to_string(kMaxChannels) + ", found " +
+                                  std::to_string(options_.channels));
+    for (std::size_t c = 0; options_.normalize && c < std::size_t(options_.channels); ++c)
+      if (!(std::isfinite(options_.mean[c]) && std::isfinite(options_.std_dev[c]) && options_.std_dev[c] > 0.0f))
+        throw std::invalid_argument("Batcher: channel " + std::to_string(c) + " normalisation needs a finite mean "
+                                    "and a positive, finite std_dev, found mean " + std::to_string(options_.mean[c]) +
+                                    " and std_dev " + std::to_string(options_.std_dev[c]));
     samples_ = options_.limit == 0 ? data.size() : std::min(options_.limit, data.size());
     order_.reserve(samples_);
     const std::size_t largest_part = (options_.batch_size + options_.parts - 1) / options_.parts;
     for (Slot& slot : slots_) {
-      slot.images.resize(largest_part * resizer_.out_pixels());
+      slot.images.resize(largest_part * image_values());
       slot.labels.resize(largest_part);
       slot.indices.resize(largest_part);
     }
@@ -168,11 +192,11 @@ class Batcher {
     slot.state = SlotState::held;
     held_slot_ = slot_index;
     ++next_to_deliver_;
-    const std::size_t pixels = slot.size * resizer_.out_pixels();
+    const std::size_t values = slot.size * image_values();
     return Batch{slot.number,
                  slot.size,
                  options_.output_size,
-                 std::span<float>(slot.images.data(), pixels),
+                 std::span<float>(slot.images.data(), values),
                  std::span<const std::int32_t>(slot.labels.data(), slot.size),
                  std::span<const std::size_t>(slot.indices.data(), slot.size)};
   }
@@ -186,6 +210,26 @@ class Batcher {
     std::vector<std::int32_t> labels;
     std::vector<std::size_t> indices;
   };
+
+  /// Floats per output image: channels x S x S.
+  std::size_t image_values() const { return std::size_t(options_.channels) * resizer_.out_pixels(); }
+
+  /// The first plane of `image` (resized, transformed) copied into every channel and normalised
+  /// in place: the planes after the first are written from it before it is changed itself.
+  void expand_channels(std::span<float> image) const {
+    const std::size_t pixels = resizer_.out_pixels();
+    const float* grey = image.data();
+    for (int c = options_.channels - 1; c >= 0; --c) {
+      float* plane = image.data() + std::size_t(c) * pixels;
+      if (!options_.normalize) {
+        if (c > 0) std::copy_n(grey, pixels, plane);
+        continue;
+      }
+      // Multiplying by the reciprocal differs from torchvision's division by an ulp at most.
+      const float mean = options_.mean[std::size_t(c)], scale = 1.0f / options_.std_dev[std::size_t(c)];
+      for (std::size_t p = 0; p < pixels; ++p) plane[p] = (grey[p] - mean) * scale;
+    }
+  }
 
   void rethrow_worker_error(std::unique_lock<std::mutex>&) {
     if (!error_) return;
@@ -228,13 +272,14 @@ class Batcher {
     const std::size_t base = whole / options_.parts, extra = whole % options_.parts;
     const std::size_t first = number * options_.batch_size + options_.part * base + std::min(options_.part, extra);
     const std::size_t size = base + (options_.part < extra ? 1 : 0);
-    const std::size_t pixels = resizer_.out_pixels();
+    const std::size_t pixels = resizer_.out_pixels(), values = image_values();
     for (std::size_t k = 0; k < size; ++k) {
       if (abandon_.load(std::memory_order_relaxed)) return;  // the destructor does not wait for a full batch
       const std::size_t index = order_[first + k];
-      std::span<float> out(slot.images.data() + k * pixels, pixels);
+      std::span<float> out(slot.images.data() + k * values, pixels);
       resizer_(data_.images.image(index), out);
       if (options_.transform) options_.transform(out, index);
+      if (options_.channels > 1 || options_.normalize) expand_channels({slot.images.data() + k * values, values});
       slot.labels[k] = data_.labels[index];
       slot.indices[k] = index;
     }

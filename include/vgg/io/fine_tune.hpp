@@ -69,13 +69,25 @@ FineTuneResult load_for_fine_tuning(const std::filesystem::path& path, Net& net,
   const Param& last_bias = params.back();
   result.last_layer = last_weight.name.substr(0, last_weight.name.rfind('.'));
 
-  // Names and shapes first, the last layer's class count apart.
+  // Names and shapes first, the last layer's class count apart. A file that names its architecture
+  // (vgg's own checkpoints) says which, so another net's file is recognised as such.
+  // A PyTorch export has no such metadata: its tensor count hints at another depth instead.
+  const auto architecture = file.metadata().find(kArchitectureKey);
+  std::size_t net_tensors = params.size();
+  net.for_each_state([&](const StateView&) { ++net_tensors; });
+  net.for_each_counter([&](const CounterView&) { ++net_tensors; });
+  const std::string held = architecture != file.metadata().end()
+                               ? "; the file holds the network '" + architecture->second + "', this one is '" +
+                                     Net::architecture() + "'"
+                               : "; the file holds " + std::to_string(file.names().size()) + " tensors, this network " +
+                                     std::to_string(net_tensors);
   bool last_differs = false;
   for (const Param& p : params) {
     if (!file.contains(p.name))
       throw CheckpointError("checkpoint " + detail::quoted(path) + " cannot be fine-tuned from: it has no tensor '" +
                             p.name + "' (expected shape " + shape_to_string(p.shape) +
-                            "); tensors are matched by vgg's state_dict names (docs/CHECKPOINTS.md)");
+                            ", found none); tensors are matched by vgg's state_dict names (docs/CHECKPOINTS.md)" +
+                            held);
     const TensorInfo& found = file.info(p.name);
     if (found.shape == p.shape) continue;
     const bool last = &p == &last_weight || &p == &last_bias;
@@ -86,7 +98,8 @@ FineTuneResult load_for_fine_tuning(const std::filesystem::path& path, Net& net,
                             "' expected shape " + shape_to_string(p.shape) + ", found " +
                             shape_to_string(found.shape) +
                             (classes_only ? " (another class count, and re-initialising the last layer is off)"
-                                          : (last ? "" : " (another architecture: width or input size?)")));
+                                          : (last ? "" : " (another architecture: width or input size?)")) +
+                            held);
     last_differs = true;
   }
   const auto weight_rows = file.info(last_weight.name).shape.front();
