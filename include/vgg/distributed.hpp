@@ -736,14 +736,28 @@ class DataParallel {
     }
   }
 
-  // Non-blocking buckets need a host communicator that offers them (NcclCommunicator does not).
-  static constexpr bool kCanOverlap = requires(Comm& c, std::size_t k, std::uint64_t s) {
+  // Two flavours of non-blocking buckets. Staged (MpiCommunicator): DataParallel copies a bucket's
+  // gradients into the communicator's host staging, starts it, and copies the sums back. In place
+  // (NcclCommunicator): the communicator is handed the bucket's pieces of the gradient tensors
+  // themselves, in the backend's memory, with the pre-scale; nothing is copied. In place wins where
+  // a communicator offers both.
+  static constexpr bool kCanOverlapInPlace =
+      requires(Comm& c, std::size_t k, std::span<const std::size_t> sizes, std::span<const std::span<float>> pieces,
+               std::uint64_t s) {
+        c.spans_hosts();
+        c.reserve_buckets(sizes);
+        c.start_bucket_in_place(k, pieces, 1.0f, "", s);
+        c.progress("", s);
+        c.wait_buckets("", s);
+      };
+  static constexpr bool kCanOverlapStaged = !kCanOverlapInPlace && requires(Comm& c, std::size_t k, std::uint64_t s) {
     c.spans_hosts();
     c.bucket(k);
     c.start_bucket(k, "", s);
     c.progress("", s);
     c.wait_buckets("", s);
   };
+  static constexpr bool kCanOverlap = kCanOverlapInPlace || kCanOverlapStaged;
 
   bool resolve_overlap(Overlap requested) {
     if constexpr (kCanOverlap) {
@@ -754,7 +768,8 @@ class DataParallel {
     } else {
       if (requested == Overlap::on)
         throw std::invalid_argument("vgg::distributed::DataParallel: Overlap::on needs a communicator with "
-                                    "non-blocking buckets (MpiCommunicator); this one reduces after backward");
+                                    "non-blocking buckets (MpiCommunicator, NcclCommunicator); this one reduces "
+                                    "after backward");
       return false;
     }
   }
@@ -797,30 +812,49 @@ class DataParallel {
       }
     }
     close();
-    std::vector<std::size_t> staging(buckets_.size());
-    for (std::size_t k = 0; k < buckets_.size(); ++k) staging[k] = buckets_[k].floats + (k + 1 == buckets_.size());
-    comm_.reserve_buckets(staging);
+    std::vector<std::size_t> sizes_of_buckets(buckets_.size());
+    if constexpr (kCanOverlapInPlace) {
+      // In place: the failure flag travels in a host allreduce after the wait instead.
+      for (std::size_t k = 0; k < buckets_.size(); ++k) sizes_of_buckets[k] = buckets_[k].floats;
+      bucket_spans_.resize(pieces_plan_.size());
+    } else {
+      for (std::size_t k = 0; k < buckets_.size(); ++k)
+        sizes_of_buckets[k] = buckets_[k].floats + (k + 1 == buckets_.size());
+    }
+    comm_.reserve_buckets(sizes_of_buckets);
   }
 
   // Bucket k's gradients x scale (zeros for scale 0, whatever the gradients hold) into its staging,
-  // and its reduction started.
+  // and its reduction started; in place, the communicator is handed the pieces and the scale.
   void start_bucket(std::size_t k, float scale, bool failed, std::uint64_t step) {
     const Bucket& b = buckets_[k];
-    float* out = comm_.bucket(k).data();
-    for (std::size_t i = b.first_piece; i < b.end_piece; ++i) {
-      const Piece& p = pieces_plan_[i];
-      const std::span<float> g = grads_[p.tensor];
-      if (scale == 0.0f || g.size() < p.offset + p.size) {
-        std::fill_n(out, p.size, 0.0f);
-      } else if (scale == 1.0f) {
-        std::copy_n(g.data() + p.offset, p.size, out);
-      } else {
-        std::transform(g.data() + p.offset, g.data() + p.offset + p.size, out, [scale](float v) { return scale * v; });
+    if constexpr (kCanOverlapInPlace) {
+      // step() gets here only when every rank's loss went through, which allocated every gradient.
+      for (std::size_t i = b.first_piece; i < b.end_piece; ++i) {
+        const Piece& p = pieces_plan_[i];
+        bucket_spans_[i] = grads_[p.tensor].subspan(p.offset, p.size);
       }
-      out += p.size;
+      comm_.start_bucket_in_place(
+          k, std::span<const std::span<float>>(bucket_spans_.data() + b.first_piece, b.end_piece - b.first_piece),
+          scale, "gradient allreduce (overlapped)", step);
+    } else {
+      float* out = comm_.bucket(k).data();
+      for (std::size_t i = b.first_piece; i < b.end_piece; ++i) {
+        const Piece& p = pieces_plan_[i];
+        const std::span<float> g = grads_[p.tensor];
+        if (scale == 0.0f || g.size() < p.offset + p.size) {
+          std::fill_n(out, p.size, 0.0f);
+        } else if (scale == 1.0f) {
+          std::copy_n(g.data() + p.offset, p.size, out);
+        } else {
+          std::transform(g.data() + p.offset, g.data() + p.offset + p.size, out,
+                         [scale](float v) { return scale * v; });
+        }
+        out += p.size;
+      }
+      if (k + 1 == buckets_.size()) *out = failed ? 1.0f : 0.0f;
+      comm_.start_bucket(k, "gradient allreduce (overlapped)", step);
     }
-    if (k + 1 == buckets_.size()) *out = failed ? 1.0f : 0.0f;
-    comm_.start_bucket(k, "gradient allreduce (overlapped)", step);
   }
 
   static void on_backward(void* self, const FinishedGradients& finished) {
@@ -868,18 +902,30 @@ class DataParallel {
     const auto start = std::chrono::steady_clock::now();
     while (next_bucket_ < buckets_.size()) start_bucket(next_bucket_++, failure ? 0.0f : pre_scale, bool(failure), step);
     comm_.wait_buckets("gradient allreduce (overlapped)", step);
-    if (failure) std::rethrow_exception(failure);
-    const std::span<float> last = comm_.bucket(buckets_.size() - 1);
-    if (last.back() > 0.0f)
-      throw Error("vgg::distributed: rank " + std::to_string(rank()) + ": " + std::to_string(int(last.back())) +
-                  " other rank(s) failed in the backward pass of step " + std::to_string(step) +
-                  " (see their messages); stopping");
-    for (std::size_t k = 0; k < buckets_.size(); ++k) {
-      const float* in = comm_.bucket(k).data();
-      for (std::size_t i = buckets_[k].first_piece; i < buckets_[k].end_piece; ++i) {
-        const Piece& p = pieces_plan_[i];
-        std::copy_n(in, p.size, grads_[p.tensor].data() + p.offset);
-        in += p.size;
+    if constexpr (kCanOverlapInPlace) {
+      // The gradients are already summed in place; the failure flag gets a small host allreduce of
+      // its own (it cannot ride in a device bucket without a copy).
+      double failed_ranks[1] = {failure ? 1.0 : 0.0};
+      comm_.allreduce_sum(std::span<double>(failed_ranks), "backward failure check", step);
+      if (failure) std::rethrow_exception(failure);
+      if (failed_ranks[0] > 0)
+        throw Error("vgg::distributed: rank " + std::to_string(rank()) + ": " + std::to_string(int(failed_ranks[0])) +
+                    " other rank(s) failed in the backward pass of step " + std::to_string(step) +
+                    " (see their messages); stopping");
+    } else {
+      if (failure) std::rethrow_exception(failure);
+      const std::span<float> last = comm_.bucket(buckets_.size() - 1);
+      if (last.back() > 0.0f)
+        throw Error("vgg::distributed: rank " + std::to_string(rank()) + ": " + std::to_string(int(last.back())) +
+                    " other rank(s) failed in the backward pass of step " + std::to_string(step) +
+                    " (see their messages); stopping");
+      for (std::size_t k = 0; k < buckets_.size(); ++k) {
+        const float* in = comm_.bucket(k).data();
+        for (std::size_t i = buckets_[k].first_piece; i < buckets_[k].end_piece; ++i) {
+          const Piece& p = pieces_plan_[i];
+          std::copy_n(in, p.size, grads_[p.tensor].data() + p.offset);
+          in += p.size;
+        }
       }
     }
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -958,6 +1004,7 @@ class DataParallel {
   // With overlap: the buckets in backward order, their pieces, and this step's progress through them.
   std::vector<Bucket> buckets_;
   std::vector<Piece> pieces_plan_;
+  std::vector<std::span<float>> bucket_spans_;  // in place: this step's gradient slice of each piece
   std::size_t next_bucket_ = 0, started_in_backward_ = 0;
   float pre_scale_ = 0;
   std::uint64_t step_now_ = 0;

@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -106,6 +107,75 @@ constexpr dist::Options small_buckets(dist::Overlap overlap) {
           .timeout_seconds = 60.0,
           .overlap = overlap};
 }
+
+/// The in-place overlap flavour (NcclCommunicator's) on host memory, for this machine without a
+/// GPU: MpiCommunicator with its staged buckets hidden and start_bucket_in_place added, which scales
+/// each piece in place (zeros for pre_scale 0) and starts one MPI_Iallreduce per piece on the
+/// gradient memory itself. DataParallel then runs the same host logic as with NCCL.
+class InPlaceMpi : public dist::MpiCommunicator {
+ public:
+  using MpiCommunicator::MpiCommunicator;
+  std::span<float> bucket(std::size_t) = delete;                    // no staging: DataParallel
+  void start_bucket(std::size_t, const char*, std::uint64_t) = delete;  // must take the in-place path
+
+  void reserve_buckets(std::span<const std::size_t> sizes) {
+    sizes_.assign(sizes.begin(), sizes.end());
+    requests_.clear();
+    requests_.reserve(64 * sizes.size());  // pieces per bucket are few (tensors per bucket + 1)
+  }
+  void start_bucket_in_place(std::size_t k, std::span<const std::span<float>> pieces, float pre_scale,
+                             const char* what, std::uint64_t step) {
+    std::size_t n = 0;
+    for (std::span<float> p : pieces) n += p.size();
+    REQUIRE(k == started_);  // in order, each once
+    REQUIRE(n == sizes_[k]);
+    ++started_;
+    if (fail_progress_at_step == step && rank() == 1) {
+      fail_now_ = true;  // once
+      fail_progress_at_step = ~std::uint64_t{0};
+    }
+    for (std::span<float> p : pieces) {
+      if (pre_scale == 0.0f) {
+        std::fill(p.begin(), p.end(), 0.0f);
+      } else if (pre_scale != 1.0f) {
+        for (float& g : p) g *= pre_scale;
+      }
+      REQUIRE(requests_.size() < requests_.capacity());  // no allocation in a step
+      requests_.push_back(MPI_REQUEST_NULL);
+      if (MPI_Iallreduce(MPI_IN_PLACE, p.data(), int(p.size()), MPI_FLOAT, MPI_SUM, comm(), &requests_.back()) !=
+          MPI_SUCCESS)
+        throw dist::Error(std::string("MPI_Iallreduce failed: ") + what);
+    }
+    ++in_place_starts;
+  }
+  void progress(const char* what, std::uint64_t step) {
+    int done = 0;
+    if (MPI_Testall(int(requests_.size()), requests_.data(), &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+      throw dist::Error(std::string("MPI_Testall failed: ") + what);
+    // Injected failure: the backward pass throws (not a communication Error) on rank 1, after
+    // the buckets of the hook that called this were started.
+    if (fail_now_) {
+      fail_now_ = false;
+      throw std::runtime_error("injected backward failure in step " + std::to_string(step));
+    }
+  }
+  void wait_buckets(const char* what, std::uint64_t) {
+    REQUIRE(started_ == sizes_.size());  // every bucket started before the wait
+    if (MPI_Waitall(int(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+      throw dist::Error(std::string("MPI_Waitall failed: ") + what);
+    requests_.clear();
+    started_ = 0;
+  }
+
+  long in_place_starts = 0;
+  std::uint64_t fail_progress_at_step = ~std::uint64_t{0};
+
+ private:
+  std::vector<std::size_t> sizes_;
+  std::vector<MPI_Request> requests_;
+  std::size_t started_ = 0;
+  bool fail_now_ = false;
+};
 
 }  // namespace
 
@@ -362,6 +432,83 @@ TEST_CASE("a NaN in the last rank's shard makes the global loss NaN, and no rank
   CHECK(all_params(*net) == before);
   CHECK(dp.in_sync());
   }
+}
+
+TEST_CASE("in-place overlap (NCCL's flavour, on host memory): the staged overlap's bits and one process's weights") {
+  // Shards of 2 and 1, then 1 sample (rank 1's shard is empty), dropout off and on. With 2 ranks
+  // each element's sum is one addition: in place per piece, staged per bucket and after backward
+  // must agree bit for bit.
+  const std::size_t globals[] = {std::size_t(2 * world_size() + 1), 1, 3, std::size_t(world_size() + 1)};
+  auto run = [&](auto net, auto kind, dist::Overlap mode, auto* reference) {
+    using Net = typename decltype(net)::element_type;
+    using Comm = typename decltype(kind)::type;
+    vgg::Sgd sgd({.lr = 0.05f, .momentum = 0.9f}), reference_sgd({.lr = 0.05f, .momentum = 0.9f});
+    dist::DataParallel<Net, Comm> dp(*net, {}, small_buckets(mode));
+    CHECK(dp.overlapping() == (mode == dist::Overlap::on));
+    std::uint64_t step = 0;
+    for (const std::size_t global : globals) {
+      const GlobalBatch batch(global, 700 + step++);
+      const dist::Shard mine = dp.shard(global);
+      const dist::StepResult r = dp.step(sgd, batch.images(mine), batch.labels_of(mine));
+      if (mode == dist::Overlap::on && mine.size() > 0) CHECK(dp.buckets_started_in_backward() == dp.overlap_buckets());
+      if (reference != nullptr) {
+        const vgg::LossResult expected =
+            vgg::train_step(*reference, reference_sgd, batch.images(batch.all()), batch.labels_of(batch.all()));
+        CHECK(r.loss == doctest::Approx(expected.loss).epsilon(1e-5));
+      }
+      CHECK(dp.in_sync());
+    }
+    if constexpr (std::is_same_v<Comm, InPlaceMpi>) {
+      // With overlap every bucket of every step went through the in-place start (none through staging).
+      CHECK(dp.communicator().in_place_starts == long(dp.overlap_buckets() * std::size(globals)));
+      if (mode == dist::Overlap::on) CHECK(dp.overlap_buckets() > 20);
+    }
+    if (reference != nullptr) CHECK(max_relative_difference(all_params(*net), all_params(*reference)) < 1e-5);
+    return all_params(*net);
+  };
+  struct Staged { using type = dist::MpiCommunicator; };
+  struct InPlace { using type = InPlaceMpi; };
+  auto reference = std::make_unique<Plain>(31);
+  const auto in_place = run(std::make_unique<Plain>(31), InPlace{}, dist::Overlap::on, reference.get());
+  CHECK(max_relative_difference(in_place, all_params(*std::make_unique<Plain>(31))) > 1e-3);  // it trained
+  if (world_size() <= 2) {
+    CHECK(in_place == run(std::make_unique<Plain>(31), Staged{}, dist::Overlap::on, (Plain*)nullptr));
+    CHECK(in_place == run(std::make_unique<Plain>(31), InPlace{}, dist::Overlap::off, (Plain*)nullptr));
+    const auto dropout = run(std::make_unique<WithDropout>(32), InPlace{}, dist::Overlap::on, (WithDropout*)nullptr);
+    CHECK(dropout == run(std::make_unique<WithDropout>(32), Staged{}, dist::Overlap::on, (WithDropout*)nullptr));
+    CHECK(dropout == run(std::make_unique<WithDropout>(32), Staged{}, dist::Overlap::off, (WithDropout*)nullptr));
+  }
+}
+
+TEST_CASE("in-place overlap: a steady step makes no C++ allocation; a rank whose backward throws stops every rank") {
+  auto net = std::make_unique<WithDropout>(2);
+  vgg::Adam adam({.lr = 1e-3f});
+  dist::DataParallel<WithDropout, InPlaceMpi> dp(*net, {}, small_buckets(dist::Overlap::on));
+  const GlobalBatch batch(4 * std::size_t(world_size()), 1);
+  const dist::Shard mine = dp.shard(batch.labels.size());
+  for (int i = 0; i < 2; ++i) dp.step(adam, batch.images(mine), batch.labels_of(mine));
+  const long before = allocations.load();
+  for (int i = 0; i < 3; ++i) dp.step(adam, batch.images(mine), batch.labels_of(mine));
+  CHECK(allocations.load() - before == 0);
+  if (world_size() < 2) return;
+  // Rank 1's backward throws from the hook of its first bucket in the 6th step: it starts the rest with
+  // zeros, every rank waits, and the flag's host allreduce stops all of them before the update.
+  const std::uint64_t failing = net->step();
+  dp.communicator().fail_progress_at_step = failing;
+  const std::string step_text = "step " + std::to_string(failing);
+  if (dp.rank() == 1) {
+    CHECK_THROWS_WITH_AS(dp.step(adam, batch.images(mine), batch.labels_of(mine)),
+                         doctest::Contains(("injected backward failure in " + step_text).c_str()), std::runtime_error);
+  } else {
+    CHECK_THROWS_WITH_AS(dp.step(adam, batch.images(mine), batch.labels_of(mine)),
+                         doctest::Contains(("1 other rank(s) failed in the backward pass of " + step_text).c_str()), dist::Error);
+  }
+  CHECK(adam.steps() == 5);  // nobody updated
+  CHECK(dp.in_sync());
+  dp.communicator().fail_progress_at_step = ~std::uint64_t{0};
+  dp.step(adam, batch.images(mine), batch.labels_of(mine));
+  CHECK(adam.steps() == 6);
+  CHECK(dp.in_sync());
 }
 
 TEST_CASE("a checkpoint written by the root resumes on another number of ranks") {
