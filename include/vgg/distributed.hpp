@@ -25,9 +25,12 @@
 // The seam for other transports: DataParallel<Net, Comm> talks to its communicator through
 // rank(), size(), reserve(floats), allreduce_sum(pieces, pre_scale, what, step) on gradient pieces in
 // the backend's memory, allreduce_sum(doubles), broadcast(floats / int64s), min_max(uint64) and
-// allgather(string); for overlap, also spans_hosts(), reserve_buckets(sizes), bucket(k) (host
-// staging), start_bucket(k, what, step), progress(what, step) and wait_buckets(what, step). MpiCommunicator reduces host memory; NcclCommunicator (<vgg/distributed/nccl.hpp>,
-// target vgg::distributed_cuda) reduces a vgg::cuda network's device memory on its stream. A Comm
+// allgather(string); for overlap, also spans_hosts(), reserve_buckets(sizes), progress(what, step),
+// wait_buckets(what, step) and either bucket(k) (host staging) with start_bucket(k, what, step), or
+// start_bucket_in_place(k, pieces, pre_scale, what, step) on the gradient pieces themselves (then a
+// host allreduce after the wait carries the failure flag). MpiCommunicator reduces host memory
+// (staged); NcclCommunicator (<vgg/distributed/nccl.hpp>, target vgg::distributed_cuda) reduces a
+// vgg::cuda network's device memory (in place, overlapped on a stream of its own). A Comm
 // constructible from (Net::backend::Context&, MPI_Comm, double) is given the network's context.
 
 // Only MPI's C API is used: skip the C++ bindings (removed in MPI-3) that Open MPI and MPICH would
@@ -501,7 +504,7 @@ struct Identity {
 /// the backward hook) or after it (MPI_Allreduce).
 enum class Overlap {
   off,        ///< after the whole backward pass
-  on,         ///< during it; needs a communicator with non-blocking buckets (MpiCommunicator)
+  on,         ///< during it; needs a communicator with non-blocking buckets (MpiCommunicator, NcclCommunicator)
   automatic,  ///< on where the ranks span more than one host and the communicator can, else off
 };
 
@@ -606,6 +609,9 @@ class DataParallel {
   bool overlapping() const { return overlap_; }
   /// Buckets reduced during backward (0 without overlap).
   std::size_t overlap_buckets() const { return buckets_.size(); }
+  /// Whether overlap hands the communicator the gradient pieces themselves (NcclCommunicator) rather
+  /// than host staging (MpiCommunicator).
+  static constexpr bool overlaps_in_place() { return kCanOverlapInPlace; }
   /// Of those, how many the last step started from the backward hook, before backward returned.
   std::size_t buckets_started_in_backward() const { return started_in_backward_; }
 

@@ -458,6 +458,8 @@ TEST_CASE("in-place overlap (NCCL's flavour, on host memory): the staged overlap
       }
       CHECK(dp.in_sync());
     }
+    static_assert(dist::DataParallel<Net, Comm>::overlaps_in_place() == std::is_same_v<Comm, InPlaceMpi>,
+                  "InPlaceMpi takes the in-place flavour, MpiCommunicator the staged one");
     if constexpr (std::is_same_v<Comm, InPlaceMpi>) {
       // With overlap every bucket of every step went through the in-place start (none through staging).
       CHECK(dp.communicator().in_place_starts == long(dp.overlap_buckets() * std::size(globals)));

@@ -4,8 +4,9 @@
 //                        hands a device communicator the network's context, use_local_gpu's refusal.
 //   --test-suite=device  a vgg::cuda network trained by DataParallel<Net, NcclCommunicator> ends
 //                        with the weights of the CPU network trained by the MPI path; ranks stay bit-
-//                        identical; no device allocation in a steady step; a stalled collective
-//                        times out, aborts the communicator and names itself. Without one GPU per rank every rank prints VGG_SKIPPED and the job
+//                        identical; overlap on and off give the same bits; no device allocation
+//                        in a steady step; a stalled collective (blocking or overlapped) times
+//                        out, aborts the communicator and names itself. Without one GPU per rank every rank prints VGG_SKIPPED and the job
 //                        exits with kSkipped, which CTest reports as skipped.
 // Every test case is collective: all ranks run the same cases in the same order.
 #define DOCTEST_CONFIG_IMPLEMENT
@@ -214,6 +215,14 @@ TEST_CASE("DataParallel hands a device-style communicator the network's context 
   CHECK(dp.in_sync());
 }
 
+TEST_CASE("NcclCommunicator offers in-place overlap buckets; MpiCommunicator staged ones") {
+  using Net = TinyNet<0.0>;
+  static_assert(dist::DataParallel<Net::on<Gpu>, dist::NcclCommunicator>::overlaps_in_place(),
+                "DataParallel must see NcclCommunicator's start_bucket_in_place");
+  static_assert(!dist::DataParallel<Net>::overlaps_in_place(), "MpiCommunicator overlaps through host staging");
+  CHECK(dist::DataParallel<Net::on<Gpu>, dist::NcclCommunicator>::overlaps_in_place());
+}
+
 TEST_CASE("use_local_gpu without a GPU says why; with one it picks a device") {
   if (const std::string problem = vgg::cuda::device_problem(); !problem.empty()) {
     CHECK_THROWS_WITH_AS(dist::use_local_gpu(), doctest::Contains(problem.c_str()), dist::Error);
@@ -293,6 +302,62 @@ TEST_CASE("with dropout, uneven and empty shards (SGD), NCCL ranks stay bit-iden
   CHECK(gpu->seed() == dist::dropout_seed(11, gpu_dp.rank()));
 }
 
+TEST_CASE("NCCL overlap on and off: the same bits, on every rank, near the CPU (dropout, uneven and empty shards)") {
+  if (no_gpu_per_rank()) return;
+  using Arch = TinyNet<0.5>;
+  using GpuNet = Arch::on<Gpu>;
+  const int ranks = world_size();
+  const std::size_t sizes[] = {std::size_t(2 * ranks + 1), 3, 1, std::size_t(ranks + 1)};
+  auto run = [&](dist::Overlap mode) {
+    auto gpu = std::make_unique<GpuNet>(13);
+    vgg::Sgd<Gpu> sgd({.lr = 0.05f, .momentum = 0.9f});
+    // Buckets of 250 floats: dozens in flight at once, boundaries inside tensors.
+    dist::DataParallel<GpuNet, dist::NcclCommunicator> dp(
+        *gpu, {}, {.bucket_bytes = 250 * sizeof(float), .timeout_seconds = 60.0, .overlap = mode});
+    CHECK(dp.overlapping() == (mode == dist::Overlap::on));
+    if (mode == dist::Overlap::on) CHECK(dp.overlap_buckets() > 20);
+    std::uint64_t step = 0;
+    for (const std::size_t global : sizes) {
+      const GlobalBatch batch(global, 80 + step++);
+      const dist::Shard mine = dp.shard(global);
+      dp.step(sgd, batch.images(mine), batch.labels_of(mine));
+      if (mode == dist::Overlap::on && mine.size() > 0) CHECK(dp.buckets_started_in_backward() == dp.overlap_buckets());
+      CHECK(dp.in_sync());
+    }
+    return host_params(*gpu);
+  };
+  auto cpu = std::make_unique<Arch>(13);
+  vgg::Sgd<vgg::cpu::Backend> cpu_sgd({.lr = 0.05f, .momentum = 0.9f});
+  dist::DataParallel cpu_dp(*cpu, {}, kSmallBuckets);
+  std::uint64_t step = 0;
+  for (const std::size_t global : sizes) {
+    const GlobalBatch batch(global, 80 + step++);
+    const dist::Shard mine = cpu_dp.shard(global);
+    cpu_dp.step(cpu_sgd, batch.images(mine), batch.labels_of(mine));
+  }
+  const auto on = run(dist::Overlap::on), off = run(dist::Overlap::off);
+  // With at most 2 ranks each element's sum is one addition of pre-scaled values, whatever the
+  // bucket boundaries: the two modes agree bit for bit.
+  if (ranks <= 2) CHECK(on == off);
+  CHECK(relative_difference(host_params(*cpu), on) <= 1e-4f);
+}
+
+TEST_CASE("a steady overlapped NCCL step allocates no device memory through vgg") {
+  if (no_gpu_per_rank()) return;
+  using GpuNet = TinyNet<0.5>::on<Gpu>;
+  auto net = std::make_unique<GpuNet>(2);
+  vgg::Adam<Gpu> adam({.lr = 1e-3f});
+  dist::DataParallel<GpuNet, dist::NcclCommunicator> dp(
+      *net, {}, {.bucket_bytes = 250 * sizeof(float), .timeout_seconds = 60.0, .overlap = dist::Overlap::on});
+  const GlobalBatch batch(4 * std::size_t(world_size()), 1);
+  const dist::Shard mine = dp.shard(batch.labels.size());
+  for (int i = 0; i < 2; ++i) dp.step(adam, batch.images(mine), batch.labels_of(mine));
+  const long before = vgg::cuda::device_allocations();
+  for (int i = 0; i < 3; ++i) dp.step(adam, batch.images(mine), batch.labels_of(mine));
+  CHECK(vgg::cuda::device_allocations() - before == 0);
+  CHECK(dp.in_sync());
+}
+
 TEST_CASE("a steady NCCL data-parallel step allocates no device memory through vgg") {
   if (no_gpu_per_rank()) return;
   using GpuNet = TinyNet<0.5>::on<Gpu>;
@@ -333,6 +398,47 @@ TEST_CASE("a collective that does not complete in time aborts the NCCL communica
   ctx.synchronize();  // the stream drains: nothing was left waiting for a peer
   // This rank provoked the failure alone and recovered: the job may end normally (Environment
   // would otherwise end it with MPI_Abort).
+  dist::detail::communication_failed.store(false);
+}
+
+TEST_CASE("an overlapped bucket that does not complete in time aborts the NCCL communicator at the wait") {
+  if (no_gpu_per_rank()) return;
+  if (world_size() != 1) {
+    MESSAGE("one rank only: a stalled stream under several ranks would leave peers inside NCCL kernels");
+    return;
+  }
+  vgg::cuda::Context ctx;
+  vgg::cuda::Buffer<float> device(32);
+  REQUIRE(cudaMemsetAsync(device.data(), 0, 32 * sizeof(float), ctx.stream()) == cudaSuccess);
+  const std::span<float> first[] = {device.span(32).subspan(0, 16)};
+  const std::span<float> second[] = {device.span(32).subspan(16, 10), device.span(32).subspan(26, 6)};
+  {
+    dist::NcclCommunicator comm(ctx, MPI_COMM_WORLD, 0.5);
+    comm.reserve(32);
+    const std::size_t buckets[] = {16, 16};
+    comm.reserve_buckets(buckets);
+    CHECK_FALSE(comm.spans_hosts());
+    CHECK_THROWS_WITH_AS(comm.start_bucket_in_place(2, first, 1.0f, "gradient allreduce (overlapped)", 1),
+                         doctest::Contains("bucket 2 of 2 reserved"), std::logic_error);
+    comm.start_bucket_in_place(0, first, 0.5f, "gradient allreduce (overlapped)", 1);
+    CHECK_THROWS_WITH_AS(comm.start_bucket_in_place(0, first, 0.5f, "gradient allreduce (overlapped)", 1),
+                         doctest::Contains("bucket 0 is still in flight"), std::logic_error);
+    comm.start_bucket_in_place(1, second, 0.5f, "gradient allreduce (overlapped)", 1);
+    CHECK_NOTHROW(comm.progress("gradient allreduce (overlapped)", 1));
+    CHECK_NOTHROW(comm.wait_buckets("gradient allreduce (overlapped)", 1));
+    // The compute stream holds for 2 s before the next bucket's pieces are written: its reduction,
+    // which waits for them on the communication stream, cannot complete within 0.5 s.
+    REQUIRE(cudaLaunchHostFunc(ctx.stream(), [](void*) { std::this_thread::sleep_for(std::chrono::seconds(2)); },
+                               nullptr) == cudaSuccess);
+    comm.start_bucket_in_place(0, first, 0.5f, "gradient allreduce (overlapped)", 2);
+    comm.start_bucket_in_place(1, second, 0.5f, "gradient allreduce (overlapped)", 2);
+    CHECK_THROWS_WITH_AS(
+        comm.wait_buckets("gradient allreduce (overlapped)", 2),
+        doctest::Contains("ncclAllReduce (overlapped) (gradient allreduce (overlapped)) of step 2 has not completed after"),
+        dist::Error);
+    CHECK(dist::detail::communication_failed.load());
+  }
+  ctx.synchronize();
   dist::detail::communication_failed.store(false);
 }
 

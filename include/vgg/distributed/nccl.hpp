@@ -17,10 +17,15 @@
 // (ncclCommAbort) and throws vgg::distributed::Error naming the call, the step and NCCL's words;
 // vgg::distributed::Environment then ends the job with MPI_Abort. The MPI half keeps its own
 // watchdog (MpiCommunicator), with the same timeout.
+//
+// Overlap (DataParallel with Options::overlap): start_bucket_in_place reduces a bucket's pieces in
+// place on a communication stream of its own, behind an event recorded on the compute stream when
+// the backward hook starts it; wait_buckets joins the streams and waits on the host as above.
 
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -206,26 +211,78 @@ class NcclCommunicator {
   void allreduce_sum(std::span<const std::span<float>> pieces, float pre_scale, const char* what,
                      std::uint64_t step) {
     check_bucket(pieces, capacity_);
-    if (pre_scale == 0.0f) {
-      // A rank without samples this step: its stale gradient (possibly not finite, and 0 * NaN is
-      // NaN) must not count.
-      for (std::span<float> p : pieces)
-        if (!p.empty()) VGG_CUDA_CHECK(cudaMemsetAsync(p.data(), 0, p.size_bytes(), stream_));
-    }
-    // Always the pre-multiplied sum, even for a scale of 1 or 0: every rank of a collective must
-    // reduce with the same kind of operator, and the ranks' scales differ.
-    const ncclRedOp_t op = premul_sum(pre_scale, step);
-    settle(ncclGroupStart(), "ncclGroupStart", what, step);
-    for (std::span<float> p : pieces) {
-      if (p.empty()) continue;
-      const ncclResult_t queued = ncclAllReduce(p.data(), p.data(), p.size(), ncclFloat32, op, comm_, stream_);
-      if (queued != ncclSuccess) {
-        (void)ncclGroupEnd();
-        fail(queued, "ncclAllReduce", what, step);
-      }
-    }
-    settle(ncclGroupEnd(), "ncclAllReduce", what, step);
+    enqueue_allreduce(pieces, pre_scale, stream_, what, step);
     complete("ncclAllReduce", what, step);
+  }
+
+  /// Collective: whether the ranks run on more than one host (MPI), where Overlap::automatic
+  /// reduces during backward.
+  bool spans_hosts() { return host_.spans_hosts(); }
+
+  // ---- non-blocking buckets, reduced in place (DataParallel with overlap) ----
+  // Bucket k runs on a communication stream of its own, after an event recorded on the compute
+  // stream when it is started: the backward kernels of earlier layers keep the compute stream busy
+  // meanwhile. wait_buckets joins the two streams again and waits on the host for the collectives,
+  // with the timeout and the abort of the blocking calls.
+
+  /// Allocates the communication stream (once) and one event per bucket; bucket k then takes
+  /// pieces of up to sizes[k] floats. Nothing is allocated per step.
+  void reserve_buckets(std::span<const std::size_t> sizes) {
+    VGG_CUDA_CHECK(cudaSetDevice(device_));
+    if (!comm_stream_) {
+      cudaStream_t stream = nullptr;
+      VGG_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+      comm_stream_.reset(stream);
+      cudaEvent_t joined = nullptr;
+      VGG_CUDA_CHECK(cudaEventCreateWithFlags(&joined, cudaEventDisableTiming));
+      joined_.reset(joined);
+    }
+    bucket_sizes_.assign(sizes.begin(), sizes.end());
+    in_flight_.assign(sizes.size(), 0);
+    ready_.clear();
+    for (std::size_t k = 0; k < sizes.size(); ++k) {
+      cudaEvent_t ready = nullptr;
+      VGG_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+      ready_.emplace_back(ready);
+    }
+  }
+
+  /// Starts replacing each piece (device memory) by the sum over ranks of pre_scale * piece, in
+  /// place, once the work queued on the compute stream so far (the backward kernels that wrote the
+  /// pieces) has run. Every rank starts the same buckets in the same order. requires: bucket k is
+  /// not in flight and its pieces total at most the size reserved for it (std::logic_error).
+  void start_bucket_in_place(std::size_t k, std::span<const std::span<float>> pieces, float pre_scale,
+                             const char* what, std::uint64_t step) {
+    if (k >= ready_.size())
+      throw std::logic_error("vgg::distributed::NcclCommunicator: bucket " + std::to_string(k) + " of " +
+                             std::to_string(ready_.size()) + " reserved (reserve_buckets() first)");
+    if (in_flight_[k] != 0)
+      throw std::logic_error("vgg::distributed::NcclCommunicator: bucket " + std::to_string(k) + " is still in flight");
+    check_bucket(pieces, bucket_sizes_[k]);
+    cudaStream_t comm_stream = comm_stream_.get();
+    VGG_CUDA_CHECK(cudaEventRecord(ready_[k].get(), stream_));
+    VGG_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, ready_[k].get(), 0));
+    in_flight_[k] = 1;
+    any_in_flight_ = true;
+    enqueue_allreduce(pieces, pre_scale, comm_stream, what, step);
+  }
+
+  /// Cheap and non-blocking: fails (Error, communicator aborted) when NCCL reports an asynchronous
+  /// error for the buckets in flight; NCCL's own threads and the GPU move them on.
+  void progress(const char* what, std::uint64_t step) {
+    if (comm_state() == detail::PollState::failed) fail(last_failure_, "ncclCommGetAsyncError", what, step);
+  }
+
+  /// Waits for every started bucket: the compute stream waits for the communication stream (so the
+  /// optimizer reads the sums), and the host waits for the collectives, watching NCCL's errors and
+  /// the timeout (a dead peer aborts the communicator and throws Error naming the step).
+  void wait_buckets(const char* what, std::uint64_t step) {
+    if (!any_in_flight_) return;
+    VGG_CUDA_CHECK(cudaEventRecord(joined_.get(), comm_stream_.get()));
+    VGG_CUDA_CHECK(cudaStreamWaitEvent(stream_, joined_.get(), 0));
+    await_event(joined_.get(), "ncclAllReduce (overlapped)", what, step);
+    std::fill(in_flight_.begin(), in_flight_.end(), 0);
+    any_in_flight_ = false;
   }
 
   /// Sums `values` (host memory) over ranks, in place (MPI).
@@ -299,11 +356,17 @@ class NcclCommunicator {
   /// asynchronous errors and the timeout.
   void complete(const char* call, const char* what, std::uint64_t step) {
     VGG_CUDA_CHECK(cudaEventRecord(done_.get(), stream_));
+    await_event(done_.get(), call, what, step);
+  }
+
+  /// Waits until `event` (recorded after collectives) has completed, watching for NCCL's
+  /// asynchronous errors and the timeout.
+  void await_event(cudaEvent_t done, const char* call, const char* what, std::uint64_t step) {
     await(
         [&] {
           const detail::PollState nccl = comm_state();
           if (nccl == detail::PollState::failed) return nccl;
-          const cudaError_t event = cudaEventQuery(done_.get());
+          const cudaError_t event = cudaEventQuery(done);
           if (event == cudaSuccess) return detail::PollState::done;
           if (event == cudaErrorNotReady) return detail::PollState::pending;
           last_failure_ = ncclUnhandledCudaError;
@@ -330,6 +393,31 @@ class NcclCommunicator {
                     "aborted (ncclCommAbort); the job stops; resume from the last checkpoint.");
       }
     }
+  }
+
+  /// Enqueues the in-place pre-multiplied sum of `pieces` on `stream` (one grouped ncclAllReduce
+  /// per piece); returns once NCCL has taken the group, not when it has run.
+  void enqueue_allreduce(std::span<const std::span<float>> pieces, float pre_scale, cudaStream_t stream,
+                         const char* what, std::uint64_t step) {
+    if (pre_scale == 0.0f) {
+      // A rank without samples this step (or whose backward failed): its stale gradient (possibly
+      // not finite, and 0 * NaN is NaN) must not count.
+      for (std::span<float> p : pieces)
+        if (!p.empty()) VGG_CUDA_CHECK(cudaMemsetAsync(p.data(), 0, p.size_bytes(), stream));
+    }
+    // Always the pre-multiplied sum, even for a scale of 1 or 0: every rank of a collective must
+    // reduce with the same kind of operator, and the ranks' scales differ.
+    const ncclRedOp_t op = premul_sum(pre_scale, step);
+    settle(ncclGroupStart(), "ncclGroupStart", what, step);
+    for (std::span<float> p : pieces) {
+      if (p.empty()) continue;
+      const ncclResult_t queued = ncclAllReduce(p.data(), p.data(), p.size(), ncclFloat32, op, comm_, stream);
+      if (queued != ncclSuccess && queued != ncclInProgress) {
+        (void)ncclGroupEnd();
+        fail(queued, "ncclAllReduce", what, step);
+      }
+    }
+    settle(ncclGroupEnd(), "ncclAllReduce", what, step);
   }
 
   /// The PreMulSum operator for `scale`, created once per distinct scale (a run's shards keep the
@@ -364,6 +452,10 @@ class NcclCommunicator {
   struct EventDeleter {
     void operator()(cudaEvent_t e) const { (void)cudaEventDestroy(e); }
   };
+  struct StreamDeleter {
+    void operator()(cudaStream_t s) const { (void)cudaStreamDestroy(s); }
+  };
+  using Event = std::unique_ptr<CUevent_st, EventDeleter>;
 
   MpiCommunicator host_;
   cudaStream_t stream_;
@@ -376,6 +468,14 @@ class NcclCommunicator {
   float premul_scale_ = 0;
   bool premul_valid_ = false;
   std::size_t capacity_ = 0;
+  // Overlap: the communication stream, each bucket's "pieces written" event on the compute stream,
+  // and the event that joins the communication stream back into it.
+  std::unique_ptr<CUstream_st, StreamDeleter> comm_stream_;
+  std::vector<Event> ready_;
+  Event joined_;
+  std::vector<std::size_t> bucket_sizes_;
+  std::vector<char> in_flight_;
+  bool any_in_flight_ = false;
   ncclResult_t last_failure_ = ncclSuccess;
   std::string cuda_failure_;
 };
