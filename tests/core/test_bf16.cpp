@@ -3,17 +3,22 @@
 // operands, within the error bf16's 8-bit significand allows. Skipped on CPUs without avx512_bf16.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <memory>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "reference.hpp"
 #include "vgg/buffer.hpp"
 #include "vgg/cpu/gemm_amx.hpp"
 #include "vgg/cpu/gemm_bf16.hpp"
+#include "vgg/cpu/im2col.hpp"
 #include "vgg/vgg.hpp"
 
 namespace {
@@ -224,6 +229,113 @@ TEST_CASE("bf16 GEMM propagates NaN like the fp32 path") {
   for (int j = 0; j < 32; ++j) CHECK(c[32 + std::size_t(j)] == doctest::Approx(0.5));
 #endif
 }
+
+#ifdef VGG_BF16_KERNELS
+namespace {
+
+/// pack_b's panel j0 / 32 of pass p0 for a row-major B (k x n, ldb), as a vector.
+std::vector<std::uint32_t> pack_b_panel(const float* b, long ldb, long p0, long kc, long j0, long n) {
+  vgg::Buffer<std::uint32_t> panel;
+  panel.reserve(std::size_t(bf16::packed_b_size()));
+  bf16::pack_b(b, ldb, p0, kc, j0, int(std::min<long>(bf16::kNr, n - j0)), panel.data());
+  return {panel.data(), panel.data() + (kc + 1) / 2 * bf16::kNr};
+}
+
+/// Words [at, at + count) of a packed buffer, as a vector.
+std::vector<std::uint32_t> words(const std::uint32_t* p, long at, long count) { return {p + at, p + at + count}; }
+
+}  // namespace
+
+TEST_CASE("B panels packed whole, or built by im2col as bf16, are pack_b's panels bit for bit") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; bf16 B panels not checked\n");
+    return;
+  }
+  // pack_b_panels over several passes, an odd depth, a column tail under and over 16.
+  for (const auto& [k, n] : {std::pair<long, long>{1, 5}, {9, 16}, {256, 17}, {513, 70}, {600, 48}}) {
+    CAPTURE(k);
+    CAPTURE(n);
+    const auto b = ref::random_vector(std::size_t(k * (n + 3)), unsigned(k + n));
+    vgg::Buffer<std::uint32_t> panels;
+    panels.reserve(std::size_t(bf16::packed_b_panels_size(k, n)));
+    bf16::pack_b_panels(b.data(), n + 3, k, n, panels.data());
+    const long n_padded = (n + 31) / 32 * 32;
+    for (long p0 = 0; p0 < k; p0 += bf16::kKc) {
+      const long kc = std::min<long>(bf16::kKc, k - p0), pairs = (kc + 1) / 2;
+      for (long j0 = 0; j0 < n; j0 += 32)
+        CHECK(words(panels.data(), p0 / 2 * n_padded + j0 * pairs, pairs * 32) ==
+              pack_b_panel(b.data(), n + 3, p0, kc, j0, n));
+    }
+  }
+  // im2col3x3_bf16_panels against pack_b of im2col3x3's float columns: images side by side, bands
+  // at the image's edges and inside it, depth ranges that start inside and end on an odd row.
+  struct Case {
+    int images, cin, h, w, r0, r1;
+    long d0, d1;
+  };
+  for (const Case& c : {Case{1, 3, 7, 9, 0, 7, 0, 27}, Case{2, 16, 14, 14, 0, 14, 0, 144},
+                        Case{3, 8, 5, 6, 1, 4, 9, 54}, Case{1, 29, 33, 35, 10, 20, 256, 261},
+                        Case{2, 4, 4, 4, 0, 4, 3, 36}}) {
+    CAPTURE(c.images);
+    CAPTURE(c.cin);
+    CAPTURE(c.h);
+    CAPTURE(c.w);
+    CAPTURE(c.r0);
+    CAPTURE(c.d0);
+    CAPTURE(c.d1);
+    const long plane = long(c.h) * c.w, cols = long(c.r1 - c.r0) * c.w, n = c.images * cols, kc = c.d1 - c.d0;
+    const auto x = ref::random_vector(std::size_t(c.images * c.cin * plane), unsigned(c.cin * 7 + c.h));
+    std::vector<float> col(std::size_t(kc * n));
+    for (int i = 0; i < c.images; ++i)
+      vgg::cpu::im2col3x3(x.data() + i * c.cin * plane, c.cin, c.h, c.w, c.r0, c.r1, col.data() + i * cols, n, c.d0,
+                          c.d1);
+    vgg::Buffer<std::uint32_t> panels;
+    vgg::Buffer<float> stage;
+    panels.reserve(std::size_t(bf16::packed_b_panels_size(kc, n)));
+    stage.reserve(std::size_t(2 * ((n + 15) / 16 * 16)));
+    std::fill(panels.data(), panels.data() + bf16::packed_b_panels_size(kc, n), 0xDEADBEEFu);  // stale words
+    vgg::cpu::im2col3x3_bf16_panels(x.data(), long(c.cin) * plane, c.images, c.cin, c.h, c.w, c.r0, c.r1, c.d0,
+                                    c.d1, stage.data(), panels.data());
+    const long pairs = (kc + 1) / 2;
+    for (long j0 = 0; j0 < n; j0 += 32)
+      CHECK(words(panels.data(), j0 * pairs, pairs * 32) == pack_b_panel(col.data(), n, 0, kc, j0, n));
+  }
+}
+
+TEST_CASE("bf16 GEMM on pre-packed B panels equals the GEMM that packs B, bit for bit, on both kernels") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; bf16 GEMM on B panels not run\n");
+    return;
+  }
+  unsigned seed = 900;
+  for (const auto& [m, n, k] : {std::tuple<long, long, long>{1, 1, 1}, {13, 17, 9}, {24, 70, 513}, {40, 33, 1100}}) {
+    CAPTURE(m);
+    CAPTURE(n);
+    CAPTURE(k);
+    const auto a = ref::random_vector(std::size_t(m * k), seed++), b = ref::random_vector(std::size_t(k * n), seed++);
+    const auto bias = ref::random_vector(std::size_t(m), seed++);
+    vgg::Buffer<std::uint32_t> a_pack, b_pack, panels;
+    a_pack.reserve(std::size_t(amx::bf16_a_pack_size(m)));
+    b_pack.reserve(std::size_t(amx::bf16_b_pack_size()));
+    panels.reserve(std::size_t(bf16::packed_b_panels_size(k, n)));
+    bf16::pack_b_panels(b.data(), n, k, n, panels.data());
+    const vgg::cpu::avx512::Epilogue e{0.75f, false, bias.data(), true};
+    std::vector<float> packs(std::size_t(m * n)), packed(packs.size());
+    bf16::gemm<false>(m, n, k, a.data(), k, b.data(), n, packs.data(), n, a_pack.data(), b_pack.data(), e);
+    bf16::gemm<false>(m, n, k, a.data(), k, nullptr, 0, packed.data(), n, a_pack.data(), b_pack.data(), e, nullptr,
+                      panels.data());
+    CHECK(std::memcmp(packs.data(), packed.data(), packs.size() * 4) == 0);
+    // The AMX kernel's packing and tile loop, on emulated tiles.
+    amx::EmulatedTiles tiles;
+    float* staging = reinterpret_cast<float*>(b_pack.data() + bf16::packed_b_size());
+    amx::gemm_on<false, false>(tiles, m, n, k, a.data(), k, b.data(), n, packs.data(), n, a_pack.data(),
+                               b_pack.data(), staging, e);
+    amx::gemm_on<false, false>(tiles, m, n, k, a.data(), k, nullptr, 0, packed.data(), n, a_pack.data(),
+                               b_pack.data(), staging, e, panels.data());
+    CHECK(std::memcmp(packs.data(), packed.data(), packs.size() * 4) == 0);
+  }
+}
+#endif
 
 #ifdef VGG_FAST_KERNELS
 namespace {

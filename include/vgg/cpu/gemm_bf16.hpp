@@ -72,6 +72,9 @@ inline Index packed_a_size(Index m, Index k) {
 /// uint32 elements a B panel takes.
 inline constexpr Index packed_b_size() { return kKc / 2 * kNr; }
 
+/// uint32 elements of B (k x n) packed whole by pack_b_panels: every pass's panels.
+inline constexpr Index packed_b_panels_size(Index k, Index n) { return (k + 1) / 2 * ((n + kNr - 1) / kNr * kNr); }
+
 #ifdef VGG_BF16_KERNELS
 using avx512::Epilogue;
 
@@ -158,6 +161,43 @@ VGG_TARGET_BF16 inline void pack_b(const float* b, Index ldb, Index p0, Index kc
   }
 }
 
+/// One depth pair of every B panel across n columns: rows `even` and `odd` (null: past the depth,
+/// zero) of a row-major B, rounded as pack_b rounds them, panel t's row at dst + t * panel_stride.
+/// Gives pack_b's words, so that B panels built a depth pair at a time (im2col3x3_bf16_panels) equal
+/// the ones the GEMM packs.
+VGG_TARGET_BF16 inline void pack_b_pair_row(const float* even, const float* odd, Index n, std::uint32_t* dst,
+                                            Index panel_stride) {
+  alignas(64) static constexpr std::uint16_t interleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                               21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                               11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i order = _mm512_load_si512(interleave);
+  for (Index j = 0; j < n; j += 16) {
+    const Index count = std::min<Index>(16, n - j);
+    const __mmask16 lanes = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
+    const __m512 lo = _mm512_maskz_loadu_ps(lanes, even + j);
+    const __m512 hi = odd ? _mm512_maskz_loadu_ps(lanes, odd + j) : _mm512_setzero_ps();
+    _mm512_store_si512(dst + j / kNr * panel_stride + j % kNr,
+                       _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(hi, lo)));
+  }
+  if (n % kNr != 0 && n % kNr <= 16)  // the last panel's second half: columns past n, zero as in pack_b
+    _mm512_store_si512(dst + n / kNr * panel_stride + 16, _mm512_setzero_si512());
+}
+
+/// All of a row-major B (k x n, ldb) packed as the GEMM packs it, pass by pass: pass p0 at
+/// dst + (p0 / 2) * round_up(n, 32), its panel j0 / 32 at + j0 * ceil(kc / 2) (depth pairs of 32
+/// words). The layout gemm's b_packed takes.
+inline void pack_b_panels(const float* b, Index ldb, Index k, Index n, std::uint32_t* dst) {
+  const Index n_padded = (n + kNr - 1) / kNr * kNr;
+  for (Index p0 = 0; p0 < k; p0 += kKc) {
+    const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2;
+    for (Index q = 0; q < pairs; ++q) {
+      const float* even = b + (p0 + 2 * q) * ldb;
+      pack_b_pair_row(even, 2 * q + 1 < kc ? even + ldb : nullptr, n, dst + p0 / 2 * n_padded + q * kNr,
+                      pairs * kNr);
+    }
+  }
+}
+
 /// Packs op(B) = B^T for a row-major B stored n x k (ldb): dst[q][jj] holds depth pair q of row j0 + jj.
 inline void pack_bt(const float* b, Index ldb, Index p0, Index kc, Index j0, int nr, std::uint32_t* dst) {
   pack_row_pairs<kNr>(b + j0 * ldb + p0, ldb, nr, kc, dst);
@@ -201,14 +241,14 @@ template <int Vectors = 2>
 
 /// C (m x n, ldc) = out(alpha * op(A) * op(B)) with bf16 products and fp32 sums; the epilogue and
 /// the operands' layouts are gemm_avx512.hpp's gemm. With a_packed (from pack_a_whole), A is not
-/// read nor packed again.
+/// read nor packed again; with b_packed (pack_b_panels' layout), B is not read (nor b_pack used).
 /// requires: bf16_gemm_available(); a_pack holds round_up(m, 8) * kKc / 2 and b_pack
 /// packed_b_size() uint32s, 64-byte aligned.
 template <bool TransA, bool TransB = false>
 inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c, Index ldc,
                  std::uint32_t* a_pack, std::uint32_t* b_pack, const Epilogue& out,
-                 const std::uint32_t* a_packed = nullptr) {
-  const Index m_padded = (m + kMr - 1) / kMr * kMr;
+                 const std::uint32_t* a_packed = nullptr, const std::uint32_t* b_packed = nullptr) {
+  const Index m_padded = (m + kMr - 1) / kMr * kMr, n_padded = (n + kNr - 1) / kNr * kNr;
   for (Index p0 = 0; p0 < k; p0 += kKc) {
     const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2;
     const Epilogue e{out.alpha, out.accumulate || p0 > 0, p0 == 0 ? out.bias : nullptr, out.relu && p0 + kc == k};
@@ -218,14 +258,17 @@ inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const flo
         pack_a<TransA>(a, lda, i0, int(std::min<Index>(kMr, m - i0)), p0, kc, a_pack + i0 * pairs);
     for (Index j0 = 0; j0 < n; j0 += kNr) {
       const int nr = int(std::min<Index>(kNr, n - j0));
-      if constexpr (TransB)
+      const std::uint32_t* panel = b_packed ? b_packed + p0 / 2 * n_padded + j0 * pairs : b_pack;
+      if (b_packed) {
+      } else if constexpr (TransB) {
         pack_bt(b, ldb, p0, kc, j0, nr, b_pack);
-      else
+      } else {
         pack_b(b, ldb, p0, kc, j0, nr, b_pack);
+      }
       for (Index i0 = 0; i0 < m; i0 += kMr) {
         Epilogue tile = e;
         if (tile.bias) tile.bias += i0;
-        kernel_8x32(pairs, pass + i0 * pairs, b_pack, c + i0 * ldc + j0, ldc, int(std::min<Index>(kMr, m - i0)), nr,
+        kernel_8x32(pairs, pass + i0 * pairs, panel, c + i0 * ldc + j0, ldc, int(std::min<Index>(kMr, m - i0)), nr,
                     tile);
       }
     }

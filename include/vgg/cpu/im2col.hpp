@@ -4,7 +4,10 @@
 // can build and consume the matrix a slice of depth at a time while the slice is in cache.
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+
+#include "vgg/cpu/gemm_bf16.hpp"
 
 namespace vgg::cpu {
 
@@ -46,6 +49,28 @@ inline void im2col3x3(const float* in, int cin, int h, int w, int r0, int r1, fl
       for (long r = w - 1; r < body; r += w) out[r] = 0.0f;  // x = w - 1 reads x + 1 = w
   }
 }
+
+#ifdef VGG_BF16_KERNELS
+/// Rows [d0, d1) of the column matrix of `images` images side by side (image i's columns at
+/// i * (r1 - r0) * w; image i at in + i * image_stride), written straight as the bf16 GEMM's B
+/// panels (bf16::pack_b_panels' layout for one pass, d1 - d0 <= bf16::kKc) instead of as floats that
+/// bf16::gemm would read and pack: each depth pair is built by im2col3x3 into `stage` (two rows of
+/// round_up(columns, 16) floats, which stay in L1) and rounded from there, so the panels are
+/// bit for bit the ones packing im2col3x3's matrix gives.
+/// requires: bf16::bf16_gemm_available(); panels holds bf16::packed_b_panels_size(d1 - d0, columns)
+/// uint32s, 64-byte aligned.
+inline void im2col3x3_bf16_panels(const float* in, long image_stride, int images, int cin, int h, int w, int r0,
+                                  int r1, long d0, long d1, float* stage, std::uint32_t* panels) {
+  const long cols = long(r1 - r0) * w, n = images * cols, ld = (n + 15) / 16 * 16;
+  const long pairs = (d1 - d0 + 1) / 2;
+  for (long d = d0; d < d1; d += 2) {
+    const long e = std::min(d + 2, d1);
+    for (int i = 0; i < images; ++i) im2col3x3(in + i * image_stride, cin, h, w, r0, r1, stage + i * cols, ld, d, e);
+    bf16::pack_b_pair_row(stage, e - d == 2 ? stage + ld : nullptr, n, panels + (d - d0) / 2 * bf16::kNr,
+                          pairs * bf16::kNr);
+  }
+}
+#endif
 
 /// The adjoint of im2col3x3 over the same rows [d0, d1) (all when d1 < 0):
 /// in[ci][r + ky - 1][x + kx - 1] += col[(d - d0)*ld + (r - r0)*w + x] for rows r in [r0, r1), col's
