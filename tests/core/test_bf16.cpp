@@ -302,6 +302,78 @@ TEST_CASE("B panels packed whole, or built by im2col as bf16, are pack_b's panel
   }
 }
 
+TEST_CASE("a weight gradient taken transposed from bf16 column rows equals the packed GEMM's, bit for bit") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; bf16 column rows not checked\n");
+    return;
+  }
+  // dW (cout x depth) += dz (cout x n) * col^T the way the GEMM packs it, against dW^T += col * dz^T
+  // from im2col3x3_bf16_rows and pack_bt_panels: the same pairs of products summed in the same order.
+  struct Case {
+    int images, cin, cout, h, w, r0, r1;
+    long d0, d1;
+  };
+  unsigned seed = 700;
+  for (const Case& c : {Case{1, 3, 8, 7, 9, 0, 7, 0, 27}, Case{2, 16, 40, 14, 14, 0, 14, 0, 144},
+                        Case{1, 29, 17, 33, 35, 10, 20, 256, 261}, Case{3, 8, 64, 5, 6, 1, 4, 9, 72},
+                        Case{1, 32, 16, 24, 24, 0, 24, 0, 256}}) {
+    CAPTURE(c.images);
+    CAPTURE(c.cin);
+    CAPTURE(c.cout);
+    CAPTURE(c.h);
+    CAPTURE(c.d0);
+    const long plane = long(c.h) * c.w, cols = long(c.r1 - c.r0) * c.w, n = c.images * cols, rows = c.d1 - c.d0;
+    const auto x = ref::random_vector(std::size_t(c.images * c.cin * plane), seed++);
+    const auto dz = ref::random_vector(std::size_t(c.cout * n), seed++);
+    const auto start = ref::random_vector(std::size_t(c.cout * rows), seed++);  // accumulated onto
+    std::vector<float> col(std::size_t(rows * n));
+    for (int i = 0; i < c.images; ++i)
+      vgg::cpu::im2col3x3(x.data() + i * c.cin * plane, c.cin, c.h, c.w, c.r0, c.r1, col.data() + i * cols, n, c.d0,
+                          c.d1);
+    const long stride = (n + 1) / 2 + 5;  // not a multiple of anything
+    vgg::Buffer<std::uint32_t> col_rows, panels, a_pack, b_pack, packed_rows;
+    vgg::Buffer<float> stage;
+    col_rows.reserve(std::size_t((rows + 7) / 8 * 8 * stride));
+    packed_rows.reserve(std::size_t(stride));
+    panels.reserve(std::size_t(bf16::packed_b_panels_size(n, c.cout)));
+    a_pack.reserve(std::size_t(amx::bf16_a_pack_size(c.cout)));
+    b_pack.reserve(std::size_t(amx::bf16_b_pack_size()));
+    stage.reserve(std::size_t(n));
+    vgg::cpu::im2col3x3_bf16_rows(x.data(), long(c.cin) * plane, c.images, c.cin, c.h, c.w, c.r0, c.r1, c.d0, c.d1,
+                                  stage.data(), col_rows.data(), stride);
+    // The rows are pack_row's words of im2col3x3's rows, and those are pack_bt's pairs.
+    bool rows_match = true;
+    for (long d = 0; d < rows; ++d) {
+      bf16::pack_row(col.data() + d * n, n, packed_rows.data());
+      rows_match &= words(col_rows.data(), d * stride, (n + 1) / 2) == words(packed_rows.data(), 0, (n + 1) / 2);
+    }
+    CHECK(rows_match);
+    vgg::Buffer<std::uint32_t> bt;
+    bt.reserve(std::size_t(bf16::packed_b_size()));
+    bf16::pack_bt(col.data(), n, 0, std::min<long>(n, bf16::kKc), 0, int(std::min<long>(rows, 32)), bt.data());
+    bool bt_match = true;
+    for (long q = 0; q < (std::min<long>(n, bf16::kKc) + 1) / 2; ++q)
+      for (long r = 0; r < std::min<long>(rows, 32); ++r) bt_match &= bt.data()[q * 32 + r] == col_rows.data()[r * stride + q];
+    CHECK(bt_match);
+
+    std::vector<float> dw = start, dwt(start.size());
+    for (long co = 0; co < c.cout; ++co)
+      for (long d = 0; d < rows; ++d) dwt[std::size_t(d * c.cout + co)] = start[std::size_t(co * rows + d)];
+    const vgg::cpu::avx512::Epilogue e{1.0f, true, nullptr, false};
+    bf16::gemm<false, true>(c.cout, rows, n, dz.data(), n, col.data(), n, dw.data(), rows, a_pack.data(),
+                            b_pack.data(), e);
+    bf16::pack_bt_panels(dz.data(), n, n, c.cout, panels.data());
+    bf16::gemm_rows_a(rows, c.cout, n, col_rows.data(), stride, panels.data(), dwt.data(), c.cout, e);
+    bool same = true;
+    for (long co = 0; co < c.cout; ++co)
+      for (long d = 0; d < rows; ++d) {
+        const float want = dw[std::size_t(co * rows + d)], got = dwt[std::size_t(d * c.cout + co)];
+        same &= std::memcmp(&want, &got, 4) == 0;
+      }
+    CHECK(same);
+  }
+}
+
 TEST_CASE("bf16 GEMM on pre-packed B panels equals the GEMM that packs B, bit for bit, on both kernels") {
   if (!bf16::bf16_gemm_available()) {
     std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; bf16 GEMM on B panels not run\n");

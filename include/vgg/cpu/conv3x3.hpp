@@ -143,6 +143,19 @@ inline void sum_partials(const std::vector<Buffer<float>>& partials, int threads
   }
 }
 
+/// As sum_partials, for partials that hold the transpose of out (depth x cout for a cout x depth
+/// weight gradient): out[co * depth + d] = sum over t of partials[t][d * cout + co].
+inline void sum_partials_transposed(const std::vector<Buffer<float>>& partials, int threads, long cout, long depth,
+                                    float* out, int tid) {
+  const Range mine = split(cout * depth, tid, threads);
+  for (long i = mine.begin; i < mine.end; ++i) {
+    const long at = i % depth * cout + i / depth;
+    float s = 0.0f;
+    for (int t = 0; t < threads; ++t) s += partials[std::size_t(t)].data()[at];
+    out[i] = s;
+  }
+}
+
 /// Grows `buffers` to `threads` buffers of at least `size` floats each.
 inline void reserve_per_thread(std::vector<Buffer<float>>& buffers, int threads, long size) {
   if (int(buffers.size()) < threads) buffers.resize(std::size_t(threads));
@@ -171,7 +184,14 @@ struct Conv3x3Workspace {
   // (im2col3x3_bf16_panels), and the two column rows it rounds them from.
   std::vector<Buffer<std::uint32_t>> column_panels;
   std::vector<Buffer<float>> column_stages;
+  // bf16 backward (vdpbf16ps kernel), per thread: a column slice as bf16 pair rows and the band's
+  // output gradient packed once as B panels, for the weight gradient taken transposed
+  // (gemm_rows_a: no transpose of the columns); the partial weight gradients are then depth x cout.
+  std::vector<Buffer<std::uint32_t>> column_rows, gradient_panels;
   bool bf16 = false;
+
+  /// Row stride (uint32s) of column_rows for a band of `cols` columns: whole cache lines.
+  static constexpr long column_row_stride(long cols) { return ((cols + 1) / 2 + 15) / 16 * 16; }
 
   /// requires: !on || bf16::bf16_gemm_available(), and reserve (or reserve_backward) was called.
   void set_bf16(bool on) {
@@ -198,6 +218,16 @@ struct Conv3x3Workspace {
     for (int t = 0; t < threads; ++t) {
       weight_plans[std::size_t(t)].reserve(g.cout, g.slice_depth(), band_cols);
       input_plans[std::size_t(t)].reserve(g.slice_depth(), band_cols, g.cout);
+    }
+    if (kFastKernels && bf16::bf16_gemm_available() && g.cin != 1) {
+      if (int(column_rows.size()) < threads) {
+        column_rows.resize(std::size_t(threads));
+        gradient_panels.resize(std::size_t(threads));
+      }
+      for (int t = 0; t < threads; ++t) {
+        column_rows[std::size_t(t)].reserve(std::size_t((g.slice_depth() + 7) / 8 * 8 * column_row_stride(band_cols)));
+        gradient_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(band_cols, g.cout)));
+      }
     }
   }
 
@@ -412,6 +442,12 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
     float* db = ws.bias_grads[std::size_t(tid)].data();
     std::fill(dw, dw + wsize, 0.0f);
     std::fill(db, db + g.cout, 0.0f);
+    // bf16 on the vdpbf16ps kernel: the weight gradient taken transposed, dW^T = col * dz^T, from the
+    // columns as bf16 rows (dw is then depth x cout). The AMX kernel keeps the float columns.
+    bool transposed = false;
+#ifdef VGG_BF16_KERNELS
+    if constexpr (!Plain) transposed = g.cin != 1 && ws.weight_plans[std::size_t(tid)].bf16() && !amx::amx_ready();
+#endif
     const Range mine = split(n, tid, nth);
     for (long first = mine.begin; first < mine.end; first += group) {
       // This group's images, side by side in dz's channel rows (stride dz_stride) and in the columns.
@@ -481,15 +517,31 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
         const long cols = long(r1 - r0) * g.w, group_cols = count * cols;  // count > 1: whole images
         const long ld = Plain ? group_cols : Conv3x3Geometry::column_stride(group_cols);
         const float* dzb = dz + long(r0) * g.w;
+#ifdef VGG_BF16_KERNELS
+        if (transposed)  // dz^T as B panels, once for all slices
+          bf16::pack_bt_panels(dzb, dz_stride, group_cols, g.cout, ws.gradient_panels[std::size_t(tid)].data());
+#endif
         // A slice of the column matrix at a time, consumed while in cache by both GEMMs:
         // dW[:, d0:d1] += dz (cout x group_cols, stride dz_stride) * col^T, and
         // dcol = W[:, d0:d1]^T * dz, added back into dx.
         for (long d0 = 0; d0 < g.depth(); d0 += kColumnSlice) {
           const long d1 = std::min(g.depth(), d0 + kColumnSlice), rows = d1 - d0;
-          for (long i = first; i < last; ++i)
-            im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, d0, d1);
-          gemm<false, true, Path>(g.cout, rows, group_cols, dzb, dz_stride, col, ld, dw + d0, g.depth(),
-                                  ws.weight_plans[std::size_t(tid)]);
+#ifdef VGG_BF16_KERNELS
+          if (transposed) {  // dW^T[d0:d1, :] += col_bf16 * dz^T
+            const long stride = Conv3x3Workspace::column_row_stride(group_cols);
+            std::uint32_t* col_rows = ws.column_rows[std::size_t(tid)].data();
+            im2col3x3_bf16_rows(x + first * g.cin * plane, long(g.cin) * plane, int(count), g.cin, g.h, g.w, r0, r1,
+                                d0, d1, ws.column_stages[std::size_t(tid)].data(), col_rows, stride);
+            bf16::gemm_rows_a(rows, g.cout, group_cols, col_rows, stride, ws.gradient_panels[std::size_t(tid)].data(),
+                              dw + d0 * g.cout, g.cout, avx512::Epilogue{1.0f, true, nullptr, false});
+          } else
+#endif
+          {
+            for (long i = first; i < last; ++i)
+              im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, d0, d1);
+            gemm<false, true, Path>(g.cout, rows, group_cols, dzb, dz_stride, col, ld, dw + d0, g.depth(),
+                                    ws.weight_plans[std::size_t(tid)]);
+          }
           if (!dx) continue;
           GemmPlan& plan = ws.input_plans[std::size_t(tid)];
 #ifdef VGG_FAST_KERNELS
@@ -515,7 +567,10 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
       }
     }
 #pragma omp barrier
-    sum_partials(ws.weight_grads, nth, wsize, weight_grad, tid);
+    if (transposed)
+      sum_partials_transposed(ws.weight_grads, nth, g.cout, g.depth(), weight_grad, tid);
+    else
+      sum_partials(ws.weight_grads, nth, wsize, weight_grad, tid);
     sum_partials(ws.bias_grads, nth, g.cout, bias_grad, tid);
   }
 }

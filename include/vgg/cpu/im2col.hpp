@@ -70,6 +70,20 @@ inline void im2col3x3_bf16_panels(const float* in, long image_stride, int images
                           pairs * bf16::kNr);
   }
 }
+
+/// Rows [d0, d1) of the same column matrix as bf16 pair rows (row d - d0 at rows + (d - d0) *
+/// row_stride, pixel pairs in order, bf16::pack_row's words), for products that take the columns
+/// with the depth of the sum along their rows (bf16::gemm_rows_a). Each row is built by im2col3x3
+/// into `stage` (columns floats, in L1) and rounded from there.
+/// requires: bf16::bf16_gemm_available(); row_stride >= ceil(columns / 2).
+inline void im2col3x3_bf16_rows(const float* in, long image_stride, int images, int cin, int h, int w, int r0,
+                                int r1, long d0, long d1, float* stage, std::uint32_t* rows, long row_stride) {
+  const long cols = long(r1 - r0) * w, n = images * cols;
+  for (long d = d0; d < d1; ++d) {
+    for (int i = 0; i < images; ++i) im2col3x3(in + i * image_stride, cin, h, w, r0, r1, stage + i * cols, n, d, d + 1);
+    bf16::pack_row(stage, n, rows + (d - d0) * row_stride);
+  }
+}
 #endif
 
 /// The adjoint of im2col3x3 over the same rows [d0, d1) (all when d1 < 0):
