@@ -188,6 +188,9 @@ struct Conv3x3Workspace {
   // output gradient packed once as B panels, for the weight gradient taken transposed
   // (gemm_rows_a: no transpose of the columns); the partial weight gradients are then depth x cout.
   std::vector<Buffer<std::uint32_t>> column_rows, gradient_panels;
+  // and for the input gradient: W^T packed once per backward, dz as B panels per band (per thread).
+  Buffer<std::uint32_t> packed_weights_t_bf16;
+  std::vector<Buffer<std::uint32_t>> input_gradient_panels;
   bool bf16 = false;
 
   /// Row stride (uint32s) of column_rows for a band of `cols` columns: whole cache lines.
@@ -223,11 +226,14 @@ struct Conv3x3Workspace {
       if (int(column_rows.size()) < threads) {
         column_rows.resize(std::size_t(threads));
         gradient_panels.resize(std::size_t(threads));
+        input_gradient_panels.resize(std::size_t(threads));
       }
       for (int t = 0; t < threads; ++t) {
         column_rows[std::size_t(t)].reserve(std::size_t((g.slice_depth() + 7) / 8 * 8 * column_row_stride(band_cols)));
         gradient_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(band_cols, g.cout)));
+        input_gradient_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(g.cout, band_cols)));
       }
+      packed_weights_t_bf16.reserve(std::size_t(bf16::packed_a_size(g.depth(), g.cout)));
     }
   }
 
@@ -445,8 +451,18 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
     // bf16 on the vdpbf16ps kernel: the weight gradient taken transposed, dW^T = col * dz^T, from the
     // columns as bf16 rows (dw is then depth x cout). The AMX kernel keeps the float columns.
     bool transposed = false;
+    // The input gradient's products on the same kernel, when one depth pass covers cout: W^T packed
+    // once for all bands by all threads, dz packed once per band as B panels for all column slices.
+    bool prepacked = false;
 #ifdef VGG_BF16_KERNELS
-    if constexpr (!Plain) transposed = g.cin != 1 && ws.weight_plans[std::size_t(tid)].bf16() && !amx::amx_ready();
+    if constexpr (!Plain) {
+      transposed = g.cin != 1 && ws.weight_plans[std::size_t(tid)].bf16() && !amx::amx_ready();
+      prepacked = transposed && dx && g.cout <= bf16::kKc;
+      if (prepacked) {
+        bf16::pack_a_whole<true>(weight, g.depth(), g.depth(), g.cout, ws.packed_weights_t_bf16.data(), tid, nth);
+#pragma omp barrier
+      }
+    }
 #endif
     const Range mine = split(n, tid, nth);
     for (long first = mine.begin; first < mine.end; first += group) {
@@ -520,6 +536,8 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
 #ifdef VGG_BF16_KERNELS
         if (transposed)  // dz^T as B panels, once for all slices
           bf16::pack_bt_panels(dzb, dz_stride, group_cols, g.cout, ws.gradient_panels[std::size_t(tid)].data());
+        if (prepacked)  // and dz itself, the input gradient's B
+          bf16::pack_b_panels(dzb, dz_stride, g.cout, group_cols, ws.input_gradient_panels[std::size_t(tid)].data());
 #endif
         // A slice of the column matrix at a time, consumed while in cache by both GEMMs:
         // dW[:, d0:d1] += dz (cout x group_cols, stride dz_stride) * col^T, and
@@ -547,7 +565,12 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
 #ifdef VGG_FAST_KERNELS
           if constexpr (!Plain) {
 #ifdef VGG_BF16_KERNELS
-            if (plan.bf16())
+            if (prepacked)  // rows d0.. of the packed W^T: tile d0 of its one pass
+              bf16::gemm<true>(rows, group_cols, g.cout, nullptr, 0, nullptr, 0, dcol, ld, nullptr, nullptr,
+                               avx512::Epilogue{1.0f, false, nullptr, false},
+                               ws.packed_weights_t_bf16.data() + d0 * ((g.cout + 1) / 2),
+                               ws.input_gradient_panels[std::size_t(tid)].data());
+            else if (plan.bf16())
               amx::bf16_gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
                                    plan.bf16_a_pack(), plan.bf16_b_pack(),
                                    avx512::Epilogue{1.0f, false, nullptr, false});
