@@ -246,7 +246,7 @@ std::vector<std::uint32_t> words(const std::uint32_t* p, long at, long count) { 
 
 }  // namespace
 
-TEST_CASE("B panels packed whole, or built by im2col as bf16, are pack_b's panels bit for bit") {
+TEST_CASE("B panels packed whole are pack_b's panels bit for bit") {
   if (!bf16::bf16_gemm_available()) {
     std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; bf16 B panels not checked\n");
     return;
@@ -266,39 +266,6 @@ TEST_CASE("B panels packed whole, or built by im2col as bf16, are pack_b's panel
         CHECK(words(panels.data(), p0 / 2 * n_padded + j0 * pairs, pairs * 32) ==
               pack_b_panel(b.data(), n + 3, p0, kc, j0, n));
     }
-  }
-  // im2col3x3_bf16_panels against pack_b of im2col3x3's float columns: images side by side, bands
-  // at the image's edges and inside it, depth ranges that start inside and end on an odd row.
-  struct Case {
-    int images, cin, h, w, r0, r1;
-    long d0, d1;
-  };
-  for (const Case& c : {Case{1, 3, 7, 9, 0, 7, 0, 27}, Case{2, 16, 14, 14, 0, 14, 0, 144},
-                        Case{3, 8, 5, 6, 1, 4, 9, 54}, Case{1, 29, 33, 35, 10, 20, 256, 261},
-                        Case{2, 4, 4, 4, 0, 4, 3, 36}}) {
-    CAPTURE(c.images);
-    CAPTURE(c.cin);
-    CAPTURE(c.h);
-    CAPTURE(c.w);
-    CAPTURE(c.r0);
-    CAPTURE(c.d0);
-    CAPTURE(c.d1);
-    const long plane = long(c.h) * c.w, cols = long(c.r1 - c.r0) * c.w, n = c.images * cols, kc = c.d1 - c.d0;
-    const auto x = ref::random_vector(std::size_t(c.images * c.cin * plane), unsigned(c.cin * 7 + c.h));
-    std::vector<float> col(std::size_t(kc * n));
-    for (int i = 0; i < c.images; ++i)
-      vgg::cpu::im2col3x3(x.data() + i * c.cin * plane, c.cin, c.h, c.w, c.r0, c.r1, col.data() + i * cols, n, c.d0,
-                          c.d1);
-    vgg::Buffer<std::uint32_t> panels;
-    vgg::Buffer<float> stage;
-    panels.reserve(std::size_t(bf16::packed_b_panels_size(kc, n)));
-    stage.reserve(std::size_t(2 * ((n + 15) / 16 * 16)));
-    std::fill(panels.data(), panels.data() + bf16::packed_b_panels_size(kc, n), 0xDEADBEEFu);  // stale words
-    vgg::cpu::im2col3x3_bf16_panels(x.data(), long(c.cin) * plane, c.images, c.cin, c.h, c.w, c.r0, c.r1, c.d0,
-                                    c.d1, stage.data(), panels.data());
-    const long pairs = (kc + 1) / 2;
-    for (long j0 = 0; j0 < n; j0 += 32)
-      CHECK(words(panels.data(), j0 * pairs, pairs * 32) == pack_b_panel(col.data(), n, 0, kc, j0, n));
   }
 }
 
@@ -353,7 +320,8 @@ TEST_CASE("a weight gradient taken transposed from bf16 column rows equals the p
     bf16::pack_bt(col.data(), n, 0, std::min<long>(n, bf16::kKc), 0, int(std::min<long>(rows, 32)), bt.data());
     bool bt_match = true;
     for (long q = 0; q < (std::min<long>(n, bf16::kKc) + 1) / 2; ++q)
-      for (long r = 0; r < std::min<long>(rows, 32); ++r) bt_match &= bt.data()[q * 32 + r] == col_rows.data()[r * stride + q];
+      for (long r = 0; r < std::min<long>(rows, 32); ++r)
+        bt_match &= bt.data()[q * 32 + r] == col_rows.data()[r * stride + q];
     CHECK(bt_match);
 
     std::vector<float> dw = start, dwt(start.size());
@@ -374,7 +342,7 @@ TEST_CASE("a weight gradient taken transposed from bf16 column rows equals the p
   }
 }
 
-TEST_CASE("bf16 GEMM on pre-packed B panels equals the GEMM that packs B, bit for bit, on both kernels") {
+TEST_CASE("bf16 GEMM on pre-packed B panels equals the GEMM that packs B, bit for bit") {
   if (!bf16::bf16_gemm_available()) {
     std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; bf16 GEMM on B panels not run\n");
     return;
@@ -397,15 +365,25 @@ TEST_CASE("bf16 GEMM on pre-packed B panels equals the GEMM that packs B, bit fo
     bf16::gemm<false>(m, n, k, a.data(), k, nullptr, 0, packed.data(), n, a_pack.data(), b_pack.data(), e, nullptr,
                       panels.data());
     CHECK(std::memcmp(packs.data(), packed.data(), packs.size() * 4) == 0);
-    // The AMX kernel's packing and tile loop, on emulated tiles.
-    amx::EmulatedTiles tiles;
-    float* staging = reinterpret_cast<float*>(b_pack.data() + bf16::packed_b_size());
-    amx::gemm_on<false, false>(tiles, m, n, k, a.data(), k, b.data(), n, packs.data(), n, a_pack.data(),
-                               b_pack.data(), staging, e);
-    amx::gemm_on<false, false>(tiles, m, n, k, a.data(), k, nullptr, 0, packed.data(), n, a_pack.data(),
-                               b_pack.data(), staging, e, panels.data());
-    CHECK(std::memcmp(packs.data(), packed.data(), packs.size() * 4) == 0);
   }
+  // The conv's input gradient: rows [d0, d0 + rows) of op(A) = W^T (W: cout x depth), from W^T
+  // packed whole (one pass over cout) at tile d0, and dz as B panels.
+  const long cout = 40, depth = 600, d0 = 256, rows = 256, n = 70;
+  const auto w = ref::random_vector(std::size_t(cout * depth), seed++);
+  const auto dz = ref::random_vector(std::size_t(cout * n), seed++);
+  vgg::Buffer<std::uint32_t> a_pack, b_pack, whole, panels;
+  a_pack.reserve(std::size_t(amx::bf16_a_pack_size(rows)));
+  b_pack.reserve(std::size_t(amx::bf16_b_pack_size()));
+  whole.reserve(std::size_t(bf16::packed_a_size(depth, cout)));
+  panels.reserve(std::size_t(bf16::packed_b_panels_size(cout, n)));
+  bf16::pack_a_whole<true>(w.data(), depth, depth, cout, whole.data());
+  bf16::pack_b_panels(dz.data(), n, cout, n, panels.data());
+  const vgg::cpu::avx512::Epilogue e{1.0f, false, nullptr, false};
+  std::vector<float> packs(std::size_t(rows * n)), packed(packs.size());
+  bf16::gemm<true>(rows, n, cout, w.data() + d0, depth, dz.data(), n, packs.data(), n, a_pack.data(), b_pack.data(), e);
+  bf16::gemm<true>(rows, n, cout, nullptr, 0, nullptr, 0, packed.data(), n, nullptr, nullptr, e,
+                   whole.data() + d0 * ((cout + 1) / 2), panels.data());
+  CHECK(std::memcmp(packs.data(), packed.data(), packs.size() * 4) == 0);
 }
 #endif
 

@@ -180,14 +180,12 @@ struct Conv3x3Workspace {
   // bf16 operands (gemm_bf16.hpp) for this layer's products on the AVX-512 path: the weights packed
   // as bf16 once per forward, and every plan's bf16 packing buffers. Set by set_bf16 before a call.
   Buffer<std::uint32_t> packed_weights_bf16;
-  // bf16 forward, per thread: a column slice built straight as the GEMM's bf16 B panels
-  // (im2col3x3_bf16_panels), and the two column rows it rounds them from.
-  std::vector<Buffer<std::uint32_t>> column_panels;
-  std::vector<Buffer<float>> column_stages;
-  // bf16 backward (vdpbf16ps kernel), per thread: a column slice as bf16 pair rows and the band's
-  // output gradient packed once as B panels, for the weight gradient taken transposed
-  // (gemm_rows_a: no transpose of the columns); the partial weight gradients are then depth x cout.
+  // bf16 backward (vdpbf16ps kernel), per thread: a column slice as bf16 pair rows (and one float
+  // row they are rounded from) and the band's output gradient packed once as B panels, for the
+  // weight gradient taken transposed (gemm_rows_a: no transpose of the columns); the partial weight
+  // gradients are then depth x cout.
   std::vector<Buffer<std::uint32_t>> column_rows, gradient_panels;
+  std::vector<Buffer<float>> column_stages;
   // and for the input gradient: W^T packed once per backward, dz as B panels per band (per thread).
   Buffer<std::uint32_t> packed_weights_t_bf16;
   std::vector<Buffer<std::uint32_t>> input_gradient_panels;
@@ -233,6 +231,7 @@ struct Conv3x3Workspace {
         gradient_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(band_cols, g.cout)));
         input_gradient_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(g.cout, band_cols)));
       }
+      reserve_per_thread(column_stages, threads, band_cols);
       packed_weights_t_bf16.reserve(std::size_t(bf16::packed_a_size(g.depth(), g.cout)));
     }
   }
@@ -245,13 +244,7 @@ struct Conv3x3Workspace {
     if constexpr (kFastKernels) {
       packed_weights.reserve(std::size_t(avx512::packed_a_size(g.cout, g.depth())));
       reserve_per_thread(band_outputs, threads, g.cin != 1 ? long(g.cout) * band_cols : 0);
-      if (bf16::bf16_gemm_available()) {
-        packed_weights_bf16.reserve(std::size_t(bf16::packed_a_size(g.cout, g.depth())));
-        if (int(column_panels.size()) < threads) column_panels.resize(std::size_t(threads));
-        for (int t = 0; t < threads; ++t)
-          column_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(g.slice_depth(), band_cols)));
-        reserve_per_thread(column_stages, threads, 2 * Conv3x3Geometry::column_stride(band_cols));
-      }
+      if (bf16::bf16_gemm_available()) packed_weights_bf16.reserve(std::size_t(bf16::packed_a_size(g.cout, g.depth())));
     }
   }
 };
@@ -344,20 +337,17 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
         const long m_padded = avx512::packed_a_size(g.cout, 1);
         for (long p0 = 0; p0 < g.depth(); p0 += kColumnSlice) {  // a depth pass per column slice
           const long p1 = std::min(g.depth(), p0 + kColumnSlice);
+          for (long i = first; i < last; ++i)
+            im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, p0, p1);
           const avx512::Epilogue e{1.0f, p0 > 0, p0 == 0 ? bias : nullptr, Relu && p1 == g.depth()};
 #ifdef VGG_BF16_KERNELS
-          if (ws.bf16) {  // columns built as bf16 B panels; pass p0 of the bf16 weights at p0 / 2 pairs per row
-            std::uint32_t* panels = ws.column_panels[std::size_t(tid)].data();
-            im2col3x3_bf16_panels(x + first * g.cin * plane, long(g.cin) * plane, int(last - first), g.cin, g.h, g.w,
-                                  r0, r1, p0, p1, ws.column_stages[std::size_t(tid)].data(), panels);
-            amx::bf16_gemm<false>(g.cout, group_cols, p1 - p0, weight + p0, g.depth(), nullptr, 0, dst,
+          if (ws.bf16) {  // pass p0 of the bf16-packed weights starts at p0 / 2 pairs per padded row
+            amx::bf16_gemm<false>(g.cout, group_cols, p1 - p0, weight + p0, g.depth(), col, ld, dst,
                                   staged ? group_cols : plane, plan.bf16_a_pack(), plan.bf16_b_pack(), e,
-                                  ws.packed_weights_bf16.data() + p0 / 2 * m_padded, panels);
+                                  ws.packed_weights_bf16.data() + p0 / 2 * m_padded);
             continue;
           }
 #endif
-          for (long i = first; i < last; ++i)
-            im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, p0, p1);
           avx512::gemm<false>(g.cout, group_cols, p1 - p0, weight, g.depth(), col, ld, dst, staged ? group_cols : plane,
                               plan.fast_a_pack(), plan.fast_b_pack(), e, ws.packed_weights.data() + p0 * m_padded);
         }

@@ -178,8 +178,7 @@ VGG_TARGET_BF16 inline void store_block(const float* staged, float* c, Index ldc
 template <bool TransA, bool TransB, class Tiles>
 inline void gemm_on(Tiles& tiles, Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb,
                     float* c, Index ldc, std::uint32_t* a_pack, std::uint32_t* b_pack, float* staging,
-                    const Epilogue& out, const std::uint32_t* b_packed = nullptr) {
-  const Index n_padded = (n + bf16::kNr - 1) / bf16::kNr * bf16::kNr;
+                    const Epilogue& out) {
   tiles.begin();
   for (Index p0 = 0; p0 < k; p0 += kKc) {
     const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2, padded = padded_pairs(kc);
@@ -188,9 +187,7 @@ inline void gemm_on(Tiles& tiles, Index m, Index n, Index k, const float* a, Ind
       pack_a<TransA>(a, lda, i0, int(std::min<Index>(kBlock, m - i0)), p0, kc, a_pack + i0 * padded);
     for (Index j0 = 0; j0 < n; j0 += kBlock) {
       const int nr = int(std::min<Index>(kBlock, n - j0));
-      if (b_packed)  // the panel is pack_b's; copied to pad its depth to whole tiles
-        std::memcpy(b_pack, b_packed + p0 / 2 * n_padded + j0 * pairs, std::size_t(pairs) * bf16::kNr * 4);
-      else if constexpr (TransB)
+      if constexpr (TransB)
         bf16::pack_bt(b, ldb, p0, kc, j0, nr, b_pack);
       else
         bf16::pack_b(b, ldb, p0, kc, j0, nr, b_pack);
@@ -297,22 +294,21 @@ constexpr Index bf16_b_pack_size() { return bf16::packed_b_size() + kStagingFloa
 #ifdef VGG_BF16_KERNELS
 /// The bf16 product the layers call: bf16::gemm's contract, run on AMX tiles where amx_ready() (A
 /// packed again by rows; a_packed, the vdpbf16ps kernel's layout, is then not used) and by vdpbf16ps
-/// elsewhere; b_packed (bf16::pack_b_panels' layout) is taken by both. requires: a_pack holds
-/// bf16_a_pack_size(m) and b_pack bf16_b_pack_size() uint32s,
+/// elsewhere. requires: a_pack holds bf16_a_pack_size(m) and b_pack bf16_b_pack_size() uint32s,
 /// 64-byte aligned; bf16::bf16_gemm_available().
 template <bool TransA, bool TransB = false>
 inline void bf16_gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
                       Index ldc, std::uint32_t* a_pack, std::uint32_t* b_pack, const avx512::Epilogue& out,
-                      const std::uint32_t* a_packed = nullptr, const std::uint32_t* b_packed = nullptr) {
+                      const std::uint32_t* a_packed = nullptr) {
 #ifdef VGG_AMX_KERNELS
   if (amx_ready()) {
     HardwareTiles tiles;
     gemm_on<TransA, TransB>(tiles, m, n, k, a, lda, b, ldb, c, ldc, a_pack, b_pack,
-                            reinterpret_cast<float*>(b_pack + bf16::packed_b_size()), out, b_packed);
+                            reinterpret_cast<float*>(b_pack + bf16::packed_b_size()), out);
     return;
   }
 #endif
-  bf16::gemm<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, a_pack, b_pack, out, a_packed, b_packed);
+  bf16::gemm<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, a_pack, b_pack, out, a_packed);
 }
 #endif
 

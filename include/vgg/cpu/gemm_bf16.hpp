@@ -207,9 +207,9 @@ inline void pack_bt(const float* b, Index ldb, Index p0, Index kc, Index j0, int
 inline void pack_bt_panels(const float* b, Index ldb, Index k, Index n, std::uint32_t* dst) {
   const Index n_padded = (n + kNr - 1) / kNr * kNr;
   for (Index p0 = 0; p0 < k; p0 += kKc) {
-    const Index pairs = (std::min(kKc, k - p0) + 1) / 2;
+    const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2;
     for (Index j0 = 0; j0 < n; j0 += kNr)
-      pack_bt(b, ldb, p0, std::min(kKc, k - p0), j0, int(std::min<Index>(kNr, n - j0)), dst + p0 / 2 * n_padded + j0 * pairs);
+      pack_bt(b, ldb, p0, kc, j0, int(std::min<Index>(kNr, n - j0)), dst + p0 / 2 * n_padded + j0 * pairs);
   }
 }
 
@@ -219,7 +219,9 @@ VGG_TARGET_BF16 inline void pack_row(const float* src, Index k, std::uint32_t* d
   for (Index p = 0; p < k; p += 32) {
     const Index count = std::min<Index>(32, k - p);
     const __mmask16 lo_lanes = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
-    const __mmask16 hi_lanes = count >= 32 ? __mmask16(0xFFFF) : count <= 16 ? __mmask16(0) : __mmask16((1u << (count - 16)) - 1u);
+    const __mmask16 hi_lanes = count >= 32   ? __mmask16(0xFFFF)
+                               : count <= 16 ? __mmask16(0)
+                                             : __mmask16((1u << (count - 16)) - 1u);
     const __m512i words = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi_lanes, src + p + 16),
                                                        _mm512_maskz_loadu_ps(lo_lanes, src + p));
     _mm512_mask_storeu_epi32(dst + p / 2, __mmask16(count >= 32 ? 0xFFFF : (1u << ((count + 1) / 2)) - 1u), words);

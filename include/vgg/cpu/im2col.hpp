@@ -1,7 +1,8 @@
 #pragma once
 // im2col for 3x3 kernels, stride 1, padding 1, over a band of output rows of one image, and its
 // adjoint. Both take a range of the column matrix's rows (d = ci*9 + ky*3 + kx), so that a caller
-// can build and consume the matrix a slice of depth at a time while the slice is in cache.
+// can build and consume the matrix a slice of depth at a time while the slice is in cache. A bf16
+// variant writes the rows straight as bf16 pairs, for the bf16 weight gradient.
 
 #include <algorithm>
 #include <cstdint>
@@ -51,36 +52,19 @@ inline void im2col3x3(const float* in, int cin, int h, int w, int r0, int r1, fl
 }
 
 #ifdef VGG_BF16_KERNELS
-/// Rows [d0, d1) of the column matrix of `images` images side by side (image i's columns at
-/// i * (r1 - r0) * w; image i at in + i * image_stride), written straight as the bf16 GEMM's B
-/// panels (bf16::pack_b_panels' layout for one pass, d1 - d0 <= bf16::kKc) instead of as floats that
-/// bf16::gemm would read and pack: each depth pair is built by im2col3x3 into `stage` (two rows of
-/// round_up(columns, 16) floats, which stay in L1) and rounded from there, so the panels are
-/// bit for bit the ones packing im2col3x3's matrix gives.
-/// requires: bf16::bf16_gemm_available(); panels holds bf16::packed_b_panels_size(d1 - d0, columns)
-/// uint32s, 64-byte aligned.
-inline void im2col3x3_bf16_panels(const float* in, long image_stride, int images, int cin, int h, int w, int r0,
-                                  int r1, long d0, long d1, float* stage, std::uint32_t* panels) {
-  const long cols = long(r1 - r0) * w, n = images * cols, ld = (n + 15) / 16 * 16;
-  const long pairs = (d1 - d0 + 1) / 2;
-  for (long d = d0; d < d1; d += 2) {
-    const long e = std::min(d + 2, d1);
-    for (int i = 0; i < images; ++i) im2col3x3(in + i * image_stride, cin, h, w, r0, r1, stage + i * cols, ld, d, e);
-    bf16::pack_b_pair_row(stage, e - d == 2 ? stage + ld : nullptr, n, panels + (d - d0) / 2 * bf16::kNr,
-                          pairs * bf16::kNr);
-  }
-}
-
-/// Rows [d0, d1) of the same column matrix as bf16 pair rows (row d - d0 at rows + (d - d0) *
-/// row_stride, pixel pairs in order, bf16::pack_row's words), for products that take the columns
-/// with the depth of the sum along their rows (bf16::gemm_rows_a). Each row is built by im2col3x3
-/// into `stage` (columns floats, in L1) and rounded from there.
+/// Rows [d0, d1) of the column matrix of `images` images side by side (image i at in + i *
+/// image_stride, its columns at i * (r1 - r0) * w) as bf16 pair rows: row d - d0 at rows + (d - d0)
+/// * row_stride, pixel pairs in order (bf16::pack_row's words). For the bf16 weight gradient taken
+/// as columns x dz^T (bf16::gemm_rows_a), whose depth runs along the columns' rows, so that nothing
+/// is transposed. Each row is built by im2col3x3 into `stage` (columns floats, in L1) and rounded
+/// from there.
 /// requires: bf16::bf16_gemm_available(); row_stride >= ceil(columns / 2).
 inline void im2col3x3_bf16_rows(const float* in, long image_stride, int images, int cin, int h, int w, int r0,
                                 int r1, long d0, long d1, float* stage, std::uint32_t* rows, long row_stride) {
   const long cols = long(r1 - r0) * w, n = images * cols;
   for (long d = d0; d < d1; ++d) {
-    for (int i = 0; i < images; ++i) im2col3x3(in + i * image_stride, cin, h, w, r0, r1, stage + i * cols, n, d, d + 1);
+    for (int i = 0; i < images; ++i)
+      im2col3x3(in + i * image_stride, cin, h, w, r0, r1, stage + i * cols, n, d, d + 1);
     bf16::pack_row(stage, n, rows + (d - d0) * row_stride);
   }
 }
