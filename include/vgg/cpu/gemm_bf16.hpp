@@ -162,9 +162,7 @@ VGG_TARGET_BF16 inline void pack_b(const float* b, Index ldb, Index p0, Index kc
 }
 
 /// One depth pair of every B panel across n columns: rows `even` and `odd` (null: past the depth,
-/// zero) of a row-major B, rounded as pack_b rounds them, panel t's row at dst + t * panel_stride.
-/// Gives pack_b's words, so that B panels built a depth pair at a time (im2col3x3_bf16_panels) equal
-/// the ones the GEMM packs.
+/// zero) of a row-major B, panel t's row at dst + t * panel_stride; pack_b's words, bit for bit.
 VGG_TARGET_BF16 inline void pack_b_pair_row(const float* even, const float* odd, Index n, std::uint32_t* dst,
                                             Index panel_stride) {
   alignas(64) static constexpr std::uint16_t interleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
@@ -269,9 +267,9 @@ template <int Vectors = 2, bool RowsA = false>
 
 /// C (m x n, ldc) = out(alpha * op(A) * op(B)) with bf16 products and fp32 sums; the epilogue and
 /// the operands' layouts are gemm_avx512.hpp's gemm. With a_packed (from pack_a_whole), A is not
-/// read nor packed again; with b_packed (pack_b_panels' layout), B is not read (nor b_pack used).
-/// requires: bf16_gemm_available(); a_pack holds round_up(m, 8) * kKc / 2 and b_pack
-/// packed_b_size() uint32s, 64-byte aligned.
+/// read nor packed again; with b_packed (pack_b_panels' layout, or pack_bt_panels' for TransB), B
+/// is not read nor packed. requires: bf16_gemm_available(); a_pack holds round_up(m, 8) * kKc / 2
+/// (unless a_packed) and b_pack packed_b_size() (unless b_packed) uint32s, 64-byte aligned.
 template <bool TransA, bool TransB = false>
 inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c, Index ldc,
                  std::uint32_t* a_pack, std::uint32_t* b_pack, const Epilogue& out,
@@ -287,11 +285,11 @@ inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const flo
     for (Index j0 = 0; j0 < n; j0 += kNr) {
       const int nr = int(std::min<Index>(kNr, n - j0));
       const std::uint32_t* panel = b_packed ? b_packed + p0 / 2 * n_padded + j0 * pairs : b_pack;
-      if (b_packed) {
-      } else if constexpr (TransB) {
-        pack_bt(b, ldb, p0, kc, j0, nr, b_pack);
-      } else {
-        pack_b(b, ldb, p0, kc, j0, nr, b_pack);
+      if (!b_packed) {
+        if constexpr (TransB)
+          pack_bt(b, ldb, p0, kc, j0, nr, b_pack);
+        else
+          pack_b(b, ldb, p0, kc, j0, nr, b_pack);
       }
       for (Index i0 = 0; i0 < m; i0 += kMr) {
         Epilogue tile = e;
