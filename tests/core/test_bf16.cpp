@@ -3,17 +3,22 @@
 // operands, within the error bf16's 8-bit significand allows. Skipped on CPUs without avx512_bf16.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <memory>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "reference.hpp"
 #include "vgg/buffer.hpp"
 #include "vgg/cpu/gemm_amx.hpp"
 #include "vgg/cpu/gemm_bf16.hpp"
+#include "vgg/cpu/im2col.hpp"
 #include "vgg/vgg.hpp"
 
 namespace {
@@ -224,6 +229,163 @@ TEST_CASE("bf16 GEMM propagates NaN like the fp32 path") {
   for (int j = 0; j < 32; ++j) CHECK(c[32 + std::size_t(j)] == doctest::Approx(0.5));
 #endif
 }
+
+#ifdef VGG_BF16_KERNELS
+namespace {
+
+/// pack_b's panel j0 / 32 of pass p0 for a row-major B (k x n, ldb), as a vector.
+std::vector<std::uint32_t> pack_b_panel(const float* b, long ldb, long p0, long kc, long j0, long n) {
+  vgg::Buffer<std::uint32_t> panel;
+  panel.reserve(std::size_t(bf16::packed_b_size()));
+  bf16::pack_b(b, ldb, p0, kc, j0, int(std::min<long>(bf16::kNr, n - j0)), panel.data());
+  return {panel.data(), panel.data() + (kc + 1) / 2 * bf16::kNr};
+}
+
+/// Words [at, at + count) of a packed buffer, as a vector.
+std::vector<std::uint32_t> words(const std::uint32_t* p, long at, long count) { return {p + at, p + at + count}; }
+
+}  // namespace
+
+TEST_CASE("B panels packed whole are pack_b's panels bit for bit") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; bf16 B panels not checked\n");
+    return;
+  }
+  // pack_b_panels over several passes, an odd depth, a column tail under and over 16.
+  for (const auto& [k, n] : {std::pair<long, long>{1, 5}, {9, 16}, {256, 17}, {513, 70}, {600, 48}}) {
+    CAPTURE(k);
+    CAPTURE(n);
+    const auto b = ref::random_vector(std::size_t(k * (n + 3)), unsigned(k + n));
+    vgg::Buffer<std::uint32_t> panels;
+    panels.reserve(std::size_t(bf16::packed_b_panels_size(k, n)));
+    bf16::pack_b_panels(b.data(), n + 3, k, n, panels.data());
+    const long n_padded = (n + 31) / 32 * 32;
+    for (long p0 = 0; p0 < k; p0 += bf16::kKc) {
+      const long kc = std::min<long>(bf16::kKc, k - p0), pairs = (kc + 1) / 2;
+      for (long j0 = 0; j0 < n; j0 += 32)
+        CHECK(words(panels.data(), p0 / 2 * n_padded + j0 * pairs, pairs * 32) ==
+              pack_b_panel(b.data(), n + 3, p0, kc, j0, n));
+    }
+  }
+}
+
+TEST_CASE("a weight gradient taken transposed from bf16 column rows equals the packed GEMM's, bit for bit") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; bf16 column rows not checked\n");
+    return;
+  }
+  // dW (cout x depth) += dz (cout x n) * col^T the way the GEMM packs it, against dW^T += col * dz^T
+  // from im2col3x3_bf16_rows and pack_bt_panels: the same pairs of products summed in the same order.
+  struct Case {
+    int images, cin, cout, h, w, r0, r1;
+    long d0, d1;
+  };
+  unsigned seed = 700;
+  for (const Case& c : {Case{1, 3, 8, 7, 9, 0, 7, 0, 27}, Case{2, 16, 40, 14, 14, 0, 14, 0, 144},
+                        Case{1, 29, 17, 33, 35, 10, 20, 256, 261}, Case{3, 8, 64, 5, 6, 1, 4, 9, 72},
+                        Case{1, 32, 16, 24, 24, 0, 24, 0, 256}}) {
+    CAPTURE(c.images);
+    CAPTURE(c.cin);
+    CAPTURE(c.cout);
+    CAPTURE(c.h);
+    CAPTURE(c.d0);
+    const long plane = long(c.h) * c.w, cols = long(c.r1 - c.r0) * c.w, n = c.images * cols, rows = c.d1 - c.d0;
+    const auto x = ref::random_vector(std::size_t(c.images * c.cin * plane), seed++);
+    const auto dz = ref::random_vector(std::size_t(c.cout * n), seed++);
+    const auto start = ref::random_vector(std::size_t(c.cout * rows), seed++);  // accumulated onto
+    std::vector<float> col(std::size_t(rows * n));
+    for (int i = 0; i < c.images; ++i)
+      vgg::cpu::im2col3x3(x.data() + i * c.cin * plane, c.cin, c.h, c.w, c.r0, c.r1, col.data() + i * cols, n, c.d0,
+                          c.d1);
+    const long stride = (n + 1) / 2 + 5;  // not a multiple of anything
+    vgg::Buffer<std::uint32_t> col_rows, panels, a_pack, b_pack, packed_rows;
+    vgg::Buffer<float> stage;
+    col_rows.reserve(std::size_t((rows + 7) / 8 * 8 * stride));
+    packed_rows.reserve(std::size_t(stride));
+    panels.reserve(std::size_t(bf16::packed_b_panels_size(n, c.cout)));
+    a_pack.reserve(std::size_t(amx::bf16_a_pack_size(c.cout)));
+    b_pack.reserve(std::size_t(amx::bf16_b_pack_size()));
+    stage.reserve(std::size_t(n));
+    vgg::cpu::im2col3x3_bf16_rows(x.data(), long(c.cin) * plane, c.images, c.cin, c.h, c.w, c.r0, c.r1, c.d0, c.d1,
+                                  stage.data(), col_rows.data(), stride);
+    // The rows are pack_row's words of im2col3x3's rows, and those are pack_bt's pairs.
+    bool rows_match = true;
+    for (long d = 0; d < rows; ++d) {
+      bf16::pack_row(col.data() + d * n, n, packed_rows.data());
+      rows_match &= words(col_rows.data(), d * stride, (n + 1) / 2) == words(packed_rows.data(), 0, (n + 1) / 2);
+    }
+    CHECK(rows_match);
+    vgg::Buffer<std::uint32_t> bt;
+    bt.reserve(std::size_t(bf16::packed_b_size()));
+    bf16::pack_bt(col.data(), n, 0, std::min<long>(n, bf16::kKc), 0, int(std::min<long>(rows, 32)), bt.data());
+    bool bt_match = true;
+    for (long q = 0; q < (std::min<long>(n, bf16::kKc) + 1) / 2; ++q)
+      for (long r = 0; r < std::min<long>(rows, 32); ++r)
+        bt_match &= bt.data()[q * 32 + r] == col_rows.data()[r * stride + q];
+    CHECK(bt_match);
+
+    std::vector<float> dw = start, dwt(start.size());
+    for (long co = 0; co < c.cout; ++co)
+      for (long d = 0; d < rows; ++d) dwt[std::size_t(d * c.cout + co)] = start[std::size_t(co * rows + d)];
+    const vgg::cpu::avx512::Epilogue e{1.0f, true, nullptr, false};
+    bf16::gemm<false, true>(c.cout, rows, n, dz.data(), n, col.data(), n, dw.data(), rows, a_pack.data(),
+                            b_pack.data(), e);
+    bf16::pack_bt_panels(dz.data(), n, n, c.cout, panels.data());
+    bf16::gemm_rows_a(rows, c.cout, n, col_rows.data(), stride, panels.data(), dwt.data(), c.cout, e);
+    bool same = true;
+    for (long co = 0; co < c.cout; ++co)
+      for (long d = 0; d < rows; ++d) {
+        const float want = dw[std::size_t(co * rows + d)], got = dwt[std::size_t(d * c.cout + co)];
+        same &= std::memcmp(&want, &got, 4) == 0;
+      }
+    CHECK(same);
+  }
+}
+
+TEST_CASE("bf16 GEMM on pre-packed B panels equals the GEMM that packs B, bit for bit") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; bf16 GEMM on B panels not run\n");
+    return;
+  }
+  unsigned seed = 900;
+  for (const auto& [m, n, k] : {std::tuple<long, long, long>{1, 1, 1}, {13, 17, 9}, {24, 70, 513}, {40, 33, 1100}}) {
+    CAPTURE(m);
+    CAPTURE(n);
+    CAPTURE(k);
+    const auto a = ref::random_vector(std::size_t(m * k), seed++), b = ref::random_vector(std::size_t(k * n), seed++);
+    const auto bias = ref::random_vector(std::size_t(m), seed++);
+    vgg::Buffer<std::uint32_t> a_pack, b_pack, panels;
+    a_pack.reserve(std::size_t(amx::bf16_a_pack_size(m)));
+    b_pack.reserve(std::size_t(amx::bf16_b_pack_size()));
+    panels.reserve(std::size_t(bf16::packed_b_panels_size(k, n)));
+    bf16::pack_b_panels(b.data(), n, k, n, panels.data());
+    const vgg::cpu::avx512::Epilogue e{0.75f, false, bias.data(), true};
+    std::vector<float> packs(std::size_t(m * n)), packed(packs.size());
+    bf16::gemm<false>(m, n, k, a.data(), k, b.data(), n, packs.data(), n, a_pack.data(), b_pack.data(), e);
+    bf16::gemm<false>(m, n, k, a.data(), k, nullptr, 0, packed.data(), n, a_pack.data(), b_pack.data(), e, nullptr,
+                      panels.data());
+    CHECK(std::memcmp(packs.data(), packed.data(), packs.size() * 4) == 0);
+  }
+  // The conv's input gradient: rows [d0, d0 + rows) of op(A) = W^T (W: cout x depth), from W^T
+  // packed whole (one pass over cout) at tile d0, and dz as B panels.
+  const long cout = 40, depth = 600, d0 = 256, rows = 256, n = 70;
+  const auto w = ref::random_vector(std::size_t(cout * depth), seed++);
+  const auto dz = ref::random_vector(std::size_t(cout * n), seed++);
+  vgg::Buffer<std::uint32_t> a_pack, b_pack, whole, panels;
+  a_pack.reserve(std::size_t(amx::bf16_a_pack_size(rows)));
+  b_pack.reserve(std::size_t(amx::bf16_b_pack_size()));
+  whole.reserve(std::size_t(bf16::packed_a_size(depth, cout)));
+  panels.reserve(std::size_t(bf16::packed_b_panels_size(cout, n)));
+  bf16::pack_a_whole<true>(w.data(), depth, depth, cout, whole.data());
+  bf16::pack_b_panels(dz.data(), n, cout, n, panels.data());
+  const vgg::cpu::avx512::Epilogue e{1.0f, false, nullptr, false};
+  std::vector<float> packs(std::size_t(rows * n)), packed(packs.size());
+  bf16::gemm<true>(rows, n, cout, w.data() + d0, depth, dz.data(), n, packs.data(), n, a_pack.data(), b_pack.data(), e);
+  bf16::gemm<true>(rows, n, cout, nullptr, 0, nullptr, 0, packed.data(), n, nullptr, nullptr, e,
+                   whole.data() + d0 * ((cout + 1) / 2), panels.data());
+  CHECK(std::memcmp(packs.data(), packed.data(), packs.size() * 4) == 0);
+}
+#endif
 
 #ifdef VGG_FAST_KERNELS
 namespace {

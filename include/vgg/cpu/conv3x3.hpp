@@ -143,6 +143,19 @@ inline void sum_partials(const std::vector<Buffer<float>>& partials, int threads
   }
 }
 
+/// As sum_partials, for partials that hold the transpose of out (depth x cout for a cout x depth
+/// weight gradient): out[co * depth + d] = sum over t of partials[t][d * cout + co].
+inline void sum_partials_transposed(const std::vector<Buffer<float>>& partials, int threads, long cout, long depth,
+                                    float* out, int tid) {
+  const Range mine = split(cout * depth, tid, threads);
+  for (long i = mine.begin; i < mine.end; ++i) {
+    const long at = i % depth * cout + i / depth;
+    float s = 0.0f;
+    for (int t = 0; t < threads; ++t) s += partials[std::size_t(t)].data()[at];
+    out[i] = s;
+  }
+}
+
 /// Grows `buffers` to `threads` buffers of at least `size` floats each.
 inline void reserve_per_thread(std::vector<Buffer<float>>& buffers, int threads, long size) {
   if (int(buffers.size()) < threads) buffers.resize(std::size_t(threads));
@@ -167,7 +180,19 @@ struct Conv3x3Workspace {
   // bf16 operands (gemm_bf16.hpp) for this layer's products on the AVX-512 path: the weights packed
   // as bf16 once per forward, and every plan's bf16 packing buffers. Set by set_bf16 before a call.
   Buffer<std::uint32_t> packed_weights_bf16;
+  // bf16 backward (vdpbf16ps kernel), per thread: a column slice as bf16 pair rows (and one float
+  // row they are rounded from) and the band's output gradient packed once as B panels, for the
+  // weight gradient taken transposed (gemm_rows_a: no transpose of the columns); the partial weight
+  // gradients are then depth x cout.
+  std::vector<Buffer<std::uint32_t>> column_rows, gradient_panels;
+  std::vector<Buffer<float>> column_stages;
+  // and for the input gradient: W^T packed once per backward, dz as B panels per band (per thread).
+  Buffer<std::uint32_t> packed_weights_t_bf16;
+  std::vector<Buffer<std::uint32_t>> input_gradient_panels;
   bool bf16 = false;
+
+  /// Row stride (uint32s) of column_rows for a band of `cols` columns: whole cache lines.
+  static constexpr long column_row_stride(long cols) { return ((cols + 1) / 2 + 15) / 16 * 16; }
 
   /// requires: !on || bf16::bf16_gemm_available(), and reserve (or reserve_backward) was called.
   void set_bf16(bool on) {
@@ -194,6 +219,20 @@ struct Conv3x3Workspace {
     for (int t = 0; t < threads; ++t) {
       weight_plans[std::size_t(t)].reserve(g.cout, g.slice_depth(), band_cols);
       input_plans[std::size_t(t)].reserve(g.slice_depth(), band_cols, g.cout);
+    }
+    if (kFastKernels && bf16::bf16_gemm_available() && g.cin != 1) {
+      if (int(column_rows.size()) < threads) {
+        column_rows.resize(std::size_t(threads));
+        gradient_panels.resize(std::size_t(threads));
+        input_gradient_panels.resize(std::size_t(threads));
+      }
+      for (int t = 0; t < threads; ++t) {
+        column_rows[std::size_t(t)].reserve(std::size_t((g.slice_depth() + 7) / 8 * 8 * column_row_stride(band_cols)));
+        gradient_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(band_cols, g.cout)));
+        input_gradient_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(g.cout, band_cols)));
+      }
+      reserve_per_thread(column_stages, threads, band_cols);
+      packed_weights_t_bf16.reserve(std::size_t(bf16::packed_a_size(g.depth(), g.cout)));
     }
   }
 
@@ -399,6 +438,22 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
     float* db = ws.bias_grads[std::size_t(tid)].data();
     std::fill(dw, dw + wsize, 0.0f);
     std::fill(db, db + g.cout, 0.0f);
+    // bf16 on the vdpbf16ps kernel: the weight gradient taken transposed, dW^T = col * dz^T, from the
+    // columns as bf16 rows (dw is then depth x cout). The AMX kernel keeps the float columns.
+    bool transposed = false;
+    // The input gradient's products on the same kernel, when one depth pass covers cout: W^T packed
+    // once for all bands by all threads, dz packed once per band as B panels for all column slices.
+    bool prepacked = false;
+#ifdef VGG_BF16_KERNELS
+    if constexpr (!Plain) {
+      transposed = g.cin != 1 && ws.weight_plans[std::size_t(tid)].bf16() && !amx::amx_ready();
+      prepacked = transposed && dx && g.cout <= bf16::kKc;
+      if (prepacked) {
+        bf16::pack_a_whole<true>(weight, g.depth(), g.depth(), g.cout, ws.packed_weights_t_bf16.data(), tid, nth);
+#pragma omp barrier
+      }
+    }
+#endif
     const Range mine = split(n, tid, nth);
     for (long first = mine.begin; first < mine.end; first += group) {
       // This group's images, side by side in dz's channel rows (stride dz_stride) and in the columns.
@@ -468,21 +523,44 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
         const long cols = long(r1 - r0) * g.w, group_cols = count * cols;  // count > 1: whole images
         const long ld = Plain ? group_cols : Conv3x3Geometry::column_stride(group_cols);
         const float* dzb = dz + long(r0) * g.w;
+#ifdef VGG_BF16_KERNELS
+        if (transposed)  // dz^T as B panels, once for all slices
+          bf16::pack_bt_panels(dzb, dz_stride, group_cols, g.cout, ws.gradient_panels[std::size_t(tid)].data());
+        if (prepacked)  // and dz itself, the input gradient's B
+          bf16::pack_b_panels(dzb, dz_stride, g.cout, group_cols, ws.input_gradient_panels[std::size_t(tid)].data());
+#endif
         // A slice of the column matrix at a time, consumed while in cache by both GEMMs:
         // dW[:, d0:d1] += dz (cout x group_cols, stride dz_stride) * col^T, and
         // dcol = W[:, d0:d1]^T * dz, added back into dx.
         for (long d0 = 0; d0 < g.depth(); d0 += kColumnSlice) {
           const long d1 = std::min(g.depth(), d0 + kColumnSlice), rows = d1 - d0;
-          for (long i = first; i < last; ++i)
-            im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, d0, d1);
-          gemm<false, true, Path>(g.cout, rows, group_cols, dzb, dz_stride, col, ld, dw + d0, g.depth(),
-                                  ws.weight_plans[std::size_t(tid)]);
+#ifdef VGG_BF16_KERNELS
+          if (transposed) {  // dW^T[d0:d1, :] += col_bf16 * dz^T
+            const long stride = Conv3x3Workspace::column_row_stride(group_cols);
+            std::uint32_t* col_rows = ws.column_rows[std::size_t(tid)].data();
+            im2col3x3_bf16_rows(x + first * g.cin * plane, long(g.cin) * plane, int(count), g.cin, g.h, g.w, r0, r1,
+                                d0, d1, ws.column_stages[std::size_t(tid)].data(), col_rows, stride);
+            bf16::gemm_rows_a(rows, g.cout, group_cols, col_rows, stride, ws.gradient_panels[std::size_t(tid)].data(),
+                              dw + d0 * g.cout, g.cout, avx512::Epilogue{1.0f, true, nullptr, false});
+          } else
+#endif
+          {
+            for (long i = first; i < last; ++i)
+              im2col3x3(x + i * g.cin * plane, g.cin, g.h, g.w, r0, r1, col + (i - first) * cols, ld, d0, d1);
+            gemm<false, true, Path>(g.cout, rows, group_cols, dzb, dz_stride, col, ld, dw + d0, g.depth(),
+                                    ws.weight_plans[std::size_t(tid)]);
+          }
           if (!dx) continue;
           GemmPlan& plan = ws.input_plans[std::size_t(tid)];
 #ifdef VGG_FAST_KERNELS
           if constexpr (!Plain) {
 #ifdef VGG_BF16_KERNELS
-            if (plan.bf16())
+            if (prepacked)  // rows d0.. of the packed W^T: tile d0 of its one pass
+              bf16::gemm<true>(rows, group_cols, g.cout, nullptr, 0, nullptr, 0, dcol, ld, nullptr, nullptr,
+                               avx512::Epilogue{1.0f, false, nullptr, false},
+                               ws.packed_weights_t_bf16.data() + d0 * ((g.cout + 1) / 2),
+                               ws.input_gradient_panels[std::size_t(tid)].data());
+            else if (plan.bf16())
               amx::bf16_gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
                                    plan.bf16_a_pack(), plan.bf16_b_pack(),
                                    avx512::Epilogue{1.0f, false, nullptr, false});
@@ -502,7 +580,10 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
       }
     }
 #pragma omp barrier
-    sum_partials(ws.weight_grads, nth, wsize, weight_grad, tid);
+    if (transposed)
+      sum_partials_transposed(ws.weight_grads, nth, g.cout, g.depth(), weight_grad, tid);
+    else
+      sum_partials(ws.weight_grads, nth, wsize, weight_grad, tid);
     sum_partials(ws.bias_grads, nth, g.cout, bias_grad, tid);
   }
 }

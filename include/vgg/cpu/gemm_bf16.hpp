@@ -72,6 +72,9 @@ inline Index packed_a_size(Index m, Index k) {
 /// uint32 elements a B panel takes.
 inline constexpr Index packed_b_size() { return kKc / 2 * kNr; }
 
+/// uint32 elements of B (k x n) packed whole by pack_b_panels: every pass's panels.
+inline constexpr Index packed_b_panels_size(Index k, Index n) { return (k + 1) / 2 * ((n + kNr - 1) / kNr * kNr); }
+
 #ifdef VGG_BF16_KERNELS
 using avx512::Epilogue;
 
@@ -158,18 +161,81 @@ VGG_TARGET_BF16 inline void pack_b(const float* b, Index ldb, Index p0, Index kc
   }
 }
 
+/// One depth pair of every B panel across n columns: rows `even` and `odd` (null: past the depth,
+/// zero) of a row-major B, panel t's row at dst + t * panel_stride; pack_b's words, bit for bit.
+VGG_TARGET_BF16 inline void pack_b_pair_row(const float* even, const float* odd, Index n, std::uint32_t* dst,
+                                            Index panel_stride) {
+  alignas(64) static constexpr std::uint16_t interleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                               21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                               11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i order = _mm512_load_si512(interleave);
+  for (Index j = 0; j < n; j += 16) {
+    const Index count = std::min<Index>(16, n - j);
+    const __mmask16 lanes = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
+    const __m512 lo = _mm512_maskz_loadu_ps(lanes, even + j);
+    const __m512 hi = odd ? _mm512_maskz_loadu_ps(lanes, odd + j) : _mm512_setzero_ps();
+    _mm512_store_si512(dst + j / kNr * panel_stride + j % kNr,
+                       _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(hi, lo)));
+  }
+  if (n % kNr != 0 && n % kNr <= 16)  // the last panel's second half: columns past n, zero as in pack_b
+    _mm512_store_si512(dst + n / kNr * panel_stride + 16, _mm512_setzero_si512());
+}
+
+/// All of a row-major B (k x n, ldb) packed as the GEMM packs it, pass by pass: pass p0 at
+/// dst + (p0 / 2) * round_up(n, 32), its panel j0 / 32 at + j0 * ceil(kc / 2) (depth pairs of 32
+/// words). The layout gemm's b_packed takes.
+inline void pack_b_panels(const float* b, Index ldb, Index k, Index n, std::uint32_t* dst) {
+  const Index n_padded = (n + kNr - 1) / kNr * kNr;
+  for (Index p0 = 0; p0 < k; p0 += kKc) {
+    const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2;
+    for (Index q = 0; q < pairs; ++q) {
+      const float* even = b + (p0 + 2 * q) * ldb;
+      pack_b_pair_row(even, 2 * q + 1 < kc ? even + ldb : nullptr, n, dst + p0 / 2 * n_padded + q * kNr,
+                      pairs * kNr);
+    }
+  }
+}
+
 /// Packs op(B) = B^T for a row-major B stored n x k (ldb): dst[q][jj] holds depth pair q of row j0 + jj.
 inline void pack_bt(const float* b, Index ldb, Index p0, Index kc, Index j0, int nr, std::uint32_t* dst) {
   pack_row_pairs<kNr>(b + j0 * ldb + p0, ldb, nr, kc, dst);
 }
 
-/// C tile (rows < mr, columns < nr, ldc) = epilogue(sum over `pairs` depth pairs of A and B).
-template <int Vectors = 2>
+/// All of op(B) = B^T (B stored n x k, ldb) packed as the GEMM packs it: pack_b_panels' layout.
+inline void pack_bt_panels(const float* b, Index ldb, Index k, Index n, std::uint32_t* dst) {
+  const Index n_padded = (n + kNr - 1) / kNr * kNr;
+  for (Index p0 = 0; p0 < k; p0 += kKc) {
+    const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2;
+    for (Index j0 = 0; j0 < n; j0 += kNr)
+      pack_bt(b, ldb, p0, kc, j0, int(std::min<Index>(kNr, n - j0)), dst + p0 / 2 * n_padded + j0 * pairs);
+  }
+}
+
+/// One row of k floats as bf16 depth pairs, in order (dst[q] = (2q, 2q + 1); the odd tail's second
+/// half zero): the words pack_row_pairs gives a row before it interleaves rows.
+VGG_TARGET_BF16 inline void pack_row(const float* src, Index k, std::uint32_t* dst) {
+  for (Index p = 0; p < k; p += 32) {
+    const Index count = std::min<Index>(32, k - p);
+    const __mmask16 lo_lanes = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
+    const __mmask16 hi_lanes = count >= 32   ? __mmask16(0xFFFF)
+                               : count <= 16 ? __mmask16(0)
+                                             : __mmask16((1u << (count - 16)) - 1u);
+    const __m512i words = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi_lanes, src + p + 16),
+                                                       _mm512_maskz_loadu_ps(lo_lanes, src + p));
+    _mm512_mask_storeu_epi32(dst + p / 2, __mmask16(count >= 32 ? 0xFFFF : (1u << ((count + 1) / 2)) - 1u), words);
+  }
+}
+
+/// C tile (rows < mr, columns < nr, ldc) = epilogue(sum over `pairs` depth pairs of A and B). A is
+/// packed ([pair][8 rows]), or with RowsA eight rows of pairs a_stride words apart (row i's pair q at
+/// a[i * a_stride + q]; all eight read, rows past mr only not stored).
+template <int Vectors = 2, bool RowsA = false>
 [[gnu::noinline]] VGG_TARGET_BF16 inline void kernel_8x32(Index pairs, const std::uint32_t* a, const std::uint32_t* b,
-                                                          float* c, Index ldc, int mr, int nr, const Epilogue& e) {
+                                                          float* c, Index ldc, int mr, int nr, const Epilogue& e,
+                                                          Index a_stride = 0) {
   if constexpr (Vectors == 2) {
     if (nr <= 16) {
-      kernel_8x32<1>(pairs, a, b, c, ldc, mr, nr, e);
+      kernel_8x32<1, RowsA>(pairs, a, b, c, ldc, mr, nr, e, a_stride);
       return;
     }
   }
@@ -181,7 +247,7 @@ template <int Vectors = 2>
     for (int v = 0; v < Vectors; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + q * kNr + 16 * v);
 #pragma GCC unroll 8
     for (int i = 0; i < kMr; ++i) {
-      const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(a[q * kMr + i]));
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(RowsA ? a[i * a_stride + q] : a[q * kMr + i]));
       for (int v = 0; v < Vectors; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, bv[v]);
     }
   }
@@ -201,14 +267,14 @@ template <int Vectors = 2>
 
 /// C (m x n, ldc) = out(alpha * op(A) * op(B)) with bf16 products and fp32 sums; the epilogue and
 /// the operands' layouts are gemm_avx512.hpp's gemm. With a_packed (from pack_a_whole), A is not
-/// read nor packed again.
-/// requires: bf16_gemm_available(); a_pack holds round_up(m, 8) * kKc / 2 and b_pack
-/// packed_b_size() uint32s, 64-byte aligned.
+/// read nor packed again; with b_packed (pack_b_panels' layout, or pack_bt_panels' for TransB), B
+/// is not read nor packed. requires: bf16_gemm_available(); a_pack holds round_up(m, 8) * kKc / 2
+/// (unless a_packed) and b_pack packed_b_size() (unless b_packed) uint32s, 64-byte aligned.
 template <bool TransA, bool TransB = false>
 inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c, Index ldc,
                  std::uint32_t* a_pack, std::uint32_t* b_pack, const Epilogue& out,
-                 const std::uint32_t* a_packed = nullptr) {
-  const Index m_padded = (m + kMr - 1) / kMr * kMr;
+                 const std::uint32_t* a_packed = nullptr, const std::uint32_t* b_packed = nullptr) {
+  const Index m_padded = (m + kMr - 1) / kMr * kMr, n_padded = (n + kNr - 1) / kNr * kNr;
   for (Index p0 = 0; p0 < k; p0 += kKc) {
     const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2;
     const Epilogue e{out.alpha, out.accumulate || p0 > 0, p0 == 0 ? out.bias : nullptr, out.relu && p0 + kc == k};
@@ -218,15 +284,42 @@ inline void gemm(Index m, Index n, Index k, const float* a, Index lda, const flo
         pack_a<TransA>(a, lda, i0, int(std::min<Index>(kMr, m - i0)), p0, kc, a_pack + i0 * pairs);
     for (Index j0 = 0; j0 < n; j0 += kNr) {
       const int nr = int(std::min<Index>(kNr, n - j0));
-      if constexpr (TransB)
-        pack_bt(b, ldb, p0, kc, j0, nr, b_pack);
-      else
-        pack_b(b, ldb, p0, kc, j0, nr, b_pack);
+      const std::uint32_t* panel = b_packed ? b_packed + p0 / 2 * n_padded + j0 * pairs : b_pack;
+      if (!b_packed) {
+        if constexpr (TransB)
+          pack_bt(b, ldb, p0, kc, j0, nr, b_pack);
+        else
+          pack_b(b, ldb, p0, kc, j0, nr, b_pack);
+      }
       for (Index i0 = 0; i0 < m; i0 += kMr) {
         Epilogue tile = e;
         if (tile.bias) tile.bias += i0;
-        kernel_8x32(pairs, pass + i0 * pairs, b_pack, c + i0 * ldc + j0, ldc, int(std::min<Index>(kMr, m - i0)), nr,
+        kernel_8x32(pairs, pass + i0 * pairs, panel, c + i0 * ldc + j0, ldc, int(std::min<Index>(kMr, m - i0)), nr,
                     tile);
+      }
+    }
+  }
+}
+
+/// C (m x n, ldc) = out(alpha * A * B) with A given as bf16 pair rows (row i's depth pair q at
+/// a_rows[i * a_stride + q], pack_row's words) and B as pack_b_panels' panels: nothing packed here.
+/// The same sums as gemm, in the same order: each output is the same pairs of products, whichever
+/// operand is broadcast. For a product whose depth runs along both operands' rows (a weight
+/// gradient, columns x output gradient^T), where packing A by pairs would transpose it.
+/// requires: bf16_gemm_available(); round_up(m, 8) rows of a_rows readable.
+inline void gemm_rows_a(Index m, Index n, Index k, const std::uint32_t* a_rows, Index a_stride,
+                        const std::uint32_t* b_packed, float* c, Index ldc, const Epilogue& out) {
+  const Index n_padded = (n + kNr - 1) / kNr * kNr;
+  for (Index p0 = 0; p0 < k; p0 += kKc) {
+    const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2;
+    const Epilogue e{out.alpha, out.accumulate || p0 > 0, p0 == 0 ? out.bias : nullptr, out.relu && p0 + kc == k};
+    for (Index j0 = 0; j0 < n; j0 += kNr) {
+      const int nr = int(std::min<Index>(kNr, n - j0));
+      for (Index i0 = 0; i0 < m; i0 += kMr) {
+        Epilogue tile = e;
+        if (tile.bias) tile.bias += i0;
+        kernel_8x32<2, true>(pairs, a_rows + i0 * a_stride + p0 / 2, b_packed + p0 / 2 * n_padded + j0 * pairs,
+                             c + i0 * ldc + j0, ldc, int(std::min<Index>(kMr, m - i0)), nr, tile, a_stride);
       }
     }
   }

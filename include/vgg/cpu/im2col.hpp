@@ -1,10 +1,14 @@
 #pragma once
 // im2col for 3x3 kernels, stride 1, padding 1, over a band of output rows of one image, and its
 // adjoint. Both take a range of the column matrix's rows (d = ci*9 + ky*3 + kx), so that a caller
-// can build and consume the matrix a slice of depth at a time while the slice is in cache.
+// can build and consume the matrix a slice of depth at a time while the slice is in cache. A bf16
+// variant writes the rows straight as bf16 pairs, for the bf16 weight gradient.
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+
+#include "vgg/cpu/gemm_bf16.hpp"
 
 namespace vgg::cpu {
 
@@ -46,6 +50,25 @@ inline void im2col3x3(const float* in, int cin, int h, int w, int r0, int r1, fl
       for (long r = w - 1; r < body; r += w) out[r] = 0.0f;  // x = w - 1 reads x + 1 = w
   }
 }
+
+#ifdef VGG_BF16_KERNELS
+/// Rows [d0, d1) of the column matrix of `images` images side by side (image i at in + i *
+/// image_stride, its columns at i * (r1 - r0) * w) as bf16 pair rows: row d - d0 at rows + (d - d0)
+/// * row_stride, pixel pairs in order (bf16::pack_row's words). For the bf16 weight gradient taken
+/// as columns x dz^T (bf16::gemm_rows_a), whose depth runs along the columns' rows, so that nothing
+/// is transposed. Each row is built by im2col3x3 into `stage` (columns floats, in L1) and rounded
+/// from there.
+/// requires: bf16::bf16_gemm_available(); row_stride >= ceil(columns / 2).
+inline void im2col3x3_bf16_rows(const float* in, long image_stride, int images, int cin, int h, int w, int r0,
+                                int r1, long d0, long d1, float* stage, std::uint32_t* rows, long row_stride) {
+  const long cols = long(r1 - r0) * w, n = images * cols;
+  for (long d = d0; d < d1; ++d) {
+    for (int i = 0; i < images; ++i)
+      im2col3x3(in + i * image_stride, cin, h, w, r0, r1, stage + i * cols, n, d, d + 1);
+    bf16::pack_row(stage, n, rows + (d - d0) * row_stride);
+  }
+}
+#endif
 
 /// The adjoint of im2col3x3 over the same rows [d0, d1) (all when d1 < 0):
 /// in[ci][r + ky - 1][x + kx - 1] += col[(d - d0)*ld + (r - r0)*w + x] for rows r in [r0, r1), col's
