@@ -125,9 +125,12 @@ Options:
   --freeze-features      fine-tuning: the conv blocks get no updates (no conv backward is computed);
                          only the classifier trains. Saved in the checkpoint, like --model: --resume
                          must match
-  --distributed          data-parallel training over the ranks of mpirun (MPI builds, --device cpu);
+  --distributed          data-parallel training over the ranks of mpirun (MPI builds);
                          --batch-size is the global batch, split over the ranks; rank 0 alone
-                         prints, logs and saves
+                         prints, logs and saves. With --device cuda each rank trains on the GPU
+                         of its local rank (one GPU per rank) and the gradients are reduced by
+                         NCCL (builds with NCCL); --device auto: the GPUs when every rank has
+                         one, else the CPU
   --collective-timeout S with --distributed: abort the whole job when one collective has waited S
                          seconds for a dead or hung rank, 0 to 604800; 0: never (default 300)
   --overlap on|off|auto  with --distributed: reduce gradient buckets during the backward pass (on) or
@@ -303,10 +306,6 @@ inline Options parse_args(std::span<const std::string_view> args) {
                      "--resume continues training from --save");
   if (o.distributed && !o.evaluate.empty())
     throw UsageError("--distributed trains; --evaluate reads one checkpoint in one process: drop --distributed");
-  // Until DataParallel has an NCCL communicator, the ranks reduce host memory only.
-  if (o.distributed && o.device == "cuda")
-    throw UsageError("--distributed runs on the CPU only (data-parallel training over NCCL is not written yet): "
-                     "use --device cpu");
   if (seen.count("--collective-timeout") && !o.distributed)
     throw UsageError("--collective-timeout applies to --distributed runs only");
   if (seen.count("--overlap") && !o.distributed) throw UsageError("--overlap applies to --distributed runs only");

@@ -42,12 +42,23 @@
 
 #include "cli_options.hpp"
 
-// --distributed: CMake defines VGG_TRAIN_MPI where vgg::distributed (MPI) exists. The CUDA unit
-// (vgg_train_cuda.cu) leaves it out: its networks' gradients live on the GPU, which needs the NCCL
-// communicator that is not written yet.
+// --distributed: CMake defines VGG_TRAIN_MPI where vgg::distributed (MPI) exists, for the CPU unit,
+// whose ranks reduce host memory (MpiCommunicator). The CUDA unit (vgg_train_cuda.cu) trains
+// data-parallel only where CMake also found NCCL (VGG_TRAIN_HAVE_NCCL, vgg::distributed_cuda): its
+// gradients live on the GPU and are reduced there (NcclCommunicator).
 #if defined(VGG_TRAIN_MPI) && !defined(VGG_TRAIN_CUDA_UNIT)
 #define VGG_TRAIN_DISTRIBUTED 1
 #include <vgg/distributed.hpp>
+namespace vgg_train {
+using RankCommunicator = vgg::distributed::MpiCommunicator;
+}
+#elif defined(VGG_TRAIN_HAVE_NCCL) && defined(VGG_TRAIN_CUDA_UNIT)
+#define VGG_TRAIN_DISTRIBUTED 1
+#include <vgg/distributed.hpp>
+#include <vgg/distributed/nccl.hpp>
+namespace vgg_train {
+using RankCommunicator = vgg::distributed::NcclCommunicator;
+}
 #else
 #define VGG_TRAIN_DISTRIBUTED 0
 #endif
@@ -261,10 +272,14 @@ void require_same_model(const Options& o) {
 }
 
 #if VGG_TRAIN_DISTRIBUTED
-/// Collective: the data-parallel group of every rank, refused (vgg::distributed::Error) unless all
-/// ranks run this executable with the same settings on the same data.
 template <class Net>
-std::unique_ptr<vgg::distributed::DataParallel<Net>> join_ranks(const Options& o, Net& net,
+using Parallel = vgg::distributed::DataParallel<Net, vgg_train::RankCommunicator>;
+
+/// Collective: the data-parallel group of every rank, refused (vgg::distributed::Error) unless all
+/// ranks run this executable with the same settings on the same data. On the GPU, DataParallel
+/// reduces each bucket in place on the device (its NCCL flavour of --overlap).
+template <class Net>
+std::unique_ptr<Parallel<Net>> join_ranks(const Options& o, Net& net,
                                                                const vgg::data::Dataset& train_set,
                                                                const vgg::data::Dataset& test_set) {
   namespace dist = vgg::distributed;
@@ -281,7 +296,7 @@ std::unique_ptr<vgg::distributed::DataParallel<Net>> join_ranks(const Options& o
   const dist::Overlap overlap = o.overlap == "on"    ? dist::Overlap::on
                                 : o.overlap == "off" ? dist::Overlap::off
                                                      : dist::Overlap::automatic;
-  return std::make_unique<dist::DataParallel<Net>>(
+  return std::make_unique<Parallel<Net>>(
       net, dist::Identity{.settings = settings, .data_fingerprint = data},
       dist::Options{.timeout_seconds = double(o.collective_timeout), .overlap = overlap});
 }
@@ -317,7 +332,7 @@ int train(const Options& o, Optimizer optimizer) {
   const auto steps_per_epoch = std::int64_t((samples + train_batch - 1) / train_batch);
 
 #if VGG_TRAIN_DISTRIBUTED
-  std::unique_ptr<vgg::distributed::DataParallel<Net>> parallel;
+  std::unique_ptr<Parallel<Net>> parallel;
   if (o.distributed) parallel = join_ranks(o, *net, train_set, test_set);
 #endif
   std::int64_t first_epoch = 0;
@@ -586,15 +601,42 @@ int vgg_train_cuda_main(int argc, char** argv) {
   const std::vector<std::string_view> args(argv + 1, argv + argc);
   return run_on<vgg::cuda::Backend>(vgg_train::parse_args(args));
 }
+#if VGG_TRAIN_DISTRIBUTED
+/// Collective over MPI_COMM_WORLD (MPI initialised): makes this rank's GPU (by local rank) the
+/// current device, before any network exists. Empty when every rank has a GPU of its own, else why
+/// not: this rank's reason, or that another rank has none (every rank then falls back, or fails, alike).
+std::string vgg_train_cuda_use_local_gpu() {
+  std::string problem;
+  try {
+    vgg::distributed::use_local_gpu();
+  } catch (const std::exception& e) {
+    problem = e.what();
+  }
+  int any = problem.empty() ? 0 : 1;
+  MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (any != 0 && problem.empty()) problem = "another rank has no GPU of its own";
+  return problem;
+}
+/// One rank of --distributed on its GPU: DataParallel<Net, NcclCommunicator>.
+int vgg_train_cuda_distributed(int argc, char** argv, const std::string& who) {
+  const std::vector<std::string_view> args(argv + 1, argv + argc);
+  return run_on<vgg::cuda::Backend>(vgg_train::parse_args(args), who);
+}
+#endif
 #else
 #if defined(VGG_TRAIN_HAVE_CUDA)
 std::string vgg_train_cuda_problem();  // empty when a CUDA device is usable, else why not
 int vgg_train_cuda_main(int argc, char** argv);
 #endif
+#if defined(VGG_TRAIN_HAVE_NCCL)
+std::string vgg_train_cuda_use_local_gpu();  // collective; empty when every rank has its GPU
+int vgg_train_cuda_distributed(int argc, char** argv, const std::string& who);
+#endif
 
 namespace {
 /// --distributed: this process is one rank of an mpirun job. MPI is initialised here alone, so a
-/// plain run of an MPI build never touches it (nor needs mpirun).
+/// plain run of an MPI build never touches it (nor needs mpirun). --device cuda (or auto with a GPU
+/// on every rank) trains on the GPUs over NCCL, where vgg-train was built with it.
 int run_distributed(const Options& options, [[maybe_unused]] int& argc, [[maybe_unused]] char**& argv) {
 #if VGG_TRAIN_DISTRIBUTED
   namespace dist = vgg::distributed;
@@ -606,11 +648,31 @@ int run_distributed(const Options& options, [[maybe_unused]] int& argc, [[maybe_
     return 1;
   }
   const int rank = dist::Environment::world_rank();
-  if (options.device == "auto" && rank == 0)
-    std::cout << "--device auto: --distributed runs on the CPU (vgg-train does not use the NCCL communicator yet)"
-              << std::endl;
   const std::string who = rank == 0 ? "vgg-train: " : "vgg-train: rank " + std::to_string(rank) + ": ";
-  const int status = run_on<vgg::cpu::Backend>(options, who);
+  bool on_gpu = false;
+  if (options.device != "cpu") {
+#if defined(VGG_TRAIN_HAVE_NCCL)
+    // Every rank takes part (the choice is collective), and all reach the same verdict.
+    const std::string problem = vgg_train_cuda_use_local_gpu();
+    on_gpu = problem.empty();
+#else
+    const std::string problem =
+        "this vgg-train was built without NCCL, which data-parallel training on GPUs needs (configure with "
+        "-DVGG_CUDA=ON where the CUDA toolkit, cuDNN and NCCL 2.14 or newer are installed; -DVGG_NCCL=ON makes "
+        "NCCL required)";
+#endif
+    if (!on_gpu && options.device == "cuda") {
+      // Each rank says why (the reasons may differ); none has started a collective of training.
+      std::cerr << who << "--distributed --device cuda: " << problem << '\n';
+      return 1;
+    }
+    if (!on_gpu && rank == 0) std::cout << "--device auto: " << problem << "; --distributed runs on the CPU" << std::endl;
+  }
+  int status = 0;
+#if defined(VGG_TRAIN_HAVE_NCCL)
+  if (on_gpu) status = vgg_train_cuda_distributed(argc, argv, who);
+#endif
+  if (!on_gpu) status = run_on<vgg::cpu::Backend>(options, who);
   // The other ranks would wait for this one in their next collective: end the whole job now.
   if (status != 0) dist::Environment::abort(status);
   return 0;
