@@ -8,6 +8,7 @@
 //   vgg-train --init-from base.safetensors --freeze-features --save tuned.safetensors   # fine-tuning
 //   vgg-train --model tv-vgg16 --init-from vgg16.safetensors --freeze-features   # torchvision's weights
 //   mpirun -np 2 vgg-train --distributed --threads 1   # data-parallel over 2 processes (MPI builds)
+//   mpirun -np 4 vgg-train --distributed --device cuda # over 4 GPUs, one per rank (builds with NCCL)
 //
 // The flags are parsed in cli_options.hpp (unit-tested and fuzzed on their own).
 #include <fcntl.h>
