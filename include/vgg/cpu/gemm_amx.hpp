@@ -28,6 +28,7 @@
 
 #include "vgg/cpu/cpu_info.hpp"
 #include "vgg/cpu/gemm_bf16.hpp"
+#include "vgg/random.hpp"
 
 #if defined(VGG_BF16_KERNELS) && defined(__linux__)
 #define VGG_AMX_KERNELS 1
@@ -220,13 +221,9 @@ struct AmxStatus {
 inline AmxStatus amx_self_check() {
   constexpr Index m = 37, n = 45, k = 300;  // two passes, partial blocks and a partial tile
   std::vector<float> a(std::size_t(m * k)), b(std::size_t(k * n)), hw(std::size_t(m * n)), em(std::size_t(m * n));
-  std::uint32_t seed = 12345;
-  const auto next = [&] {
-    seed = seed * 1664525u + 1013904223u;
-    return float(int(seed >> 9) - (1 << 22)) / float(1 << 22);
-  };
-  for (float& x : a) x = next();
-  for (float& x : b) x = next();
+  Rng rng(12345);
+  for (float& x : a) x = rng.uniform(-1.0f, 1.0f);
+  for (float& x : b) x = rng.uniform(-1.0f, 1.0f);
   struct Buffers {
     alignas(64) std::uint32_t a_pack[packed_a_size(m)];
     alignas(64) std::uint32_t b_pack[bf16::packed_b_size()];
