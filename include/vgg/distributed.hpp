@@ -885,6 +885,13 @@ class DataParallel {
     ~HookScope() { net.set_backward_hook(previous); }
   };
 
+  // The same on every flavour: `count` other ranks' backward passes failed, so no rank updates.
+  [[noreturn]] void throw_others_failed(int count, std::uint64_t step) const {
+    throw Error("vgg::distributed: rank " + std::to_string(rank()) + ": " + std::to_string(count) +
+                " other rank(s) failed in the backward pass of step " + std::to_string(step) +
+                " (see their messages); stopping");
+  }
+
   // Backward with the buckets reduced as they complete; returns the seconds spent after backward
   // (starting what was left, waiting, copying back). Every rank starts every bucket in the same
   // order: a rank without samples, or whose backward threw, contributes zeros to those it had not
@@ -914,17 +921,11 @@ class DataParallel {
       double failed_ranks[1] = {failure ? 1.0 : 0.0};
       comm_.allreduce_sum(std::span<double>(failed_ranks), "backward failure check", step);
       if (failure) std::rethrow_exception(failure);
-      if (failed_ranks[0] > 0)
-        throw Error("vgg::distributed: rank " + std::to_string(rank()) + ": " + std::to_string(int(failed_ranks[0])) +
-                    " other rank(s) failed in the backward pass of step " + std::to_string(step) +
-                    " (see their messages); stopping");
+      if (failed_ranks[0] > 0) throw_others_failed(int(failed_ranks[0]), step);
     } else {
       if (failure) std::rethrow_exception(failure);
       const std::span<float> last = comm_.bucket(buckets_.size() - 1);
-      if (last.back() > 0.0f)
-        throw Error("vgg::distributed: rank " + std::to_string(rank()) + ": " + std::to_string(int(last.back())) +
-                    " other rank(s) failed in the backward pass of step " + std::to_string(step) +
-                    " (see their messages); stopping");
+      if (last.back() > 0.0f) throw_others_failed(int(last.back()), step);
       for (std::size_t k = 0; k < buckets_.size(); ++k) {
         const float* in = comm_.bucket(k).data();
         for (std::size_t i = buckets_[k].first_piece; i < buckets_[k].end_piece; ++i) {
