@@ -118,6 +118,7 @@ BENCHMARK(train_step<Quarter>)->Name("scaling/vgg11_w4/train_step")->Arg(8)->Uni
 BENCHMARK(train_step<Half>)->Name("scaling/vgg11_w2/train_step")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(train_step<Wide>)->Name("scaling/vgg11_w1/train_step")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(train_step<Wide, vgg::Precision::fp32, false>)->Name("direct/vgg11_w1/train_step")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(train_step<Narrow, vgg::Precision::fp32, false>)->Name("direct/vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Quarter>)->Name("scaling/vgg11_w4/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Half>)->Name("scaling/vgg11_w2/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(first_step)->Name("setup/vgg11_w8/first_step")->Arg(64)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
