@@ -21,9 +21,11 @@
 //
 // With a fused 2x2 max-pool, each output tile is one pooling window (floor rule: a tile over an odd
 // edge is dropped). A training forward also writes the pool's winner masks (maxpool.hpp's layout, as
-// the direct fused forward keeps them), so the direct fused backward reads them as it would its own;
-// a run of tiles need not start at a mask word's first window, so the masks are cleared first and
-// the words a run shares with another thread's chunk are ORed in atomically.
+// the direct fused forward keeps them), so the direct fused backward reads them as it would its own.
+// A run of tiles that covers its tile row whole stores the row's mask words; a chunk boundary that
+// cuts a row leaves its words to two chunks (two threads, maybe), so such rows are cleared before
+// the pass and their runs OR their bits in atomically. (Clearing all masks in the parallel pass
+// needed a barrier, which cost a scheduler slice per call on a loaded machine.)
 //
 // The input gradient of a stride-1 pad-1 3x3 convolution is the same convolution of the output
 // gradient with the filter rotated 180 degrees and in/out channels swapped: the forward runs it, with
@@ -202,29 +204,45 @@ struct TileRun {
   long image, ty, tx0, count;
 };
 
-/// ORs bits into one winner word; atomically where another run (another thread's chunk) may write it.
-inline void or_winner_word(std::uint32_t* word, std::uint32_t bits, bool shared) {
-  if (!bits) return;
-  if (shared)
-    std::atomic_ref<std::uint32_t>(*word).fetch_or(bits, std::memory_order_relaxed);
-  else
-    *word |= bits;
+/// Whether the run covers its tile row whole: it alone writes the row's winner words.
+inline bool whole_row(const TileRun& run, const WinogradGeometry& g) {
+  return run.tx0 == 0 && run.count == g.tiles_w();
 }
 
 /// ORs the winner bits of windows j0 .. j0 + 15 of a pooled row (window j0 + l at bits 2l, 2l + 1 of
 /// top and bottom) into the row's words (`words` of them for the top row, then as many for the
-/// bottom), pw windows in the row. A word is the run's own where the run covers all its windows.
+/// bottom), atomically where another thread may write the same words.
 inline void or_winner_bits(std::uint32_t* row, long words, long j0, std::uint32_t top, std::uint32_t bottom,
-                           const TileRun& run, long pw) {
+                           bool atomic) {
   const long k = j0 / 16;
   const int shift = int(2 * (j0 % 16));
   const std::uint64_t t = std::uint64_t(top) << shift, b = std::uint64_t(bottom) << shift;
+  auto put = [atomic](std::uint32_t* w, std::uint32_t bits) {
+    if (!bits) return;
+    if (atomic)
+      std::atomic_ref<std::uint32_t>(*w).fetch_or(bits, std::memory_order_relaxed);
+    else
+      *w |= bits;
+  };
   for (long word = k; word <= k + 1 && word < words; ++word) {
-    const long first = 16 * word, last = std::min(first + 16, pw);
-    const bool shared = run.tx0 > first || std::min(run.tx0 + run.count, pw) < last;
     const int at = int(32 * (word - k));
-    or_winner_word(row + word, std::uint32_t(t >> at), shared);
-    or_winner_word(row + words + word, std::uint32_t(b >> at), shared);
+    put(row + word, std::uint32_t(t >> at));
+    put(row + words + word, std::uint32_t(b >> at));
+  }
+}
+
+/// Clears the winner rows (every channel's) that a chunk boundary cuts mid row: runs that do not
+/// cover their row whole OR their bits into them (the others store whole words).
+inline void clear_cut_winner_rows(std::uint32_t* winners, const WinogradGeometry& g, long per_chunk, long total) {
+  const long tw = g.tiles_w(), per_image = g.tiles_per_image(), row_words = winner_row_words(g.w);
+  for (long t = per_chunk; t < total; t += per_chunk) {
+    const long image = t / per_image, ty = t % per_image / tw, tx = t % per_image % tw;
+    if (tx == 0 || ty >= g.h / 2) continue;  // not cut, or a last odd tile row (no pooling window)
+    for (int co = 0; co < g.cout; ++co) {
+      std::uint32_t* row = winners + image * winner_image_words(g.cout, g.h, g.w) +
+                           co * winner_plane_words(g.h, g.w) + ty * row_words;
+      std::fill(row, row + row_words, 0u);
+    }
   }
 }
 
@@ -270,9 +288,15 @@ inline void winograd_output_run_plain(const float* m, const float* bias, bool re
   const long plane = long(g.h) * g.w, point_stride = long(g.cout) * ld;
   const long pw = g.w / 2, pooled_plane = long(g.h / 2) * pw;
   const long row_words = winner_row_words(g.w), winner_plane = winner_plane_words(g.h, g.w);
+  const bool whole = whole_row(run, g);
   for (int co = 0; co < g.cout; ++co) {
     float* yc = y + (run.image * g.cout + co) * plane;
     const float b = bias ? bias[co] : 0.0f;
+    std::uint32_t* winner_row = winners && 2 * run.ty + 1 < g.h ? winners +
+                                    run.image * winner_image_words(g.cout, g.h, g.w) + co * winner_plane +
+                                    run.ty * row_words
+                                                                : nullptr;
+    if (winner_row && whole) std::fill(winner_row, winner_row + row_words, 0u);  // this run's alone
     for (long k = 0; k < run.count; ++k) {
       const float* src = m + co * ld + t0 + k;
       float s[16];
@@ -293,9 +317,8 @@ inline void winograd_output_run_plain(const float* m, const float* bias, bool re
           const bool live = !(best <= 0.0f);  // NaN included
           *out = live ? best : 0.0f;
           const std::uint32_t bit = live ? 1u << (winner % 2) : 0u;
-          or_winner_bits(winners + run.image * winner_image_words(g.cout, g.h, g.w) + co * winner_plane +
-                             run.ty * row_words,
-                         row_words / 2, run.tx0 + k, winner < 2 ? bit : 0u, winner < 2 ? 0u : bit, run, pw);
+          or_winner_bits(winner_row, row_words / 2, run.tx0 + k, winner < 2 ? bit : 0u, winner < 2 ? 0u : bit,
+                         !whole);
           continue;
         }
         float best = t[0][0] + t[0][1] + t[0][2];
@@ -375,6 +398,7 @@ inline void winograd_output_run_avx512(const float* m, const float* bias, bool r
   const long pw = g.w / 2, pooled_plane = long(g.h / 2) * pw;
   const long row_words = winner_row_words(g.w), winner_plane = winner_plane_words(g.h, g.w);
   if (pooled && 2 * run.ty + 1 >= g.h) return;  // an odd last row of tiles has no pooling window
+  const bool whole = whole_row(run, g);
   const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   const __m512 zero = _mm512_setzero_ps();
@@ -404,9 +428,16 @@ inline void winograd_output_run_avx512(const float* m, const float* bias, bool r
         const __m512 best = avx512::relu_pool_winner_bits(a, bb, c, d, windows, top, bottom);
         _mm512_mask_storeu_ps(pooled + (run.image * g.cout + co) * pooled_plane + run.ty * pw + run.tx0 + k0, windows,
                               best);
-        or_winner_bits(winners + run.image * winner_image_words(g.cout, g.h, g.w) + co * winner_plane +
-                           run.ty * row_words,
-                       row_words / 2, run.tx0 + k0, top, bottom, run, pw);
+        std::uint32_t* row = winners + run.image * winner_image_words(g.cout, g.h, g.w) + co * winner_plane +
+                             run.ty * row_words;
+        if (whole) {  // the 16 windows from k0 are one word's (past the last window: none)
+          if (k0 < pw) {
+            row[k0 / 16] = top;
+            row[row_words / 2 + k0 / 16] = bottom;
+          }
+        } else {
+          or_winner_bits(row, row_words / 2, run.tx0 + k0, top, bottom, /*atomic=*/true);
+        }
         continue;
       }
       if (pooled) {  // the tile is the pooling window (those over an odd right edge are dropped: floor)
@@ -472,17 +503,13 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
   const long per_chunk = std::min(max_chunk, ((total + chunks - 1) / chunks + 15) / 16 * 16);
   chunks = (total + per_chunk - 1) / per_chunk;
   const long ld = per_chunk;  // row stride of V's and M's matrices
+  if (winners) detail::clear_cut_winner_rows(winners, g, per_chunk, total);
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
     float* v = ws.transformed_inputs[std::size_t(tid)].data();
     float* m = ws.products[std::size_t(tid)].data();
     GemmPlan& plan = ws.plans[std::size_t(tid)];
-    if (winners) {  // cleared first: the output transforms OR their bits in (see the top of the file)
-      const Range words = split(long(n) * winner_image_words(g.cout, g.h, g.w), tid, nth);
-      std::fill(winners + words.begin, winners + words.end, 0u);
-#pragma omp barrier
-    }
     const Range mine = split(chunks, tid, nth);
     for (long c = mine.begin; c < mine.end; ++c) {
       const long begin = c * per_chunk, end = std::min(total, begin + per_chunk), cols = end - begin;
