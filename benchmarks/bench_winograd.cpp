@@ -1,5 +1,6 @@
 // Winograd F(2x2, 3x3) (cpu/winograd.hpp) against the direct path (im2col + GEMM, cpu/conv3x3.hpp),
-// forward with bias and ReLU, on the wide layers of full-width VGG-11 at batch 8, 2 threads.
+// forward with bias and ReLU, on the wide layers of full-width VGG-11 at batch 8 and the width/8
+// recipe net's layers at batch 64, 2 threads (rows named w8_*).
 // GFLOP/s counts the direct convolution's FLOPs for both (2 * 9 * cin * cout * h * w per image),
 // so that the two rows of a layer compare by time. The Winograd filter transform is outside the
 // timed loop (eval keeps it; training pays it once per step: the "filter" rows).
@@ -16,17 +17,22 @@
 
 namespace {
 
-constexpr int kBatch = 8, kThreads = 2;
+constexpr int kThreads = 2;
 struct Layer {
   const char* name;
   int cin, cout, hw;
   bool pooled;  // followed by a 2x2 max-pool in VGG-11
+  int batch;
 };
-// conv2 and conv3 (narrower) are measured to place the threshold of cpu::Backend's Winograd rule.
-constexpr Layer kLayers[] = {{"conv2_64-128_112", 64, 128, 112, true},  {"conv3_128-256_56", 128, 256, 56, false},
-                             {"conv4_256-256_56", 256, 256, 56, true},  {"conv5_256-512_28", 256, 512, 28, false},
-                             {"conv6_512-512_28", 512, 512, 28, true},  {"conv7_512-512_14", 512, 512, 14, false},
-                             {"conv8_512-512_14", 512, 512, 14, true}};
+// Full-width VGG-11 at batch 8 (conv2 and conv3, narrower, were added to place the threshold of
+// cpu::Backend's Winograd rule), then the width/8 recipe net's layers at its batch of 64.
+constexpr Layer kLayers[] = {{"conv2_64-128_112", 64, 128, 112, true, 8},   {"conv3_128-256_56", 128, 256, 56, false, 8},
+                             {"conv4_256-256_56", 256, 256, 56, true, 8},   {"conv5_256-512_28", 256, 512, 28, false, 8},
+                             {"conv6_512-512_28", 512, 512, 28, true, 8},   {"conv7_512-512_14", 512, 512, 14, false, 8},
+                             {"conv8_512-512_14", 512, 512, 14, true, 8},   {"w8_conv2_8-16_112", 8, 16, 112, true, 64},
+                             {"w8_conv3_16-32_56", 16, 32, 56, false, 64},  {"w8_conv4_32-32_56", 32, 32, 56, true, 64},
+                             {"w8_conv5_32-64_28", 32, 64, 28, false, 64},  {"w8_conv6_64-64_28", 64, 64, 28, true, 64},
+                             {"w8_conv7_64-64_14", 64, 64, 14, false, 64},  {"w8_conv8_64-64_14", 64, 64, 14, true, 64}};
 
 std::vector<float> random_vector(std::size_t n, unsigned seed, float scale) {
   std::mt19937 gen(seed);
@@ -37,7 +43,7 @@ std::vector<float> random_vector(std::size_t n, unsigned seed, float scale) {
 }
 
 void set_counters(benchmark::State& state, const Layer& l) {
-  const double flops = 2.0 * 9 * l.cin * l.cout * double(l.hw) * l.hw * kBatch;
+  const double flops = 2.0 * 9 * l.cin * l.cout * double(l.hw) * l.hw * l.batch;
   state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -46,12 +52,12 @@ void BM_direct(benchmark::State& state) {
   const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
   vgg::cpu::Conv3x3Workspace ws;
   ws.reserve(g, kThreads);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
-  std::vector<float> y(std::size_t(kBatch) * l.cout * l.hw * l.hw);
+  std::vector<float> y(std::size_t(l.batch) * l.cout * l.hw * l.hw);
   for (auto _ : state) {
-    vgg::cpu::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), kBatch, g, ws, kThreads);
+    vgg::cpu::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), l.batch, g, ws, kThreads);
     benchmark::DoNotOptimize(y.data());
   }
   set_counters(state, l);
@@ -66,13 +72,13 @@ void BM_winograd(benchmark::State& state) {
   u.reserve(l.cin, l.cout);
   vgg::cpu::WinogradWorkspace ws;
   ws.reserve(g, kThreads);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
-  std::vector<float> y(std::size_t(kBatch) * l.cout * l.hw * l.hw);
+  std::vector<float> y(std::size_t(l.batch) * l.cout * l.hw * l.hw);
   vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
   for (auto _ : state) {
-    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), y.data(), kBatch, g, ws, kThreads, true);
+    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), y.data(), l.batch, g, ws, kThreads, true);
     benchmark::DoNotOptimize(y.data());
   }
   set_counters(state, l);
@@ -88,13 +94,13 @@ void BM_direct_pooled(benchmark::State& state) {
   vgg::cpu::Conv3x3Workspace ws;
   ws.reserve(g, kThreads);
   vgg::cpu::PoolState<vgg::cpu::fastest_path> pool_state;
-  pool_state.reserve(g, kBatch);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  pool_state.reserve(g, l.batch);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
-  std::vector<float> pooled(std::size_t(kBatch) * l.cout * (l.hw / 2) * (l.hw / 2));
+  std::vector<float> pooled(std::size_t(l.batch) * l.cout * (l.hw / 2) * (l.hw / 2));
   for (auto _ : state) {
-    vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), pool_state, kBatch, g, ws,
+    vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), pool_state, l.batch, g, ws,
                                         kThreads);
     benchmark::DoNotOptimize(pooled.data());
   }
@@ -109,13 +115,13 @@ void BM_winograd_pooled(benchmark::State& state) {
   u.reserve(l.cin, l.cout);
   vgg::cpu::WinogradWorkspace ws;
   ws.reserve(g, kThreads);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
-  std::vector<float> pooled(std::size_t(kBatch) * l.cout * (l.hw / 2) * (l.hw / 2));
+  std::vector<float> pooled(std::size_t(l.batch) * l.cout * (l.hw / 2) * (l.hw / 2));
   vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
   for (auto _ : state) {
-    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), nullptr, kBatch, g, ws, kThreads, true, pooled.data());
+    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), nullptr, l.batch, g, ws, kThreads, true, pooled.data());
     benchmark::DoNotOptimize(pooled.data());
   }
   set_counters(state, l);
@@ -131,14 +137,14 @@ void BM_winograd_pooled_train(benchmark::State& state) {
   vgg::cpu::WinogradWorkspace ws;
   ws.reserve(g, kThreads);
   vgg::cpu::PoolState<vgg::cpu::fastest_path> pool_state;
-  pool_state.reserve(vgg::cpu::Conv3x3Geometry{l.cin, l.cout, l.hw, l.hw}, kBatch);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  pool_state.reserve(vgg::cpu::Conv3x3Geometry{l.cin, l.cout, l.hw, l.hw}, l.batch);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
-  std::vector<float> pooled(std::size_t(kBatch) * l.cout * (l.hw / 2) * (l.hw / 2));
+  std::vector<float> pooled(std::size_t(l.batch) * l.cout * (l.hw / 2) * (l.hw / 2));
   vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
   for (auto _ : state) {
-    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), nullptr, kBatch, g, ws, kThreads, true, pooled.data(),
+    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), nullptr, l.batch, g, ws, kThreads, true, pooled.data(),
                                        pool_state.winners());
     benchmark::DoNotOptimize(pooled.data());
   }
@@ -157,29 +163,29 @@ void BM_pooled_backward(benchmark::State& state) {
   vgg::cpu::Conv3x3Workspace ws;
   ws.reserve_backward(g, kThreads, /*pooled=*/true);
   vgg::cpu::PoolState<vgg::cpu::fastest_path> pool_state;
-  pool_state.reserve(g, kBatch);
+  pool_state.reserve(g, l.batch);
   vgg::cpu::WinogradFilter<> u;
   u.reserve(l.cout, l.cin);
   vgg::cpu::WinogradWorkspace wws;
   wws.reserve(vgg::cpu::winograd_input_grad_geometry(wg), kThreads);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
-  const std::size_t pooled_size = std::size_t(kBatch) * l.cout * (l.hw / 2) * (l.hw / 2);
-  std::vector<float> pooled(pooled_size), dz(std::size_t(kBatch) * l.cout * l.hw * l.hw);
+  const std::size_t pooled_size = std::size_t(l.batch) * l.cout * (l.hw / 2) * (l.hw / 2);
+  std::vector<float> pooled(pooled_size), dz(std::size_t(l.batch) * l.cout * l.hw * l.hw);
   const auto dy = random_vector(pooled_size, 4, 1.0f);
   std::vector<float> dx(x.size()), dw(w.size()), db(static_cast<std::size_t>(l.cout));
-  vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), pool_state, kBatch, g, ws, kThreads);
+  vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), pool_state, l.batch, g, ws, kThreads);
   vgg::cpu::winograd_transform_filter_input_grad(w.data(), u, kThreads);
   const long mode = state.range(1);
   for (auto _ : state) {
     if (mode < 2) {
       vgg::cpu::conv3x3_relu_pool_backward(x.data(), w.data(), pool_state, dy.data(), mode ? dx.data() : nullptr,
-                                           dw.data(), db.data(), kBatch, g, ws, kThreads);
+                                           dw.data(), db.data(), l.batch, g, ws, kThreads);
     } else {
       vgg::cpu::conv3x3_relu_pool_backward_dz(x.data(), w.data(), pool_state, dy.data(), dz.data(), dw.data(),
-                                              db.data(), kBatch, g, ws, kThreads);
-      vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), kBatch, wg, wws, kThreads);
+                                              db.data(), l.batch, g, ws, kThreads);
+      vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), l.batch, wg, wws, kThreads);
     }
     benchmark::DoNotOptimize(dw.data());
   }
@@ -195,13 +201,13 @@ void BM_direct_backward(benchmark::State& state) {
   const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
   vgg::cpu::Conv3x3Workspace ws;
   ws.reserve_backward(g, kThreads);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
-  auto dz = random_vector(std::size_t(kBatch) * l.cout * l.hw * l.hw, 4, 1.0f);
+  auto dz = random_vector(std::size_t(l.batch) * l.cout * l.hw * l.hw, 4, 1.0f);
   std::vector<float> dx(x.size()), dw(w.size()), db(static_cast<std::size_t>(l.cout));
   for (auto _ : state) {
     vgg::cpu::conv3x3_backward(x.data(), w.data(), dz.data(), state.range(1) ? dx.data() : nullptr, dw.data(),
-                               db.data(), kBatch, g, ws, kThreads);
+                               db.data(), l.batch, g, ws, kThreads);
     benchmark::DoNotOptimize(dw.data());
   }
   set_counters(state, l);
@@ -216,11 +222,11 @@ void BM_winograd_input_grad(benchmark::State& state) {
   vgg::cpu::WinogradWorkspace ws;
   ws.reserve(vgg::cpu::winograd_input_grad_geometry(g), kThreads);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
-  const auto dz = random_vector(std::size_t(kBatch) * l.cout * l.hw * l.hw, 4, 1.0f);
-  std::vector<float> dx(std::size_t(kBatch) * l.cin * l.hw * l.hw);
+  const auto dz = random_vector(std::size_t(l.batch) * l.cout * l.hw * l.hw, 4, 1.0f);
+  std::vector<float> dx(std::size_t(l.batch) * l.cin * l.hw * l.hw);
   vgg::cpu::winograd_transform_filter_input_grad(w.data(), u, kThreads);
   for (auto _ : state) {
-    vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), kBatch, g, ws, kThreads);
+    vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), l.batch, g, ws, kThreads);
     benchmark::DoNotOptimize(dx.data());
   }
   set_counters(state, l);
