@@ -656,10 +656,13 @@ bool bf16_winograd_runs() {
 TEST_CASE("Winograd with bf16 GEMMs matches a naive convolution within bf16's precision, forward and input gradient" *
           doctest::skip(!bf16_winograd_runs())) {
   // Odd channel counts (a depth pair's odd tail), cout not a multiple of 8 (padded tile rows), two
-  // depth passes (300 = 256 + 44), chunks cut mid row, tile rows over one 16-tile vector.
+  // depth passes (300 = 256 + 44), chunks cut mid row, tile rows over one 16-tile vector, runs
+  // across GEMM panels.
   check_bf16_against_naive(3, 3, 5, 7, 9, 2, true);
   check_bf16_against_naive(2, 37, 19, 9, 30, 3, false, 32);
   check_bf16_against_naive(2, 5, 7, 5, 67, 2, true);
+  // Tile rows of 20: a row's second run of 16 tiles crosses a 32-column GEMM panel.
+  check_bf16_against_naive(2, 6, 9, 6, 40, 2, true);
   check_bf16_against_naive(1, 300, 13, 4, 5, 2, false);
   check_bf16_against_naive(1, 13, 300, 3, 5, 1, true);
   check_bf16_against_naive(2, 64, 64, 28, 28, 2, false);
