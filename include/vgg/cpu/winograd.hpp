@@ -28,7 +28,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <vector>
 
 #include "vgg/buffer.hpp"
@@ -238,21 +237,17 @@ struct WinogradWorkspace {
   /// to bf16 as it is packed; fp32 sums, fp32 transforms. requires: the filter has_bf16().
   bool bf16 = false;
   std::vector<Buffer<float>> transformed_inputs, products;  // per thread: V and M of one chunk
-  std::vector<Buffer<std::uint32_t>> bf16_inputs;            // per thread: V as bf16 panels (bf16)
   std::vector<GemmPlan> plans;
   void reserve(const WinogradGeometry& g, int threads) {
     const long chunk = g.max_chunk();
     if (int(transformed_inputs.size()) < threads) {
       transformed_inputs.resize(std::size_t(threads));
       products.resize(std::size_t(threads));
-      bf16_inputs.resize(std::size_t(threads));
       plans.resize(std::size_t(threads));
     }
     for (int t = 0; t < threads; ++t) {
       transformed_inputs[std::size_t(t)].reserve(std::size_t(kWinogradPoints * g.cin * chunk));
       products[std::size_t(t)].reserve(std::size_t(kWinogradPoints * g.cout * chunk));
-      if (bf16::bf16_gemm_available())
-        bf16_inputs[std::size_t(t)].reserve(std::size_t(kWinogradPoints * bf16::packed_b_panels_size(g.cin, chunk)));
       plans[std::size_t(t)].reserve(g.cout, chunk, g.cin);
     }
   }
@@ -388,77 +383,6 @@ inline void winograd_input_run_avx512(const float* x, const WinogradGeometry& g,
   }
 }
 
-#ifdef VGG_BF16_KERNELS
-/// winograd_input_run_avx512 for bf16 GEMMs: V[p] written straight as bf16::pack_b_panels would pack
-/// it (n_padded columns: the chunk's, rounded up to a panel), rounded to bf16 nearest-even; input
-/// channels taken in pairs (a depth pair is one 32-bit word), the odd tail's second half zero.
-VGG_TARGET_BF16 inline void winograd_input_run_bf16(const float* x, const WinogradGeometry& g, const TileRun& run,
-                                                    std::uint32_t* v, long n_padded, long t0) {
-  const long plane = long(g.h) * g.w, point_stride = long(g.cin + 1) / 2 * n_padded;
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  // pack_b's interleave: word 2j of a pair row is the even channel's column j, 2j + 1 the odd one's.
-  alignas(64) static constexpr std::uint16_t interleave[32] = {0,  16, 1,  17, 2,  18, 3,  19, 4,  20, 5,
-                                                               21, 6,  22, 7,  23, 8,  24, 9,  25, 10, 26,
-                                                               11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i order = _mm512_load_si512(interleave);
-  alignas(64) float even_points[kWinogradPoints][16];  // the pair's even channel, all 16 points
-  for (long k0 = 0; k0 < run.count; k0 += 16) {
-    const long base = 2 * (run.tx0 + k0) - 1;
-    const __mmask16 m0 = lanes_between(-base, g.w - base), m16 = lanes_between(-base - 16, g.w - base - 16),
-                    m2 = lanes_between(-base - 2, g.w - base - 2), m18 = lanes_between(-base - 18, g.w - base - 18);
-    const long count = std::min<long>(16, run.count - k0), col = t0 + k0;
-    // The 16 columns from col: `first` of them in col's panel, the rest at the start of the next.
-    const long first = std::min<long>(count, bf16::kNr - col % bf16::kNr);
-    const __mmask16 first_lanes = lanes_between(0, first), rest_lanes = lanes_between(first, count),
-                    rest_store = lanes_between(0, count - first);
-    for (int ci = 0; ci < g.cin; ++ci) {
-      const float* xc = x + (run.image * g.cin + ci) * plane;
-      __m512 h[4][4];
-      for (int r = 0; r < 4; ++r) {
-        const long yy = 2 * run.ty - 1 + r;
-        if (yy < 0 || yy >= g.h) {
-          for (int j = 0; j < 4; ++j) h[r][j] = _mm512_setzero_ps();
-          continue;
-        }
-        const float* row = xc + yy * g.w + base;
-        const __m512 a = _mm512_maskz_loadu_ps(m0, row), b = _mm512_maskz_loadu_ps(m16, row + 16);
-        const __m512 a2 = _mm512_maskz_loadu_ps(m2, row + 2), b2 = _mm512_maskz_loadu_ps(m18, row + 18);
-        const __m512 c0 = _mm512_permutex2var_ps(a, even, b), c1 = _mm512_permutex2var_ps(a, odd, b);
-        const __m512 c2 = _mm512_permutex2var_ps(a2, even, b2), c3 = _mm512_permutex2var_ps(a2, odd, b2);
-        h[r][0] = _mm512_sub_ps(c0, c2);
-        h[r][1] = _mm512_add_ps(c1, c2);
-        h[r][2] = _mm512_sub_ps(c2, c1);
-        h[r][3] = _mm512_sub_ps(c1, c3);
-      }
-      __m512 pts[kWinogradPoints];
-      for (int j = 0; j < 4; ++j) {
-        pts[0 * 4 + j] = _mm512_sub_ps(h[0][j], h[2][j]);
-        pts[1 * 4 + j] = _mm512_add_ps(h[1][j], h[2][j]);
-        pts[2 * 4 + j] = _mm512_sub_ps(h[2][j], h[1][j]);
-        pts[3 * 4 + j] = _mm512_sub_ps(h[1][j], h[3][j]);
-      }
-      if (ci % 2 == 0 && ci + 1 < g.cin) {  // the pair's odd channel comes next
-        for (int p = 0; p < kWinogradPoints; ++p) _mm512_store_ps(even_points[p], pts[p]);
-        continue;
-      }
-      const bool odd_channel = ci % 2 == 1;  // else: the odd tail, its pair's second half zero
-      const long p0 = (ci - odd_channel) / bf16::kKc * bf16::kKc;
-      const long pairs = (std::min<long>(bf16::kKc, g.cin - p0) + 1) / 2, q = (ci - odd_channel - p0) / 2;
-      std::uint32_t* dst = v + p0 / 2 * n_padded + col / bf16::kNr * bf16::kNr * pairs + q * bf16::kNr;
-      for (int p = 0; p < kWinogradPoints; ++p) {
-        const __m512 lo = odd_channel ? _mm512_load_ps(even_points[p]) : pts[p];
-        const __m512 hi = odd_channel ? pts[p] : _mm512_setzero_ps();
-        const __m512i words = _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-        std::uint32_t* at = dst + p * point_stride;
-        _mm512_mask_storeu_epi32(at + col % bf16::kNr, first_lanes, words);
-        if (rest_store) _mm512_mask_storeu_epi32(at + bf16::kNr * pairs, rest_store, _mm512_maskz_compress_epi32(rest_lanes, words));
-      }
-    }
-  }
-}
-#endif
-
 /// winograd_output_run_plain, 16 tiles to a vector: a tile row's two output columns interleaved by
 /// permutes into 32 output columns, stored masked at the image's right edge.
 inline void winograd_output_run_avx512(const float* m, const float* bias, bool relu, const WinogradGeometry& g,
@@ -553,19 +477,11 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
     float* m = ws.products[std::size_t(tid)].data();
     GemmPlan& plan = ws.plans[std::size_t(tid)];
     const Range mine = split(chunks, tid, nth);
-    const bool panels = ws.bf16 && !std::getenv("VGG_WBF16_PACK");  // TEMPORARY: A/B switch
     for (long c = mine.begin; c < mine.end; ++c) {
       const long begin = c * per_chunk, end = std::min(total, begin + per_chunk), cols = end - begin;
-      const long n_padded = (cols + 31) / 32 * 32, panel_stride = (g.cin + 1) / 2 * n_padded;
       detail::for_each_tile_run(g, begin, end, [&](const detail::TileRun& run, long t0) {
 #ifdef VGG_FAST_KERNELS
         if constexpr (Path == KernelPath::avx512) {
-#ifdef VGG_BF16_KERNELS
-          if (panels) {
-            detail::winograd_input_run_bf16(x, g, run, ws.bf16_inputs[std::size_t(tid)].data(), n_padded, t0);
-            return;
-          }
-#endif
           detail::winograd_input_run_avx512(x, g, run, v, ld, t0);
           return;
         }
@@ -578,12 +494,6 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
 #ifdef VGG_FAST_KERNELS
         if constexpr (Path == KernelPath::avx512) {
 #ifdef VGG_BF16_KERNELS
-          if (panels) {
-            bf16::gemm<false>(g.cout, cols, g.cin, nullptr, g.cin, nullptr, 0, mp, ld, nullptr, nullptr,
-                              avx512::Epilogue{1.0f, false, nullptr, false}, u.bf16_point(p),
-                              ws.bf16_inputs[std::size_t(tid)].data() + p * panel_stride);
-            continue;
-          }
           if (ws.bf16) {
             bf16::gemm<false>(g.cout, cols, g.cin, nullptr, g.cin, vp, ld, mp, ld, nullptr, plan.bf16_b_pack(),
                               avx512::Epilogue{1.0f, false, nullptr, false}, u.bf16_point(p));
