@@ -21,12 +21,16 @@ struct Layer {
   const char* name;
   int cin, cout, hw;
   bool pooled;  // followed by a 2x2 max-pool in VGG-11
+  int batch = kBatch;
 };
 // conv2 and conv3 (narrower) are measured to place the threshold of cpu::Backend's Winograd rule.
 constexpr Layer kLayers[] = {{"conv2_64-128_112", 64, 128, 112, true},  {"conv3_128-256_56", 128, 256, 56, false},
                              {"conv4_256-256_56", 256, 256, 56, true},  {"conv5_256-512_28", 256, 512, 28, false},
                              {"conv6_512-512_28", 512, 512, 28, true},  {"conv7_512-512_14", 512, 512, 14, false},
-                             {"conv8_512-512_14", 512, 512, 14, true}};
+                             {"conv8_512-512_14", 512, 512, 14, true},
+                             // The width/8 net's unpooled layers that train by Winograd at batch 64.
+                             {"w8conv3_16-32_56", 16, 32, 56, false, 64},  {"w8conv5_32-64_28", 32, 64, 28, false, 64},
+                             {"w8conv7_64-64_14", 64, 64, 14, false, 64}};
 
 std::vector<float> random_vector(std::size_t n, unsigned seed, float scale) {
   std::mt19937 gen(seed);
@@ -37,7 +41,7 @@ std::vector<float> random_vector(std::size_t n, unsigned seed, float scale) {
 }
 
 void set_counters(benchmark::State& state, const Layer& l) {
-  const double flops = 2.0 * 9 * l.cin * l.cout * double(l.hw) * l.hw * kBatch;
+  const double flops = 2.0 * 9 * l.cin * l.cout * double(l.hw) * l.hw * l.batch;
   state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -47,12 +51,12 @@ void BM_direct(benchmark::State& state) {
   vgg::cpu::Conv3x3Workspace ws;
   ws.reserve(g, kThreads);
   ws.set_bf16(state.range(1) != 0);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
-  std::vector<float> y(std::size_t(kBatch) * l.cout * l.hw * l.hw);
+  std::vector<float> y(std::size_t(l.batch) * l.cout * l.hw * l.hw);
   for (auto _ : state) {
-    vgg::cpu::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), kBatch, g, ws, kThreads);
+    vgg::cpu::conv3x3_relu_forward(x.data(), w.data(), b.data(), y.data(), l.batch, g, ws, kThreads);
     benchmark::DoNotOptimize(y.data());
   }
   set_counters(state, l);
@@ -77,14 +81,14 @@ void BM_winograd(benchmark::State& state) {
   u.reserve(l.cin, l.cout);
   vgg::cpu::WinogradWorkspace ws;
   ws.reserve(g, kThreads);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
-  std::vector<float> y(std::size_t(kBatch) * l.cout * l.hw * l.hw);
+  std::vector<float> y(std::size_t(l.batch) * l.cout * l.hw * l.hw);
   vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
   use_bf16(u, ws, state.range(2) != 0);
   for (auto _ : state) {
-    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), y.data(), kBatch, g, ws, kThreads, true);
+    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), y.data(), l.batch, g, ws, kThreads, true);
     benchmark::DoNotOptimize(y.data());
   }
   set_counters(state, l);
@@ -100,13 +104,13 @@ void BM_direct_pooled(benchmark::State& state) {
   vgg::cpu::Conv3x3Workspace ws;
   ws.reserve(g, kThreads);
   vgg::cpu::PoolState<vgg::cpu::fastest_path> pool_state;
-  pool_state.reserve(g, kBatch);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  pool_state.reserve(g, l.batch);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
-  std::vector<float> pooled(std::size_t(kBatch) * l.cout * (l.hw / 2) * (l.hw / 2));
+  std::vector<float> pooled(std::size_t(l.batch) * l.cout * (l.hw / 2) * (l.hw / 2));
   for (auto _ : state) {
-    vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), pool_state, kBatch, g, ws,
+    vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), pool_state, l.batch, g, ws,
                                         kThreads);
     benchmark::DoNotOptimize(pooled.data());
   }
@@ -121,13 +125,13 @@ void BM_winograd_pooled(benchmark::State& state) {
   u.reserve(l.cin, l.cout);
   vgg::cpu::WinogradWorkspace ws;
   ws.reserve(g, kThreads);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
-  std::vector<float> pooled(std::size_t(kBatch) * l.cout * (l.hw / 2) * (l.hw / 2));
+  std::vector<float> pooled(std::size_t(l.batch) * l.cout * (l.hw / 2) * (l.hw / 2));
   vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
   for (auto _ : state) {
-    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), nullptr, kBatch, g, ws, kThreads, true, pooled.data());
+    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), nullptr, l.batch, g, ws, kThreads, true, pooled.data());
     benchmark::DoNotOptimize(pooled.data());
   }
   set_counters(state, l);
@@ -142,13 +146,14 @@ void BM_direct_backward(benchmark::State& state) {
   const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
   vgg::cpu::Conv3x3Workspace ws;
   ws.reserve_backward(g, kThreads);
-  const auto x = random_vector(std::size_t(kBatch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  ws.set_bf16(state.range(2) != 0);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
-  auto dz = random_vector(std::size_t(kBatch) * l.cout * l.hw * l.hw, 4, 1.0f);
+  auto dz = random_vector(std::size_t(l.batch) * l.cout * l.hw * l.hw, 4, 1.0f);
   std::vector<float> dx(x.size()), dw(w.size()), db(static_cast<std::size_t>(l.cout));
   for (auto _ : state) {
     vgg::cpu::conv3x3_backward(x.data(), w.data(), dz.data(), state.range(1) ? dx.data() : nullptr, dw.data(),
-                               db.data(), kBatch, g, ws, kThreads);
+                               db.data(), l.batch, g, ws, kThreads);
     benchmark::DoNotOptimize(dw.data());
   }
   set_counters(state, l);
@@ -163,12 +168,12 @@ void BM_winograd_input_grad(benchmark::State& state) {
   vgg::cpu::WinogradWorkspace ws;
   ws.reserve(vgg::cpu::winograd_input_grad_geometry(g), kThreads);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
-  const auto dz = random_vector(std::size_t(kBatch) * l.cout * l.hw * l.hw, 4, 1.0f);
-  std::vector<float> dx(std::size_t(kBatch) * l.cin * l.hw * l.hw);
+  const auto dz = random_vector(std::size_t(l.batch) * l.cout * l.hw * l.hw, 4, 1.0f);
+  std::vector<float> dx(std::size_t(l.batch) * l.cin * l.hw * l.hw);
   vgg::cpu::winograd_transform_filter_input_grad(w.data(), u, kThreads);
   use_bf16(u, ws, state.range(1) != 0);
   for (auto _ : state) {
-    vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), kBatch, g, ws, kThreads);
+    vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), l.batch, g, ws, kThreads);
     benchmark::DoNotOptimize(dx.data());
   }
   set_counters(state, l);
@@ -218,7 +223,7 @@ void register_all() {
     }
     for (int with_dx : {0, 1})
       benchmark::RegisterBenchmark(("direct_backward/" + name).c_str(), BM_direct_backward)
-          ->Args({i, with_dx})
+          ->Args({i, with_dx, 0})
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
     benchmark::RegisterBenchmark(("winograd_input_grad/" + name).c_str(), BM_winograd_input_grad)
@@ -236,6 +241,11 @@ void register_all() {
           ->Args({i, 1})
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
+      for (int with_dx : {0, 1})
+        benchmark::RegisterBenchmark(("bf16_direct_backward/" + name).c_str(), BM_direct_backward)
+            ->Args({i, with_dx, 1})
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
     }
     benchmark::RegisterBenchmark(("winograd_filter/" + name).c_str(), BM_winograd_filter)
         ->Arg(i)
