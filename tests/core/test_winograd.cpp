@@ -85,7 +85,7 @@ std::vector<float> naive_input_grad(const std::vector<float>& dz, const std::vec
 /// With pool, the fused 2x2 max-pool's output instead of y.
 /// The filter's bf16 copy and bf16 GEMMs (bf16 mode's Winograd) where bf16; the AVX-512 path only.
 template <KernelPath Path>
-void use_bf16([[maybe_unused]] vgg::cpu::WinogradFilter<Path>& u, vgg::cpu::WinogradWorkspace& ws,
+void use_bf16([[maybe_unused]] vgg::cpu::WinogradFilter<Path>& u, [[maybe_unused]] vgg::cpu::WinogradWorkspace& ws,
               [[maybe_unused]] int threads, bool bf16) {
   if (!bf16) return;
 #if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
@@ -521,6 +521,7 @@ TEST_CASE("a batch-norm network's eval forward and eval gradients by Winograd ma
 // for the transforms' own rounding. Skipped where the CPU lacks avx512_bf16.
 namespace {
 
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
 /// Per output y(i, co, r, c): sum over the 16 points (ti, tj) of |A^T[r][ti]| |A^T[c][tj]| times
 /// sum over ci of |U[ti tj][co][ci]| |V[ti tj][ci]| for the tile holding (r, c); in double.
 std::vector<double> winograd_magnitudes(const std::vector<float>& x, const std::vector<float>& w, int n, int cin,
@@ -642,6 +643,7 @@ std::vector<float> absolute_values(std::vector<float> v) {
   for (float& e : v) e = std::abs(e);
   return v;
 }
+#endif
 
 bool bf16_winograd_runs() {
 #if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
@@ -655,6 +657,7 @@ bool bf16_winograd_runs() {
 
 TEST_CASE("Winograd with bf16 GEMMs matches a naive convolution within bf16's precision, forward and input gradient" *
           doctest::skip(!bf16_winograd_runs())) {
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
   // Odd channel counts (a depth pair's odd tail), cout not a multiple of 8 (padded tile rows), two
   // depth passes (300 = 256 + 44), chunks cut mid row, tile rows over one 16-tile vector, runs
   // across GEMM panels.
@@ -684,6 +687,7 @@ TEST_CASE("Winograd with bf16 GEMMs matches a naive convolution within bf16's pr
   for (float& e : w_off) e *= 1.05f;
   const auto off = winograd_forward<KernelPath::avx512>(x, w_off, b, n, cin, cout, h, wd, threads, false, 0, false, true);
   CHECK(worst_ratio(want, off, tol) > 1.0f);
+#endif
 }
 
 // The layer in bf16 mode: where the rule picks it, its forward and input gradient run Winograd on
@@ -691,6 +695,7 @@ TEST_CASE("Winograd with bf16 GEMMs matches a naive convolution within bf16's pr
 // path; Context::set_winograd(false) turns it off.
 TEST_CASE("Conv3x3Relu in bf16 mode runs Winograd with bf16 GEMMs, within bound of its direct bf16 path" *
           doctest::skip(!bf16_winograd_runs())) {
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
   using B = vgg::cpu::Backend;
   constexpr int In = 256, Out = 256, H = 32, W = 32, n = 2, threads = 2;
   vgg::Conv3x3Relu<In, Out, H, W, B> layer;
@@ -731,4 +736,5 @@ TEST_CASE("Conv3x3Relu in bf16 mode runs Winograd with bf16 GEMMs, within bound 
   for (std::size_t i = 0; i < tol.size(); ++i)
     tol[i] += float((0x1p-7 + 0x1p-16 + (9.0 * In + 2) * FLT_EPSILON) * direct_magnitude[i]);
   CHECK(worst_ratio(direct.y, wino.y, tol) <= 1.0f);
+#endif
 }
