@@ -13,7 +13,8 @@
 // (a last tile that overhangs an odd edge reads zeros and stores only what lies inside). Threads
 // take chunks of tiles; per chunk, a thread
 //   1. transforms its input, V[16][cin][chunk] = B^T d B (16 transform points),
-//   2. runs 16 GEMMs M[p] (cout x chunk) = U[p] (cout x cin) V[p] (cin x chunk), single-threaded,
+//   2. runs 16 GEMMs M[p] (cout x chunk) = U[p] (cout x cin) V[p] (cin x chunk), single-threaded
+//      (in bf16 mode on bf16 operands with fp32 sums, WinogradWorkspace::bf16; transforms stay fp32),
 //   3. transforms M back, y = A^T m A, + bias (+ ReLU), into its tiles of y.
 // The chunk is sized so that V and M stay in L2 between the steps. U = G g G^T is computed by a call
 // of its own (once per weight update; an eval loop can keep it); on the AVX-512 path it is stored
@@ -62,9 +63,9 @@ struct WinogradGeometry {
 
 /// The transformed filter U[16][cout][cin] of one layer (plain path), or, on the AVX-512 path, each
 /// point's U[p] packed as the GEMM kernel reads it (pack_a_whole), at p * point_stride(). Where the
-/// CPU runs bf16 GEMMs (AVX-512 path), also room for a bf16 copy of it (make_bf16), each point in
-/// bf16::pack_a_whole's layout, for bf16 mode's Winograd: reserved with the fp32 one, so that
-/// switching precision never allocates.
+/// CPU runs bf16 GEMMs (AVX-512 path), also room for a bf16 copy of it (winograd_filter_to_bf16),
+/// each point in bf16::pack_a_whole's layout, for bf16 mode's Winograd: reserved with the fp32 one,
+/// so that switching precision never allocates.
 template <KernelPath Path = fastest_path>
 class WinogradFilter {
  public:
