@@ -187,6 +187,9 @@ void BM_winograd_filter(benchmark::State& state) {
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   for (auto _ : state) {
     vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+    if (state.range(1)) vgg::cpu::winograd_filter_to_bf16(u, kThreads);  // bf16 mode: its bf16 copy too
+#endif
     benchmark::DoNotOptimize(u.data());
   }
 }
@@ -241,6 +244,10 @@ void register_all() {
           ->Args({i, 1})
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
+      benchmark::RegisterBenchmark(("bf16_winograd_filter/" + name).c_str(), BM_winograd_filter)
+          ->Args({i, 1})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
       for (int with_dx : {0, 1})
         benchmark::RegisterBenchmark(("bf16_direct_backward/" + name).c_str(), BM_direct_backward)
             ->Args({i, with_dx, 1})
@@ -248,7 +255,7 @@ void register_all() {
             ->UseRealTime();
     }
     benchmark::RegisterBenchmark(("winograd_filter/" + name).c_str(), BM_winograd_filter)
-        ->Arg(i)
+        ->Args({i, 0})
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
     benchmark::RegisterBenchmark(("weights_compare/" + name).c_str(), BM_weights_compare)
