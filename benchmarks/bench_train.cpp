@@ -104,6 +104,9 @@ void first_step(benchmark::State& state) {
 // batch size and the width (filter with --benchmark_filter=scaling; plot_scaling.py plots them).
 BENCHMARK(train_step<Narrow>)->Name("vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Narrow>)->Name("vgg11_w8/eval_forward")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+// The same with every conv on the direct path: what Winograd gives the recipe's net.
+BENCHMARK(train_step<Narrow, vgg::Precision::fp32, false>)->Name("direct/vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(eval_forward<Narrow, vgg::Precision::fp32, false>)->Name("direct/vgg11_w8/eval_forward")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Wide>)->Name("vgg11_w1/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Wide, vgg::Precision::fp32, false>)->Name("direct/vgg11_w1/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 // bf16 mixed precision (where the CPU has AVX512-BF16; skipped elsewhere), beside the fp32 rows.

@@ -1,5 +1,6 @@
 // Winograd F(2x2, 3x3) (cpu/winograd.hpp) against the direct path (im2col + GEMM, cpu/conv3x3.hpp),
-// forward with bias and ReLU, on the wide layers of full-width VGG-11 at batch 8, 2 threads.
+// forward with bias and ReLU, on the wide layers of full-width VGG-11 at batch 8 and the width/8
+// recipe net's layers at batch 64, 2 threads (rows named w8_*).
 // GFLOP/s counts the direct convolution's FLOPs for both (2 * 9 * cin * cout * h * w per image),
 // so that the two rows of a layer compare by time. The Winograd filter transform is outside the
 // timed loop (eval keeps it; training pays it once per step: the "filter" rows).
@@ -16,21 +17,22 @@
 
 namespace {
 
-constexpr int kBatch = 8, kThreads = 2;
+constexpr int kThreads = 2;
 struct Layer {
   const char* name;
   int cin, cout, hw;
   bool pooled;  // followed by a 2x2 max-pool in VGG-11
-  int batch = kBatch;
+  int batch;
 };
-// conv2 and conv3 (narrower) are measured to place the threshold of cpu::Backend's Winograd rule.
-constexpr Layer kLayers[] = {{"conv2_64-128_112", 64, 128, 112, true},  {"conv3_128-256_56", 128, 256, 56, false},
-                             {"conv4_256-256_56", 256, 256, 56, true},  {"conv5_256-512_28", 256, 512, 28, false},
-                             {"conv6_512-512_28", 512, 512, 28, true},  {"conv7_512-512_14", 512, 512, 14, false},
-                             {"conv8_512-512_14", 512, 512, 14, true},
-                             // The width/8 net's unpooled layers that train by Winograd at batch 64.
-                             {"w8conv3_16-32_56", 16, 32, 56, false, 64},  {"w8conv5_32-64_28", 32, 64, 28, false, 64},
-                             {"w8conv7_64-64_14", 64, 64, 14, false, 64}};
+// Full-width VGG-11 at batch 8 (conv2 and conv3, narrower, were added to place the threshold of
+// cpu::Backend's Winograd rule), then the width/8 recipe net's layers at its batch of 64.
+constexpr Layer kLayers[] = {{"conv2_64-128_112", 64, 128, 112, true, 8},   {"conv3_128-256_56", 128, 256, 56, false, 8},
+                             {"conv4_256-256_56", 256, 256, 56, true, 8},   {"conv5_256-512_28", 256, 512, 28, false, 8},
+                             {"conv6_512-512_28", 512, 512, 28, true, 8},   {"conv7_512-512_14", 512, 512, 14, false, 8},
+                             {"conv8_512-512_14", 512, 512, 14, true, 8},   {"w8_conv2_8-16_112", 8, 16, 112, true, 64},
+                             {"w8_conv3_16-32_56", 16, 32, 56, false, 64},  {"w8_conv4_32-32_56", 32, 32, 56, true, 64},
+                             {"w8_conv5_32-64_28", 32, 64, 28, false, 64},  {"w8_conv6_64-64_28", 64, 64, 28, true, 64},
+                             {"w8_conv7_64-64_14", 64, 64, 14, false, 64},  {"w8_conv8_64-64_14", 64, 64, 14, true, 64}};
 
 std::vector<float> random_vector(std::size_t n, unsigned seed, float scale) {
   std::mt19937 gen(seed);

@@ -229,7 +229,7 @@ TEST_CASE("Winograd F(2x2,3x3) matches the direct path on a VGG-like layer, forw
   CHECK(ref::max_abs_diff(direct, wrong.data()) > tol);
 }
 
-// The layer by Winograd (where cpu::Backend's rule picks it: C_in, C_out >= 256 on the AVX-512 path)
+// The layer by Winograd (where cpu::Backend's rule picks it: C_in, C_out >= 16 on the AVX-512 path)
 // against the same layer with Winograd off (Context::set_winograd(false): the direct path): forward in
 // both modes, the eval pooled forward, the input gradient; the cached filters follow a weight change;
 // a backward after an eval pooled forward equals one after a training forward exactly (the pool state
@@ -316,7 +316,7 @@ TEST_CASE("Conv3x3Relu's pooled eval forward by Winograd matches the direct one;
   CHECK(ref::max_abs_diff(wg_train, layer.weight_grad().data()) == 0.0f);
 }
 
-TEST_CASE("a small batch makes a new filter transform only when the weights repeat (eval), never in training" *
+TEST_CASE("a small batch runs by Winograd only when the weights repeat in eval, never in training" *
           doctest::skip(!vgg::cpu::kFastKernels)) {
   using B = vgg::cpu::Backend;
   constexpr int In = 256, Out = 256, H = 6, W = 10, n = 2;  // 30 tiles: too few to pay for a transform
@@ -341,7 +341,10 @@ TEST_CASE("a small batch makes a new filter transform only when the weights repe
   };
   CHECK(forward(eval) == 0.0f);  // new weights, small batch: direct
   CHECK(forward(eval) > 0.0f);   // the same weights again: transformed once, Winograd from now on
-  CHECK(forward(train) > 0.0f);  // cached: Winograd in training too
+  // Training decides by the batch alone, cached transform or not: a training step's arithmetic must
+  // not depend on whether the same weights were evaluated just before (a resumed run would differ).
+  CHECK(forward(train) == 0.0f);
+  CHECK(forward(eval) > 0.0f);  // and the cache survived it
   // Training steps change the weights each time: every forward stays direct.
   for (int step = 0; step < 2; ++step) {
     layer.weight()[std::size_t(step)] += 0.25f;
@@ -425,12 +428,34 @@ TEST_CASE("a network's eval forward by Winograd matches the direct path after op
   CHECK(ref::max_abs_diff(trained, direct.data()) > 100 * logits_tolerance(direct));
 }
 
-TEST_CASE("a network's gradients with Winograd layers match the direct path's, in eval and train mode" *
-          doctest::skip(!vgg::cpu::kFastKernels)) {
+namespace {
+// The same three convs at the narrowest width the rule takes (16 -> 32 -> 32 -> 32: the width/8
+// recipe net's block 3 and 4 widths).
+using NarrowNet = vgg::Vgg<vgg::Input<16, 32, 32>, vgg::VggBlock<3, 16, 32>, vgg::Classifier<16, 5>>;
+}  // namespace
+
+TEST_CASE("the Winograd rule takes the recipe net's layers from 16 channels in and out on") {
+  using B = vgg::cpu::Backend;
+  using vgg::ConvShape;
+  // Width/8 VGG-11 at 224: block 1 (1 -> 8) and block 2 (8 -> 16) stay direct; blocks 3-5 by Winograd.
+  CHECK_FALSE(B::winograd_rule(ConvShape{1, 8, 224, 224}));
+  CHECK_FALSE(B::winograd_rule(ConvShape{8, 16, 112, 112}));
+  CHECK_FALSE(B::winograd_rule(ConvShape{64, 8, 28, 28}));  // both counts must reach 16
+  for (const ConvShape s : {ConvShape{16, 32, 56, 56}, ConvShape{32, 32, 56, 56}, ConvShape{32, 64, 28, 28},
+                            ConvShape{64, 64, 28, 28}, ConvShape{64, 64, 14, 14}, ConvShape{512, 512, 14, 14}}) {
+    CAPTURE(s.cin);
+    CAPTURE(s.cout);
+    CHECK(B::winograd_rule(s) == vgg::cpu::kFastKernels);
+  }
+}
+
+TEST_CASE_TEMPLATE("a network's gradients with Winograd layers match the direct path's, in eval and train mode" *
+                       doctest::skip(!vgg::cpu::kFastKernels),
+                   Net, WideNet, NarrowNet) {
   constexpr int n = 2;
-  auto net = std::make_unique<WideNet>(13);
+  auto net = std::make_unique<Net>(13);
   net->set_threads(2);
-  const auto x = ref::random_vector(std::size_t(n) * 256 * 32 * 32, 32);
+  const auto x = ref::random_vector(std::size_t(n) * Net::input_shape.size(), 32);
   const std::vector<std::int32_t> labels{1, 2};
   auto gradients = [&](bool winograd, vgg::Mode mode) {
     net->context().set_winograd(winograd);

@@ -95,13 +95,16 @@ struct BasicBackend {
 
   /// Whether a layer runs by Winograd F(2x2, 3x3) (winograd.hpp): its eval forward, and, without a
   /// fused pool, its training forward and input gradient; on the AVX-512 path only (the plain path
-  /// stays the reference). A rule by channels, which both CPU kinds of the pool
-  /// support (bench_winograd, docs/PERFORMANCE.md): every layer with C_in, C_out >= 256 measured
-  /// 1.3-2.7x faster than the direct path on the Xeon and on the EPYC (Zen 5). Narrower layers won on
-  /// the EPYC too but are not measured on the Xeon, so they stay direct.
+  /// stays the reference). A rule by channels (bench_winograd; docs/PERFORMANCE.md): every layer with
+  /// C_in, C_out >= 256 measured 1.3-2.7x faster than the direct path on the Xeon and on the EPYC
+  /// (Zen 5); 64-256 channels 1.6-1.7x on the Zen 5 EPYC, and the width/8 net's 16-64 channels
+  /// 1.2-1.7x on the Zen 4 EPYC. With 8 input channels (the width/8 net's block 2) the transforms
+  /// cost what the GEMM saves (1.0x), so such layers stay direct. Layers under 256 channels are not
+  /// yet measured on the Xeon kind.
   static constexpr bool winograd_rule(const ConvShape& s) {
-    return Path == KernelPath::avx512 && s.cin >= 256 && s.cout >= 256;
+    return Path == KernelPath::avx512 && s.cin >= kWinogradMinChannels && s.cout >= kWinogradMinChannels;
   }
+  static constexpr int kWinogradMinChannels = 16;
   /// The tiles (2x2 outputs) a batch needs for a new filter transform to pay for itself in one call.
   /// Both the transform and what Winograd saves per tile grow with C_in x C_out, so the break-even is
   /// a tile count: 200-350 measured (bench_winograd: conv5 and conv7, forward and input gradient, on
@@ -147,16 +150,17 @@ struct BasicBackend {
     /// The filter transformed for `weight`, or null where the direct path is the faster choice for
     /// this call. The transform is redone only when the weights differ from the copy it was made from
     /// (the layer cannot see an optimizer step or a checkpoint load; memcmp is exact and 0.2 ms for
-    /// 512 x 512, against 5-13 ms for a transform). A new transform is made only where it pays: the
-    /// batch holds kWinogradAmortisingTiles tiles, or the weights are the same as at the previous
-    /// call (an eval loop, which will reuse it). So a training step on a small batch, whose weights
-    /// change every step, stays direct.
+    /// 512 x 512, against 5-13 ms for a transform). Winograd runs where it pays: the batch holds
+    /// kWinogradAmortisingTiles tiles, or, in eval, the weights are the same as at the previous call
+    /// (an eval loop, which will reuse the transform). Training decides by the batch alone, so that
+    /// its arithmetic never depends on what ran before (a resumed run equals an uninterrupted one
+    /// byte for byte, although the uninterrupted one evaluated the same weights just before).
     /// With bf16, also its bf16 copy, made once per transform.
     const WinogradFilter<Path>* winograd_filter(const float* weight, const ConvShape& s, int n, int threads,
-                                                bool bf16 = false) {
+                                                Mode mode, bool bf16 = false) {
       const bool repeated = see_weights(weight, s);
+      if (!amortised(s, n) && !(mode == Mode::eval && repeated)) return nullptr;
       if (!filter_valid_) {
-        if (!repeated && !amortised(s, n)) return nullptr;
         winograd_transform_filter(weight, filter_, threads);
         filter_valid_ = true;
       }
@@ -168,8 +172,8 @@ struct BasicBackend {
     const WinogradFilter<Path>* winograd_input_grad_filter(const float* weight, const ConvShape& s, int n,
                                                            int threads, bool bf16 = false) {
       see_weights(weight, s);
+      if (!amortised(s, n)) return nullptr;
       if (!input_grad_filter_valid_) {
-        if (!amortised(s, n)) return nullptr;
         winograd_transform_filter_input_grad(weight, input_grad_filter_, threads);
         input_grad_filter_valid_ = true;
       }
@@ -269,11 +273,13 @@ struct BasicBackend {
   /// A forward by Winograd where winograd_rule picks the layer: y = relu(conv(x) + b) (a training
   /// forward too: conv3x3_relu_backward reads only y), or, with pooled (y null), its 2x2 max-pool,
   /// keeping no pool state for a backward pass (an eval forward). Returns false, doing nothing, where
-  /// the rule does not pick it (the caller runs the direct path).
+  /// the rule does not pick it (the caller runs the direct path). `mode`: the network's, which
+  /// decides whether a repeated eval call may take a transform that the batch alone would not pay for.
   static bool conv3x3_relu_forward_winograd(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
-                                            const float* weight, const float* bias, float* y, float* pooled, int n) {
+                                            const float* weight, const float* bias, float* y, float* pooled, int n,
+                                            Mode mode) {
     if (!ws.use_winograd(ctx, s)) return false;
-    const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads(), uses_bf16(ctx));
+    const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads(), mode, uses_bf16(ctx));
     if (!u) return false;
     cpu::winograd_conv3x3_forward<Path>(x, *u, bias, y, n, winograd_geometry(s), ws.winograd_workspace(uses_bf16(ctx)),
                                         ctx.threads(), true, pooled);

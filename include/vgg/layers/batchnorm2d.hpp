@@ -171,7 +171,8 @@ class Conv3x3BatchNormRelu : public WeightAndBias<B> {
       norm_.forward_relu(exec, z_.data(), y, n);
     } else {
       fold(exec);
-      if (winograd_.forward(exec, workspace_, shape, x, folded_weight_.data(), folded_bias_.data(), y, n)) return;
+      if (winograd_.forward(exec, workspace_, shape, x, folded_weight_.data(), folded_bias_.data(), y, n, Mode::eval))
+        return;
       B::conv3x3_relu_forward(exec, workspace_, shape, x, folded_weight_.data(), folded_bias_.data(), y, n);
     }
   }

@@ -43,8 +43,9 @@ class Conv3x3Relu : public WeightAndBias<B> {
     winograd_.reserve_backward(shape, batch, pooled);
     this->reserve_gradients();
   }
-  void forward(Context& exec, const float* x, float* y, int n, const RunContext&) {
-    if (winograd_.forward(exec, workspace_, shape, x, this->weight().data(), this->bias().data(), y, n)) return;
+  void forward(Context& exec, const float* x, float* y, int n, const RunContext& run) {
+    if (winograd_.forward(exec, workspace_, shape, x, this->weight().data(), this->bias().data(), y, n, run.mode))
+      return;
     B::conv3x3_relu_forward(exec, workspace_, shape, x, this->weight().data(), this->bias().data(), y, n);
   }
   /// pooled = maxpool2x2(forward(x)), the pool taken while the conv's output is in cache; the

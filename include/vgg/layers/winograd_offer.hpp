@@ -7,6 +7,7 @@
 #include <cstddef>
 
 #include "vgg/backend.hpp"
+#include "vgg/context.hpp"
 
 namespace vgg {
 
@@ -22,16 +23,17 @@ class WinogradOffer {
       if (pooled && B::winograd_rule(s)) repooled_.reserve(std::size_t(batch) * s.cout * (s.h / 2) * (s.w / 2));
     }
   }
-  /// y = relu(conv(x)) by Winograd; false (nothing done) where the backend declines.
+  /// y = relu(conv(x)) by Winograd; false (nothing done) where the backend declines. `mode`: the
+  /// network's (training decides by the batch alone, eval also reuses a transform of repeated weights).
   bool forward(Context& exec, typename B::ConvWorkspace& ws, const ConvShape& s, const float* x, const float* weight,
-               const float* bias, float* y, int n) {
-    return run(exec, ws, s, x, weight, bias, y, nullptr, n);
+               const float* bias, float* y, int n, Mode mode) {
+    return run(exec, ws, s, x, weight, bias, y, nullptr, n, mode);
   }
   /// pooled = maxpool2x2(relu(conv(x))) by Winograd where allowed and the backend accepts; false
   /// (nothing done, the pool state left to the direct forward) otherwise.
   bool forward_pooled(bool allowed, Context& exec, typename B::ConvWorkspace& ws, const ConvShape& s, const float* x,
                       const float* weight, const float* bias, float* pooled, int n) {
-    pool_state_stale_ = allowed && run(exec, ws, s, x, weight, bias, nullptr, pooled, n);
+    pool_state_stale_ = allowed && run(exec, ws, s, x, weight, bias, nullptr, pooled, n, Mode::eval);
     return pool_state_stale_;
   }
   /// Before a pooled backward: after a Winograd forward_pooled, the direct fused forward (same x,
@@ -46,8 +48,8 @@ class WinogradOffer {
 
  private:
   bool run(Context& exec, typename B::ConvWorkspace& ws, const ConvShape& s, const float* x, const float* weight,
-           const float* bias, float* y, float* pooled, int n) {
-    if constexpr (available) return B::conv3x3_relu_forward_winograd(exec, ws, s, x, weight, bias, y, pooled, n);
+           const float* bias, float* y, float* pooled, int n, Mode mode) {
+    if constexpr (available) return B::conv3x3_relu_forward_winograd(exec, ws, s, x, weight, bias, y, pooled, n, mode);
     return false;
   }
 
