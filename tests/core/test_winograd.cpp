@@ -761,5 +761,14 @@ TEST_CASE("Conv3x3Relu in bf16 mode runs Winograd with bf16 GEMMs, within bound 
   for (std::size_t i = 0; i < tol.size(); ++i)
     tol[i] += float((0x1p-7 + 0x1p-16 + (9.0 * In + 2) * FLT_EPSILON) * direct_magnitude[i]);
   CHECK(worst_ratio(direct.y, wino.y, tol) <= 1.0f);
+
+  // Switching precision on the same weights: fp32 takes the fp32 transform, bf16 again the same bf16
+  // copy (both cached; neither is confused with the other).
+  exec.set_precision(vgg::Precision::fp32);
+  const Pass fp32 = pass(true);
+  CHECK(ref::max_abs_diff(winograd_forward<KernelPath::avx512>(x, w, b, n, In, Out, H, W, threads, true), fp32.y.data()) ==
+        0.0f);
+  exec.set_precision(vgg::Precision::bf16);
+  CHECK(ref::max_abs_diff(wino.y, pass(true).y.data()) == 0.0f);
 #endif
 }
