@@ -138,15 +138,14 @@ struct BasicBackend {
     }
     Conv3x3Workspace& get() { return ws_; }
 
-    /// Whether a forward of this layer takes Winograd now (fp32 only: bf16 has its own kernels).
+    /// Whether a forward of this layer takes Winograd now; in bf16 mode (which runs only where the
+    /// CPU has AVX512-BF16) its 16 GEMMs take bf16 operands (winograd_filter_to_bf16).
     bool use_winograd(const Context& ctx, const ConvShape& s) const {
-      return winograd_rule(s) && ctx.winograd() && winograd_threads_ >= ctx.threads() &&
-             ctx.precision_in_use() == Precision::fp32;
+      return winograd_rule(s) && ctx.winograd() && winograd_threads_ >= ctx.threads();
     }
     /// Whether an input gradient of this (unpooled) layer takes Winograd now.
     bool use_winograd_input_grad(const Context& ctx, const ConvShape& s) const {
-      return winograd_rule(s) && ctx.winograd() && input_grad_threads_ >= ctx.threads() &&
-             ctx.precision_in_use() == Precision::fp32;
+      return winograd_rule(s) && ctx.winograd() && input_grad_threads_ >= ctx.threads();
     }
     /// The filter transformed for `weight`, or null where the direct path is the faster choice for
     /// this call. The transform is redone only when the weights differ from the copy it was made from
@@ -156,31 +155,44 @@ struct BasicBackend {
     /// (an eval loop, which will reuse the transform). Training decides by the batch alone, so that
     /// its arithmetic never depends on what ran before (a resumed run equals an uninterrupted one
     /// byte for byte, although the uninterrupted one evaluated the same weights just before).
+    /// With bf16, also its bf16 copy, made once per transform.
     const WinogradFilter<Path>* winograd_filter(const float* weight, const ConvShape& s, int n, int threads,
-                                                Mode mode) {
+                                                Mode mode, bool bf16 = false) {
       const bool repeated = see_weights(weight, s);
       if (!amortised(s, n) && !(mode == Mode::eval && repeated)) return nullptr;
       if (!filter_valid_) {
         winograd_transform_filter(weight, filter_, threads);
         filter_valid_ = true;
       }
+      if (bf16) ensure_bf16(filter_, threads);
       return &filter_;
     }
     /// The same for the input gradient's filter (rotated 180 degrees, channels swapped); made only
     /// for a batch that amortises it.
     const WinogradFilter<Path>* winograd_input_grad_filter(const float* weight, const ConvShape& s, int n,
-                                                           int threads) {
+                                                           int threads, bool bf16 = false) {
       see_weights(weight, s);
       if (!amortised(s, n)) return nullptr;
       if (!input_grad_filter_valid_) {
         winograd_transform_filter_input_grad(weight, input_grad_filter_, threads);
         input_grad_filter_valid_ = true;
       }
+      if (bf16) ensure_bf16(input_grad_filter_, threads);
       return &input_grad_filter_;
     }
-    WinogradWorkspace& winograd_workspace() { return winograd_ws_; }
+    /// The chunk buffers, set for this call's precision (bf16: the GEMMs on bf16 operands).
+    WinogradWorkspace& winograd_workspace(bool bf16 = false) {
+      winograd_ws_.bf16 = bf16;
+      return winograd_ws_;
+    }
 
    private:
+    static void ensure_bf16([[maybe_unused]] WinogradFilter<Path>& f, [[maybe_unused]] int threads) {
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+      if constexpr (Path == KernelPath::avx512)
+        if (!f.has_bf16()) winograd_filter_to_bf16(f, threads);
+#endif
+    }
     /// Invalidates both transforms where `weight` differs from the copy they were made from; true
     /// where it does not (the same weights as at the previous call).
     bool see_weights(const float* weight, const ConvShape& s) {
@@ -200,6 +212,11 @@ struct BasicBackend {
       };
       touch(filter_.storage());
       touch(input_grad_filter_.storage());
+      for (auto* f : {&filter_, &input_grad_filter_}) {
+        if (f->bf16_storage().capacity())
+          std::memset(f->bf16_data(), 0, f->bf16_storage().capacity() * sizeof(std::uint32_t));
+        f->set_has_bf16(false);
+      }
       touch(weights_seen_);
       for (auto& b : winograd_ws_.transformed_inputs) touch(b);
       for (auto& b : winograd_ws_.products) touch(b);
@@ -262,10 +279,10 @@ struct BasicBackend {
                                             const float* weight, const float* bias, float* y, float* pooled, int n,
                                             Mode mode) {
     if (!ws.use_winograd(ctx, s)) return false;
-    const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads(), mode);
+    const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads(), mode, uses_bf16(ctx));
     if (!u) return false;
-    cpu::winograd_conv3x3_forward<Path>(x, *u, bias, y, n,
-                                        winograd_geometry(s), ws.winograd_workspace(), ctx.threads(), true, pooled);
+    cpu::winograd_conv3x3_forward<Path>(x, *u, bias, y, n, winograd_geometry(s), ws.winograd_workspace(uses_bf16(ctx)),
+                                        ctx.threads(), true, pooled);
     return true;
   }
   static void conv3x3_relu_pool_forward(Context& ctx, ConvWorkspace& ws, PoolState& state, const ConvShape& s,
@@ -280,11 +297,13 @@ struct BasicBackend {
     // Where the rule picks the layer, dx by Winograd: the direct backward leaves dz = dy * (y > 0) in
     // dy, which is the input gradient's convolution input.
     const WinogradFilter<Path>* u =
-        dx && ws.use_winograd_input_grad(ctx, s) ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads()) : nullptr;
+        dx && ws.use_winograd_input_grad(ctx, s)
+            ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads(), uses_bf16(ctx))
+            : nullptr;
     cpu::conv3x3_relu_backward<Path>(x, weight, y, dy, u ? nullptr : dx, weight_grad, bias_grad, n, geometry(s),
                                      ws.get(), ctx.threads());
     if (u)
-      cpu::winograd_conv3x3_input_grad<Path>(dy, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(),
+      cpu::winograd_conv3x3_input_grad<Path>(dy, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(uses_bf16(ctx)),
                                              ctx.threads());
   }
   static void conv3x3_relu_pool_backward(Context& ctx, ConvWorkspace& ws, const PoolState& state, const ConvShape& s,
