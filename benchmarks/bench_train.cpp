@@ -113,6 +113,10 @@ BENCHMARK(eval_forward<Wide, vgg::Precision::fp32, false>)->Name("direct/vgg11_w
 BENCHMARK(train_step<Narrow, vgg::Precision::bf16>)->Name("bf16/vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Narrow, vgg::Precision::bf16>)->Name("bf16/vgg11_w8/eval_forward")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Wide, vgg::Precision::bf16>)->Name("bf16/vgg11_w1/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+// bf16 with every conv direct (Winograd off): what bf16 mode ran before its Winograd had bf16 GEMMs.
+BENCHMARK(train_step<Narrow, vgg::Precision::bf16, false>)->Name("direct/bf16/vgg11_w8/train_step")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(eval_forward<Narrow, vgg::Precision::bf16, false>)->Name("direct/bf16/vgg11_w8/eval_forward")->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(eval_forward<Wide, vgg::Precision::bf16, false>)->Name("direct/bf16/vgg11_w1/eval_forward")->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(train_step<Narrow>)->Name("scaling/vgg11_w8/train_step")->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Narrow>)->Name("scaling/vgg11_w8/eval_forward")->Arg(1)->Arg(8)->Arg(16)->Arg(32)->Arg(128)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(eval_forward<Wide>)->Name("scaling/vgg11_w1/eval_forward")->Arg(1)->Arg(2)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();

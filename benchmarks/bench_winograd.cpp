@@ -52,6 +52,7 @@ void BM_direct(benchmark::State& state) {
   const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
   vgg::cpu::Conv3x3Workspace ws;
   ws.reserve(g, kThreads);
+  ws.set_bf16(state.range(1) != 0);
   const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
@@ -62,6 +63,16 @@ void BM_direct(benchmark::State& state) {
   }
   set_counters(state, l);
   state.counters["chunk"] = 0;  // every row has the same counters (the CSV reporter requires it)
+}
+
+/// Where bf16 (range(2) for the forward, range(1) for the input gradient), bf16 mode's Winograd:
+/// the filter's bf16 copy, the GEMMs on bf16 operands.
+void use_bf16(vgg::cpu::WinogradFilter<>& u, vgg::cpu::WinogradWorkspace& ws, bool bf16) {
+  if (!bf16) return;
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+  vgg::cpu::winograd_filter_to_bf16(u, kThreads);
+  ws.bf16 = true;
+#endif
 }
 
 /// range(1): tiles per chunk (0: from the L2 size).
@@ -77,6 +88,7 @@ void BM_winograd(benchmark::State& state) {
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
   std::vector<float> y(std::size_t(l.batch) * l.cout * l.hw * l.hw);
   vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
+  use_bf16(u, ws, state.range(2) != 0);
   for (auto _ : state) {
     vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), y.data(), l.batch, g, ws, kThreads, true);
     benchmark::DoNotOptimize(y.data());
@@ -201,6 +213,7 @@ void BM_direct_backward(benchmark::State& state) {
   const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
   vgg::cpu::Conv3x3Workspace ws;
   ws.reserve_backward(g, kThreads);
+  ws.set_bf16(state.range(2) != 0);
   const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   auto dz = random_vector(std::size_t(l.batch) * l.cout * l.hw * l.hw, 4, 1.0f);
@@ -225,6 +238,7 @@ void BM_winograd_input_grad(benchmark::State& state) {
   const auto dz = random_vector(std::size_t(l.batch) * l.cout * l.hw * l.hw, 4, 1.0f);
   std::vector<float> dx(std::size_t(l.batch) * l.cin * l.hw * l.hw);
   vgg::cpu::winograd_transform_filter_input_grad(w.data(), u, kThreads);
+  use_bf16(u, ws, state.range(1) != 0);
   for (auto _ : state) {
     vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), l.batch, g, ws, kThreads);
     benchmark::DoNotOptimize(dx.data());
@@ -240,6 +254,9 @@ void BM_winograd_filter(benchmark::State& state) {
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   for (auto _ : state) {
     vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+    if (state.range(1)) vgg::cpu::winograd_filter_to_bf16(u, kThreads);  // bf16 mode: its bf16 copy too
+#endif
     benchmark::DoNotOptimize(u.data());
   }
 }
@@ -258,10 +275,10 @@ void BM_weights_compare(benchmark::State& state) {
 void register_all() {
   for (int i = 0; i < int(std::size(kLayers)); ++i) {
     const std::string name = kLayers[i].name;
-    benchmark::RegisterBenchmark(("direct/" + name).c_str(), BM_direct)->Arg(i)->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("direct/" + name).c_str(), BM_direct)->Args({i, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
     for (int chunk : {0, 64, 128, 256})
       benchmark::RegisterBenchmark(("winograd/" + name).c_str(), BM_winograd)
-          ->Args({i, chunk})
+          ->Args({i, chunk, 0})
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
     if (kLayers[i].pooled) {
@@ -285,15 +302,36 @@ void register_all() {
     }
     for (int with_dx : {0, 1})
       benchmark::RegisterBenchmark(("direct_backward/" + name).c_str(), BM_direct_backward)
-          ->Args({i, with_dx})
+          ->Args({i, with_dx, 0})
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
     benchmark::RegisterBenchmark(("winograd_input_grad/" + name).c_str(), BM_winograd_input_grad)
-        ->Arg(i)
+        ->Args({i, 0})
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
+    // bf16 mode's rows (AVX512-BF16 CPUs): the direct path and Winograd, each with bf16 GEMMs.
+    if (vgg::cpu::bf16::bf16_gemm_available()) {
+      benchmark::RegisterBenchmark(("bf16_direct/" + name).c_str(), BM_direct)->Args({i, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+      benchmark::RegisterBenchmark(("bf16_winograd/" + name).c_str(), BM_winograd)
+          ->Args({i, 0, 1})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("bf16_winograd_input_grad/" + name).c_str(), BM_winograd_input_grad)
+          ->Args({i, 1})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("bf16_winograd_filter/" + name).c_str(), BM_winograd_filter)
+          ->Args({i, 1})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+      for (int with_dx : {0, 1})
+        benchmark::RegisterBenchmark(("bf16_direct_backward/" + name).c_str(), BM_direct_backward)
+            ->Args({i, with_dx, 1})
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+    }
     benchmark::RegisterBenchmark(("winograd_filter/" + name).c_str(), BM_winograd_filter)
-        ->Arg(i)
+        ->Args({i, 0})
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
     benchmark::RegisterBenchmark(("weights_compare/" + name).c_str(), BM_weights_compare)

@@ -149,17 +149,22 @@ TEST_CASE("wide conv layers (Winograd on the AVX-512 path): steady-state trainin
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(i % 19) / 19.0f - 0.4f;
   const std::vector<std::int32_t> labels{0, 1, 2};
   vgg::Sgd sgd({.lr = 0.01f, .momentum = 0.9f});
-  for (int threads : {1, 2}) {
-    net->set_threads(threads);
-    (void)vgg::train_step(*net, sgd, x, labels);
-    (void)vgg::evaluate_batch(*net, x, labels);
-    net->backward();
-    const long before = allocations.load();
-    (void)vgg::train_step(*net, sgd, x, labels);
-    (void)vgg::evaluate_batch(*net, x, labels);
-    net->backward();
-    const long allocated = allocations.load() - before;
-    CAPTURE(threads);
-    CHECK(allocated == 0);
-  }
+  // In bf16 mode (where the CPU has AVX512-BF16) the same layers run Winograd with bf16 GEMMs: the
+  // filters' bf16 copies and the GEMMs' bf16 packing buffers come from the same reservations.
+  for (vgg::Precision precision : {vgg::Precision::fp32, vgg::Precision::bf16})
+    for (int threads : {1, 2}) {
+      net->context().set_precision(precision);
+      net->set_threads(threads);
+      (void)vgg::train_step(*net, sgd, x, labels);
+      (void)vgg::evaluate_batch(*net, x, labels);
+      net->backward();
+      const long before = allocations.load();
+      (void)vgg::train_step(*net, sgd, x, labels);
+      (void)vgg::evaluate_batch(*net, x, labels);
+      net->backward();
+      const long allocated = allocations.load() - before;
+      CAPTURE(threads);
+      CAPTURE(vgg::to_string(net->context().precision_in_use()));
+      CHECK(allocated == 0);
+    }
 }

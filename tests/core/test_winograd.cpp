@@ -83,16 +83,33 @@ std::vector<float> naive_input_grad(const std::vector<float>& dz, const std::vec
 }
 
 /// With pool, the fused 2x2 max-pool's output instead of y.
+/// The filter's bf16 copy and bf16 GEMMs (bf16 mode's Winograd) where bf16; the AVX-512 path only.
+template <KernelPath Path>
+void use_bf16([[maybe_unused]] vgg::cpu::WinogradFilter<Path>& u, [[maybe_unused]] vgg::cpu::WinogradWorkspace& ws,
+              [[maybe_unused]] int threads, bool bf16) {
+  if (!bf16) return;
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+  if constexpr (Path == KernelPath::avx512) {
+    REQUIRE(vgg::cpu::bf16::bf16_gemm_available());
+    vgg::cpu::winograd_filter_to_bf16(u, threads);
+    ws.bf16 = true;
+    return;
+  }
+#endif
+  FAIL("bf16 Winograd is not built");
+}
+
 template <KernelPath Path>
 std::vector<float> winograd_forward(const std::vector<float>& x, const std::vector<float>& w,
                                     const std::vector<float>& b, int n, int cin, int cout, int h, int wd, int threads,
-                                    bool relu, long chunk = 0, bool pool = false) {
+                                    bool relu, long chunk = 0, bool pool = false, bool bf16 = false) {
   const vgg::cpu::WinogradGeometry g{cin, cout, h, wd, chunk};
   vgg::cpu::WinogradFilter<Path> u;
   u.reserve(cin, cout);
   vgg::cpu::winograd_transform_filter(w.data(), u, threads);
   vgg::cpu::WinogradWorkspace ws;
   ws.reserve(g, threads);
+  use_bf16(u, ws, threads, bf16);
   std::vector<float> y(std::size_t(n) * cout * h * wd, -7.0f);
   std::vector<float> pooled(std::size_t(n) * cout * (h / 2) * (wd / 2), -7.0f);
   if (pool && pooled.empty()) return pooled;  // no pooling window (a 1-pixel side)
@@ -103,13 +120,14 @@ std::vector<float> winograd_forward(const std::vector<float>& x, const std::vect
 
 template <KernelPath Path>
 std::vector<float> winograd_input_grad(const std::vector<float>& dz, const std::vector<float>& w, int n, int cin,
-                                       int cout, int h, int wd, int threads) {
+                                       int cout, int h, int wd, int threads, bool bf16 = false) {
   const vgg::cpu::WinogradGeometry g{cin, cout, h, wd};
   vgg::cpu::WinogradFilter<Path> u;
   u.reserve(cout, cin);
   vgg::cpu::winograd_transform_filter_input_grad(w.data(), u, threads);
   vgg::cpu::WinogradWorkspace ws;
   ws.reserve(vgg::cpu::winograd_input_grad_geometry(g), threads);
+  use_bf16(u, ws, threads, bf16);
   std::vector<float> dx(std::size_t(n) * cin * h * wd, -7.0f);
   vgg::cpu::winograd_conv3x3_input_grad<Path>(dz.data(), u, dx.data(), n, g, ws, threads);
   return dx;
@@ -666,4 +684,240 @@ TEST_CASE("a batch-norm network's eval forward and eval gradients by Winograd ma
     const auto moved = eval(false);
     CHECK(ref::max_abs_diff(direct, moved.data()) > 100 * logits_tolerance(direct));
   }
+}
+
+// bf16 mode's Winograd (the 16 GEMMs on bf16 operands, fp32 sums; transforms in fp32) against the
+// naive convolution in double. Bound, per output: each GEMM product U V is of operands rounded to
+// bf16's 8-bit significand (relative error 2^-8 each), so is off by (2^-7 + 2^-16) |U| |V|, and the
+// fp32 sums add (c + 2) eps of the same; the output transform adds those errors of the 16 points
+// with coefficients |A^T| (0 or 1). Hence (2^-7 + 2^-16 + (c + 2) eps) sum_p |A^T|_p sum_ci |U| |V|
+// (the magnitudes, from a double Winograd on absolute values), plus the fp32 Winograd bound above
+// for the transforms' own rounding. Skipped where the CPU lacks avx512_bf16.
+namespace {
+
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+/// Per output y(i, co, r, c): sum over the 16 points (ti, tj) of |A^T[r][ti]| |A^T[c][tj]| times
+/// sum over ci of |U[ti tj][co][ci]| |V[ti tj][ci]| for the tile holding (r, c); in double.
+std::vector<double> winograd_magnitudes(const std::vector<float>& x, const std::vector<float>& w, int n, int cin,
+                                        int cout, int h, int wd) {
+  std::vector<double> u(std::size_t(16) * cout * cin);  // |U[p][co][ci]|
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci) {
+      const float* g = &w[(std::size_t(co) * cin + ci) * 9];
+      double t[4][3];
+      for (int c = 0; c < 3; ++c) {
+        const double g0 = g[c], g1 = g[3 + c], g2 = g[6 + c];
+        t[0][c] = g0, t[1][c] = 0.5 * (g0 + g1 + g2), t[2][c] = 0.5 * (g0 - g1 + g2), t[3][c] = g2;
+      }
+      for (int r = 0; r < 4; ++r) {
+        const double a = t[r][0], b = t[r][1], c = t[r][2], row[4] = {a, 0.5 * (a + b + c), 0.5 * (a - b + c), c};
+        for (int j = 0; j < 4; ++j) u[(std::size_t(r * 4 + j) * cout + co) * cin + ci] = std::abs(row[j]);
+      }
+    }
+  const double at[2][4] = {{1, 1, 1, 0}, {0, 1, 1, 1}};  // |A^T|
+  std::vector<double> out(std::size_t(n) * cout * h * wd), v(std::size_t(16) * cin);
+  for (int i = 0; i < n; ++i)
+    for (int ty = 0; ty < (h + 1) / 2; ++ty)
+      for (int tx = 0; tx < (wd + 1) / 2; ++tx) {
+        for (int ci = 0; ci < cin; ++ci) {  // |V[p][ci]| = |B^T d B|
+          double d[4][4], t[4][4];
+          for (int r = 0; r < 4; ++r)
+            for (int c = 0; c < 4; ++c) {
+              const int yy = 2 * ty - 1 + r, xx = 2 * tx - 1 + c;
+              d[r][c] = yy >= 0 && yy < h && xx >= 0 && xx < wd ? x[((std::size_t(i) * cin + ci) * h + yy) * wd + xx] : 0;
+            }
+          for (int c = 0; c < 4; ++c)
+            t[0][c] = d[0][c] - d[2][c], t[1][c] = d[1][c] + d[2][c], t[2][c] = d[2][c] - d[1][c],
+            t[3][c] = d[1][c] - d[3][c];
+          for (int r = 0; r < 4; ++r) {
+            const double row[4] = {t[r][0] - t[r][2], t[r][1] + t[r][2], t[r][2] - t[r][1], t[r][1] - t[r][3]};
+            for (int j = 0; j < 4; ++j) v[std::size_t(r * 4 + j) * cin + ci] = std::abs(row[j]);
+          }
+        }
+        for (int co = 0; co < cout; ++co) {
+          double s[16];
+          for (int p = 0; p < 16; ++p) {
+            s[p] = 0;
+            for (int ci = 0; ci < cin; ++ci)
+              s[p] += u[(std::size_t(p) * cout + co) * cin + ci] * v[std::size_t(p) * cin + ci];
+          }
+          for (int r = 0; r < 2; ++r)
+            for (int c = 0; c < 2; ++c) {
+              const int yy = 2 * ty + r, xx = 2 * tx + c;
+              if (yy >= h || xx >= wd) continue;
+              double m = 0;
+              for (int a = 0; a < 4; ++a)
+                for (int b = 0; b < 4; ++b) m += at[r][a] * at[c][b] * s[a * 4 + b];
+              out[((std::size_t(i) * cout + co) * h + yy) * wd + xx] = m;
+            }
+        }
+      }
+  return out;
+}
+
+/// The bound above, per output, for a convolution over `channels` input channels.
+std::vector<float> bf16_winograd_tolerances(const std::vector<double>& magnitudes, int channels, float fp32_bound) {
+  const double rate = 0x1p-7 + 0x1p-16 + double(channels + 2) * FLT_EPSILON;
+  std::vector<float> tol(magnitudes.size());
+  for (std::size_t i = 0; i < tol.size(); ++i) tol[i] = float(rate * magnitudes[i]) + fp32_bound;
+  return tol;
+}
+
+/// max |got - want| / tol over the outputs: <= 1 where every output is within its bound.
+float worst_ratio(const std::vector<float>& want, const std::vector<float>& got, const std::vector<float>& tol) {
+  float worst = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::abs(got[i] - want[i]) / tol[i]);
+  return worst;
+}
+
+/// The weights of the input gradient's convolution (cout -> cin): rotated 180 degrees, channels swapped.
+std::vector<float> rotated_swapped(const std::vector<float>& w, int cin, int cout) {
+  std::vector<float> r(w.size());
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int k = 0; k < 9; ++k) r[(std::size_t(ci) * cout + co) * 9 + (8 - k)] = w[(std::size_t(co) * cin + ci) * 9 + k];
+  return r;
+}
+
+/// Returns the forward's worst ratio (for the caller's non-vacuity checks).
+float check_bf16_against_naive(int n, int cin, int cout, int h, int wd, int threads, bool relu, long chunk = 0,
+                               float x_lo = -1.0f, float w_lo = -0.1f) {
+  CAPTURE(n);
+  CAPTURE(cin);
+  CAPTURE(cout);
+  CAPTURE(h);
+  CAPTURE(wd);
+  CAPTURE(threads);
+  CAPTURE(chunk);
+  const unsigned seed = unsigned(n * 1000 + cin * 100 + cout * 10 + h + wd + 5);
+  const auto x = ref::random_vector(std::size_t(n) * cin * h * wd, seed, x_lo, 1.0f);
+  const auto w = ref::random_vector(std::size_t(cout) * cin * 9, seed + 1, w_lo, 0.1f);
+  const auto b = ref::random_vector(std::size_t(cout), seed + 2);
+  const auto want = naive_conv(x, w, b, n, cin, cout, h, wd, relu);
+  const auto tol = bf16_winograd_tolerances(winograd_magnitudes(x, w, n, cin, cout, h, wd), cin,
+                                            winograd_tolerance(cin, max_abs(w), max_abs(x)));
+  const auto got = winograd_forward<KernelPath::avx512>(x, w, b, n, cin, cout, h, wd, threads, relu, chunk, false, true);
+  const float worst = worst_ratio(want, got, tol);
+  CHECK(worst <= 1.0f);
+  // The fused pool: a window's max moves by at most its outputs' largest error.
+  const auto got_pooled =
+      winograd_forward<KernelPath::avx512>(x, w, b, n, cin, cout, h, wd, threads, relu, chunk, true, true);
+  CHECK(worst_ratio(ref::maxpool2x2(want, n * cout, h, wd), got_pooled, ref::maxpool2x2(tol, n * cout, h, wd)) <= 1.0f);
+
+  const auto dz = ref::random_vector(std::size_t(n) * cout * h * wd, seed + 3);
+  const auto want_dx = naive_input_grad(dz, w, n, cin, cout, h, wd);
+  const auto tol_dx = bf16_winograd_tolerances(winograd_magnitudes(dz, rotated_swapped(w, cin, cout), n, cout, cin, h, wd),
+                                               cout, winograd_tolerance(cout, max_abs(w), max_abs(dz)));
+  CHECK(worst_ratio(want_dx, winograd_input_grad<KernelPath::avx512>(dz, w, n, cin, cout, h, wd, threads, true),
+                    tol_dx) <= 1.0f);
+  return worst;
+}
+
+std::vector<float> absolute_values(std::vector<float> v) {
+  for (float& e : v) e = std::abs(e);
+  return v;
+}
+#endif
+
+bool bf16_winograd_runs() {
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+  return vgg::cpu::bf16::bf16_gemm_available();
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+TEST_CASE("Winograd with bf16 GEMMs matches a naive convolution within bf16's precision, forward and input gradient" *
+          doctest::skip(!bf16_winograd_runs())) {
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+  // Odd channel counts (a depth pair's odd tail), cout not a multiple of 8 (padded tile rows), two
+  // depth passes (300 = 256 + 44), chunks cut mid row, tile rows over one 16-tile vector, runs
+  // across GEMM panels.
+  check_bf16_against_naive(3, 3, 5, 7, 9, 2, true);
+  check_bf16_against_naive(2, 37, 19, 9, 30, 3, false, 32);
+  check_bf16_against_naive(2, 5, 7, 5, 67, 2, true);
+  // Tile rows of 20: a row's second run of 16 tiles crosses a 32-column GEMM panel.
+  check_bf16_against_naive(2, 6, 9, 6, 40, 2, true);
+  check_bf16_against_naive(1, 300, 13, 4, 5, 2, false);
+  check_bf16_against_naive(1, 13, 300, 3, 5, 1, true);
+  check_bf16_against_naive(2, 64, 64, 28, 28, 2, false);
+  // Non-negative data: the magnitudes are close to |y| (few cancellations), so the bound is tight
+  // enough that a filter 5% off fails it.
+  const int n = 2, cin = 64, cout = 64, h = 14, wd = 14, threads = 2;
+  CHECK(check_bf16_against_naive(n, cin, cout, h, wd, threads, false, 0, 0.0f, 0.0f) <= 1.0f);
+  const auto x = ref::random_vector(std::size_t(n) * cin * h * wd, 41, 0.0f, 1.0f);
+  const auto w = ref::random_vector(std::size_t(cout) * cin * 9, 42, 0.0f, 0.1f);
+  const std::vector<float> b(std::size_t(cout), 0.0f);
+  const auto want = naive_conv(x, w, b, n, cin, cout, h, wd, false);
+  const auto tol = bf16_winograd_tolerances(winograd_magnitudes(x, w, n, cin, cout, h, wd), cin,
+                                            winograd_tolerance(cin, max_abs(w), max_abs(x)));
+  const auto fp32 = winograd_forward<KernelPath::avx512>(x, w, b, n, cin, cout, h, wd, threads, false);
+  const auto low = winograd_forward<KernelPath::avx512>(x, w, b, n, cin, cout, h, wd, threads, false, 0, false, true);
+  CHECK(worst_ratio(want, low, tol) <= 1.0f);
+  CHECK(ref::max_abs_diff(fp32, low.data()) > winograd_tolerance(cin, max_abs(w), max_abs(x)));  // bf16 did run
+  auto w_off = w;
+  for (float& e : w_off) e *= 1.05f;
+  const auto off = winograd_forward<KernelPath::avx512>(x, w_off, b, n, cin, cout, h, wd, threads, false, 0, false, true);
+  CHECK(worst_ratio(want, off, tol) > 1.0f);
+#endif
+}
+
+// The layer in bf16 mode: where the rule picks it, its forward and input gradient run Winograd on
+// bf16 GEMMs (the kernel's results, bit for bit), within the two paths' bounds of its direct bf16
+// path; Context::set_winograd(false) turns it off.
+TEST_CASE("Conv3x3Relu in bf16 mode runs Winograd with bf16 GEMMs, within bound of its direct bf16 path" *
+          doctest::skip(!bf16_winograd_runs())) {
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+  using B = vgg::cpu::Backend;
+  constexpr int In = 256, Out = 256, H = 32, W = 32, n = 2, threads = 2;
+  vgg::Conv3x3Relu<In, Out, H, W, B> layer;
+  B::Context exec;
+  exec.set_threads(threads);
+  exec.set_precision(vgg::Precision::bf16);
+  REQUIRE(exec.precision_in_use() == vgg::Precision::bf16);
+  vgg::Rng rng(9);
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, n);
+  layer.reserve_backward(exec, n);
+  const vgg::RunContext train{vgg::Mode::train, 1, 0, 0};
+  const auto x = ref::random_vector(std::size_t(n) * In * H * W, 31);
+  const auto dy = ref::random_vector(std::size_t(n) * Out * H * W, 32);
+  struct Pass {
+    std::vector<float> y, dz, dx;
+  };
+  auto pass = [&](bool winograd) {
+    exec.set_winograd(winograd);
+    Pass p{std::vector<float>(dy.size()), dy, std::vector<float>(x.size())};
+    layer.forward(exec, x.data(), p.y.data(), n, train);
+    layer.backward(exec, x.data(), p.y.data(), p.dz.data(), p.dx.data(), n, train);
+    return p;
+  };
+  const Pass direct = pass(false), wino = pass(true);
+  const std::vector<float> w(layer.weight().begin(), layer.weight().end()), b(layer.bias().begin(), layer.bias().end());
+  const auto kernel_y =
+      winograd_forward<KernelPath::avx512>(x, w, b, n, In, Out, H, W, threads, true, 0, false, /*bf16=*/true);
+  CHECK(ref::max_abs_diff(kernel_y, wino.y.data()) == 0.0f);
+  const auto kernel_dx = winograd_input_grad<KernelPath::avx512>(wino.dz, w, n, In, Out, H, W, threads, true);
+  CHECK(ref::max_abs_diff(kernel_dx, wino.dx.data()) == 0.0f);
+  CHECK(ref::max_abs_diff(direct.y, wino.y.data()) > 0.0f);  // set_winograd(false) did turn it off
+  // |Winograd - direct| <= Winograd's bound (above) + the direct path's: its products of bf16
+  // operands over 9 In terms, (2^-7 + 2^-16 + (9 In + 2) eps) sum |w| |x| (as test_bf16 bounds it).
+  auto tol = bf16_winograd_tolerances(winograd_magnitudes(x, w, n, In, Out, H, W), In,
+                                      winograd_tolerance(In, max_abs(w), max_abs(x)));
+  const auto direct_magnitude = naive_conv(absolute_values(x), absolute_values(w), {}, n, In, Out, H, W, false);
+  for (std::size_t i = 0; i < tol.size(); ++i)
+    tol[i] += float((0x1p-7 + 0x1p-16 + (9.0 * In + 2) * FLT_EPSILON) * direct_magnitude[i]);
+  CHECK(worst_ratio(direct.y, wino.y, tol) <= 1.0f);
+
+  // Switching precision on the same weights: fp32 takes the fp32 transform, bf16 again the same bf16
+  // copy (both cached; neither is confused with the other).
+  exec.set_precision(vgg::Precision::fp32);
+  const Pass fp32 = pass(true);
+  CHECK(ref::max_abs_diff(winograd_forward<KernelPath::avx512>(x, w, b, n, In, Out, H, W, threads, true), fp32.y.data()) ==
+        0.0f);
+  exec.set_precision(vgg::Precision::bf16);
+  CHECK(ref::max_abs_diff(wino.y, pass(true).y.data()) == 0.0f);
+#endif
 }

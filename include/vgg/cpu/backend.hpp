@@ -141,16 +141,15 @@ struct BasicBackend {
     }
     Conv3x3Workspace& get() { return ws_; }
 
-    /// Whether a forward of this layer takes Winograd now (fp32 only: bf16 has its own kernels).
+    /// Whether a forward of this layer takes Winograd now; in bf16 mode (which runs only where the
+    /// CPU has AVX512-BF16) its 16 GEMMs take bf16 operands (winograd_filter_to_bf16).
     bool use_winograd(const Context& ctx, const ConvShape& s) const {
-      return winograd_rule(s) && ctx.winograd() && winograd_threads_ >= ctx.threads() &&
-             ctx.precision_in_use() == Precision::fp32;
+      return winograd_rule(s) && ctx.winograd() && winograd_threads_ >= ctx.threads();
     }
     /// Whether an input gradient of this layer takes Winograd now; for a pooled layer, a batch of n
     /// (the full-size gradient behind the pool must fit).
     bool use_winograd_input_grad(const Context& ctx, const ConvShape& s, bool pooled = false, int n = 0) const {
       return winograd_rule(s) && ctx.winograd() && input_grad_threads_ >= ctx.threads() &&
-             ctx.precision_in_use() == Precision::fp32 &&
              (!pooled || std::size_t(n) * s.cout * s.h * s.w <= pooled_output_grads_.capacity());
     }
     /// The filter transformed for `weight`, or null where the direct path is the faster choice for
@@ -161,33 +160,46 @@ struct BasicBackend {
     /// (an eval loop, which will reuse the transform). Training decides by the batch alone, so that
     /// its arithmetic never depends on what ran before (a resumed run equals an uninterrupted one
     /// byte for byte, although the uninterrupted one evaluated the same weights just before).
+    /// With bf16, also its bf16 copy, made once per transform.
     const WinogradFilter<Path>* winograd_filter(const float* weight, const ConvShape& s, int n, int threads,
-                                                Mode mode) {
+                                                Mode mode, bool bf16 = false) {
       const bool repeated = see_weights(weight, s);
       if (!amortised(s, n) && !(mode == Mode::eval && repeated)) return nullptr;
       if (!filter_valid_) {
         winograd_transform_filter(weight, filter_, threads);
         filter_valid_ = true;
       }
+      if (bf16) ensure_bf16(filter_, threads);
       return &filter_;
     }
     /// The same for the input gradient's filter (rotated 180 degrees, channels swapped); made only
     /// for a batch that amortises it.
     const WinogradFilter<Path>* winograd_input_grad_filter(const float* weight, const ConvShape& s, int n,
-                                                           int threads) {
+                                                           int threads, bool bf16 = false) {
       see_weights(weight, s);
       if (!amortised(s, n)) return nullptr;
       if (!input_grad_filter_valid_) {
         winograd_transform_filter_input_grad(weight, input_grad_filter_, threads);
         input_grad_filter_valid_ = true;
       }
+      if (bf16) ensure_bf16(input_grad_filter_, threads);
       return &input_grad_filter_;
     }
-    WinogradWorkspace& winograd_workspace() { return winograd_ws_; }
+    /// The chunk buffers, set for this call's precision (bf16: the GEMMs on bf16 operands).
+    WinogradWorkspace& winograd_workspace(bool bf16 = false) {
+      winograd_ws_.bf16 = bf16;
+      return winograd_ws_;
+    }
     /// A pooled layer's gradient behind the pool and the ReLU, whole (n x cout x h x w).
     float* pooled_output_grads() { return pooled_output_grads_.data(); }
 
    private:
+    static void ensure_bf16([[maybe_unused]] WinogradFilter<Path>& f, [[maybe_unused]] int threads) {
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+      if constexpr (Path == KernelPath::avx512)
+        if (!f.has_bf16()) winograd_filter_to_bf16(f, threads);
+#endif
+    }
     /// Invalidates both transforms where `weight` differs from the copy they were made from; true
     /// where it does not (the same weights as at the previous call).
     bool see_weights(const float* weight, const ConvShape& s) {
@@ -207,6 +219,11 @@ struct BasicBackend {
       };
       touch(filter_.storage());
       touch(input_grad_filter_.storage());
+      for (auto* f : {&filter_, &input_grad_filter_}) {
+        if (f->bf16_storage().capacity())
+          std::memset(f->bf16_data(), 0, f->bf16_storage().capacity() * sizeof(std::uint32_t));
+        f->set_has_bf16(false);
+      }
       touch(weights_seen_);
       touch(pooled_output_grads_);
       for (auto& b : winograd_ws_.transformed_inputs) touch(b);
@@ -270,25 +287,26 @@ struct BasicBackend {
                                             const float* weight, const float* bias, float* y, float* pooled, int n,
                                             Mode mode) {
     if (!ws.use_winograd(ctx, s)) return false;
-    const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads(), mode);
+    const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads(), mode, uses_bf16(ctx));
     if (!u) return false;
-    cpu::winograd_conv3x3_forward<Path>(x, *u, bias, y, n,
-                                        winograd_geometry(s), ws.winograd_workspace(), ctx.threads(), true, pooled);
+    cpu::winograd_conv3x3_forward<Path>(x, *u, bias, y, n, winograd_geometry(s), ws.winograd_workspace(uses_bf16(ctx)),
+                                        ctx.threads(), true, pooled);
     return true;
   }
   /// The training forward of a fused conv + pool by Winograd where winograd_rule picks the layer:
   /// pooled, and in `state` the winner masks that conv3x3_relu_pool_backward reads (AVX-512 path only:
-  /// the plain path's state is the full-size output). Returns false, doing nothing, where not taken.
+  /// the plain path's state is the full-size output; fp32 only: bf16 mode's pooled training stays
+  /// direct, not measured or tested by Winograd). Returns false, doing nothing, where not taken.
   static bool conv3x3_relu_pool_forward_winograd(Context& ctx, ConvWorkspace& ws, PoolState& state,
                                                  const ConvShape& s, const float* x, const float* weight,
                                                  const float* bias, float* pooled, int n) {
     if constexpr (!cpu::PoolState<Path>::keeps_winners) {
       return false;
     } else {
-      if (!ws.use_winograd(ctx, s)) return false;
-      const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads(), Mode::train);
+      if (!ws.use_winograd(ctx, s) || uses_bf16(ctx)) return false;
+      const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads(), Mode::train, false);
       if (!u) return false;
-      cpu::winograd_conv3x3_forward<Path>(x, *u, bias, nullptr, n, winograd_geometry(s), ws.winograd_workspace(),
+      cpu::winograd_conv3x3_forward<Path>(x, *u, bias, nullptr, n, winograd_geometry(s), ws.winograd_workspace(false),
                                           ctx.threads(), true, pooled, state.get().winners());
       return true;
     }
@@ -305,11 +323,13 @@ struct BasicBackend {
     // Where the rule picks the layer, dx by Winograd: the direct backward leaves dz = dy * (y > 0) in
     // dy, which is the input gradient's convolution input.
     const WinogradFilter<Path>* u =
-        dx && ws.use_winograd_input_grad(ctx, s) ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads()) : nullptr;
+        dx && ws.use_winograd_input_grad(ctx, s)
+            ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads(), uses_bf16(ctx))
+            : nullptr;
     cpu::conv3x3_relu_backward<Path>(x, weight, y, dy, u ? nullptr : dx, weight_grad, bias_grad, n, geometry(s),
                                      ws.get(), ctx.threads());
     if (u)
-      cpu::winograd_conv3x3_input_grad<Path>(dy, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(),
+      cpu::winograd_conv3x3_input_grad<Path>(dy, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(uses_bf16(ctx)),
                                              ctx.threads());
   }
   static void conv3x3_relu_pool_backward(Context& ctx, ConvWorkspace& ws, const PoolState& state, const ConvShape& s,
@@ -317,9 +337,10 @@ struct BasicBackend {
                                          float* weight_grad, float* bias_grad, int n) {
     ws.get().set_bf16(uses_bf16(ctx));
     // Where the rule picks the layer, dx by Winograd from the whole dz (rebuilt from the pool state, as
-    // the direct backward does band by band), the weight and bias gradients by the direct path.
-    const WinogradFilter<Path>* u = dx && ws.use_winograd_input_grad(ctx, s, /*pooled=*/true, n)
-                                        ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads())
+    // the direct backward does band by band), the weight and bias gradients by the direct path; fp32
+    // only, as the pooled training forward.
+    const WinogradFilter<Path>* u = dx && !uses_bf16(ctx) && ws.use_winograd_input_grad(ctx, s, /*pooled=*/true, n)
+                                        ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads(), false)
                                         : nullptr;
     if (!u) {
       cpu::conv3x3_relu_pool_backward<Path>(x, weight, state.get(), dy_pooled, dx, weight_grad, bias_grad, n,
@@ -329,7 +350,7 @@ struct BasicBackend {
     float* dz = ws.pooled_output_grads();
     cpu::conv3x3_relu_pool_backward_dz<Path>(x, weight, state.get(), dy_pooled, dz, weight_grad, bias_grad, n,
                                              geometry(s), ws.get(), ctx.threads());
-    cpu::winograd_conv3x3_input_grad<Path>(dz, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(),
+    cpu::winograd_conv3x3_input_grad<Path>(dz, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(false),
                                            ctx.threads());
   }
 

@@ -13,7 +13,8 @@
 // (a last tile that overhangs an odd edge reads zeros and stores only what lies inside). Threads
 // take chunks of tiles; per chunk, a thread
 //   1. transforms its input, V[16][cin][chunk] = B^T d B (16 transform points),
-//   2. runs 16 GEMMs M[p] (cout x chunk) = U[p] (cout x cin) V[p] (cin x chunk), single-threaded,
+//   2. runs 16 GEMMs M[p] (cout x chunk) = U[p] (cout x cin) V[p] (cin x chunk), single-threaded
+//      (in bf16 mode on bf16 operands with fp32 sums, WinogradWorkspace::bf16; transforms stay fp32),
 //   3. transforms M back, y = A^T m A, + bias (+ ReLU), into its tiles of y.
 // The chunk is sized so that V and M stay in L2 between the steps. U = G g G^T is computed by a call
 // of its own (once per weight update; an eval loop can keep it); on the AVX-512 path it is stored
@@ -71,7 +72,10 @@ struct WinogradGeometry {
 };
 
 /// The transformed filter U[16][cout][cin] of one layer (plain path), or, on the AVX-512 path, each
-/// point's U[p] packed as the GEMM kernel reads it (pack_a_whole), at p * point_stride().
+/// point's U[p] packed as the GEMM kernel reads it (pack_a_whole), at p * point_stride(). Where the
+/// CPU runs bf16 GEMMs (AVX-512 path), also room for a bf16 copy of it (winograd_filter_to_bf16),
+/// each point in bf16::pack_a_whole's layout, for bf16 mode's Winograd: reserved with the fp32 one,
+/// so that switching precision never allocates.
 template <KernelPath Path = fastest_path>
 class WinogradFilter {
  public:
@@ -79,7 +83,17 @@ class WinogradFilter {
     cin_ = cin;
     cout_ = cout;
     data_.reserve(std::size_t(kWinogradPoints * point_stride()));
+    if (Path == KernelPath::avx512 && bf16::bf16_gemm_available())
+      bf16_.reserve(std::size_t(kWinogradPoints * bf16_point_stride()));
   }
+  long bf16_point_stride() const { return bf16::packed_a_size(cout_, cin_); }
+  /// U[p] as bf16 pairs. requires: has_bf16().
+  const std::uint32_t* bf16_point(int p) const { return bf16_.data() + p * bf16_point_stride(); }
+  /// Whether the bf16 copy is of the current transform (a new transform drops it).
+  bool has_bf16() const { return bf16_valid_; }
+  void set_has_bf16(bool valid) { bf16_valid_ = valid; }
+  std::uint32_t* bf16_data() { return bf16_.data(); }
+  Buffer<std::uint32_t>& bf16_storage() { return bf16_; }
   long point_stride() const {
 #ifdef VGG_FAST_KERNELS
     if constexpr (Path == KernelPath::avx512) return avx512::packed_a_size(cout_, cin_);
@@ -95,6 +109,8 @@ class WinogradFilter {
  private:
   int cin_ = 0, cout_ = 0;
   Buffer<float> data_;
+  Buffer<std::uint32_t> bf16_;
+  bool bf16_valid_ = false;
 };
 
 namespace detail {
@@ -139,6 +155,7 @@ inline void winograd_transform(Index3x3 index, WinogradFilter<Path>& f, int thre
   const int cin = f.cin(), cout = f.cout();
   const long stride = f.point_stride();
   float* u = f.data();
+  f.set_has_bf16(false);
   // The packed layout's padding rows (cout not a multiple of 8) must read as zeros.
   if (Path == KernelPath::avx512 && cout % 8 != 0) std::fill(u, u + kWinogradPoints * stride, 0.0f);
 #pragma omp parallel num_threads(threads)
@@ -179,8 +196,57 @@ inline void winograd_transform_filter_input_grad(const float* weight, WinogradFi
       f, threads);
 }
 
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+namespace detail {
+/// One 8-row tile of one depth pass of the fp32 kernel's packed A ([depth][8 rows], kc deep) as the
+/// bf16 kernel's ([depth pair][8 rows], the odd tail's second half zero), rounded to nearest even.
+VGG_TARGET_BF16 inline void winograd_tile_to_bf16(const float* src, long kc, std::uint32_t* dst) {
+  // vcvtne2ps2bf16(hi, lo) over two depth pairs gives words [even q | odd q | even q+1 | odd q+1],
+  // 8 rows each; pair (q, row r) wants its even word at 2r and its odd one at 2r + 1.
+  alignas(64) static constexpr std::uint16_t order[32] = {0,  8,  1,  9,  2,  10, 3,  11, 4,  12, 5,
+                                                          13, 6,  14, 7,  15, 16, 24, 17, 25, 18, 26,
+                                                          19, 27, 20, 28, 21, 29, 22, 30, 23, 31};
+  const __m512i idx = _mm512_load_si512(order);
+  const long pairs = (kc + 1) / 2;
+  for (long q = 0; q < pairs; q += 2) {
+    const long depth = kc - 2 * q;  // depths left, from 2q
+    const __mmask16 lo_lanes = depth >= 2 ? __mmask16(0xFFFF) : __mmask16(0x00FF);
+    const __mmask16 hi_lanes = depth >= 4 ? __mmask16(0xFFFF) : depth == 3 ? __mmask16(0x00FF) : __mmask16(0);
+    const __m512 lo = _mm512_maskz_loadu_ps(lo_lanes, src + 2 * q * 8);
+    const __m512 hi = _mm512_maskz_loadu_ps(hi_lanes, src + (2 * q + 2) * 8);
+    const __m512i words = _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    _mm512_mask_storeu_epi32(dst + q * 8, pairs - q >= 2 ? __mmask16(0xFFFF) : __mmask16(0x00FF), words);
+  }
+}
+}  // namespace detail
+
+/// f's bf16 copy (has_bf16() after): every point's U[p] rounded to bf16, in bf16::pack_a_whole's
+/// layout, from the fp32 transform (which stays). requires: f transformed; bf16::bf16_gemm_available().
+inline void winograd_filter_to_bf16(WinogradFilter<KernelPath::avx512>& f, int threads = 1) {
+  static_assert(avx512::kMr == bf16::kMr && avx512::kKc == bf16::kKc && avx512::kKc % 2 == 0,
+                "the fp32 and bf16 packed layouts must share tiles and passes");
+  const long m_padded = (f.cout() + bf16::kMr - 1) / bf16::kMr * bf16::kMr, cin = f.cin();
+  const long tiles = m_padded / bf16::kMr;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long job = 0; job < kWinogradPoints * tiles; ++job) {
+    const int p = int(job / tiles);
+    const long i0 = job % tiles * bf16::kMr;
+    const float* src = f.point(p);
+    std::uint32_t* dst = f.bf16_data() + p * f.bf16_point_stride();
+    for (long p0 = 0; p0 < cin; p0 += bf16::kKc) {
+      const long kc = std::min<long>(bf16::kKc, cin - p0), pairs = (kc + 1) / 2;
+      detail::winograd_tile_to_bf16(src + p0 * m_padded + i0 * kc, kc, dst + p0 / 2 * m_padded + i0 * pairs);
+    }
+  }
+  f.set_has_bf16(true);
+}
+#endif
+
 /// Per-thread chunk buffers and GEMM plans, allocated once.
 struct WinogradWorkspace {
+  /// Whether the 16 GEMMs take bf16 operands (bf16 mode): U from the filter's bf16 copy, V rounded
+  /// to bf16 as it is packed; fp32 sums, fp32 transforms. requires: the filter has_bf16().
+  bool bf16 = false;
   std::vector<Buffer<float>> transformed_inputs, products;  // per thread: V and M of one chunk
   std::vector<GemmPlan> plans;
   void reserve(const WinogradGeometry& g, int threads) {
@@ -527,6 +593,13 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
         float* mp = m + p * long(g.cout) * ld;
 #ifdef VGG_FAST_KERNELS
         if constexpr (Path == KernelPath::avx512) {
+#ifdef VGG_BF16_KERNELS
+          if (ws.bf16) {
+            bf16::gemm<false>(g.cout, cols, g.cin, nullptr, g.cin, vp, ld, mp, ld, nullptr, plan.bf16_b_pack(),
+                              avx512::Epilogue{1.0f, false, nullptr, false}, u.bf16_point(p));
+            continue;
+          }
+#endif
           avx512::gemm<false>(g.cout, cols, g.cin, nullptr, g.cin, vp, ld, mp, ld, plan.fast_a_pack(),
                               plan.fast_b_pack(), avx512::Epilogue{1.0f, false, nullptr, false}, u.point(p));
           continue;
