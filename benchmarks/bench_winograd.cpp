@@ -140,6 +140,71 @@ void BM_winograd_pooled(benchmark::State& state) {
   state.counters["chunk"] = double(g.max_chunk());
 }
 
+/// The same in training: the pool's winner masks written as well (for the direct fused backward).
+void BM_winograd_pooled_train(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::WinogradGeometry g{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::WinogradFilter<> u;
+  u.reserve(l.cin, l.cout);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(g, kThreads);
+  vgg::cpu::PoolState<vgg::cpu::fastest_path> pool_state;
+  pool_state.reserve(vgg::cpu::Conv3x3Geometry{l.cin, l.cout, l.hw, l.hw}, l.batch);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
+  std::vector<float> pooled(std::size_t(l.batch) * l.cout * (l.hw / 2) * (l.hw / 2));
+  vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
+  for (auto _ : state) {
+    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), nullptr, l.batch, g, ws, kThreads, true, pooled.data(),
+                                       pool_state.winners());
+    benchmark::DoNotOptimize(pooled.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = double(g.max_chunk());
+}
+
+/// A pooled layer's backward from its winner masks: range(1) = 0, the direct fused backward without
+/// dx; 1, with dx (the difference is what dx costs there); 2, cpu::Backend's Winograd way: the whole
+/// dz rebuilt and left in a buffer with the weight and bias gradients, then dx by Winograd from it
+/// (filter transform outside the loop).
+void BM_pooled_backward(benchmark::State& state) {
+  const Layer& l = kLayers[state.range(0)];
+  const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
+  const vgg::cpu::WinogradGeometry wg{l.cin, l.cout, l.hw, l.hw};
+  vgg::cpu::Conv3x3Workspace ws;
+  ws.reserve_backward(g, kThreads, /*pooled=*/true);
+  vgg::cpu::PoolState<vgg::cpu::fastest_path> pool_state;
+  pool_state.reserve(g, l.batch);
+  vgg::cpu::WinogradFilter<> u;
+  u.reserve(l.cout, l.cin);
+  vgg::cpu::WinogradWorkspace wws;
+  wws.reserve(vgg::cpu::winograd_input_grad_geometry(wg), kThreads);
+  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
+  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
+  const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
+  const std::size_t pooled_size = std::size_t(l.batch) * l.cout * (l.hw / 2) * (l.hw / 2);
+  std::vector<float> pooled(pooled_size), dz(std::size_t(l.batch) * l.cout * l.hw * l.hw);
+  const auto dy = random_vector(pooled_size, 4, 1.0f);
+  std::vector<float> dx(x.size()), dw(w.size()), db(static_cast<std::size_t>(l.cout));
+  vgg::cpu::conv3x3_relu_pool_forward(x.data(), w.data(), b.data(), pooled.data(), pool_state, l.batch, g, ws, kThreads);
+  vgg::cpu::winograd_transform_filter_input_grad(w.data(), u, kThreads);
+  const long mode = state.range(1);
+  for (auto _ : state) {
+    if (mode < 2) {
+      vgg::cpu::conv3x3_relu_pool_backward(x.data(), w.data(), pool_state, dy.data(), mode ? dx.data() : nullptr,
+                                           dw.data(), db.data(), l.batch, g, ws, kThreads);
+    } else {
+      vgg::cpu::conv3x3_relu_pool_backward_dz(x.data(), w.data(), pool_state, dy.data(), dz.data(), dw.data(),
+                                              db.data(), l.batch, g, ws, kThreads);
+      vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), l.batch, wg, wws, kThreads);
+    }
+    benchmark::DoNotOptimize(dw.data());
+  }
+  set_counters(state, l);
+  state.counters["chunk"] = 0;
+}
+
 /// Input gradient: the direct backward with dx (range(1) = 1) and without (0), whose difference is
 /// what dx costs there (its GEMM and col2im; the weight gradient's GEMM shares the im2col), against
 /// Winograd's input gradient (filter transform outside the loop).
@@ -225,6 +290,15 @@ void register_all() {
           ->Arg(i)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
+      benchmark::RegisterBenchmark(("winograd_pooled_train/" + name).c_str(), BM_winograd_pooled_train)
+          ->Arg(i)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+      for (int mode : {0, 1, 2})
+        benchmark::RegisterBenchmark(("pooled_backward/" + name).c_str(), BM_pooled_backward)
+            ->Args({i, mode})
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
     }
     for (int with_dx : {0, 1})
       benchmark::RegisterBenchmark(("direct_backward/" + name).c_str(), BM_direct_backward)

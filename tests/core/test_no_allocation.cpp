@@ -138,8 +138,10 @@ TEST_CASE("batch norm: a steady-state training step and an eval batch allocate n
 
 TEST_CASE("wide conv layers (Winograd on the AVX-512 path): steady-state training, eval and eval-mode backward allocate nothing") {
   // The three convs are picked by cpu::Backend's Winograd rule on the AVX-512 path: the second runs its
-  // forward and input gradient by Winograd in training too; the third is pooled, so the eval-mode
-  // backward rebuilds its pool state by the direct path.
+  // forward and input gradient by Winograd in training too; the third is pooled: in training its
+  // forward writes the pool's winner masks and its backward rebuilds the whole dz (a buffer reserved
+  // with the backward) for a Winograd input gradient; the eval-mode backward rebuilds its pool state
+  // by the direct path.
   // 32 x 32 images: a batch of 3 holds 768 tiles, enough for new filter transforms every step.
   using Net = vgg::Vgg<vgg::Input<256, 32, 32>, vgg::VggBlock<3, 256, 256>, vgg::Classifier<7, 4>>;
   auto net = std::make_unique<Net>(1);

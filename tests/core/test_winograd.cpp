@@ -163,6 +163,84 @@ void check_against_naive(int n, int cin, int cout, int h, int wd, int threads, b
   CHECK(ref::max_abs_diff(want_dx, got_dx.data()) <= winograd_tolerance(cout, max_abs(w), max_abs(dz)));
 }
 
+/// The winner of each pooling window from winner masks (maxpool.hpp's layout): 0..3 (top left, top
+/// right, bottom left, bottom right: the first bit set, as the backward reads them), -1 for none.
+std::vector<int> decode_winners(const std::vector<std::uint32_t>& words, int n, int c, int h, int wd) {
+  const long row = vgg::cpu::winner_row_words(wd), half = row / 2, plane = vgg::cpu::winner_plane_words(h, wd);
+  const long image = vgg::cpu::winner_image_words(c, h, wd);
+  std::vector<int> winners;
+  for (int i = 0; i < n; ++i)
+    for (int ch = 0; ch < c; ++ch)
+      for (int r = 0; r < h / 2; ++r)
+        for (int j = 0; j < wd / 2; ++j) {
+          const std::uint32_t* w = words.data() + i * image + ch * plane + r * row;
+          const int k = j / 16, l = 2 * (j % 16);
+          const bool bits[4] = {(w[k] >> l & 1u) != 0, (w[k] >> (l + 1) & 1u) != 0, (w[half + k] >> l & 1u) != 0,
+                                (w[half + k] >> (l + 1) & 1u) != 0};
+          int winner = -1;
+          for (int e = 3; e >= 0; --e)
+            if (bits[e]) winner = e;
+          winners.push_back(winner);
+        }
+  return winners;
+}
+
+/// The pooled training forward (winner masks written) against the naive convolution: the pooled
+/// values within the bound, and each window's winner (first maximum; none where the maximum is not
+/// positive) wherever the naive values decide it by more than twice the bound (elsewhere rounding
+/// may pick either, and the backward takes either).
+template <KernelPath Path>
+void check_pool_winners(int n, int cin, int cout, int h, int wd, int threads, long chunk = 0) {
+  CAPTURE(n);
+  CAPTURE(cin);
+  CAPTURE(cout);
+  CAPTURE(h);
+  CAPTURE(wd);
+  CAPTURE(threads);
+  CAPTURE(chunk);
+  CAPTURE(int(Path));
+  const unsigned seed = unsigned(n * 1000 + cin * 100 + cout * 10 + h + wd + 5);
+  const auto x = ref::random_vector(std::size_t(n) * cin * h * wd, seed);
+  const auto w = ref::random_vector(std::size_t(cout) * cin * 9, seed + 1);
+  const auto b = ref::random_vector(std::size_t(cout), seed + 2, -0.5f, 0.5f);
+  const auto conv = naive_conv(x, w, b, n, cin, cout, h, wd, false);
+  const float tol = winograd_tolerance(cin, max_abs(w), max_abs(x));
+
+  const vgg::cpu::WinogradGeometry g{cin, cout, h, wd, chunk};
+  vgg::cpu::WinogradFilter<Path> u;
+  u.reserve(cin, cout);
+  vgg::cpu::winograd_transform_filter(w.data(), u, threads);
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve(g, threads);
+  std::vector<float> pooled(std::size_t(n) * cout * (h / 2) * (wd / 2), -7.0f);
+  // Garbage first: the forward must clear every word it does not set.
+  std::vector<std::uint32_t> words(std::size_t(n * vgg::cpu::winner_image_words(cout, h, wd)), 0xA5A5A5A5u);
+  vgg::cpu::winograd_conv3x3_forward<Path>(x.data(), u, b.data(), nullptr, n, g, ws, threads, true, pooled.data(),
+                                           words.data());
+  CHECK(ref::max_abs_diff(ref::maxpool2x2(naive_conv(x, w, b, n, cin, cout, h, wd, true), n * cout, h, wd),
+                          pooled.data()) <= tol);
+  const auto winners = decode_winners(words, n, cout, h, wd);
+  long decided = 0, wrong = 0;
+  std::size_t window = 0;
+  for (int p = 0; p < n * cout; ++p)
+    for (int r = 0; r < h / 2; ++r)
+      for (int j = 0; j < wd / 2; ++j, ++window) {
+        const float* top = conv.data() + (std::size_t(p) * h + 2 * r) * wd + 2 * j;
+        const float v[4] = {top[0], top[1], top[wd], top[wd + 1]};
+        int best = 0;
+        for (int e = 1; e < 4; ++e)
+          if (v[e] > v[best]) best = e;
+        float gap = std::abs(v[best]);  // to the ReLU's threshold, and to the runner-up
+        for (int e = 0; e < 4; ++e)
+          if (e != best) gap = std::min(gap, v[best] - v[e]);
+        if (gap <= 2 * tol) continue;
+        ++decided;
+        wrong += winners[window] != (v[best] > 0 ? best : -1);
+      }
+  CHECK(wrong == 0);
+  CHECK(decided >= long(winners.size()) * 9 / 10);  // the check is not vacuous
+}
+
 template <KernelPath Path>
 void odd_sizes() {
   const int shapes[][2] = {{7, 9}, {1, 1}, {2, 3}, {3, 2}, {1, 6}, {5, 1}, {8, 8}, {13, 11}};
@@ -177,6 +255,15 @@ void odd_sizes() {
   // More input channels than one GEMM depth pass (256), on the packed filter layout, both ways.
   check_against_naive<Path>(1, 300, 13, 4, 5, 2, false);
   check_against_naive<Path>(1, 13, 300, 3, 5, 2, true);
+  // The pool's winner masks: odd edges, rows of more than one mask word (more than 16 windows), runs
+  // cut mid word by 32-tile chunks on several threads (the words they share ORed atomically).
+  for (int threads : {1, 2, 3}) {
+    check_pool_winners<Path>(3, 3, 5, 7, 9, threads);
+    check_pool_winners<Path>(2, 4, 6, 13, 11, threads, 32);
+  }
+  check_pool_winners<Path>(2, 5, 7, 6, 67, 2);
+  check_pool_winners<Path>(3, 6, 5, 9, 70, 3, 32);
+  check_pool_winners<Path>(2, 8, 4, 30, 30, 2, 32);
 }
 
 }  // namespace
@@ -231,9 +318,9 @@ TEST_CASE("Winograd F(2x2,3x3) matches the direct path on a VGG-like layer, forw
 
 // The layer by Winograd (where cpu::Backend's rule picks it: C_in, C_out >= 16 on the AVX-512 path)
 // against the same layer with Winograd off (Context::set_winograd(false): the direct path): forward in
-// both modes, the eval pooled forward, the input gradient; the cached filters follow a weight change;
-// a backward after an eval pooled forward equals one after a training forward exactly (the pool state
-// is rebuilt by the direct path).
+// both modes, the input gradient; the cached filters follow a weight change; the pooled layer's
+// training and eval passes (winner masks written by Winograd's training forward, rebuilt by the direct
+// path after an eval one; dx by Winograd from the whole dz either way).
 
 TEST_CASE("Conv3x3Relu by Winograd matches its direct path: forward, pooled eval forward, input gradient" *
           doctest::skip(!vgg::cpu::kFastKernels)) {
@@ -286,34 +373,64 @@ TEST_CASE("Conv3x3Relu by Winograd matches its direct path: forward, pooled eval
   }
 }
 
-TEST_CASE("Conv3x3Relu's pooled eval forward by Winograd matches the direct one; a backward after it is exact" *
-          doctest::skip(!vgg::cpu::kFastKernels)) {
+namespace {
+/// A pooled layer's training and eval passes by Winograd against its direct path (Winograd off). The
+/// training forward writes the winner masks, the backward rebuilds the whole dz from them, takes the
+/// weight and bias gradients the direct way and dx by Winograd; an eval forward keeps no masks, and
+/// a backward after it rebuilds them by the direct fused forward.
+template <int H, int W, int n>
+void check_pooled_layer(unsigned seed) {
   using B = vgg::cpu::Backend;
-  constexpr int In = 256, Out = 256, H = 32, W = 32, n = 2;
+  constexpr int In = 256, Out = 256;
+  static_assert(n * ((H + 1) / 2) * ((W + 1) / 2) >= B::kWinogradAmortisingTiles);  // Winograd in training too
   vgg::Conv3x3Relu<In, Out, H, W, B> layer;
   B::Context exec;
   exec.set_threads(2);
-  vgg::Rng rng(8);
+  vgg::Rng rng(seed);
   layer.reset_parameters(rng, exec);
   layer.reserve(exec, n, /*pooled=*/true);
   layer.reserve_backward(exec, n, /*pooled=*/true);
   const vgg::RunContext eval{vgg::Mode::eval, 1, 0, 0}, train{vgg::Mode::train, 1, 0, 0};
-  const auto x = ref::random_vector(std::size_t(n) * In * H * W, 21);
+  const auto x = ref::random_vector(std::size_t(n) * In * H * W, seed + 1);
   const std::size_t pooled_size = std::size_t(n) * Out * (H / 2) * (W / 2);
-  const auto dy = ref::random_vector(pooled_size, 22);
-  std::vector<float> p_train(pooled_size), p_eval(pooled_size), dx_train(x.size()), dx_eval(x.size());
+  const auto dy = ref::random_vector(pooled_size, seed + 2);
   const std::vector<float> w(layer.weight().begin(), layer.weight().end());
   const float tol = winograd_tolerance(In, max_abs(w), max_abs(x));
+  struct Pass {
+    std::vector<float> pooled, dx, wg, bg;
+  };
+  auto pass = [&](bool winograd, const vgg::RunContext& run) {
+    exec.set_winograd(winograd);
+    Pass p{std::vector<float>(pooled_size), std::vector<float>(x.size()), {}, {}};
+    layer.forward_pooled(exec, x.data(), p.pooled.data(), n, run);
+    layer.backward_pooled(exec, x.data(), dy.data(), p.dx.data(), n, run);
+    p.wg.assign(layer.weight_grad().begin(), layer.weight_grad().end());
+    p.bg.assign(layer.bias_grad().begin(), layer.bias_grad().end());
+    return p;
+  };
+  const Pass direct = pass(false, train), wino_train = pass(true, train), wino_eval = pass(true, eval);
+  CHECK(ref::max_abs_diff(direct.pooled, wino_train.pooled.data()) <= tol);
+  CHECK(ref::max_abs_diff(direct.pooled, wino_train.pooled.data()) > 0.0f);  // it did run by Winograd
+  CHECK(ref::max_abs_diff(direct.pooled, wino_eval.pooled.data()) <= tol);
+  // The winners agree (no window decided within rounding here), so dz, and the weight and bias
+  // gradients taken from it by the direct path, are equal; dx is Winograd's, within the bound.
+  CHECK(ref::max_abs_diff(direct.wg, wino_train.wg.data()) == 0.0f);
+  CHECK(ref::max_abs_diff(direct.bg, wino_train.bg.data()) == 0.0f);
+  CHECK(ref::max_abs_diff(direct.wg, wino_eval.wg.data()) == 0.0f);
+  const float dx_tol = winograd_tolerance(Out, max_abs(w), max_abs(dy));
+  CHECK(ref::max_abs_diff(direct.dx, wino_train.dx.data()) <= dx_tol);
+  CHECK(ref::max_abs_diff(direct.dx, wino_train.dx.data()) > 0.0f);  // Winograd computed it
+  // The masks Winograd wrote and those the direct path rebuilt after the eval forward give one dz.
+  CHECK(ref::max_abs_diff(wino_train.dx, wino_eval.dx.data()) == 0.0f);
+}
+}  // namespace
 
-  layer.forward_pooled(exec, x.data(), p_train.data(), n, train);  // direct: keeps the winner masks
-  layer.backward_pooled(exec, x.data(), dy.data(), dx_train.data(), n, train);
-  const std::vector<float> wg_train(layer.weight_grad().begin(), layer.weight_grad().end());
-  layer.forward_pooled(exec, x.data(), p_eval.data(), n, eval);  // Winograd: keeps nothing
-  CHECK(ref::max_abs_diff(p_train, p_eval.data()) <= tol);
-  CHECK(ref::max_abs_diff(p_train, p_eval.data()) > 0.0f);  // it did run by Winograd
-  layer.backward_pooled(exec, x.data(), dy.data(), dx_eval.data(), n, eval);
-  CHECK(ref::max_abs_diff(dx_train, dx_eval.data()) == 0.0f);
-  CHECK(ref::max_abs_diff(wg_train, layer.weight_grad().data()) == 0.0f);
+TEST_CASE("Conv3x3Relu's pooled forward and backward by Winograd match the direct path, in training and eval" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  check_pooled_layer<32, 32, 2>(8);  // one image per backward work item: dz written in place
+  // 13 x 13 (odd edges dropped by the pool), 12 images on 2 threads: two images per backward work
+  // item (dz built side by side, then copied out whole).
+  check_pooled_layer<13, 13, 12>(18);
 }
 
 TEST_CASE("a small batch runs by Winograd only when the weights repeat in eval, never in training" *
@@ -368,7 +485,8 @@ TEST_CASE("a small batch runs by Winograd only when the weights repeat in eval, 
 namespace {
 
 // Three convs: the first has no input gradient (first layer), the second runs forward and input
-// gradient by Winograd in training too, the third is pooled (Winograd in eval only).
+// gradient by Winograd in training too, the third is pooled (in training its forward writes the
+// pool's winner masks, and its input gradient is Winograd's too).
 // 32 x 32 images (256 tiles each): batches of 2 and 3 pay for new transforms, so training runs by
 // Winograd as well.
 using WideNet = vgg::Vgg<vgg::Input<256, 32, 32>, vgg::VggBlock<3, 256, 256>, vgg::Classifier<16, 5>>;
@@ -475,14 +593,45 @@ TEST_CASE_TEMPLATE("a network's gradients with Winograd layers match the direct 
     CAPTURE(int(mode));
     const auto direct = gradients(false, mode);
     const auto wino = gradients(true, mode);
-    // The pooled conv's backward runs by the direct path (its pool state rebuilt after an eval
-    // forward); the others' ReLU masks come from their Winograd outputs, and their input gradients
-    // are Winograd's: the gradients differ by rounding, carried through (a flipped ReLU would show).
+    // The ReLU masks and the pooled conv's winners come from Winograd outputs (in eval, the winners
+    // are rebuilt by the direct path), the input gradients are Winograd's: the gradients differ by
+    // rounding, carried through (a flipped ReLU or winner would show).
     MESSAGE("max |grad winograd - grad direct| = " << ref::max_abs_diff(direct, wino.data())
                                                    << ", max |grad| = " << max_abs(direct));
     CHECK(ref::max_abs_diff(direct, wino.data()) <= std::ldexp(std::max(1.0f, max_abs(direct)), -16));
     CHECK(ref::max_abs_diff(direct, wino.data()) > 0.0f);  // Winograd did run
   }
+}
+
+TEST_CASE("a network trained by Winograd keeps its weights within rounding of the direct path's" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  constexpr int n = 2;
+  auto wino = std::make_unique<WideNet>(15), direct = std::make_unique<WideNet>(15);
+  wino->set_threads(2);
+  direct->set_threads(2);
+  direct->context().set_winograd(false);
+  const auto x = ref::random_vector(std::size_t(n) * 256 * 32 * 32, 34);
+  const std::vector<std::int32_t> labels{3, 1};
+  auto parameters = [](WideNet& net) {
+    std::vector<float> p;
+    net.for_each_parameter_data([&](std::span<float> v, std::span<float>) { p.insert(p.end(), v.begin(), v.end()); });
+    return p;
+  };
+  const auto initial = parameters(*direct);
+  vgg::Sgd sgd_wino({.lr = 0.05f, .momentum = 0.9f}), sgd_direct({.lr = 0.05f, .momentum = 0.9f});
+  for (int step = 0; step < 4; ++step) {
+    const double loss_wino = vgg::train_step(*wino, sgd_wino, x, labels).loss;
+    const double loss_direct = vgg::train_step(*direct, sgd_direct, x, labels).loss;
+    CAPTURE(step);
+    CHECK(std::abs(loss_wino - loss_direct) <= std::ldexp(std::max(1.0, std::abs(loss_direct)), -16));
+  }
+  const auto p_wino = parameters(*wino), p_direct = parameters(*direct);
+  const float tol = std::ldexp(std::max(1.0f, max_abs(p_direct)), -16);
+  MESSAGE("after 4 steps: max |w winograd - w direct| = " << ref::max_abs_diff(p_direct, p_wino.data())
+                                                          << ", moved by " << ref::max_abs_diff(initial, p_direct.data()));
+  CHECK(ref::max_abs_diff(p_direct, p_wino.data()) <= tol);
+  CHECK(ref::max_abs_diff(p_direct, p_wino.data()) > 0.0f);  // Winograd did run
+  CHECK(ref::max_abs_diff(initial, p_direct.data()) > 100 * tol);  // the steps moved the weights
 }
 
 namespace {

@@ -93,12 +93,12 @@ struct BasicBackend {
     if (count) std::memcpy(dst, src, count * sizeof(float));
   }
 
-  /// Whether a layer runs by Winograd F(2x2, 3x3) (winograd.hpp): its eval forward, and, without a
-  /// fused pool, its training forward and input gradient; on the AVX-512 path only (the plain path
-  /// stays the reference). A rule by channels (bench_winograd; docs/PERFORMANCE.md): every layer with
-  /// C_in, C_out >= 256 measured 1.3-2.7x faster than the direct path on the Xeon and on the EPYC
-  /// (Zen 5); 64-256 channels 1.6-1.7x on the Zen 5 EPYC, and the width/8 net's 16-64 channels
-  /// 1.2-1.7x on the Zen 4 EPYC. With 8 input channels (the width/8 net's block 2) the transforms
+  /// Whether a layer runs by Winograd F(2x2, 3x3) (winograd.hpp): its forward (with a fused pool, in
+  /// training writing the pool's winner masks too) and its input gradient; on the AVX-512 path only
+  /// (the plain path stays the reference). A rule by channels (bench_winograd; docs/PERFORMANCE.md):
+  /// every layer with C_in, C_out >= 256 measured 1.3-2.7x faster than the direct path on the Xeon
+  /// and on the EPYC (Zen 5); 64-256 channels 1.6-1.7x on the Zen 5 EPYC, and the width/8 net's
+  /// 16-64 channels 1.2-1.7x on the Zen 4 EPYC. With 8 input channels (the width/8 net's block 2) the transforms
   /// cost what the GEMM saves (1.0x), so such layers stay direct. Layers under 256 channels are not
   /// yet measured on the Xeon kind.
   static constexpr bool winograd_rule(const ConvShape& s) {
@@ -125,10 +125,13 @@ struct BasicBackend {
         touch_winograd_buffers();
       }
     }
-    /// Without a pool: also the input gradient's filter (its chunk buffers share the forward's).
-    void reserve_backward(const Context& ctx, const ConvShape& s, int /*batch*/, bool pooled) {
+    /// Also the input gradient's filter (its chunk buffers share the forward's), and, with a pool,
+    /// the full-size gradient behind it that the input gradient reads (the direct fused backward
+    /// never stores it whole).
+    void reserve_backward(const Context& ctx, const ConvShape& s, int batch, bool pooled) {
       ws_.reserve_backward(geometry(s), ctx.threads(), pooled);
-      if (winograd_rule(s) && !pooled) {
+      if (winograd_rule(s)) {
+        if (pooled) pooled_output_grads_.reserve(std::size_t(batch) * s.cout * s.h * s.w);
         input_grad_filter_.reserve(s.cout, s.cin);
         winograd_ws_.reserve(winograd_input_grad_geometry(winograd_geometry(s)), ctx.threads());
         weights_seen_.reserve(std::size_t(9) * s.cin * s.cout);
@@ -143,9 +146,11 @@ struct BasicBackend {
     bool use_winograd(const Context& ctx, const ConvShape& s) const {
       return winograd_rule(s) && ctx.winograd() && winograd_threads_ >= ctx.threads();
     }
-    /// Whether an input gradient of this (unpooled) layer takes Winograd now.
-    bool use_winograd_input_grad(const Context& ctx, const ConvShape& s) const {
-      return winograd_rule(s) && ctx.winograd() && input_grad_threads_ >= ctx.threads();
+    /// Whether an input gradient of this layer takes Winograd now; for a pooled layer, a batch of n
+    /// (the full-size gradient behind the pool must fit).
+    bool use_winograd_input_grad(const Context& ctx, const ConvShape& s, bool pooled = false, int n = 0) const {
+      return winograd_rule(s) && ctx.winograd() && input_grad_threads_ >= ctx.threads() &&
+             (!pooled || std::size_t(n) * s.cout * s.h * s.w <= pooled_output_grads_.capacity());
     }
     /// The filter transformed for `weight`, or null where the direct path is the faster choice for
     /// this call. The transform is redone only when the weights differ from the copy it was made from
@@ -185,6 +190,8 @@ struct BasicBackend {
       winograd_ws_.bf16 = bf16;
       return winograd_ws_;
     }
+    /// A pooled layer's gradient behind the pool and the ReLU, whole (n x cout x h x w).
+    float* pooled_output_grads() { return pooled_output_grads_.data(); }
 
    private:
     static void ensure_bf16([[maybe_unused]] WinogradFilter<Path>& f, [[maybe_unused]] int threads) {
@@ -218,6 +225,7 @@ struct BasicBackend {
         f->set_has_bf16(false);
       }
       touch(weights_seen_);
+      touch(pooled_output_grads_);
       for (auto& b : winograd_ws_.transformed_inputs) touch(b);
       for (auto& b : winograd_ws_.products) touch(b);
       for (auto& plan : winograd_ws_.plans) plan.touch();
@@ -230,7 +238,7 @@ struct BasicBackend {
     Conv3x3Workspace ws_;
     WinogradFilter<Path> filter_, input_grad_filter_;
     WinogradWorkspace winograd_ws_;
-    vgg::Buffer<float> weights_seen_;
+    vgg::Buffer<float> weights_seen_, pooled_output_grads_;
     int winograd_threads_ = 0, input_grad_threads_ = 0;
     bool weights_valid_ = false, filter_valid_ = false, input_grad_filter_valid_ = false;
   };
@@ -285,6 +293,24 @@ struct BasicBackend {
                                         ctx.threads(), true, pooled);
     return true;
   }
+  /// The training forward of a fused conv + pool by Winograd where winograd_rule picks the layer:
+  /// pooled, and in `state` the winner masks that conv3x3_relu_pool_backward reads (AVX-512 path only:
+  /// the plain path's state is the full-size output; fp32 only: bf16 mode's pooled training stays
+  /// direct, not measured or tested by Winograd). Returns false, doing nothing, where not taken.
+  static bool conv3x3_relu_pool_forward_winograd(Context& ctx, ConvWorkspace& ws, PoolState& state,
+                                                 const ConvShape& s, const float* x, const float* weight,
+                                                 const float* bias, float* pooled, int n) {
+    if constexpr (!cpu::PoolState<Path>::keeps_winners) {
+      return false;
+    } else {
+      if (!ws.use_winograd(ctx, s) || uses_bf16(ctx)) return false;
+      const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads(), Mode::train, false);
+      if (!u) return false;
+      cpu::winograd_conv3x3_forward<Path>(x, *u, bias, nullptr, n, winograd_geometry(s), ws.winograd_workspace(false),
+                                          ctx.threads(), true, pooled, state.get().winners());
+      return true;
+    }
+  }
   static void conv3x3_relu_pool_forward(Context& ctx, ConvWorkspace& ws, PoolState& state, const ConvShape& s,
                                         const float* x, const float* weight, const float* bias, float* pooled, int n) {
     ws.get().set_bf16(uses_bf16(ctx));
@@ -310,8 +336,22 @@ struct BasicBackend {
                                          const float* x, const float* weight, const float* dy_pooled, float* dx,
                                          float* weight_grad, float* bias_grad, int n) {
     ws.get().set_bf16(uses_bf16(ctx));
-    cpu::conv3x3_relu_pool_backward<Path>(x, weight, state.get(), dy_pooled, dx, weight_grad, bias_grad, n,
-                                          geometry(s), ws.get(), ctx.threads());
+    // Where the rule picks the layer, dx by Winograd from the whole dz (rebuilt from the pool state, as
+    // the direct backward does band by band), the weight and bias gradients by the direct path; fp32
+    // only, as the pooled training forward.
+    const WinogradFilter<Path>* u = dx && !uses_bf16(ctx) && ws.use_winograd_input_grad(ctx, s, /*pooled=*/true, n)
+                                        ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads(), false)
+                                        : nullptr;
+    if (!u) {
+      cpu::conv3x3_relu_pool_backward<Path>(x, weight, state.get(), dy_pooled, dx, weight_grad, bias_grad, n,
+                                            geometry(s), ws.get(), ctx.threads());
+      return;
+    }
+    float* dz = ws.pooled_output_grads();
+    cpu::conv3x3_relu_pool_backward_dz<Path>(x, weight, state.get(), dy_pooled, dz, weight_grad, bias_grad, n,
+                                             geometry(s), ws.get(), ctx.threads());
+    cpu::winograd_conv3x3_input_grad<Path>(dz, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(false),
+                                           ctx.threads());
   }
 
   static void conv3x3_forward(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x, const float* weight,

@@ -106,7 +106,7 @@ struct Conv3x3Geometry {
   }
   /// uint32 words of one image's winner masks (a fused pool's state on the AVX-512 path): cout
   /// planes of winner_plane_words, rounded to whole cache lines.
-  constexpr long winner_image_words() const { return (long(cout) * winner_plane_words(h, w) + 15) / 16 * 16; }
+  constexpr long winner_image_words() const { return cpu::winner_image_words(cout, h, w); }
   /// Columns of the widest band (the buffers' size): a balanced split (BandSplit) can exceed
   /// max_band_rows by two rows.
   constexpr long max_band_columns() const {
@@ -418,12 +418,14 @@ inline void conv3x3_relu_pool_forward(const float* x, const float* weight, const
 namespace detail {
 /// dy is the gradient of y, or, with Pooled, of maxpool2x2(y) (then dz is built per image in a
 /// per-thread buffer that stays in cache, instead of a full-batch dy written and read back).
-/// Without Relu, dy is already dz (a conv before batch norm; y is not read).
+/// Without Relu, dy is already dz (a conv before batch norm; y is not read). With Pooled and dz_out,
+/// dz is also left whole in dz_out (n x cout x h x w), for an input gradient taken elsewhere.
 template <KernelPath Path, bool Pooled, bool Relu = true>
 inline void conv3x3_relu_backward(const float* x, const float* weight, const float* y,
                                   [[maybe_unused]] const std::uint32_t* winners,
                                   float* dy, float* dx, float* weight_grad, float* bias_grad, int n,
-                                  const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
+                                  const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads,
+                                  [[maybe_unused]] float* dz_out = nullptr) {
   constexpr bool Plain = Path == KernelPath::plain;
   static_assert(Plain || kFastKernels, "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
   const int group = g.images_per_item(n, threads, Path);
@@ -462,7 +464,7 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
       float* dz = nullptr;  // dz(co, (i - first) * plane + p) at dz + co * dz_stride + (i - first) * plane + p
 #ifdef VGG_FAST_KERNELS
       if constexpr (Pooled && !Plain) {
-        if (g.cin == 1 && !dx) {  // a first layer (one image per group): its weight gradient from the masks
+        if (g.cin == 1 && !dx && !dz_out) {  // a first layer (one image per group): its weight gradient from the masks
           const long pooled_plane = long(g.h / 2) * (g.w / 2);
           avx512::conv3x3_relu_pool_one_channel_grads(x + first * plane, winners + first * g.winner_image_words(),
                                                       dy + first * g.cout * pooled_plane, dw, db, g.cout, g.h, g.w,
@@ -473,7 +475,8 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
 #endif
       if constexpr (Pooled) {  // the gradient behind the pool and the ReLU, and the bias gradient, in one pass
         const long pooled_plane = long(g.h / 2) * (g.w / 2);
-        dz = ws.output_grads[std::size_t(tid)].data();
+        // One image: its dz is written straight where it is to be left (channel stride plane).
+        dz = dz_out && count == 1 ? dz_out + first * g.cout * plane : ws.output_grads[std::size_t(tid)].data();
         for (long i = first; i < last; ++i) {
           const float* dpi = dy + i * g.cout * pooled_plane;
           float* dzi = dz + (i - first) * plane;
@@ -498,6 +501,12 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
             }
           }
         }
+        if (dz_out && count > 1)  // a group's images side by side: each channel row copied to its plane
+          for (long i = first; i < last; ++i)
+            for (int co = 0; co < g.cout; ++co) {
+              const float* src = dz + co * dz_stride + (i - first) * plane;
+              std::copy(src, src + plane, dz_out + (i * g.cout + co) * plane);
+            }
       } else {  // ReLU mask and bias gradient in one pass; dz in place in dy, and, for a group, side by side
         dz = count > 1 ? ws.output_grads[std::size_t(tid)].data() : dy + first * g.cout * plane;
         for (long i = first; i < last; ++i) {
@@ -633,6 +642,18 @@ inline void conv3x3_relu_pool_backward(const float* x, const float* weight, cons
                                        const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
   detail::conv3x3_relu_backward<Path, true>(x, weight, state.outputs(), state.winners(), const_cast<float*>(dy_pooled),
                                             dx, weight_grad, bias_grad, n, g, ws, threads);
+}
+
+/// conv3x3_relu_pool_backward's weight and bias gradients, without the input gradient: the gradient
+/// behind the pool and the ReLU is left whole in dz (n x cout x h x w) instead, for an input gradient
+/// taken elsewhere (by Winograd: cpu::Backend).
+/// requires: as conv3x3_relu_pool_backward.
+template <KernelPath Path = fastest_path>
+inline void conv3x3_relu_pool_backward_dz(const float* x, const float* weight, const PoolState<Path>& state,
+                                          const float* dy_pooled, float* dz, float* weight_grad, float* bias_grad,
+                                          int n, const Conv3x3Geometry& g, Conv3x3Workspace& ws, int threads) {
+  detail::conv3x3_relu_backward<Path, true>(x, weight, state.outputs(), state.winners(), const_cast<float*>(dy_pooled),
+                                            nullptr, weight_grad, bias_grad, n, g, ws, threads, dz);
 }
 
 }  // namespace vgg::cpu

@@ -134,6 +134,23 @@ inline void maxpool2x2_backward_plain(const float* x, const float* dy, float* dx
 /// sign: a NaN passes torch's ReLU backward.
 constexpr long winner_row_words(int w) { return (long(w / 2) + 15) / 16 * 2; }  // uint32 words per pooled row
 constexpr long winner_plane_words(int h, int w) { return long(h / 2) * winner_row_words(w); }
+/// uint32 words of one image's winner masks: `channels` planes, rounded to whole cache lines.
+constexpr long winner_image_words(int channels, int h, int w) {
+  return (long(channels) * winner_plane_words(h, w) + 15) / 16 * 16;
+}
+
+/// Bits 0..15 of v spread to the even bits of a word (the inverse of even_bits).
+inline std::uint32_t spread_to_even_bits(std::uint32_t v) {
+#if defined(VGG_FAST_KERNELS) && defined(__BMI2__)
+  return _pdep_u32(v, 0x55555555u);
+#else
+  v &= 0x0000FFFFu;
+  v = (v | v << 8) & 0x00FF00FFu;
+  v = (v | v << 4) & 0x0F0F0F0Fu;
+  v = (v | v << 2) & 0x33333333u;
+  return (v | v << 1) & 0x55555555u;
+#endif
+}
 
 /// The even bits of a 32-bit word, packed (the left elements' bits of 16 windows).
 inline std::uint32_t even_bits(std::uint32_t v) {
@@ -183,6 +200,32 @@ inline void route_to_last_nan(__m512 a, __m512 b, __m512 c, __m512 d, __mmask16 
   kb = __mmask16((kb & keep) | (nb & ~(nc | nd)));
   kc = __mmask16((kc & keep) | (nc & ~nd));
   kd = __mmask16((kd & keep) | nd);
+}
+
+/// 16 windows given by their elements a (top left), b (top right), c (bottom left), d (bottom
+/// right), one window per lane, before the ReLU (lanes outside `valid` ignored): returns the pooled
+/// relu(max) (PyTorch's: NaN in a window holding one), and the windows' winner bits as
+/// maxpool2x2_rows_winners sets them (every element equal to a positive maximum; in a NaN window
+/// PyTorch's winner only), window l at bits 2l, 2l + 1 of `top` and `bottom`. For an output that is
+/// produced window by window (the Winograd output transform: one 2x2 tile is one window).
+inline __m512 relu_pool_winner_bits(__m512 a, __m512 b, __m512 c, __m512 d, __mmask16 valid, std::uint32_t& top,
+                                    std::uint32_t& bottom) {
+  __m512 m = _mm512_max_ps(_mm512_max_ps(a, b), _mm512_max_ps(c, d));
+  __mmask16 live = _mm512_mask_cmp_ps_mask(valid, m, _mm512_setzero_ps(), _CMP_GT_OQ);
+  __mmask16 ka = _mm512_mask_cmp_ps_mask(live, a, m, _CMP_EQ_OQ), kb = _mm512_mask_cmp_ps_mask(live, b, m, _CMP_EQ_OQ);
+  __mmask16 kc = _mm512_mask_cmp_ps_mask(live, c, m, _CMP_EQ_OQ), kd = _mm512_mask_cmp_ps_mask(live, d, m, _CMP_EQ_OQ);
+  const __mmask16 nan = __mmask16(valid & nan_windows(a, b, c, d));
+  if (__builtin_expect(nan != 0, 0)) {
+    route_to_last_nan(a, b, c, d, nan, live, ka, kb, kc, kd);
+    ka &= live;  // a NaN in a lane outside `valid` has no window
+    kb &= live;
+    kc &= live;
+    kd &= live;
+    m = _mm512_mask_add_ps(m, nan, _mm512_add_ps(a, b), _mm512_add_ps(c, d));  // a NaN
+  }
+  top = spread_to_even_bits(ka) | spread_to_even_bits(kb) << 1;
+  bottom = spread_to_even_bits(kc) | spread_to_even_bits(kd) << 1;
+  return _mm512_maskz_mov_ps(live, m);
 }
 
 /// Even and odd elements of the 32 floats (lo, hi), and the inverse.

@@ -20,6 +20,14 @@
 // of its own (once per weight update; an eval loop can keep it); on the AVX-512 path it is stored
 // packed as the GEMM kernel reads it.
 //
+// With a fused 2x2 max-pool, each output tile is one pooling window (floor rule: a tile over an odd
+// edge is dropped). A training forward also writes the pool's winner masks (maxpool.hpp's layout, as
+// the direct fused forward keeps them), so the direct fused backward reads them as it would its own.
+// A run of tiles that covers its tile row whole stores the row's mask words; a chunk boundary that
+// cuts a row leaves its words to two chunks (two threads, maybe), so such rows are cleared before
+// the pass and their runs OR their bits in atomically. (Clearing all masks in the parallel pass
+// needed a barrier, which cost a scheduler slice per call on a loaded machine.)
+//
 // The input gradient of a stride-1 pad-1 3x3 convolution is the same convolution of the output
 // gradient with the filter rotated 180 degrees and in/out channels swapped: the forward runs it, with
 // the filter transformed that way (winograd_transform_filter_input_grad).
@@ -27,6 +35,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -35,6 +44,7 @@
 #include "vgg/cpu/cpu_info.hpp"
 #include "vgg/cpu/gemm.hpp"
 #include "vgg/cpu/kernel_path.hpp"
+#include "vgg/cpu/maxpool.hpp"
 #include "vgg/cpu/parallel.hpp"
 
 VGG_INTRINSICS_BEGIN
@@ -260,6 +270,48 @@ struct TileRun {
   long image, ty, tx0, count;
 };
 
+/// Whether the run covers its tile row whole: it alone writes the row's winner words.
+inline bool whole_row(const TileRun& run, const WinogradGeometry& g) {
+  return run.tx0 == 0 && run.count == g.tiles_w();
+}
+
+/// ORs the winner bits of windows j0 .. j0 + 15 of a pooled row (window j0 + l at bits 2l, 2l + 1 of
+/// top and bottom) into the row's words (`words` of them for the top row, then as many for the
+/// bottom), atomically where another thread may write the same words.
+inline void or_winner_bits(std::uint32_t* row, long words, long j0, std::uint32_t top, std::uint32_t bottom,
+                           bool atomic) {
+  const long k = j0 / 16;
+  const int shift = int(2 * (j0 % 16));
+  const std::uint64_t t = std::uint64_t(top) << shift, b = std::uint64_t(bottom) << shift;
+  auto put = [atomic](std::uint32_t* w, std::uint32_t bits) {
+    if (!bits) return;
+    if (atomic)
+      std::atomic_ref<std::uint32_t>(*w).fetch_or(bits, std::memory_order_relaxed);
+    else
+      *w |= bits;
+  };
+  for (long word = k; word <= k + 1 && word < words; ++word) {
+    const int at = int(32 * (word - k));
+    put(row + word, std::uint32_t(t >> at));
+    put(row + words + word, std::uint32_t(b >> at));
+  }
+}
+
+/// Clears the winner rows (every channel's) that a chunk boundary cuts mid row: runs that do not
+/// cover their row whole OR their bits into them (the others store whole words).
+inline void clear_cut_winner_rows(std::uint32_t* winners, const WinogradGeometry& g, long per_chunk, long total) {
+  const long tw = g.tiles_w(), per_image = g.tiles_per_image(), row_words = winner_row_words(g.w);
+  for (long t = per_chunk; t < total; t += per_chunk) {
+    const long image = t / per_image, ty = t % per_image / tw, tx = t % per_image % tw;
+    if (tx == 0 || ty >= g.h / 2) continue;  // not cut, or a last odd tile row (no pooling window)
+    for (int co = 0; co < g.cout; ++co) {
+      std::uint32_t* row = winners + image * winner_image_words(g.cout, g.h, g.w) +
+                           co * winner_plane_words(g.h, g.w) + ty * row_words;
+      std::fill(row, row + row_words, 0u);
+    }
+  }
+}
+
 /// V[p][ci][t0 + k] = (B^T d B)[p] for the run's tiles k, every input channel; plain scalar code.
 /// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
 inline void winograd_input_run_plain(const float* x, const WinogradGeometry& g, const TileRun& run, float* v,
@@ -297,12 +349,20 @@ inline void winograd_input_run_plain(const float* x, const WinogradGeometry& g, 
 /// y's 2x2 tiles of the run = A^T m A + bias (then ReLU), m[p] = M[p][co][t0 + k]; plain scalar code.
 /// A^T = [1 1 1 0; 0 1 -1 -1].
 inline void winograd_output_run_plain(const float* m, const float* bias, bool relu, const WinogradGeometry& g,
-                                      const TileRun& run, float* y, long ld, long t0, float* pooled) {
+                                      const TileRun& run, float* y, long ld, long t0, float* pooled,
+                                      std::uint32_t* winners) {
   const long plane = long(g.h) * g.w, point_stride = long(g.cout) * ld;
   const long pw = g.w / 2, pooled_plane = long(g.h / 2) * pw;
+  const long row_words = winner_row_words(g.w), winner_plane = winner_plane_words(g.h, g.w);
+  const bool whole = whole_row(run, g);
   for (int co = 0; co < g.cout; ++co) {
     float* yc = y + (run.image * g.cout + co) * plane;
     const float b = bias ? bias[co] : 0.0f;
+    std::uint32_t* winner_row = winners && 2 * run.ty + 1 < g.h ? winners +
+                                    run.image * winner_image_words(g.cout, g.h, g.w) + co * winner_plane +
+                                    run.ty * row_words
+                                                                : nullptr;
+    if (winner_row && whole) std::fill(winner_row, winner_row + row_words, 0u);  // this run's alone
     for (long k = 0; k < run.count; ++k) {
       const float* src = m + co * ld + t0 + k;
       float s[16];
@@ -315,12 +375,23 @@ inline void winograd_output_run_plain(const float* m, const float* bias, bool re
       const long y0 = 2 * run.ty, x0 = 2 * (run.tx0 + k);
       if (pooled) {  // the tile is the pooling window; one that overhangs an odd edge is dropped (floor)
         if (y0 + 1 >= g.h || x0 + 1 >= g.w) continue;
+        float* out = pooled + (run.image * g.cout + co) * pooled_plane + run.ty * pw + run.tx0 + k;
+        if (winners) {  // PyTorch's winner (pool_window_winner) where the ReLU passes its gradient
+          float best = 0;
+          const int winner = pool_window_winner(t[0][0] + t[0][1] + t[0][2] + b, t[0][1] - t[0][2] - t[0][3] + b,
+                                                t[1][0] + t[1][1] + t[1][2] + b, t[1][1] - t[1][2] - t[1][3] + b, best);
+          const bool live = !(best <= 0.0f);  // NaN included
+          *out = live ? best : 0.0f;
+          const std::uint32_t bit = live ? 1u << (winner % 2) : 0u;
+          or_winner_bits(winner_row, row_words / 2, run.tx0 + k, winner < 2 ? bit : 0u, winner < 2 ? 0u : bit,
+                         !whole);
+          continue;
+        }
         float best = t[0][0] + t[0][1] + t[0][2];
         best = std::max(best, t[0][1] - t[0][2] - t[0][3]);
         best = std::max(best, t[1][0] + t[1][1] + t[1][2]);
         best = std::max(best, t[1][1] - t[1][2] - t[1][3]) + b;
-        pooled[(run.image * g.cout + co) * pooled_plane + run.ty * pw + run.tx0 + k] =
-            relu ? std::max(best, 0.0f) : best;
+        *out = relu ? std::max(best, 0.0f) : best;
         continue;
       }
       for (int r = 0; r < 2; ++r) {
@@ -387,10 +458,13 @@ inline void winograd_input_run_avx512(const float* x, const WinogradGeometry& g,
 /// winograd_output_run_plain, 16 tiles to a vector: a tile row's two output columns interleaved by
 /// permutes into 32 output columns, stored masked at the image's right edge.
 inline void winograd_output_run_avx512(const float* m, const float* bias, bool relu, const WinogradGeometry& g,
-                                       const TileRun& run, float* y, long ld, long t0, float* pooled) {
+                                       const TileRun& run, float* y, long ld, long t0, float* pooled,
+                                       std::uint32_t* winners) {
   const long plane = long(g.h) * g.w, point_stride = long(g.cout) * ld;
   const long pw = g.w / 2, pooled_plane = long(g.h / 2) * pw;
+  const long row_words = winner_row_words(g.w), winner_plane = winner_plane_words(g.h, g.w);
   if (pooled && 2 * run.ty + 1 >= g.h) return;  // an odd last row of tiles has no pooling window
+  const bool whole = whole_row(run, g);
   const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   const __m512 zero = _mm512_setzero_ps();
@@ -410,6 +484,27 @@ inline void winograd_output_run_avx512(const float* m, const float* bias, bool r
         const __m512 s8 = _mm512_maskz_loadu_ps(load, src + (8 + c) * point_stride);
         t[0][c] = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(load, src + c * point_stride), s4), s8);
         t[1][c] = _mm512_sub_ps(_mm512_sub_ps(s4, s8), _mm512_maskz_loadu_ps(load, src + (12 + c) * point_stride));
+      }
+      if (pooled && winners) {  // and the winner masks, for a backward (ReLU assumed)
+        const __m512 a = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(t[0][0], t[0][1]), t[0][2]), b);
+        const __m512 bb = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(t[0][1], t[0][2]), t[0][3]), b);
+        const __m512 c = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(t[1][0], t[1][1]), t[1][2]), b);
+        const __m512 d = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(t[1][1], t[1][2]), t[1][3]), b);
+        std::uint32_t top = 0, bottom = 0;
+        const __m512 best = avx512::relu_pool_winner_bits(a, bb, c, d, windows, top, bottom);
+        _mm512_mask_storeu_ps(pooled + (run.image * g.cout + co) * pooled_plane + run.ty * pw + run.tx0 + k0, windows,
+                              best);
+        std::uint32_t* row = winners + run.image * winner_image_words(g.cout, g.h, g.w) + co * winner_plane +
+                             run.ty * row_words;
+        if (whole) {  // the 16 windows from k0 are one word's (past the last window: none)
+          if (k0 < pw) {
+            row[k0 / 16] = top;
+            row[row_words / 2 + k0 / 16] = bottom;
+          }
+        } else {
+          or_winner_bits(row, row_words / 2, run.tx0 + k0, top, bottom, /*atomic=*/true);
+        }
+        continue;
       }
       if (pooled) {  // the tile is the pooling window (those over an odd right edge are dropped: floor)
         const __m512 r0 = _mm512_max_ps(_mm512_add_ps(_mm512_add_ps(t[0][0], t[0][1]), t[0][2]),
@@ -455,12 +550,15 @@ inline void for_each_tile_run(const WinogradGeometry& g, long begin, long end, F
 /// y = conv3x3(x) + bias (then ReLU where relu) for n images, NCHW, by F(2x2, 3x3) Winograd, with
 /// filter u from winograd_transform_filter (or _input_grad; bias may be null). With `pooled`, y is
 /// not written: pooled (n x cout x h/2 x w/2) = maxpool2x2 of it instead, each output tile being
-/// one pooling window (an eval forward: no winner masks are kept for a backward pass).
+/// one pooling window; with winners too (a training forward, relu true), the pool's winner masks as
+/// the direct fused forward keeps them (maxpool.hpp's layout, winner_image_words(cout, h, w) per
+/// image), which conv3x3_relu_pool_backward reads. Without winners the pooled values are the same
+/// up to NaN handling (an eval forward: nothing is kept for a backward pass).
 /// requires: ws.reserve(g, t) with t >= threads; u.reserve(g.cin, g.cout) and transformed.
 template <KernelPath Path = fastest_path>
 inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>& u, const float* bias, float* y,
                                      int n, const WinogradGeometry& g, WinogradWorkspace& ws, int threads,
-                                     bool relu = false, float* pooled = nullptr) {
+                                     bool relu = false, float* pooled = nullptr, std::uint32_t* winners = nullptr) {
   static_assert(Path == KernelPath::plain || kFastKernels,
                 "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
   const long total = long(n) * g.tiles_per_image(), max_chunk = g.max_chunk();
@@ -471,6 +569,7 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
   const long per_chunk = std::min(max_chunk, ((total + chunks - 1) / chunks + 15) / 16 * 16);
   chunks = (total + per_chunk - 1) / per_chunk;
   const long ld = per_chunk;  // row stride of V's and M's matrices
+  if (winners) detail::clear_cut_winner_rows(winners, g, per_chunk, total);
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -512,11 +611,11 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
       detail::for_each_tile_run(g, begin, end, [&](const detail::TileRun& run, long t0) {
 #ifdef VGG_FAST_KERNELS
         if constexpr (Path == KernelPath::avx512) {
-          detail::winograd_output_run_avx512(m, bias, relu, g, run, y, ld, t0, pooled);
+          detail::winograd_output_run_avx512(m, bias, relu, g, run, y, ld, t0, pooled, winners);
           return;
         }
 #endif
-        detail::winograd_output_run_plain(m, bias, relu, g, run, y, ld, t0, pooled);
+        detail::winograd_output_run_plain(m, bias, relu, g, run, y, ld, t0, pooled, winners);
       });
     }
   }

@@ -186,7 +186,7 @@ class Conv3x3BatchNormRelu : public WeightAndBias<B> {
     } else {
       fold(exec);
       // Winograd keeps no winner masks: an eval backward after it rebuilds them (backward_pooled).
-      if (winograd_.forward_pooled(true, exec, workspace_, shape, x, folded_weight_.data(), folded_bias_.data(),
+      if (winograd_.forward_pooled(nullptr, exec, workspace_, shape, x, folded_weight_.data(), folded_bias_.data(),
                                    pooled, n))
         return;
       B::conv3x3_relu_pool_forward(exec, workspace_, pool_state_, shape, x, folded_weight_.data(),

@@ -52,9 +52,9 @@ class Conv3x3Relu : public WeightAndBias<B> {
   /// layer keeps what backward_pooled needs (the backend's PoolState).
   /// requires: reserve(exec, batch, /*pooled=*/true) with batch >= n.
   void forward_pooled(Context& exec, const float* x, float* pooled, int n, const RunContext& run) {
-    // Winograd keeps no winner masks: eval only (a backward after it rebuilds them, see below).
-    if (winograd_.forward_pooled(run.mode == Mode::eval, exec, workspace_, shape, x, this->weight().data(),
-                                 this->bias().data(), pooled, n))
+    // Winograd writes the winner masks in training only (an eval backward rebuilds them, see below).
+    if (winograd_.forward_pooled(run.mode == Mode::eval ? nullptr : &pool_state_, exec, workspace_, shape, x,
+                                 this->weight().data(), this->bias().data(), pooled, n))
       return;
     B::conv3x3_relu_pool_forward(exec, workspace_, pool_state_, shape, x, this->weight().data(), this->bias().data(),
                                  pooled, n);

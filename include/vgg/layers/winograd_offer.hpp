@@ -2,7 +2,7 @@
 // What a 3x3 conv + ReLU layer does to offer its forward to the backend's Winograd path, shared by
 // Conv3x3Relu and Conv3x3BatchNormRelu (which offers its folded conv): the call, where the backend
 // has one (the CPU's; its winograd_rule picks the layers), and the pool state that Winograd's fused
-// pool does not keep, rebuilt by the direct path before a pooled backward.
+// pool does not keep in eval, rebuilt by the direct path before a pooled backward.
 
 #include <cstddef>
 
@@ -15,7 +15,8 @@ template <class B>
 class WinogradOffer {
  public:
   using Context = typename B::Context;
-  static constexpr bool available = requires { &B::conv3x3_relu_forward_winograd; };
+  static constexpr bool available =
+      requires { &B::conv3x3_relu_forward_winograd; &B::conv3x3_relu_pool_forward_winograd; };
 
   /// The pooled output a rebuild recomputes: reserved with the backward, Winograd layers only.
   void reserve_backward(const ConvShape& s, int batch, bool pooled) {
@@ -29,11 +30,19 @@ class WinogradOffer {
                const float* bias, float* y, int n, Mode mode) {
     return run(exec, ws, s, x, weight, bias, y, nullptr, n, mode);
   }
-  /// pooled = maxpool2x2(relu(conv(x))) by Winograd where allowed and the backend accepts; false
-  /// (nothing done, the pool state left to the direct forward) otherwise.
-  bool forward_pooled(bool allowed, Context& exec, typename B::ConvWorkspace& ws, const ConvShape& s, const float* x,
-                      const float* weight, const float* bias, float* pooled, int n) {
-    pool_state_stale_ = allowed && run(exec, ws, s, x, weight, bias, nullptr, pooled, n, Mode::eval);
+  /// pooled = maxpool2x2(relu(conv(x))) by Winograd where the backend accepts; false (nothing done,
+  /// the pool state left to the direct forward) otherwise. With `state` (a training forward) the
+  /// backend writes the pool state too; without (eval, faster) it is left stale, to be rebuilt by
+  /// restore_pool_state should a backward follow.
+  bool forward_pooled(typename B::PoolState* state, Context& exec, typename B::ConvWorkspace& ws, const ConvShape& s,
+                      const float* x, const float* weight, const float* bias, float* pooled, int n) {
+    if constexpr (available) {
+      if (state) {
+        pool_state_stale_ = false;
+        return B::conv3x3_relu_pool_forward_winograd(exec, ws, *state, s, x, weight, bias, pooled, n);
+      }
+    }
+    pool_state_stale_ = run(exec, ws, s, x, weight, bias, nullptr, pooled, n, Mode::eval);
     return pool_state_stale_;
   }
   /// Before a pooled backward: after a Winograd forward_pooled, the direct fused forward (same x,
