@@ -921,3 +921,90 @@ TEST_CASE("Conv3x3Relu in bf16 mode runs Winograd with bf16 GEMMs, within bound 
   CHECK(ref::max_abs_diff(wino.y, pass(true).y.data()) == 0.0f);
 #endif
 }
+
+// A pooled layer's training step in bf16 mode: the forward by Winograd on bf16 GEMMs (the kernel's
+// pooled output, bit for bit) writes winner masks, and the backward takes dx by Winograd on bf16 GEMMs
+// from the whole dz those winners route: equal, bit for bit, to the kernels run by hand on the dz
+// built from the kernel's unpooled output (first maximum of each window, none where it is not
+// positive). The weight gradient (direct bf16 path from that dz) is checked against the exact one from
+// that dz: the direct bf16 layer's winners may differ where a window is decided within bf16 rounding.
+TEST_CASE("Conv3x3Relu's pooled training step in bf16 mode runs Winograd on bf16 GEMMs" *
+          doctest::skip(!bf16_winograd_runs())) {
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+  using B = vgg::cpu::Backend;
+  constexpr int In = 256, Out = 256, H = 32, W = 32, n = 2, threads = 2;
+  static_assert(n * (H / 2) * (W / 2) >= B::kWinogradAmortisingTiles);  // Winograd in training
+  vgg::Conv3x3Relu<In, Out, H, W, B> layer;
+  B::Context exec;
+  exec.set_threads(threads);
+  exec.set_precision(vgg::Precision::bf16);
+  REQUIRE(exec.precision_in_use() == vgg::Precision::bf16);
+  vgg::Rng rng(19);
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, n, /*pooled=*/true);
+  layer.reserve_backward(exec, n, /*pooled=*/true);
+  const vgg::RunContext train{vgg::Mode::train, 1, 0, 0};
+  const auto x = ref::random_vector(std::size_t(n) * In * H * W, 41);
+  const std::size_t pooled_size = std::size_t(n) * Out * (H / 2) * (W / 2);
+  const auto dy = ref::random_vector(pooled_size, 42);
+  struct Pass {
+    std::vector<float> pooled, dx, wg;
+  };
+  auto pass = [&](bool winograd) {
+    exec.set_winograd(winograd);
+    Pass p{std::vector<float>(pooled_size), std::vector<float>(x.size()), {}};
+    layer.forward_pooled(exec, x.data(), p.pooled.data(), n, train);
+    layer.backward_pooled(exec, x.data(), dy.data(), p.dx.data(), n, train);
+    p.wg.assign(layer.weight_grad().begin(), layer.weight_grad().end());
+    return p;
+  };
+  const Pass wino = pass(true), direct = pass(false);
+  const std::vector<float> w(layer.weight().begin(), layer.weight().end()), b(layer.bias().begin(), layer.bias().end());
+
+  const auto kernel_pooled = winograd_forward<KernelPath::avx512>(x, w, b, n, In, Out, H, W, threads, true, 0,
+                                                                   /*pool=*/true, /*bf16=*/true);
+  CHECK(ref::max_abs_diff(kernel_pooled, wino.pooled.data()) == 0.0f);
+  CHECK(ref::max_abs_diff(direct.pooled, wino.pooled.data()) > 0.0f);  // set_winograd(false) did turn it off
+
+  const auto y = winograd_forward<KernelPath::avx512>(x, w, b, n, In, Out, H, W, threads, true, 0, false, true);
+  std::vector<float> dz(y.size(), 0.0f);
+  for (int i = 0; i < n * Out; ++i)
+    for (int r = 0; r < H / 2; ++r)
+      for (int c = 0; c < W / 2; ++c) {
+        const std::size_t at[4] = {(std::size_t(i) * H + 2 * r) * W + 2 * c, (std::size_t(i) * H + 2 * r) * W + 2 * c + 1,
+                                   (std::size_t(i) * H + 2 * r + 1) * W + 2 * c,
+                                   (std::size_t(i) * H + 2 * r + 1) * W + 2 * c + 1};
+        int best = 0;
+        for (int e = 1; e < 4; ++e)
+          if (y[at[e]] > y[at[best]]) best = e;
+        if (y[at[best]] > 0) dz[at[best]] = dy[(std::size_t(i) * (H / 2) + r) * (W / 2) + c];
+      }
+  const auto kernel_dx = winograd_input_grad<KernelPath::avx512>(dz, w, n, In, Out, H, W, threads, /*bf16=*/true);
+  CHECK(ref::max_abs_diff(kernel_dx, wino.dx.data()) == 0.0f);
+  // The weight gradient (the direct bf16 path's, from that dz) against the exact one in double, for a
+  // few output channels, within bf16's bound on products of rounded operands: (2^-7 + 2^-16 + (k + 2)
+  // eps) sum |dz| |x| over the k = n H W terms.
+  float worst = 0.0f;
+  for (const int co : {0, 17, Out - 1})
+    for (int ci = 0; ci < In; ++ci)
+      for (int ky = 0; ky < 3; ++ky)
+        for (int kx = 0; kx < 3; ++kx) {
+          double exact = 0.0, magnitude = 0.0;
+          for (int i = 0; i < n; ++i)
+            for (int r = 0; r < H; ++r)
+              for (int c = 0; c < W; ++c) {
+                const int sy = r + ky - 1, sx = c + kx - 1;
+                if (sy < 0 || sy >= H || sx < 0 || sx >= W) continue;
+                const double d = dz[((std::size_t(i) * Out + co) * H + r) * W + c];
+                const double v = x[((std::size_t(i) * In + ci) * H + sy) * W + sx];
+                exact += d * v;
+                magnitude += std::abs(d * v);
+              }
+          const double bound = (0x1p-7 + 0x1p-16 + (double(n) * H * W + 2) * FLT_EPSILON) * magnitude + 1e-30;
+          const float got = wino.wg[((std::size_t(co) * In + ci) * 3 + ky) * 3 + kx];
+          worst = std::max(worst, float(std::abs(got - exact) / bound));
+        }
+  MESSAGE("weight gradient: worst error / bound = " << worst);
+  CHECK(worst <= 1.0f);
+#endif
+}

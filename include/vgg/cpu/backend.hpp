@@ -295,18 +295,18 @@ struct BasicBackend {
   }
   /// The training forward of a fused conv + pool by Winograd where winograd_rule picks the layer:
   /// pooled, and in `state` the winner masks that conv3x3_relu_pool_backward reads (AVX-512 path only:
-  /// the plain path's state is the full-size output; fp32 only: bf16 mode's pooled training stays
-  /// direct, not measured or tested by Winograd). Returns false, doing nothing, where not taken.
+  /// the plain path's state is the full-size output); in bf16 mode on bf16 GEMMs, as every Winograd
+  /// call. Returns false, doing nothing, where not taken.
   static bool conv3x3_relu_pool_forward_winograd(Context& ctx, ConvWorkspace& ws, PoolState& state,
                                                  const ConvShape& s, const float* x, const float* weight,
                                                  const float* bias, float* pooled, int n) {
     if constexpr (!cpu::PoolState<Path>::keeps_winners) {
       return false;
     } else {
-      if (!ws.use_winograd(ctx, s) || uses_bf16(ctx)) return false;
-      const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads(), Mode::train, false);
+      if (!ws.use_winograd(ctx, s)) return false;
+      const WinogradFilter<Path>* u = ws.winograd_filter(weight, s, n, ctx.threads(), Mode::train, uses_bf16(ctx));
       if (!u) return false;
-      cpu::winograd_conv3x3_forward<Path>(x, *u, bias, nullptr, n, winograd_geometry(s), ws.winograd_workspace(false),
+      cpu::winograd_conv3x3_forward<Path>(x, *u, bias, nullptr, n, winograd_geometry(s), ws.winograd_workspace(uses_bf16(ctx)),
                                           ctx.threads(), true, pooled, state.get().winners());
       return true;
     }
@@ -337,10 +337,9 @@ struct BasicBackend {
                                          float* weight_grad, float* bias_grad, int n) {
     ws.get().set_bf16(uses_bf16(ctx));
     // Where the rule picks the layer, dx by Winograd from the whole dz (rebuilt from the pool state, as
-    // the direct backward does band by band), the weight and bias gradients by the direct path; fp32
-    // only, as the pooled training forward.
-    const WinogradFilter<Path>* u = dx && !uses_bf16(ctx) && ws.use_winograd_input_grad(ctx, s, /*pooled=*/true, n)
-                                        ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads(), false)
+    // the direct backward does band by band), the weight and bias gradients by the direct path.
+    const WinogradFilter<Path>* u = dx && ws.use_winograd_input_grad(ctx, s, /*pooled=*/true, n)
+                                        ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads(), uses_bf16(ctx))
                                         : nullptr;
     if (!u) {
       cpu::conv3x3_relu_pool_backward<Path>(x, weight, state.get(), dy_pooled, dx, weight_grad, bias_grad, n,
@@ -350,7 +349,7 @@ struct BasicBackend {
     float* dz = ws.pooled_output_grads();
     cpu::conv3x3_relu_pool_backward_dz<Path>(x, weight, state.get(), dy_pooled, dz, weight_grad, bias_grad, n,
                                              geometry(s), ws.get(), ctx.threads());
-    cpu::winograd_conv3x3_input_grad<Path>(dz, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(false),
+    cpu::winograd_conv3x3_input_grad<Path>(dz, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(uses_bf16(ctx)),
                                            ctx.threads());
   }
 
