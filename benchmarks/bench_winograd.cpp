@@ -120,6 +120,8 @@ void BM_direct_pooled(benchmark::State& state) {
   state.counters["chunk"] = 0;
 }
 
+/// Train: the pool's winner masks written as well (for the direct fused backward), as in training.
+template <bool Train>
 void BM_winograd_pooled(benchmark::State& state) {
   const Layer& l = kLayers[state.range(0)];
   const vgg::cpu::WinogradGeometry g{l.cin, l.cout, l.hw, l.hw};
@@ -127,29 +129,8 @@ void BM_winograd_pooled(benchmark::State& state) {
   u.reserve(l.cin, l.cout);
   vgg::cpu::WinogradWorkspace ws;
   ws.reserve(g, kThreads);
-  const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
-  const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
-  const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
-  std::vector<float> pooled(std::size_t(l.batch) * l.cout * (l.hw / 2) * (l.hw / 2));
-  vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
-  for (auto _ : state) {
-    vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), nullptr, l.batch, g, ws, kThreads, true, pooled.data());
-    benchmark::DoNotOptimize(pooled.data());
-  }
-  set_counters(state, l);
-  state.counters["chunk"] = double(g.max_chunk());
-}
-
-/// The same in training: the pool's winner masks written as well (for the direct fused backward).
-void BM_winograd_pooled_train(benchmark::State& state) {
-  const Layer& l = kLayers[state.range(0)];
-  const vgg::cpu::WinogradGeometry g{l.cin, l.cout, l.hw, l.hw};
-  vgg::cpu::WinogradFilter<> u;
-  u.reserve(l.cin, l.cout);
-  vgg::cpu::WinogradWorkspace ws;
-  ws.reserve(g, kThreads);
   vgg::cpu::PoolState<vgg::cpu::fastest_path> pool_state;
-  pool_state.reserve(vgg::cpu::Conv3x3Geometry{l.cin, l.cout, l.hw, l.hw}, l.batch);
+  if (Train) pool_state.reserve(vgg::cpu::Conv3x3Geometry{l.cin, l.cout, l.hw, l.hw}, l.batch);
   const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
@@ -157,7 +138,7 @@ void BM_winograd_pooled_train(benchmark::State& state) {
   vgg::cpu::winograd_transform_filter(w.data(), u, kThreads);
   for (auto _ : state) {
     vgg::cpu::winograd_conv3x3_forward(x.data(), u, b.data(), nullptr, l.batch, g, ws, kThreads, true, pooled.data(),
-                                       pool_state.winners());
+                                       Train ? pool_state.winners() : nullptr);
     benchmark::DoNotOptimize(pooled.data());
   }
   set_counters(state, l);
@@ -286,11 +267,11 @@ void register_all() {
           ->Arg(i)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
-      benchmark::RegisterBenchmark(("winograd_pooled/" + name).c_str(), BM_winograd_pooled)
+      benchmark::RegisterBenchmark(("winograd_pooled/" + name).c_str(), BM_winograd_pooled<false>)
           ->Arg(i)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
-      benchmark::RegisterBenchmark(("winograd_pooled_train/" + name).c_str(), BM_winograd_pooled_train)
+      benchmark::RegisterBenchmark(("winograd_pooled_train/" + name).c_str(), BM_winograd_pooled<true>)
           ->Arg(i)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
