@@ -6,6 +6,7 @@
 //   build/benchmarks/bench_gemm --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 
+#include <vgg/cpu/gemm_amx.hpp>
 #include <vgg/cpu/gemm_bf16.hpp>
 #include <vgg/vgg.hpp>
 
@@ -60,8 +61,9 @@ void run(benchmark::State& state, Shape s) {
 }
 
 #ifdef VGG_BF16_KERNELS
-/// The same products with bf16 operands (rounded as packed) and fp32 sums.
-template <bool TransA, bool TransB>
+/// The same products with bf16 operands (rounded as packed) and fp32 sums: on the vdpbf16ps kernel,
+/// or (Amx) on AMX tiles, gemm_amx.hpp's kernel, registered where amx_ready().
+template <bool TransA, bool TransB, bool Amx = false>
 void run_bf16(benchmark::State& state, Shape s) {
   namespace bf16 = vgg::cpu::bf16;
   const long lda = TransA ? s.m : s.k, ldb = TransB ? s.k : s.n;
@@ -69,11 +71,22 @@ void run_bf16(benchmark::State& state, Shape s) {
   vgg::Rng rng(5);
   for (float& v : a) v = rng.uniform(-1.0f, 1.0f);
   for (float& v : b) v = rng.uniform(-1.0f, 1.0f);
-  vgg::Buffer<std::uint32_t> a_pack(std::size_t((s.m + 7) / 8 * 8 * bf16::kKc / 2)),
-      b_pack(std::size_t(bf16::packed_b_size()));
+  namespace amx = vgg::cpu::amx;
+  vgg::Buffer<std::uint32_t> a_pack(std::size_t(amx::bf16_a_pack_size(s.m))),
+      b_pack(std::size_t(amx::bf16_b_pack_size()));
+  const vgg::cpu::avx512::Epilogue plain{1.0f, false, nullptr, false};
   for (auto _ : state) {
-    bf16::gemm<TransA, TransB>(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), s.n, a_pack.data(),
-                               b_pack.data(), {1.0f, false, nullptr, false});
+    if constexpr (Amx) {
+#ifdef VGG_AMX_KERNELS
+      amx::HardwareTiles tiles;
+      amx::gemm_on<TransA, TransB>(tiles, s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), s.n, a_pack.data(),
+                                   b_pack.data(), reinterpret_cast<float*>(b_pack.data() + bf16::packed_b_size()),
+                                   plain);
+#endif
+    } else {
+      bf16::gemm<TransA, TransB>(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), s.n, a_pack.data(),
+                                 b_pack.data(), plain);
+    }
     benchmark::ClobberMemory();
   }
   state.counters["GFLOP/s"] =
@@ -108,6 +121,13 @@ void register_bf16() {
     if (!s.trans_a && !s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run_bf16<false, false>, s);
     if (s.trans_a && !s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run_bf16<true, false>, s);
     if (!s.trans_a && s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run_bf16<false, true>, s);
+  }
+  if (!vgg::cpu::amx::amx_ready()) return;
+  for (const Shape& s : kShapes) {
+    const std::string name = std::string(s.name) + "/amx";
+    if (!s.trans_a && !s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run_bf16<false, false, true>, s);
+    if (s.trans_a && !s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run_bf16<true, false, true>, s);
+    if (!s.trans_a && s.trans_b) benchmark::RegisterBenchmark(name.c_str(), run_bf16<false, true, true>, s);
   }
 }
 #endif

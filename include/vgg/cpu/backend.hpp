@@ -19,6 +19,7 @@
 #include "vgg/cpu/dropout.hpp"
 #include "vgg/cpu/kernel_path.hpp"
 #include "vgg/cpu/linear.hpp"
+#include "vgg/cpu/adam.hpp"
 #include "vgg/cpu/adaptive_avgpool.hpp"
 #include "vgg/cpu/maxpool.hpp"
 #include "vgg/cpu/parallel.hpp"
@@ -142,14 +143,15 @@ struct BasicBackend {
     Conv3x3Workspace& get() { return ws_; }
 
     /// Whether a forward of this layer takes Winograd now; in bf16 mode (which runs only where the
-    /// CPU has AVX512-BF16) its 16 GEMMs take bf16 operands (winograd_filter_to_bf16).
+    /// CPU has AVX512-BF16) its 16 GEMMs take bf16 operands (winograd_filter_to_bf16), and not at all
+    /// where AMX takes the direct path's bf16 products (winograd_in_precision).
     bool use_winograd(const Context& ctx, const ConvShape& s) const {
-      return winograd_rule(s) && ctx.winograd() && winograd_threads_ >= ctx.threads();
+      return winograd_rule(s) && ctx.winograd() && winograd_in_precision(ctx) && winograd_threads_ >= ctx.threads();
     }
     /// Whether an input gradient of this layer takes Winograd now; for a pooled layer, a batch of n
     /// (the full-size gradient behind the pool must fit).
     bool use_winograd_input_grad(const Context& ctx, const ConvShape& s, bool pooled = false, int n = 0) const {
-      return winograd_rule(s) && ctx.winograd() && input_grad_threads_ >= ctx.threads() &&
+      return winograd_rule(s) && ctx.winograd() && winograd_in_precision(ctx) && input_grad_threads_ >= ctx.threads() &&
              (!pooled || std::size_t(n) * s.cout * s.h * s.w <= pooled_output_grads_.capacity());
     }
     /// The filter transformed for `weight`, or null where the direct path is the faster choice for
@@ -271,6 +273,17 @@ struct BasicBackend {
   /// The plain path is the fp32 reference and stays fp32 whatever the context asks.
   static bool uses_bf16(const Context& ctx) {
     return Path == KernelPath::avx512 && ctx.precision_in_use() == Precision::bf16;
+  }
+  /// Whether Winograd may run in the context's precision. In bf16 mode its 16 GEMMs run on vdpbf16ps
+  /// and its transforms in fp32; where AMX tiles take the direct path's bf16 products (amx_ready), the
+  /// direct path is the faster one: on the Xeon (family 6 model 207) width/8 training 1.36x, eval
+  /// 1.74x, full-width eval 2.4x Winograd's (docs/PERFORMANCE.md). Decided by the CPU's ISA, at run time.
+  static bool winograd_in_precision(const Context& ctx) {
+#ifdef VGG_BF16_KERNELS
+    if (uses_bf16(ctx) && amx::amx_ready()) return false;
+#endif
+    (void)ctx;
+    return true;
   }
 
   static void conv3x3_relu_forward(Context& ctx, ConvWorkspace& ws, const ConvShape& s, const float* x,
@@ -438,7 +451,17 @@ struct BasicBackend {
   static void adam_update(Context& ctx, float* p, const float* g, float* m, float* v, std::size_t count,
                           const AdamStep& step) {
     const long n = long(count);
-    // Small tensors (biases) are not worth waking the threads for.
+#ifdef VGG_FAST_KERNELS
+    if constexpr (Path == KernelPath::avx512) {
+      // Small tensors (biases) are not worth waking the threads for.
+#pragma omp parallel num_threads(n > 65536 ? ctx.threads() : 1)
+      {
+        const Range mine = split(n, omp_get_thread_num(), omp_get_num_threads());
+        adam_avx512(p, g, m, v, mine.begin, mine.end, step);
+      }
+      return;
+    }
+#endif
 #pragma omp parallel for simd schedule(static) num_threads(ctx.threads()) if (n > 65536)
     for (long i = 0; i < n; ++i) elementwise::adam(p[i], g[i], m[i], v[i], step);
   }

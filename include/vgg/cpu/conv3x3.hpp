@@ -39,6 +39,7 @@ namespace vgg::cpu {
 /// 392-column band is 7 MB: built whole, it went through memory; sliced, width-1 conv5-conv8 ran
 /// 5-10 % of peak faster in both directions).
 inline constexpr long kColumnSlice = avx512::kKc;
+static_assert(kColumnSlice == amx::kKc, "a column slice is one depth pass of the pre-packed AMX weights");
 
 /// An image's output rows cut into `count` bands of nearly equal height: band i is rows
 /// [begin(i), begin(i + 1)). With `even` (a fused 2x2 pool), bands hold whole pooling windows (the
@@ -178,7 +179,8 @@ struct Conv3x3Workspace {
   std::vector<Buffer<float>> output_grads;
   std::vector<Buffer<float>> split_inputs;  // fused one-channel backward: input columns laid out per block
   // bf16 operands (gemm_bf16.hpp) for this layer's products on the AVX-512 path: the weights packed
-  // as bf16 once per forward, and every plan's bf16 packing buffers. Set by set_bf16 before a call.
+  // as bf16 once per forward (in the layout of the bf16 kernel that runs: AMX's where amx_ready), and
+  // every plan's bf16 packing buffers. Set by set_bf16 before a call.
   Buffer<std::uint32_t> packed_weights_bf16;
   // bf16 backward (vdpbf16ps kernel), per thread: a column slice as bf16 pair rows (and one float
   // row they are rounded from) and the band's output gradient packed once as B panels, for the
@@ -187,7 +189,12 @@ struct Conv3x3Workspace {
   std::vector<Buffer<std::uint32_t>> column_rows, gradient_panels;
   std::vector<Buffer<float>> column_stages;
   // and for the input gradient: W^T packed once per backward, dz as B panels per band (per thread).
+  // On AMX, W^T in its row layout instead, each column slice packed whole (amx_packed_weights_t).
   Buffer<std::uint32_t> packed_weights_t_bf16;
+  /// Where column slice d0 (a multiple of kColumnSlice) of W^T starts, packed for AMX, for cout channels.
+  std::uint32_t* amx_packed_weights_t(long d0, long cout) {
+    return packed_weights_t_bf16.data() + d0 / kColumnSlice * amx::packed_a_whole_size(kColumnSlice, cout);
+  }
   std::vector<Buffer<std::uint32_t>> input_gradient_panels;
   bool bf16 = false;
 
@@ -232,7 +239,9 @@ struct Conv3x3Workspace {
         input_gradient_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(g.cout, band_cols)));
       }
       reserve_per_thread(column_stages, threads, band_cols);
-      packed_weights_t_bf16.reserve(std::size_t(bf16::packed_a_size(g.depth(), g.cout)));
+      packed_weights_t_bf16.reserve(std::size_t(std::max(
+          bf16::packed_a_size(g.depth(), g.cout),
+          (g.depth() + kColumnSlice - 1) / kColumnSlice * amx::packed_a_whole_size(kColumnSlice, g.cout))));
     }
   }
 
@@ -244,7 +253,9 @@ struct Conv3x3Workspace {
     if constexpr (kFastKernels) {
       packed_weights.reserve(std::size_t(avx512::packed_a_size(g.cout, g.depth())));
       reserve_per_thread(band_outputs, threads, g.cin != 1 ? long(g.cout) * band_cols : 0);
-      if (bf16::bf16_gemm_available()) packed_weights_bf16.reserve(std::size_t(bf16::packed_a_size(g.cout, g.depth())));
+      if (bf16::bf16_gemm_available())  // in either bf16 kernel's layout (the one that runs here)
+        packed_weights_bf16.reserve(std::size_t(
+            std::max(bf16::packed_a_size(g.cout, g.depth()), amx::packed_a_whole_size(g.cout, g.depth()))));
     }
   }
 };
@@ -299,7 +310,9 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
     if (!Plain && g.cin != 1) {  // the weights packed once for all bands, by all threads
 #ifdef VGG_BF16_KERNELS
       if (ws.bf16) {
-        if (!amx::amx_ready())  // the AMX kernel packs its own row layout
+        if (amx::amx_ready())  // the AMX kernel's row layout
+          amx::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights_bf16.data(), tid, nth);
+        else
           bf16::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights_bf16.data(), tid, nth);
       } else
 #endif
@@ -344,7 +357,8 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           if (ws.bf16) {  // pass p0 of the bf16-packed weights starts at p0 / 2 pairs per padded row
             amx::bf16_gemm<false>(g.cout, group_cols, p1 - p0, weight + p0, g.depth(), col, ld, dst,
                                   staged ? group_cols : plane, plan.bf16_a_pack(), plan.bf16_b_pack(), e,
-                                  ws.packed_weights_bf16.data() + p0 / 2 * m_padded);
+                                  ws.packed_weights_bf16.data() + p0 / 2 * m_padded,
+                                  ws.packed_weights_bf16.data() + amx::packed_a_pass_offset(g.cout, p0));
             continue;
           }
 #endif
@@ -446,12 +460,20 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
     // The input gradient's products on the same kernel, when one depth pass covers cout: W^T packed
     // once for all bands by all threads, dz packed once per band as B panels for all column slices.
     bool prepacked = false;
+    // On AMX, W^T packed once per backward too, in its row layout, per column slice.
+    bool amx_prepacked = false;
 #ifdef VGG_BF16_KERNELS
     if constexpr (!Plain) {
       transposed = g.cin != 1 && ws.weight_plans[std::size_t(tid)].bf16() && !amx::amx_ready();
       prepacked = transposed && dx && g.cout <= bf16::kKc;
-      if (prepacked) {
+      amx_prepacked = g.cin != 1 && dx && ws.input_plans[std::size_t(tid)].bf16() && amx::amx_ready();
+      if (prepacked)
         bf16::pack_a_whole<true>(weight, g.depth(), g.depth(), g.cout, ws.packed_weights_t_bf16.data(), tid, nth);
+      if (amx_prepacked)  // W^T for AMX, column slice by column slice (amx_packed_weights_t)
+        for (long d0 = 0; d0 < g.depth(); d0 += kColumnSlice)
+          amx::pack_a_whole<true>(weight + d0, g.depth(), std::min(kColumnSlice, g.depth() - d0), g.cout,
+                                  ws.amx_packed_weights_t(d0, g.cout), tid, nth);
+      if (prepacked || amx_prepacked) {
 #pragma omp barrier
       }
     }
@@ -572,7 +594,8 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
             else if (plan.bf16())
               amx::bf16_gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
                                    plan.bf16_a_pack(), plan.bf16_b_pack(),
-                                   avx512::Epilogue{1.0f, false, nullptr, false});
+                                   avx512::Epilogue{1.0f, false, nullptr, false}, nullptr,
+                                   amx_prepacked ? ws.amx_packed_weights_t(d0, g.cout) : nullptr);
             else
 #endif
               avx512::gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,

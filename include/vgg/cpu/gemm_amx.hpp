@@ -50,6 +50,16 @@ constexpr Index padded_pairs(Index kc) { return ((kc + 1) / 2 + kTilePairs - 1) 
 constexpr Index packed_a_size(Index m) { return (m + kBlock - 1) / kBlock * kBlock * padded_pairs(kKc); }
 /// floats of the kernel's C staging block.
 inline constexpr Index kStagingFloats = kBlock * kBlock;
+/// uint32s of all of an m x k op(A) packed for this kernel (pack_a_whole): every depth pass's
+/// 32-row blocks, each pass given a whole pass's room.
+constexpr Index packed_a_whole_size(Index m, Index k) {
+  return (m + kBlock - 1) / kBlock * kBlock * ((k + kKc - 1) / kKc) * padded_pairs(kKc);
+}
+/// Where depth pass p0 (a multiple of kKc) starts in pack_a_whole's output.
+constexpr Index packed_a_pass_offset(Index m, Index p0) {
+  return (m + kBlock - 1) / kBlock * kBlock * (p0 / kKc) * padded_pairs(kKc);
+}
+
 
 #ifdef VGG_AMX_KERNELS
 using avx512::Epilogue;
@@ -156,6 +166,20 @@ VGG_TARGET_BF16 inline void pack_a(const float* a, Index lda, Index i0, int mr, 
   }
 }
 
+/// All of op(A) (m x k) packed as gemm_on's a_prepacked reads it, pass by pass: pass p0 at
+/// packed_a_pass_offset(m, p0), its 32-row block i0 at + i0 * padded_pairs(kc). For weights shared
+/// by many products (a layer's bands: packed once per call, not once per product). With parts > 1,
+/// packs only part `part` of the blocks, so that threads can pack it together.
+template <bool TransA>
+inline void pack_a_whole(const float* a, Index lda, Index m, Index k, std::uint32_t* dst, int part = 0, int parts = 1) {
+  const Index blocks = (m + kBlock - 1) / kBlock, passes = (k + kKc - 1) / kKc;
+  for (Index job = part; job < blocks * passes; job += parts) {
+    const Index p0 = job / blocks * kKc, i0 = job % blocks * kBlock, kc = std::min(kKc, k - p0);
+    pack_a<TransA>(a, lda, i0, int(std::min<Index>(kBlock, m - i0)), p0, kc,
+                   dst + packed_a_pass_offset(m, p0) + i0 * padded_pairs(kc));
+  }
+}
+
 /// C block (rows < mr, columns < nr, ldc) = epilogue(staged 32 x 32 block).
 VGG_TARGET_BF16 inline void store_block(const float* staged, float* c, Index ldc, int mr, int nr, const Epilogue& e) {
   const __m512 alpha = _mm512_set1_ps(e.alpha), zero = _mm512_setzero_ps();
@@ -174,18 +198,23 @@ VGG_TARGET_BF16 inline void store_block(const float* staged, float* c, Index ldc
 }
 
 /// C (m x n, ldc) = out(alpha * op(A) * op(B)) on the tiles `Tiles` gives; the operands, layouts and
-/// epilogue are bf16::gemm's. requires: a_pack holds packed_a_size(m), b_pack bf16::packed_b_size(),
+/// epilogue are bf16::gemm's. With a_prepacked (pack_a_whole of op(A)), A is read from there and a
+/// and a_pack are not used. requires: a_pack holds packed_a_size(m), b_pack bf16::packed_b_size(),
 /// staging kStagingFloats, all 64-byte aligned; Tiles usable (HardwareTiles: amx_ready()).
 template <bool TransA, bool TransB, class Tiles>
 inline void gemm_on(Tiles& tiles, Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb,
                     float* c, Index ldc, std::uint32_t* a_pack, std::uint32_t* b_pack, float* staging,
-                    const Epilogue& out) {
+                    const Epilogue& out, const std::uint32_t* a_prepacked = nullptr) {
   tiles.begin();
   for (Index p0 = 0; p0 < k; p0 += kKc) {
     const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2, padded = padded_pairs(kc);
     const Epilogue e{out.alpha, out.accumulate || p0 > 0, p0 == 0 ? out.bias : nullptr, out.relu && p0 + kc == k};
-    for (Index i0 = 0; i0 < m; i0 += kBlock)
-      pack_a<TransA>(a, lda, i0, int(std::min<Index>(kBlock, m - i0)), p0, kc, a_pack + i0 * padded);
+    const std::uint32_t* a_pass = a_pack;
+    if (a_prepacked)
+      a_pass = a_prepacked + packed_a_pass_offset(m, p0);
+    else
+      for (Index i0 = 0; i0 < m; i0 += kBlock)
+        pack_a<TransA>(a, lda, i0, int(std::min<Index>(kBlock, m - i0)), p0, kc, a_pack + i0 * padded);
     for (Index j0 = 0; j0 < n; j0 += kBlock) {
       const int nr = int(std::min<Index>(kBlock, n - j0));
       if constexpr (TransB)
@@ -196,7 +225,7 @@ inline void gemm_on(Tiles& tiles, Index m, Index n, Index k, const float* a, Ind
       std::memset(b_pack + pairs * bf16::kNr, 0, std::size_t(padded - pairs) * bf16::kNr * 4);
       for (Index i0 = 0; i0 < m; i0 += kBlock) {
         tiles.zero_c();
-        const std::uint32_t* a_block = a_pack + i0 * padded;
+        const std::uint32_t* a_block = a_pass + i0 * padded;
         for (Index q0 = 0; q0 < padded; q0 += kTilePairs)
           tiles.step(a_block + q0, padded * 4, b_pack + q0 * bf16::kNr, bf16::kNr * 4);
         tiles.store_c(staging);
@@ -290,21 +319,23 @@ constexpr Index bf16_b_pack_size() { return bf16::packed_b_size() + kStagingFloa
 
 #ifdef VGG_BF16_KERNELS
 /// The bf16 product the layers call: bf16::gemm's contract, run on AMX tiles where amx_ready() (A
-/// packed again by rows; a_packed, the vdpbf16ps kernel's layout, is then not used) and by vdpbf16ps
-/// elsewhere. requires: a_pack holds bf16_a_pack_size(m) and b_pack bf16_b_pack_size() uint32s,
-/// 64-byte aligned; bf16::bf16_gemm_available().
+/// from amx_packed, pack_a_whole's layout, where given, else packed again by rows; a_packed, the
+/// vdpbf16ps kernel's layout, is then not used) and by vdpbf16ps elsewhere (amx_packed not used).
+/// requires: a_pack holds bf16_a_pack_size(m) and b_pack bf16_b_pack_size() uint32s, 64-byte
+/// aligned; bf16::bf16_gemm_available().
 template <bool TransA, bool TransB = false>
 inline void bf16_gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
                       Index ldc, std::uint32_t* a_pack, std::uint32_t* b_pack, const avx512::Epilogue& out,
-                      const std::uint32_t* a_packed = nullptr) {
+                      const std::uint32_t* a_packed = nullptr, const std::uint32_t* amx_packed = nullptr) {
 #ifdef VGG_AMX_KERNELS
   if (amx_ready()) {
     HardwareTiles tiles;
     gemm_on<TransA, TransB>(tiles, m, n, k, a, lda, b, ldb, c, ldc, a_pack, b_pack,
-                            reinterpret_cast<float*>(b_pack + bf16::packed_b_size()), out);
+                            reinterpret_cast<float*>(b_pack + bf16::packed_b_size()), out, amx_packed);
     return;
   }
 #endif
+  (void)amx_packed;
   bf16::gemm<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, a_pack, b_pack, out, a_packed);
 }
 #endif
