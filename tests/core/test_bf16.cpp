@@ -16,6 +16,7 @@
 
 #include "reference.hpp"
 #include "vgg/buffer.hpp"
+#include "vgg/cpu/conv3x3_amx.hpp"
 #include "vgg/cpu/gemm_amx.hpp"
 #include "vgg/cpu/gemm_bf16.hpp"
 #include "vgg/cpu/im2col.hpp"
@@ -208,6 +209,121 @@ TEST_CASE("AMX bf16 GEMM on the tiles matches the references") {
   check_amx(Engine::amx_hardware);
 #else
   (void)cpu;
+  std::printf("VGG_SKIPPED: the AMX kernel is not built for this target\n");
+#endif
+}
+
+/// The AMX conv forward (conv3x3_amx.hpp) on `Tiles` for one case: its B panels against pack_b of
+/// im2col3x3's columns, bit for bit; its output against gemm_on over those columns on the same tiles,
+/// bit for bit where one depth pass covers the depth; and against the exact sum of the bf16-rounded
+/// operands' products within fp32 summation's bound, (depth + 2) eps sum |w| |x|, plus the tiles'.
+template <class Tiles>
+void check_amx_conv(int images, int cin, int cout, int h, int w, int r0, int r1, bool relu, unsigned seed) {
+#ifdef VGG_BF16_KERNELS
+  CAPTURE(images);
+  CAPTURE(cin);
+  CAPTURE(cout);
+  CAPTURE(h);
+  CAPTURE(w);
+  CAPTURE(r0);
+  CAPTURE(r1);
+  const long plane = long(h) * w, cols = long(r1 - r0) * w, n = images * cols, depth = long(cin) * 9;
+  const auto x = ref::random_vector(std::size_t(images * cin * plane), seed, -1.0f, 1.0f);
+  const auto weight = ref::random_vector(std::size_t(cout * depth), seed + 1, -1.0f, 1.0f);
+  const auto bias = ref::random_vector(std::size_t(cout), seed + 2, -0.5f, 0.5f);
+  std::vector<float> col(std::size_t(depth * n));
+  for (int i = 0; i < images; ++i)
+    vgg::cpu::im2col3x3(x.data() + i * cin * plane, cin, h, w, r0, r1, col.data() + i * cols, n);
+
+  vgg::Buffer<std::uint32_t> packed, panel, b_pack, a_pack;
+  vgg::Buffer<float> stage;
+  packed.reserve(std::size_t(amx::conv_packed_weights_size(cout, depth)));
+  panel.reserve(std::size_t(amx::conv_panel_size(depth)));
+  stage.reserve(std::size_t(amx::kConvStageFloats));
+  b_pack.reserve(std::size_t(amx::bf16_b_pack_size()));
+  a_pack.reserve(std::size_t(amx::bf16_a_pack_size(cout)));
+  amx::pack_conv_weights(weight.data(), cout, depth, packed.data(), 1, 2);  // two parts, as two threads
+  amx::pack_conv_weights(weight.data(), cout, depth, packed.data(), 0, 2);
+
+  // The panels: gathered from x, equal to pack_b's of the columns.
+  bool panels_match = true;
+  for (long j0 = 0; j0 < n; j0 += 32) {
+    const int nr = int(std::min<long>(32, n - j0));
+    for (long p0 = 0; p0 < depth; p0 += amx::kKc) {
+      const long kc = std::min<long>(amx::kKc, depth - p0);
+      amx::gather_columns(x.data(), long(cin) * plane, h, w, r0, cols, j0, nr, p0, p0 + kc, stage.data());
+      amx::stage_to_panel(stage.data(), kc, panel.data());
+      bf16::pack_b(col.data(), n, p0, kc, j0, nr, b_pack.data());
+      panels_match &= std::memcmp(panel.data(), b_pack.data(), std::size_t((kc + 1) / 2) * 32 * 4) == 0;
+    }
+  }
+  CHECK(panels_match);
+
+  const long ldy = n + 3;  // a row stride of the caller's choosing
+  std::vector<float> y(std::size_t(cout * ldy), -7.0f);
+  Tiles tiles;
+  amx::conv3x3_forward_on(tiles, x.data(), long(cin) * plane, cin, h, w, r0, cols, n, cout, packed.data(), bias.data(),
+                          relu, y.data(), ldy, panel.data(), stage.data());
+  if (depth <= amx::kKc) {
+    std::vector<float> want(std::size_t(cout * ldy), -7.0f);
+    Tiles gemm_tiles;
+    amx::gemm_on<false, false>(gemm_tiles, cout, n, depth, weight.data(), depth, col.data(), n, want.data(), ldy,
+                               a_pack.data(), b_pack.data(), stage.data(), {1.0f, false, bias.data(), relu});
+    CHECK(std::memcmp(want.data(), y.data(), want.size() * 4) == 0);
+  }
+  double worst = 0;
+  bool padding_kept = true;
+  for (long co = 0; co < cout; ++co) {
+    for (long j = 0; j < n; ++j) {
+      double exact = bias[std::size_t(co)], magnitude = std::abs(bias[std::size_t(co)]);
+      for (long d = 0; d < depth; ++d) {
+        const double product = double(bf16::round_to_bf16(weight[std::size_t(co * depth + d)])) *
+                               double(bf16::round_to_bf16(col[std::size_t(d * n + j)]));
+        exact += product;
+        magnitude += std::abs(product);
+      }
+      if (relu) exact = std::max(exact, 0.0);
+      const double bound = (double(depth) + 4) * 0x1p-23 * magnitude + 1e-30;
+      worst = std::max(worst, std::abs(double(y[std::size_t(co * ldy + j)]) - exact) / bound);
+    }
+    for (long j = n; j < ldy; ++j) padding_kept &= y[std::size_t(co * ldy + j)] == -7.0f;
+  }
+  CHECK(worst <= 1.0);
+  CHECK(padding_kept);
+#else
+  (void)images, (void)cin, (void)cout, (void)h, (void)w, (void)r0, (void)r1, (void)relu, (void)seed;
+#endif
+}
+
+/// Shapes: odd depth (a pair's tail), two and three depth passes, partial 32-channel blocks, rows
+/// shorter and longer than a 32-column panel (runs that cross rows and images), bands inside the
+/// image (rows above and below read), one-row bands.
+template <class Tiles>
+void check_amx_conv_cases() {
+  check_amx_conv<Tiles>(1, 3, 8, 7, 9, 0, 7, true, 900);
+  check_amx_conv<Tiles>(2, 16, 40, 14, 14, 0, 14, false, 910);
+  check_amx_conv<Tiles>(1, 29, 17, 33, 35, 10, 20, true, 920);
+  check_amx_conv<Tiles>(3, 8, 64, 5, 6, 1, 4, true, 930);
+  check_amx_conv<Tiles>(1, 64, 33, 6, 40, 5, 6, false, 940);
+  check_amx_conv<Tiles>(2, 1, 16, 3, 3, 0, 3, true, 950);
+}
+
+TEST_CASE("AMX convolution on emulated tiles: panels gathered from the input, products, epilogue") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16, which the AMX convolution's packing uses\n");
+    return;
+  }
+  check_amx_conv_cases<amx::EmulatedTiles>();
+}
+
+TEST_CASE("AMX convolution on the tiles matches the references") {
+#ifdef VGG_AMX_KERNELS
+  if (!amx::amx_ready()) {
+    std::printf("VGG_SKIPPED: AMX not run: %s\n", amx::amx_status().why_not.c_str());
+    return;
+  }
+  check_amx_conv_cases<amx::HardwareTiles>();
+#else
   std::printf("VGG_SKIPPED: the AMX kernel is not built for this target\n");
 #endif
 }

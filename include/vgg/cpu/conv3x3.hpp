@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "vgg/buffer.hpp"
+#include "vgg/cpu/conv3x3_amx.hpp"
 #include "vgg/cpu/conv3x3_one_channel.hpp"
 #include "vgg/cpu/cpu_info.hpp"
 #include "vgg/cpu/gemm.hpp"
@@ -158,7 +159,8 @@ inline void sum_partials_transposed(const std::vector<Buffer<float>>& partials, 
 }
 
 /// Grows `buffers` to `threads` buffers of at least `size` floats each.
-inline void reserve_per_thread(std::vector<Buffer<float>>& buffers, int threads, long size) {
+template <class T>
+inline void reserve_per_thread(std::vector<Buffer<T>>& buffers, int threads, long size) {
   if (int(buffers.size()) < threads) buffers.resize(std::size_t(threads));
   for (int t = 0; t < threads; ++t) buffers[std::size_t(t)].reserve(std::size_t(size));
 }
@@ -182,6 +184,10 @@ struct Conv3x3Workspace {
   // as bf16 once per forward (in the layout of the bf16 kernel that runs: AMX's where amx_ready), and
   // every plan's bf16 packing buffers. Set by set_bf16 before a call.
   Buffer<std::uint32_t> packed_weights_bf16;
+  // bf16 forward on AMX (conv3x3_amx.hpp), per thread: a B panel of all depth pairs, and the fp32
+  // stage it is rounded from (with the tiles' C staging block).
+  std::vector<Buffer<std::uint32_t>> amx_panels;
+  std::vector<Buffer<float>> amx_stages;
   // bf16 backward (vdpbf16ps kernel), per thread: a column slice as bf16 pair rows (and one float
   // row they are rounded from) and the band's output gradient packed once as B panels, for the
   // weight gradient taken transposed (gemm_rows_a: no transpose of the columns); the partial weight
@@ -253,9 +259,15 @@ struct Conv3x3Workspace {
     if constexpr (kFastKernels) {
       packed_weights.reserve(std::size_t(avx512::packed_a_size(g.cout, g.depth())));
       reserve_per_thread(band_outputs, threads, g.cin != 1 ? long(g.cout) * band_cols : 0);
-      if (bf16::bf16_gemm_available())  // in either bf16 kernel's layout (the one that runs here)
+      if (bf16::bf16_gemm_available())  // in the layout of the bf16 kernel that runs here
         packed_weights_bf16.reserve(std::size_t(
-            std::max(bf16::packed_a_size(g.cout, g.depth()), amx::packed_a_whole_size(g.cout, g.depth()))));
+            std::max(bf16::packed_a_size(g.cout, g.depth()), amx::conv_packed_weights_size(g.cout, g.depth()))));
+#ifdef VGG_BF16_KERNELS
+      if (g.cin != 1 && amx::amx_ready()) {
+        reserve_per_thread(amx_panels, threads, amx::conv_panel_size(g.depth()));
+        reserve_per_thread(amx_stages, threads, amx::kConvStageFloats);
+      }
+#endif
     }
   }
 };
@@ -310,8 +322,8 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
     if (!Plain && g.cin != 1) {  // the weights packed once for all bands, by all threads
 #ifdef VGG_BF16_KERNELS
       if (ws.bf16) {
-        if (amx::amx_ready())  // the AMX kernel's row layout
-          amx::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights_bf16.data(), tid, nth);
+        if (amx::amx_ready())  // conv3x3_amx.hpp's layout
+          amx::pack_conv_weights(weight, g.cout, g.depth(), ws.packed_weights_bf16.data(), tid, nth);
         else
           bf16::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights_bf16.data(), tid, nth);
       } else
@@ -348,6 +360,15 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
         const bool staged = Pooled || last - first > 1;
         float* dst = staged ? ws.band_outputs[std::size_t(tid)].data() : out;
         const long m_padded = avx512::packed_a_size(g.cout, 1);
+#ifdef VGG_BF16_KERNELS
+        if (ws.bf16 && amx::amx_ready()) {  // columns gathered per panel, no column slices
+          amx::HardwareTiles tiles;
+          amx::conv3x3_forward_on(tiles, x + first * g.cin * plane, long(g.cin) * plane, g.cin, g.h, g.w, r0, cols,
+                                  group_cols, g.cout, ws.packed_weights_bf16.data(), bias, Relu, dst,
+                                  staged ? group_cols : plane, ws.amx_panels[std::size_t(tid)].data(),
+                                  ws.amx_stages[std::size_t(tid)].data());
+        } else
+#endif
         for (long p0 = 0; p0 < g.depth(); p0 += kColumnSlice) {  // a depth pass per column slice
           const long p1 = std::min(g.depth(), p0 + kColumnSlice);
           for (long i = first; i < last; ++i)
@@ -357,8 +378,7 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
           if (ws.bf16) {  // pass p0 of the bf16-packed weights starts at p0 / 2 pairs per padded row
             amx::bf16_gemm<false>(g.cout, group_cols, p1 - p0, weight + p0, g.depth(), col, ld, dst,
                                   staged ? group_cols : plane, plan.bf16_a_pack(), plan.bf16_b_pack(), e,
-                                  ws.packed_weights_bf16.data() + p0 / 2 * m_padded,
-                                  ws.packed_weights_bf16.data() + amx::packed_a_pass_offset(g.cout, p0));
+                                  ws.packed_weights_bf16.data() + p0 / 2 * m_padded);
             continue;
           }
 #endif
