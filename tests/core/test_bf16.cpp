@@ -308,6 +308,95 @@ void check_amx_conv_cases() {
   check_amx_conv<Tiles>(2, 1, 16, 3, 3, 0, 3, true, 950);
 }
 
+/// The AMX backward's tile loop (gemm_rows_panels_on) on `Tiles`, in both of its uses: the weight
+/// gradient's columns x dz^T (A as pair rows, B = dz^T panels) and the input gradient's W^T x dz (A
+/// packed by pack_weights_t, B = dz panels). Against gemm_on on the same operands, bit for bit where
+/// one depth pass covers the depth, and against the exact sum of the bf16-rounded operands' products.
+template <class Tiles>
+void check_amx_rows_panels(int m, int n, int k, bool weight_gradient, unsigned seed) {
+#ifdef VGG_BF16_KERNELS
+  CAPTURE(m);
+  CAPTURE(n);
+  CAPTURE(k);
+  CAPTURE(weight_gradient);
+  // weight_gradient: A (m x k) row-major, B^T stored n x k. Otherwise A = W^T for W stored k x depth
+  // (the rows [d0, d0 + m) of its depth = 3 + m), B row-major k x n.
+  const int d0 = weight_gradient ? 0 : 3, depth = m + 3;
+  const auto a = ref::random_vector(std::size_t(weight_gradient ? m * k : k * depth), seed, -1.0f, 1.0f);
+  const auto b = ref::random_vector(std::size_t(k) * n, seed + 1, -1.0f, 1.0f);
+  const auto A = [&](int i, int p) { return weight_gradient ? a[std::size_t(i) * k + p] : a[std::size_t(p) * depth + d0 + i]; };
+  const auto B = [&](int p, int j) { return weight_gradient ? b[std::size_t(j) * k + p] : b[std::size_t(p) * n + j]; };
+  const long pairs = amx::padded_pairs(k), a_stride = pairs;
+  vgg::Buffer<std::uint32_t> rows, panels, a_pack, b_pack;
+  rows.reserve(std::size_t((m + 31) / 32 * 32 * a_stride));
+  panels.reserve(std::size_t(amx::panels_padded_size(k, n)));
+  a_pack.reserve(std::size_t(amx::bf16_a_pack_size(m)));
+  b_pack.reserve(std::size_t(amx::bf16_b_pack_size()));
+  // Stale NaN pairs everywhere first: the padding must be written, not found zero.
+  std::fill(rows.data(), rows.data() + (m + 31) / 32 * 32 * a_stride, 0xFFFFFFFFu);
+  std::fill(panels.data(), panels.data() + amx::panels_padded_size(k, n), 0xFFFFFFFFu);
+  if (weight_gradient) {
+    for (int i = 0; i < m; ++i) bf16::pack_row(a.data() + std::size_t(i) * k, k, rows.data() + i * a_stride);
+    amx::zero_row_padding(rows.data(), m, a_stride, k);
+    amx::pack_panels_padded<true>(b.data(), k, k, n, panels.data());
+  } else {
+    amx::pack_weights_t(a.data(), k, depth, d0, m, rows.data());
+    amx::pack_panels_padded<false>(b.data(), n, k, n, panels.data());
+  }
+  const long ldc = n + 5;
+  std::vector<float> c(std::size_t(m * ldc), 0.25f), staging(std::size_t(amx::kStagingFloats));
+  Tiles tiles;
+  amx::gemm_rows_panels_on(tiles, m, n, pairs, rows.data(), a_stride, panels.data(), 32 * pairs, c.data(), ldc,
+                           staging.data(), {1.0f, true, nullptr, false});  // accumulated onto 0.25
+  if (k <= amx::kKc) {
+    std::vector<float> want(std::size_t(m * ldc), 0.25f);
+    Tiles gemm_tiles;
+    if (weight_gradient)
+      amx::gemm_on<false, true>(gemm_tiles, m, n, k, a.data(), k, b.data(), k, want.data(), ldc, a_pack.data(),
+                                b_pack.data(), staging.data(), {1.0f, true, nullptr, false});
+    else
+      amx::gemm_on<true, false>(gemm_tiles, m, n, k, a.data() + d0, depth, b.data(), n, want.data(), ldc, a_pack.data(),
+                                b_pack.data(), staging.data(), {1.0f, true, nullptr, false});
+    CHECK(std::memcmp(want.data(), c.data(), want.size() * 4) == 0);
+  }
+  double worst = 0;
+  bool untouched = true;
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      double exact = 0.25, magnitude = 0.25;
+      for (int p = 0; p < k; ++p) {
+        const double product = double(bf16::round_to_bf16(A(i, p))) * double(bf16::round_to_bf16(B(p, j)));
+        exact += product;
+        magnitude += std::abs(product);
+      }
+      worst = std::max(worst, std::abs(double(c[std::size_t(i * ldc + j)]) - exact) / ((k + 4) * 0x1p-23 * magnitude));
+    }
+    for (long j = n; j < ldc; ++j) untouched &= c[std::size_t(i * ldc + j)] == 0.25f;
+  }
+  CHECK(worst <= 1.0);
+  CHECK(untouched);
+#else
+  (void)m, (void)n, (void)k, (void)weight_gradient, (void)seed;
+#endif
+}
+
+template <class Tiles>
+void check_amx_rows_panels_cases() {
+  unsigned seed = 1000;
+  for (const bool weight_gradient : {true, false})
+    for (const int m : {1, 31, 33, 64})
+      for (const int n : {1, 17, 32, 45})
+        for (const int k : {1, 9, 31, 33, 256, 700}) check_amx_rows_panels<Tiles>(m, n, k, weight_gradient, seed += 2);
+}
+
+TEST_CASE("AMX backward products on emulated tiles: pair rows and padded panels, nothing packed per product") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16, which the AMX kernels' packing uses\n");
+    return;
+  }
+  check_amx_rows_panels_cases<amx::EmulatedTiles>();
+}
+
 TEST_CASE("AMX convolution on emulated tiles: panels gathered from the input, products, epilogue") {
   if (!bf16::bf16_gemm_available()) {
     std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16, which the AMX convolution's packing uses\n");
@@ -316,13 +405,14 @@ TEST_CASE("AMX convolution on emulated tiles: panels gathered from the input, pr
   check_amx_conv_cases<amx::EmulatedTiles>();
 }
 
-TEST_CASE("AMX convolution on the tiles matches the references") {
+TEST_CASE("AMX convolution on the tiles (forward, and the backward's products) matches the references") {
 #ifdef VGG_AMX_KERNELS
   if (!amx::amx_ready()) {
     std::printf("VGG_SKIPPED: AMX not run: %s\n", amx::amx_status().why_not.c_str());
     return;
   }
   check_amx_conv_cases<amx::HardwareTiles>();
+  check_amx_rows_panels_cases<amx::HardwareTiles>();
 #else
   std::printf("VGG_SKIPPED: the AMX kernel is not built for this target\n");
 #endif

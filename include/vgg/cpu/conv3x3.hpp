@@ -199,7 +199,7 @@ struct Conv3x3Workspace {
   Buffer<std::uint32_t> packed_weights_t_bf16;
   /// Where column slice d0 (a multiple of kColumnSlice) of W^T starts, packed for AMX, for cout channels.
   std::uint32_t* amx_packed_weights_t(long d0, long cout) {
-    return packed_weights_t_bf16.data() + d0 / kColumnSlice * amx::packed_a_whole_size(kColumnSlice, cout);
+    return packed_weights_t_bf16.data() + d0 / kColumnSlice * amx::weights_t_slice_size(kColumnSlice, cout);
   }
   std::vector<Buffer<std::uint32_t>> input_gradient_panels;
   bool bf16 = false;
@@ -240,14 +240,18 @@ struct Conv3x3Workspace {
         input_gradient_panels.resize(std::size_t(threads));
       }
       for (int t = 0; t < threads; ++t) {
-        column_rows[std::size_t(t)].reserve(std::size_t((g.slice_depth() + 7) / 8 * 8 * column_row_stride(band_cols)));
-        gradient_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(band_cols, g.cout)));
-        input_gradient_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(g.cout, band_cols)));
+        // Room for either kernel's layout: AMX's A tiles read whole 32-row blocks, its panels are
+        // padded to whole tiles.
+        column_rows[std::size_t(t)].reserve(std::size_t((g.slice_depth() + 31) / 32 * 32 * column_row_stride(band_cols)));
+        gradient_panels[std::size_t(t)].reserve(std::size_t(
+            std::max(bf16::packed_b_panels_size(band_cols, g.cout), amx::panels_padded_size(band_cols, g.cout))));
+        input_gradient_panels[std::size_t(t)].reserve(std::size_t(
+            std::max(bf16::packed_b_panels_size(g.cout, band_cols), amx::panels_padded_size(g.cout, band_cols))));
       }
       reserve_per_thread(column_stages, threads, band_cols);
       packed_weights_t_bf16.reserve(std::size_t(std::max(
           bf16::packed_a_size(g.depth(), g.cout),
-          (g.depth() + kColumnSlice - 1) / kColumnSlice * amx::packed_a_whole_size(kColumnSlice, g.cout))));
+          (g.depth() + kColumnSlice - 1) / kColumnSlice * amx::weights_t_slice_size(kColumnSlice, g.cout))));
     }
   }
 
@@ -474,26 +478,27 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
     float* db = ws.bias_grads[std::size_t(tid)].data();
     std::fill(dw, dw + wsize, 0.0f);
     std::fill(db, db + g.cout, 0.0f);
-    // bf16 on the vdpbf16ps kernel: the weight gradient taken transposed, dW^T = col * dz^T, from the
-    // columns as bf16 rows (dw is then depth x cout). The AMX kernel keeps the float columns.
+    // bf16: the weight gradient taken transposed, dW^T = col * dz^T, from the columns as bf16 rows
+    // (dw is then depth x cout), on either kernel (AMX: conv3x3_amx.hpp's tile loop on them).
     bool transposed = false;
     // The input gradient's products on the same kernel, when one depth pass covers cout: W^T packed
     // once for all bands by all threads, dz packed once per band as B panels for all column slices.
     bool prepacked = false;
-    // On AMX, W^T packed once per backward too, in its row layout, per column slice.
-    bool amx_prepacked = false;
+    // On AMX, every product of the backward on the tiles, nothing packed per product: W^T packed once
+    // per backward (per column slice, amx_packed_weights_t), dz and dz^T once per band.
+    bool amx_tiles = false;
 #ifdef VGG_BF16_KERNELS
     if constexpr (!Plain) {
-      transposed = g.cin != 1 && ws.weight_plans[std::size_t(tid)].bf16() && !amx::amx_ready();
-      prepacked = transposed && dx && g.cout <= bf16::kKc;
-      amx_prepacked = g.cin != 1 && dx && ws.input_plans[std::size_t(tid)].bf16() && amx::amx_ready();
+      transposed = g.cin != 1 && ws.weight_plans[std::size_t(tid)].bf16();
+      amx_tiles = transposed && amx::amx_ready();
+      prepacked = transposed && !amx_tiles && dx && g.cout <= bf16::kKc;
       if (prepacked)
         bf16::pack_a_whole<true>(weight, g.depth(), g.depth(), g.cout, ws.packed_weights_t_bf16.data(), tid, nth);
-      if (amx_prepacked)  // W^T for AMX, column slice by column slice (amx_packed_weights_t)
+      if (amx_tiles && dx)
         for (long d0 = 0; d0 < g.depth(); d0 += kColumnSlice)
-          amx::pack_a_whole<true>(weight + d0, g.depth(), std::min(kColumnSlice, g.depth() - d0), g.cout,
-                                  ws.amx_packed_weights_t(d0, g.cout), tid, nth);
-      if (prepacked || amx_prepacked) {
+          amx::pack_weights_t(weight, g.cout, g.depth(), d0, std::min(kColumnSlice, g.depth() - d0),
+                              ws.amx_packed_weights_t(d0, g.cout), tid, nth);
+      if (prepacked || (amx_tiles && dx)) {
 #pragma omp barrier
       }
     }
@@ -575,10 +580,16 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
         const long ld = Plain ? group_cols : Conv3x3Geometry::column_stride(group_cols);
         const float* dzb = dz + long(r0) * g.w;
 #ifdef VGG_BF16_KERNELS
-        if (transposed)  // dz^T as B panels, once for all slices
+        if (amx_tiles) {  // the same, as the tiles read them: depths padded to whole tiles
+          amx::pack_panels_padded<true>(dzb, dz_stride, group_cols, g.cout, ws.gradient_panels[std::size_t(tid)].data());
+          if (dx)
+            amx::pack_panels_padded<false>(dzb, dz_stride, g.cout, group_cols,
+                                           ws.input_gradient_panels[std::size_t(tid)].data());
+        } else if (transposed) {  // dz^T as B panels, once for all slices
           bf16::pack_bt_panels(dzb, dz_stride, group_cols, g.cout, ws.gradient_panels[std::size_t(tid)].data());
-        if (prepacked)  // and dz itself, the input gradient's B
-          bf16::pack_b_panels(dzb, dz_stride, g.cout, group_cols, ws.input_gradient_panels[std::size_t(tid)].data());
+          if (prepacked)  // and dz itself, the input gradient's B
+            bf16::pack_b_panels(dzb, dz_stride, g.cout, group_cols, ws.input_gradient_panels[std::size_t(tid)].data());
+        }
 #endif
         // A slice of the column matrix at a time, consumed while in cache by both GEMMs:
         // dW[:, d0:d1] += dz (cout x group_cols, stride dz_stride) * col^T, and
@@ -591,8 +602,17 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
             std::uint32_t* col_rows = ws.column_rows[std::size_t(tid)].data();
             im2col3x3_bf16_rows(x + first * g.cin * plane, long(g.cin) * plane, int(count), g.cin, g.h, g.w, r0, r1,
                                 d0, d1, ws.column_stages[std::size_t(tid)].data(), col_rows, stride);
-            bf16::gemm_rows_a(rows, g.cout, group_cols, col_rows, stride, ws.gradient_panels[std::size_t(tid)].data(),
-                              dw + d0 * g.cout, g.cout, avx512::Epilogue{1.0f, true, nullptr, false});
+            if (amx_tiles) {
+              amx::zero_row_padding(col_rows, rows, stride, group_cols);
+              amx::HardwareTiles tiles;
+              amx::gemm_rows_panels_on(tiles, rows, g.cout, amx::padded_pairs(group_cols), col_rows, stride,
+                                       ws.gradient_panels[std::size_t(tid)].data(),
+                                       bf16::kNr * amx::padded_pairs(group_cols), dw + d0 * g.cout, g.cout,
+                                       ws.amx_stages[std::size_t(tid)].data(), avx512::Epilogue{1.0f, true, nullptr, false});
+            } else {
+              bf16::gemm_rows_a(rows, g.cout, group_cols, col_rows, stride, ws.gradient_panels[std::size_t(tid)].data(),
+                                dw + d0 * g.cout, g.cout, avx512::Epilogue{1.0f, true, nullptr, false});
+            }
           } else
 #endif
           {
@@ -606,7 +626,14 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
 #ifdef VGG_FAST_KERNELS
           if constexpr (!Plain) {
 #ifdef VGG_BF16_KERNELS
-            if (prepacked)  // rows d0.. of the packed W^T: tile d0 of its one pass
+            if (amx_tiles) {  // dcol = W^T[d0:d1] * dz
+              amx::HardwareTiles tiles;
+              amx::gemm_rows_panels_on(tiles, rows, group_cols, amx::padded_pairs(g.cout),
+                                       ws.amx_packed_weights_t(d0, g.cout), amx::padded_pairs(g.cout),
+                                       ws.input_gradient_panels[std::size_t(tid)].data(),
+                                       bf16::kNr * amx::padded_pairs(g.cout), dcol, ld,
+                                       ws.amx_stages[std::size_t(tid)].data(), avx512::Epilogue{1.0f, false, nullptr, false});
+            } else if (prepacked)  // rows d0.. of the packed W^T: tile d0 of its one pass
               bf16::gemm<true>(rows, group_cols, g.cout, nullptr, 0, nullptr, 0, dcol, ld, nullptr, nullptr,
                                avx512::Epilogue{1.0f, false, nullptr, false},
                                ws.packed_weights_t_bf16.data() + d0 * ((g.cout + 1) / 2),
@@ -614,8 +641,7 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
             else if (plan.bf16())
               amx::bf16_gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,
                                    plan.bf16_a_pack(), plan.bf16_b_pack(),
-                                   avx512::Epilogue{1.0f, false, nullptr, false}, nullptr,
-                                   amx_prepacked ? ws.amx_packed_weights_t(d0, g.cout) : nullptr);
+                                   avx512::Epilogue{1.0f, false, nullptr, false});
             else
 #endif
               avx512::gemm<true>(rows, group_cols, g.cout, weight + d0, g.depth(), dzb, dz_stride, dcol, ld,

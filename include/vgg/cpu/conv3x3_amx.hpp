@@ -32,6 +32,12 @@ constexpr Index conv_packed_weights_size(Index cout, Index depth) {
 constexpr Index conv_panel_size(Index depth) { return conv_depth_pairs(depth) * bf16::kNr; }
 /// floats of a thread's stage (one depth pass x 32 columns) and C staging block, side by side.
 inline constexpr Index kConvStageFloats = kKc * bf16::kNr + kStagingFloats;
+/// uint32s of op(B) (k x n) packed by pack_panels_padded (B panels, depth padded to whole tiles).
+constexpr Index panels_padded_size(Index k, Index n) { return (n + kBlock - 1) / kBlock * kBlock * padded_pairs(k); }
+/// uint32s of one column slice of W^T packed by pack_weights_t (32-row blocks over cout's pairs).
+constexpr Index weights_t_slice_size(Index rows, Index cout) {
+  return (rows + kBlock - 1) / kBlock * kBlock * padded_pairs(cout);
+}
 
 #ifdef VGG_BF16_KERNELS
 /// The weights (cout x depth, row-major: a conv's [cout][cin][3][3]) packed for conv3x3_forward_on:
@@ -87,24 +93,10 @@ VGG_TARGET_BF16 inline void gather_columns(const float* x, Index image_stride, i
     for (Index d = p0; d < p1; ++d) std::fill(stage + (d - p0) * bf16::kNr + nr, stage + (d - p0 + 1) * bf16::kNr, 0.0f);
 }
 
-/// panel[q][c] (32 uint32s a row) for the kc rows of stage: the bf16 pair (row 2q, row 2q + 1),
-/// rounded to nearest even as bf16::pack_b rounds (the odd tail's second half 0).
-VGG_TARGET_BF16 inline void stage_to_panel(const float* stage, Index kc, std::uint32_t* panel) {
-  // vcvtne2ps2bf16(hi, lo) gives words [lo 0-15 | hi 0-15]; interleave them into (lo c, hi c) pairs.
-  alignas(64) static constexpr std::uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
-                                                                21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
-                                                                11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i interleave = _mm512_load_si512(kInterleave);
-  for (Index q = 0; q < (kc + 1) / 2; ++q) {
-    const float* even = stage + 2 * q * bf16::kNr;
-    const bool has_odd = 2 * q + 1 < kc;
-    for (int half = 0; half < 2; ++half) {
-      const __m512 lo = _mm512_loadu_ps(even + 16 * half);
-      const __m512 hi = has_odd ? _mm512_loadu_ps(even + bf16::kNr + 16 * half) : _mm512_setzero_ps();
-      const __m512i words = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-      _mm512_storeu_si512(panel + q * bf16::kNr + 16 * half, words);
-    }
-  }
+/// panel[q][c] (32 uint32s a row) for the kc rows of stage: the bf16 pair (row 2q, row 2q + 1), as
+/// bf16::pack_b packs a B panel (the odd tail's second half 0). requires: panel 64-byte aligned.
+inline void stage_to_panel(const float* stage, Index kc, std::uint32_t* panel) {
+  bf16::pack_b(stage, bf16::kNr, 0, kc, 0, bf16::kNr, panel);
 }
 
 /// y (cout x group_cols, row stride ldy) = epilogue(W * columns): the conv's output for a group of
@@ -135,6 +127,77 @@ inline void conv3x3_forward_on(Tiles& tiles, const float* x, Index image_stride,
       tiles.store_c(staging);
       store_block(staging, y + i0 * ldy + j0, ldy, int(std::min<Index>(kBlock, cout - i0)), nr,
                   Epilogue{1.0f, false, bias ? bias + i0 : nullptr, relu});
+    }
+  }
+  tiles.end();
+}
+
+// ---- the backward's products on AMX tiles, nothing packed per product ----
+// The weight gradient is taken transposed, dW^T = columns * dz^T, from the columns as bf16 pair rows
+// (im2col3x3_bf16_rows: the depth of this product, pixels, runs along their rows, so A tiles load
+// straight from them) and dz^T as B panels packed once per band; the input gradient's W^T is packed
+// once per backward and dz as B panels once per band for all column slices. Depths are padded with
+// zeros to whole tiles in both operands, and the sums stay in the tiles over the whole depth.
+
+
+/// op(B) (k x n) as 32-column panels, panel j0 / 32 at dst + j0 / 32 * 32 * padded_pairs(k), each
+/// [pair][32] with its pairs zero from (k + 1) / 2 on; op(B) is B (row-major k x n) or, with TransB,
+/// B^T (B stored n x k). ldb: B's row stride.
+template <bool TransB>
+VGG_TARGET_BF16 inline void pack_panels_padded(const float* b, Index ldb, Index k, Index n, std::uint32_t* dst) {
+  const Index pairs = (k + 1) / 2, padded = padded_pairs(k);
+  for (Index j0 = 0; j0 < n; j0 += bf16::kNr) {
+    std::uint32_t* panel = dst + j0 / bf16::kNr * bf16::kNr * padded;
+    const int nr = int(std::min<Index>(bf16::kNr, n - j0));
+    for (Index p0 = 0; p0 < k; p0 += kKc) {
+      const Index kc = std::min(kKc, k - p0);
+      if constexpr (TransB)
+        bf16::pack_bt(b, ldb, p0, kc, j0, nr, panel + p0 / 2 * bf16::kNr);
+      else
+        bf16::pack_b(b, ldb, p0, kc, j0, nr, panel + p0 / 2 * bf16::kNr);
+    }
+    std::memset(panel + pairs * bf16::kNr, 0, std::size_t(padded - pairs) * bf16::kNr * 4);
+  }
+}
+
+/// Rows [d0, d0 + rows) of W^T (weight: cout x depth, row-major) in 32-row blocks, block i0 at dst +
+/// i0 * padded_pairs(cout), each row cout's pairs, zero beyond (rows beyond `rows` zero too). With
+/// parts > 1, only part `part` of the blocks.
+inline void pack_weights_t(const float* weight, Index cout, Index depth, Index d0, Index rows, std::uint32_t* dst,
+                           int part = 0, int parts = 1) {
+  for (Index i0 = Index(part) * kBlock; i0 < rows; i0 += Index(parts) * kBlock)
+    pack_a<true>(weight + d0, depth, i0, int(std::min<Index>(kBlock, rows - i0)), 0, cout,
+                 dst + i0 * padded_pairs(cout));
+}
+
+/// Zeroes words [(k + 1) / 2, padded_pairs(k)) of `rows` pair rows (row stride `stride`): the tile
+/// padding of rows written by im2col3x3_bf16_rows.
+inline void zero_row_padding(std::uint32_t* rows_data, Index rows, Index stride, Index k) {
+  const Index pairs = (k + 1) / 2, padded = padded_pairs(k);
+  for (Index r = 0; r < rows; ++r) std::memset(rows_data + r * stride + pairs, 0, std::size_t(padded - pairs) * 4);
+}
+
+/// C (m x n, ldc) = out(A * B) on the tiles, nothing packed here: A as bf16 pair rows (row i at a + i
+/// * a_stride uint32s), B as 32-column panels (panel j at b + j * b_panel_stride uint32s, [pair][32]),
+/// both `pairs` pairs deep, a multiple of kTilePairs, zero beyond the product's depth.
+/// requires: A's rows up to round_up(m, 32) readable (rows past m reach only C rows not stored) and
+/// finite where their B pairs are nonzero; staging kStagingFloats; Tiles usable.
+template <class Tiles>
+inline void gemm_rows_panels_on(Tiles& tiles, Index m, Index n, Index pairs, const std::uint32_t* a, Index a_stride,
+                                const std::uint32_t* b, Index b_panel_stride, float* c, Index ldc, float* staging,
+                                const Epilogue& out) {
+  tiles.begin();
+  for (Index i0 = 0; i0 < m; i0 += kBlock) {
+    const int mr = int(std::min<Index>(kBlock, m - i0));
+    for (Index j0 = 0; j0 < n; j0 += bf16::kNr) {
+      const std::uint32_t* panel = b + j0 / bf16::kNr * b_panel_stride;
+      tiles.zero_c();
+      for (Index q0 = 0; q0 < pairs; q0 += kTilePairs)
+        tiles.step(a + i0 * a_stride + q0, a_stride * 4, panel + q0 * bf16::kNr, bf16::kNr * 4);
+      tiles.store_c(staging);
+      Epilogue e = out;
+      if (e.bias) e.bias += i0;
+      store_block(staging, c + i0 * ldc + j0, ldc, mr, int(std::min<Index>(bf16::kNr, n - j0)), e);
     }
   }
   tiles.end();
