@@ -213,10 +213,12 @@ TEST_CASE("AMX bf16 GEMM on the tiles matches the references") {
 #endif
 }
 
-/// The AMX conv forward (conv3x3_amx.hpp) on `Tiles` for one case: its B panels against pack_b of
-/// im2col3x3's columns, bit for bit; its output against gemm_on over those columns on the same tiles,
-/// bit for bit where one depth pass covers the depth; and against the exact sum of the bf16-rounded
-/// operands' products within fp32 summation's bound, (depth + 2) eps sum |w| |x|, plus the tiles'.
+/// The direct AMX convolution (conv3x3_amx.hpp) on `Tiles` for one case, forward and input gradient,
+/// against the exact sums of the bf16-rounded operands' products within fp32 summation's bound,
+/// (depth + 4) 2^-23 sum |w| |x|: the forward y = relu?(W * x + b) of a band of images side by side;
+/// the input gradient, the same kernel on dz (cout channels) with pack_direct_weights<true>'s weights,
+/// against the adjoint of the forward's columns. The input band and the weights start as stale NaN
+/// pairs: every word the kernel reads must be written. Output columns past the band are left alone.
 template <class Tiles>
 void check_amx_conv(int images, int cin, int cout, int h, int w, int r0, int r1, bool relu, unsigned seed) {
 #ifdef VGG_BF16_KERNELS
@@ -231,73 +233,85 @@ void check_amx_conv(int images, int cin, int cout, int h, int w, int r0, int r1,
   const auto x = ref::random_vector(std::size_t(images * cin * plane), seed, -1.0f, 1.0f);
   const auto weight = ref::random_vector(std::size_t(cout * depth), seed + 1, -1.0f, 1.0f);
   const auto bias = ref::random_vector(std::size_t(cout), seed + 2, -0.5f, 0.5f);
+  const auto dz = ref::random_vector(std::size_t(images * cout * plane), seed + 3, -1.0f, 1.0f);
   std::vector<float> col(std::size_t(depth * n));
   for (int i = 0; i < images; ++i)
     vgg::cpu::im2col3x3(x.data() + i * cin * plane, cin, h, w, r0, r1, col.data() + i * cols, n);
-
-  vgg::Buffer<std::uint32_t> packed, panel, b_pack, a_pack;
-  vgg::Buffer<float> stage;
-  packed.reserve(std::size_t(amx::conv_packed_weights_size(cout, depth)));
-  panel.reserve(std::size_t(amx::conv_panel_size(depth)));
-  stage.reserve(std::size_t(amx::kConvStageFloats));
-  b_pack.reserve(std::size_t(amx::bf16_b_pack_size()));
-  a_pack.reserve(std::size_t(amx::bf16_a_pack_size(cout)));
-  amx::pack_conv_weights(weight.data(), cout, depth, packed.data(), 1, 2);  // two parts, as two threads
-  amx::pack_conv_weights(weight.data(), cout, depth, packed.data(), 0, 2);
-
-  // The panels: gathered from x, equal to pack_b's of the columns.
-  bool panels_match = true;
-  for (long j0 = 0; j0 < n; j0 += 32) {
-    const int nr = int(std::min<long>(32, n - j0));
-    for (long p0 = 0; p0 < depth; p0 += amx::kKc) {
-      const long kc = std::min<long>(amx::kKc, depth - p0);
-      amx::gather_columns(x.data(), long(cin) * plane, h, w, r0, cols, j0, nr, p0, p0 + kc, stage.data());
-      amx::stage_to_panel(stage.data(), kc, panel.data());
-      bf16::pack_b(col.data(), n, p0, kc, j0, nr, b_pack.data());
-      panels_match &= std::memcmp(panel.data(), b_pack.data(), std::size_t((kc + 1) / 2) * 32 * 4) == 0;
-    }
-  }
-  CHECK(panels_match);
-
+  std::vector<float> dz_side(dz.size());
+  for (int i = 0; i < images; ++i)
+    for (int co = 0; co < cout; ++co)
+      std::copy_n(dz.data() + (i * cout + co) * plane, plane, dz_side.data() + (co * images + i) * plane);
+  const int most = std::max(cin, cout);
+  vgg::Buffer<std::uint32_t> band, packed;
+  vgg::Buffer<float> staging;
+  const long band_size = amx::direct_band_size(images, most, r1 - r0, w);
+  band.reserve(std::size_t(band_size));
+  packed.reserve(std::size_t(amx::direct_weights_size(most, most)));
+  staging.reserve(std::size_t(amx::kStagingFloats));
   const long ldy = n + 3;  // a row stride of the caller's choosing
-  std::vector<float> y(std::size_t(cout * ldy), -7.0f);
-  Tiles tiles;
-  amx::conv3x3_forward_on(tiles, x.data(), long(cin) * plane, cin, h, w, r0, cols, n, cout, packed.data(), bias.data(),
-                          relu, y.data(), ldy, panel.data(), stage.data());
-  if (depth <= amx::kKc) {
-    std::vector<float> want(std::size_t(cout * ldy), -7.0f);
-    Tiles gemm_tiles;
-    amx::gemm_on<false, false>(gemm_tiles, cout, n, depth, weight.data(), depth, col.data(), n, want.data(), ldy,
-                               a_pack.data(), b_pack.data(), stage.data(), {1.0f, false, bias.data(), relu});
-    CHECK(std::memcmp(want.data(), y.data(), want.size() * 4) == 0);
-  }
-  double worst = 0;
-  bool padding_kept = true;
-  for (long co = 0; co < cout; ++co) {
-    for (long j = 0; j < n; ++j) {
-      double exact = bias[std::size_t(co)], magnitude = std::abs(bias[std::size_t(co)]);
-      for (long d = 0; d < depth; ++d) {
-        const double product = double(bf16::round_to_bf16(weight[std::size_t(co * depth + d)])) *
-                               double(bf16::round_to_bf16(col[std::size_t(d * n + j)]));
-        exact += product;
-        magnitude += std::abs(product);
+
+  for (const bool input_gradient : {false, true}) {
+    CAPTURE(input_gradient);
+    const int in = input_gradient ? cout : cin, out = input_gradient ? cin : cout;
+    std::fill(band.data(), band.data() + band_size, 0xFFFFFFFFu);
+    std::fill(packed.data(), packed.data() + amx::direct_weights_size(most, most), 0xFFFFFFFFu);
+    if (input_gradient)  // dz as the backward keeps a group: images side by side in each channel's row
+      amx::pad_input_band(dz_side.data(), plane, images, in, h, w, r0, r1, band.data(), images * plane);
+    else
+      amx::pad_input_band(x.data(), long(in) * plane, images, in, h, w, r0, r1, band.data());
+    for (int part = 0; part < 2; ++part)  // in two parts, as two threads pack it
+      if (input_gradient)
+        amx::pack_direct_weights<true>(weight.data(), cout, cin, packed.data(), part, 2);
+      else
+        amx::pack_direct_weights(weight.data(), cout, cin, packed.data(), part, 2);
+    std::vector<float> y(std::size_t(out * ldy), -7.0f);
+    Tiles tiles;
+    amx::conv3x3_direct_on(tiles, band.data(), images, in, r1 - r0, w, out, packed.data(),
+                           input_gradient ? nullptr : bias.data(), relu && !input_gradient, y.data(), ldy,
+                           staging.data());
+    double worst = 0;
+    bool padding_kept = true;
+    for (long o = 0; o < out; ++o) {
+      for (long j = 0; j < n; ++j) {
+        const long i = j / cols, p = j % cols, r = r0 + p / w, c = p % w;
+        double exact = input_gradient ? 0.0 : bias[std::size_t(o)], magnitude = std::abs(exact);
+        if (!input_gradient) {
+          for (long d = 0; d < depth; ++d) {
+            const double product = double(bf16::round_to_bf16(weight[std::size_t(o * depth + d)])) *
+                                   double(bf16::round_to_bf16(col[std::size_t(d * n + j)]));
+            exact += product;
+            magnitude += std::abs(product);
+          }
+        } else {  // dx(o, r, c) = sum over co, taps of W[co][o][ky][kx] dz(co, r - ky + 1, c - kx + 1)
+          for (long co = 0; co < cout; ++co)
+            for (int ky = 0; ky < 3; ++ky)
+              for (int kx = 0; kx < 3; ++kx) {
+                const long sr = r - ky + 1, sc = c - kx + 1;
+                if (sr < 0 || sr >= h || sc < 0 || sc >= w) continue;
+                const double product =
+                    double(bf16::round_to_bf16(weight[std::size_t((co * cin + o) * 9 + ky * 3 + kx)])) *
+                    double(bf16::round_to_bf16(dz[std::size_t(((i * cout + co) * h + sr) * w + sc)]));
+                exact += product;
+                magnitude += std::abs(product);
+              }
+        }
+        if (relu && !input_gradient) exact = std::max(exact, 0.0);
+        const double bound = (double(in) * 9 + 4) * 0x1p-23 * magnitude + 1e-30;
+        worst = std::max(worst, std::abs(double(y[std::size_t(o * ldy + j)]) - exact) / bound);
       }
-      if (relu) exact = std::max(exact, 0.0);
-      const double bound = (double(depth) + 4) * 0x1p-23 * magnitude + 1e-30;
-      worst = std::max(worst, std::abs(double(y[std::size_t(co * ldy + j)]) - exact) / bound);
+      for (long j = n; j < ldy; ++j) padding_kept &= y[std::size_t(o * ldy + j)] == -7.0f;
     }
-    for (long j = n; j < ldy; ++j) padding_kept &= y[std::size_t(co * ldy + j)] == -7.0f;
+    CHECK(worst <= 1.0);
+    CHECK(padding_kept);
   }
-  CHECK(worst <= 1.0);
-  CHECK(padding_kept);
 #else
   (void)images, (void)cin, (void)cout, (void)h, (void)w, (void)r0, (void)r1, (void)relu, (void)seed;
 #endif
 }
 
-/// Shapes: odd depth (a pair's tail), two and three depth passes, partial 32-channel blocks, rows
-/// shorter and longer than a 32-column panel (runs that cross rows and images), bands inside the
-/// image (rows above and below read), one-row bands.
+/// Shapes: odd channel counts (a pair's tail), one channel, more than 16 channel pairs (two tile
+/// steps, padded), partial 32-channel blocks, rows shorter and longer than 16 pixels (runs that pair
+/// two rows or two images), bands inside the image (rows above and below read), one-row bands.
 template <class Tiles>
 void check_amx_conv_cases() {
   check_amx_conv<Tiles>(1, 3, 8, 7, 9, 0, 7, true, 900);
@@ -306,26 +320,21 @@ void check_amx_conv_cases() {
   check_amx_conv<Tiles>(3, 8, 64, 5, 6, 1, 4, true, 930);
   check_amx_conv<Tiles>(1, 64, 33, 6, 40, 5, 6, false, 940);
   check_amx_conv<Tiles>(2, 1, 16, 3, 3, 0, 3, true, 950);
+  check_amx_conv<Tiles>(1, 40, 24, 5, 16, 0, 5, true, 960);  // 20 channel pairs: two tile steps, padded
+  check_amx_conv<Tiles>(3, 12, 32, 4, 17, 1, 3, false, 970);
 }
 
-/// The AMX backward's tile loop (gemm_rows_panels_on) on `Tiles`, in both of its uses: the weight
-/// gradient's columns x dz^T (A as pair rows, B = dz^T panels) and the input gradient's W^T x dz (A
-/// packed by pack_weights_t, B = dz panels). Against gemm_on on the same operands, bit for bit where
-/// one depth pass covers the depth, and against the exact sum of the bf16-rounded operands' products.
+/// The weight gradient's tile loop (gemm_rows_panels_on) on `Tiles`: A (m x k) as pair rows, B^T
+/// (stored n x k) as padded panels. Against gemm_on on the same operands, bit for bit where one depth
+/// pass covers the depth, and against the exact sum of the bf16-rounded operands' products.
 template <class Tiles>
-void check_amx_rows_panels(int m, int n, int k, bool weight_gradient, unsigned seed) {
+void check_amx_rows_panels(int m, int n, int k, unsigned seed) {
 #ifdef VGG_BF16_KERNELS
   CAPTURE(m);
   CAPTURE(n);
   CAPTURE(k);
-  CAPTURE(weight_gradient);
-  // weight_gradient: A (m x k) row-major, B^T stored n x k. Otherwise A = W^T for W stored k x depth
-  // (the rows [d0, d0 + m) of its depth = 3 + m), B row-major k x n.
-  const int d0 = weight_gradient ? 0 : 3, depth = m + 3;
-  const auto a = ref::random_vector(std::size_t(weight_gradient ? m * k : k * depth), seed, -1.0f, 1.0f);
-  const auto b = ref::random_vector(std::size_t(k) * n, seed + 1, -1.0f, 1.0f);
-  const auto A = [&](int i, int p) { return weight_gradient ? a[std::size_t(i) * k + p] : a[std::size_t(p) * depth + d0 + i]; };
-  const auto B = [&](int p, int j) { return weight_gradient ? b[std::size_t(j) * k + p] : b[std::size_t(p) * n + j]; };
+  const auto a = ref::random_vector(std::size_t(m) * k, seed, -1.0f, 1.0f);
+  const auto b = ref::random_vector(std::size_t(k) * n, seed + 1, -1.0f, 1.0f);  // B^T: n x k
   const long pairs = amx::padded_pairs(k), a_stride = pairs;
   vgg::Buffer<std::uint32_t> rows, panels, a_pack, b_pack;
   rows.reserve(std::size_t((m + 31) / 32 * 32 * a_stride));
@@ -335,14 +344,9 @@ void check_amx_rows_panels(int m, int n, int k, bool weight_gradient, unsigned s
   // Stale NaN pairs everywhere first: the padding must be written, not found zero.
   std::fill(rows.data(), rows.data() + (m + 31) / 32 * 32 * a_stride, 0xFFFFFFFFu);
   std::fill(panels.data(), panels.data() + amx::panels_padded_size(k, n), 0xFFFFFFFFu);
-  if (weight_gradient) {
-    for (int i = 0; i < m; ++i) bf16::pack_row(a.data() + std::size_t(i) * k, k, rows.data() + i * a_stride);
-    amx::zero_row_padding(rows.data(), m, a_stride, k);
-    amx::pack_panels_padded<true>(b.data(), k, k, n, panels.data());
-  } else {
-    amx::pack_weights_t(a.data(), k, depth, d0, m, rows.data());
-    amx::pack_panels_padded<false>(b.data(), n, k, n, panels.data());
-  }
+  for (int i = 0; i < m; ++i) bf16::pack_row(a.data() + std::size_t(i) * k, k, rows.data() + i * a_stride);
+  amx::zero_row_padding(rows.data(), m, a_stride, k);
+  amx::pack_bt_panels_padded(b.data(), k, k, n, panels.data());
   const long ldc = n + 5;
   std::vector<float> c(std::size_t(m * ldc), 0.25f), staging(std::size_t(amx::kStagingFloats));
   Tiles tiles;
@@ -351,12 +355,8 @@ void check_amx_rows_panels(int m, int n, int k, bool weight_gradient, unsigned s
   if (k <= amx::kKc) {
     std::vector<float> want(std::size_t(m * ldc), 0.25f);
     Tiles gemm_tiles;
-    if (weight_gradient)
-      amx::gemm_on<false, true>(gemm_tiles, m, n, k, a.data(), k, b.data(), k, want.data(), ldc, a_pack.data(),
-                                b_pack.data(), staging.data(), {1.0f, true, nullptr, false});
-    else
-      amx::gemm_on<true, false>(gemm_tiles, m, n, k, a.data() + d0, depth, b.data(), n, want.data(), ldc, a_pack.data(),
-                                b_pack.data(), staging.data(), {1.0f, true, nullptr, false});
+    amx::gemm_on<false, true>(gemm_tiles, m, n, k, a.data(), k, b.data(), k, want.data(), ldc, a_pack.data(),
+                              b_pack.data(), staging.data(), {1.0f, true, nullptr, false});
     CHECK(std::memcmp(want.data(), c.data(), want.size() * 4) == 0);
   }
   double worst = 0;
@@ -365,7 +365,8 @@ void check_amx_rows_panels(int m, int n, int k, bool weight_gradient, unsigned s
     for (int j = 0; j < n; ++j) {
       double exact = 0.25, magnitude = 0.25;
       for (int p = 0; p < k; ++p) {
-        const double product = double(bf16::round_to_bf16(A(i, p))) * double(bf16::round_to_bf16(B(p, j)));
+        const double product = double(bf16::round_to_bf16(a[std::size_t(i) * k + p])) *
+                               double(bf16::round_to_bf16(b[std::size_t(j) * k + p]));
         exact += product;
         magnitude += std::abs(product);
       }
@@ -376,20 +377,19 @@ void check_amx_rows_panels(int m, int n, int k, bool weight_gradient, unsigned s
   CHECK(worst <= 1.0);
   CHECK(untouched);
 #else
-  (void)m, (void)n, (void)k, (void)weight_gradient, (void)seed;
+  (void)m, (void)n, (void)k, (void)seed;
 #endif
 }
 
 template <class Tiles>
 void check_amx_rows_panels_cases() {
   unsigned seed = 1000;
-  for (const bool weight_gradient : {true, false})
-    for (const int m : {1, 31, 33, 64})
-      for (const int n : {1, 17, 32, 45})
-        for (const int k : {1, 9, 31, 33, 256, 700}) check_amx_rows_panels<Tiles>(m, n, k, weight_gradient, seed += 2);
+  for (const int m : {1, 31, 33, 64})
+    for (const int n : {1, 17, 32, 45})
+      for (const int k : {1, 9, 31, 33, 256, 700}) check_amx_rows_panels<Tiles>(m, n, k, seed += 2);
 }
 
-TEST_CASE("AMX backward products on emulated tiles: pair rows and padded panels, nothing packed per product") {
+TEST_CASE("AMX weight-gradient product on emulated tiles: pair rows and padded panels, nothing packed per product") {
   if (!bf16::bf16_gemm_available()) {
     std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16, which the AMX kernels' packing uses\n");
     return;
@@ -397,7 +397,7 @@ TEST_CASE("AMX backward products on emulated tiles: pair rows and padded panels,
   check_amx_rows_panels_cases<amx::EmulatedTiles>();
 }
 
-TEST_CASE("AMX convolution on emulated tiles: panels gathered from the input, products, epilogue") {
+TEST_CASE("AMX convolution on emulated tiles: direct forward and input gradient from padded channel pairs") {
   if (!bf16::bf16_gemm_available()) {
     std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16, which the AMX convolution's packing uses\n");
     return;
@@ -405,7 +405,7 @@ TEST_CASE("AMX convolution on emulated tiles: panels gathered from the input, pr
   check_amx_conv_cases<amx::EmulatedTiles>();
 }
 
-TEST_CASE("AMX convolution on the tiles (forward, and the backward's products) matches the references") {
+TEST_CASE("AMX convolution on the tiles (forward, input and weight gradients) matches the references") {
 #ifdef VGG_AMX_KERNELS
   if (!amx::amx_ready()) {
     std::printf("VGG_SKIPPED: AMX not run: %s\n", amx::amx_status().why_not.c_str());

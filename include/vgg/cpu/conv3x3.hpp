@@ -40,7 +40,6 @@ namespace vgg::cpu {
 /// 392-column band is 7 MB: built whole, it went through memory; sliced, width-1 conv5-conv8 ran
 /// 5-10 % of peak faster in both directions).
 inline constexpr long kColumnSlice = avx512::kKc;
-static_assert(kColumnSlice == amx::kKc, "a column slice is one depth pass of the pre-packed AMX weights");
 
 /// An image's output rows cut into `count` bands of nearly equal height: band i is rows
 /// [begin(i), begin(i + 1)). With `even` (a fused 2x2 pool), bands hold whole pooling windows (the
@@ -184,10 +183,16 @@ struct Conv3x3Workspace {
   // as bf16 once per forward (in the layout of the bf16 kernel that runs: AMX's where amx_ready), and
   // every plan's bf16 packing buffers. Set by set_bf16 before a call.
   Buffer<std::uint32_t> packed_weights_bf16;
-  // bf16 forward on AMX (conv3x3_amx.hpp), per thread: a B panel of all depth pairs, and the fp32
-  // stage it is rounded from (with the tiles' C staging block).
-  std::vector<Buffer<std::uint32_t>> amx_panels;
-  std::vector<Buffer<float>> amx_stages;
+  // bf16 on AMX (conv3x3_amx.hpp), per thread:
+  std::vector<Buffer<float>> amx_stages;  // the tiles' C staging block
+  std::vector<Buffer<std::uint32_t>> amx_bands;  // the direct convolution's padded input band
+  /// uint32s of a band for either direct convolution: the forward's (a group of images; a band is at
+  /// most max_band_rows() + 3 rows, bands being whole pooling windows) or the input gradient's (one
+  /// image, dz's cout channels, a backward band).
+  static long amx_band_size(const Conv3x3Geometry& g) {
+    return std::max(amx::direct_band_size(g.images_per_band(), g.cin, std::min(g.h, g.max_band_rows() + 4), g.w),
+                    amx::direct_band_size(1, g.cout, std::min(g.h, g.backward_band_rows() + 4), g.w));
+  }
   // bf16 backward (vdpbf16ps kernel), per thread: a column slice as bf16 pair rows (and one float
   // row they are rounded from) and the band's output gradient packed once as B panels, for the
   // weight gradient taken transposed (gemm_rows_a: no transpose of the columns); the partial weight
@@ -195,12 +200,8 @@ struct Conv3x3Workspace {
   std::vector<Buffer<std::uint32_t>> column_rows, gradient_panels;
   std::vector<Buffer<float>> column_stages;
   // and for the input gradient: W^T packed once per backward, dz as B panels per band (per thread).
-  // On AMX, W^T in its row layout instead, each column slice packed whole (amx_packed_weights_t).
+  // On AMX, the input gradient's direct-convolution weights instead (amx::pack_direct_weights<true>).
   Buffer<std::uint32_t> packed_weights_t_bf16;
-  /// Where column slice d0 (a multiple of kColumnSlice) of W^T starts, packed for AMX, for cout channels.
-  std::uint32_t* amx_packed_weights_t(long d0, long cout) {
-    return packed_weights_t_bf16.data() + d0 / kColumnSlice * amx::weights_t_slice_size(kColumnSlice, cout);
-  }
   std::vector<Buffer<std::uint32_t>> input_gradient_panels;
   bool bf16 = false;
 
@@ -240,18 +241,16 @@ struct Conv3x3Workspace {
         input_gradient_panels.resize(std::size_t(threads));
       }
       for (int t = 0; t < threads; ++t) {
-        // Room for either kernel's layout: AMX's A tiles read whole 32-row blocks, its panels are
-        // padded to whole tiles.
+        // Room for either kernel's layout: AMX's A tiles read whole 32-row blocks, its dz^T panels
+        // are padded to whole tiles.
         column_rows[std::size_t(t)].reserve(std::size_t((g.slice_depth() + 31) / 32 * 32 * column_row_stride(band_cols)));
         gradient_panels[std::size_t(t)].reserve(std::size_t(
             std::max(bf16::packed_b_panels_size(band_cols, g.cout), amx::panels_padded_size(band_cols, g.cout))));
-        input_gradient_panels[std::size_t(t)].reserve(std::size_t(
-            std::max(bf16::packed_b_panels_size(g.cout, band_cols), amx::panels_padded_size(g.cout, band_cols))));
+        input_gradient_panels[std::size_t(t)].reserve(std::size_t(bf16::packed_b_panels_size(g.cout, band_cols)));
       }
       reserve_per_thread(column_stages, threads, band_cols);
-      packed_weights_t_bf16.reserve(std::size_t(std::max(
-          bf16::packed_a_size(g.depth(), g.cout),
-          (g.depth() + kColumnSlice - 1) / kColumnSlice * amx::weights_t_slice_size(kColumnSlice, g.cout))));
+      packed_weights_t_bf16.reserve(
+          std::size_t(std::max(bf16::packed_a_size(g.depth(), g.cout), amx::direct_weights_size(g.cin, g.cout))));
     }
   }
 
@@ -265,11 +264,11 @@ struct Conv3x3Workspace {
       reserve_per_thread(band_outputs, threads, g.cin != 1 ? long(g.cout) * band_cols : 0);
       if (bf16::bf16_gemm_available())  // in the layout of the bf16 kernel that runs here
         packed_weights_bf16.reserve(std::size_t(
-            std::max(bf16::packed_a_size(g.cout, g.depth()), amx::conv_packed_weights_size(g.cout, g.depth()))));
+            std::max(bf16::packed_a_size(g.cout, g.depth()), amx::direct_weights_size(g.cout, g.cin))));
 #ifdef VGG_BF16_KERNELS
       if (g.cin != 1 && amx::amx_ready()) {
-        reserve_per_thread(amx_panels, threads, amx::conv_panel_size(g.depth()));
-        reserve_per_thread(amx_stages, threads, amx::kConvStageFloats);
+        reserve_per_thread(amx_stages, threads, amx::kStagingFloats);
+        reserve_per_thread(amx_bands, threads, amx_band_size(g));
       }
 #endif
     }
@@ -326,8 +325,8 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
     if (!Plain && g.cin != 1) {  // the weights packed once for all bands, by all threads
 #ifdef VGG_BF16_KERNELS
       if (ws.bf16) {
-        if (amx::amx_ready())  // conv3x3_amx.hpp's layout
-          amx::pack_conv_weights(weight, g.cout, g.depth(), ws.packed_weights_bf16.data(), tid, nth);
+        if (amx::amx_ready())  // per tap, for the direct convolution (conv3x3_amx.hpp)
+          amx::pack_direct_weights(weight, g.cout, g.cin, ws.packed_weights_bf16.data(), tid, nth);
         else
           bf16::pack_a_whole<false>(weight, g.depth(), g.cout, g.depth(), ws.packed_weights_bf16.data(), tid, nth);
       } else
@@ -365,12 +364,14 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
         float* dst = staged ? ws.band_outputs[std::size_t(tid)].data() : out;
         const long m_padded = avx512::packed_a_size(g.cout, 1);
 #ifdef VGG_BF16_KERNELS
-        if (ws.bf16 && amx::amx_ready()) {  // columns gathered per panel, no column slices
+        if (ws.bf16 && amx::amx_ready()) {  // a direct convolution on the tiles: no columns
           amx::HardwareTiles tiles;
-          amx::conv3x3_forward_on(tiles, x + first * g.cin * plane, long(g.cin) * plane, g.cin, g.h, g.w, r0, cols,
-                                  group_cols, g.cout, ws.packed_weights_bf16.data(), bias, Relu, dst,
-                                  staged ? group_cols : plane, ws.amx_panels[std::size_t(tid)].data(),
-                                  ws.amx_stages[std::size_t(tid)].data());
+          std::uint32_t* band = ws.amx_bands[std::size_t(tid)].data();
+          amx::pad_input_band(x + first * g.cin * plane, long(g.cin) * plane, int(last - first), g.cin, g.h, g.w, r0, r1,
+                              band);
+          amx::conv3x3_direct_on(tiles, band, int(last - first), g.cin, r1 - r0, g.w, g.cout,
+                                 ws.packed_weights_bf16.data(), bias, Relu, dst, staged ? group_cols : plane,
+                                 ws.amx_stages[std::size_t(tid)].data());
         } else
 #endif
         for (long p0 = 0; p0 < g.depth(); p0 += kColumnSlice) {  // a depth pass per column slice
@@ -494,10 +495,8 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
       prepacked = transposed && !amx_tiles && dx && g.cout <= bf16::kKc;
       if (prepacked)
         bf16::pack_a_whole<true>(weight, g.depth(), g.depth(), g.cout, ws.packed_weights_t_bf16.data(), tid, nth);
-      if (amx_tiles && dx)
-        for (long d0 = 0; d0 < g.depth(); d0 += kColumnSlice)
-          amx::pack_weights_t(weight, g.cout, g.depth(), d0, std::min(kColumnSlice, g.depth() - d0),
-                              ws.amx_packed_weights_t(d0, g.cout), tid, nth);
+      if (amx_tiles && dx)  // the input gradient's direct convolution: the kernel turned, channels swapped
+        amx::pack_direct_weights<true>(weight, g.cout, g.cin, ws.packed_weights_t_bf16.data(), tid, nth);
       if (prepacked || (amx_tiles && dx)) {
 #pragma omp barrier
       }
@@ -573,18 +572,24 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
           }
         }
       }
-      if (dx) std::fill(dx + first * g.cin * plane, dx + last * g.cin * plane, 0.0f);
+      if (dx && !amx_tiles) std::fill(dx + first * g.cin * plane, dx + last * g.cin * plane, 0.0f);
       for (int band = 0; band < bands.count; ++band) {
         const int r0 = bands.begin(band), r1 = bands.begin(band + 1);
         const long cols = long(r1 - r0) * g.w, group_cols = count * cols;  // count > 1: whole images
         const long ld = Plain ? group_cols : Conv3x3Geometry::column_stride(group_cols);
         const float* dzb = dz + long(r0) * g.w;
 #ifdef VGG_BF16_KERNELS
-        if (amx_tiles) {  // the same, as the tiles read them: depths padded to whole tiles
-          amx::pack_panels_padded<true>(dzb, dz_stride, group_cols, g.cout, ws.gradient_panels[std::size_t(tid)].data());
-          if (dx)
-            amx::pack_panels_padded<false>(dzb, dz_stride, g.cout, group_cols,
-                                           ws.input_gradient_panels[std::size_t(tid)].data());
+        if (amx_tiles) {  // dz^T as the tiles read it (depth padded to whole tiles)
+          amx::pack_bt_panels_padded(dzb, dz_stride, group_cols, g.cout, ws.gradient_panels[std::size_t(tid)].data());
+          if (dx)  // dx's rows of this band by a direct convolution of dz, image by image (written, not added)
+            for (long i = first; i < last; ++i) {
+              std::uint32_t* band_dz = ws.amx_bands[std::size_t(tid)].data();
+              amx::pad_input_band(dz + (i - first) * plane, 0, 1, g.cout, g.h, g.w, r0, r1, band_dz, dz_stride);
+              amx::HardwareTiles tiles;
+              amx::conv3x3_direct_on(tiles, band_dz, 1, g.cout, r1 - r0, g.w, g.cin, ws.packed_weights_t_bf16.data(),
+                                     nullptr, false, dx + i * g.cin * plane + long(r0) * g.w, plane,
+                                     ws.amx_stages[std::size_t(tid)].data());
+            }
         } else if (transposed) {  // dz^T as B panels, once for all slices
           bf16::pack_bt_panels(dzb, dz_stride, group_cols, g.cout, ws.gradient_panels[std::size_t(tid)].data());
           if (prepacked)  // and dz itself, the input gradient's B
@@ -621,19 +626,12 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
             gemm<false, true, Path>(g.cout, rows, group_cols, dzb, dz_stride, col, ld, dw + d0, g.depth(),
                                     ws.weight_plans[std::size_t(tid)]);
           }
-          if (!dx) continue;
+          if (!dx || amx_tiles) continue;
           GemmPlan& plan = ws.input_plans[std::size_t(tid)];
 #ifdef VGG_FAST_KERNELS
           if constexpr (!Plain) {
 #ifdef VGG_BF16_KERNELS
-            if (amx_tiles) {  // dcol = W^T[d0:d1] * dz
-              amx::HardwareTiles tiles;
-              amx::gemm_rows_panels_on(tiles, rows, group_cols, amx::padded_pairs(g.cout),
-                                       ws.amx_packed_weights_t(d0, g.cout), amx::padded_pairs(g.cout),
-                                       ws.input_gradient_panels[std::size_t(tid)].data(),
-                                       bf16::kNr * amx::padded_pairs(g.cout), dcol, ld,
-                                       ws.amx_stages[std::size_t(tid)].data(), avx512::Epilogue{1.0f, false, nullptr, false});
-            } else if (prepacked)  // rows d0.. of the packed W^T: tile d0 of its one pass
+            if (prepacked)  // rows d0.. of the packed W^T: tile d0 of its one pass
               bf16::gemm<true>(rows, group_cols, g.cout, nullptr, 0, nullptr, 0, dcol, ld, nullptr, nullptr,
                                avx512::Epilogue{1.0f, false, nullptr, false},
                                ws.packed_weights_t_bf16.data() + d0 * ((g.cout + 1) / 2),

@@ -1,17 +1,21 @@
 #pragma once
-// A 3x3 convolution's forward product on AMX tiles (stride 1, padding 1), its columns made panel by
-// panel: for each 32 output columns, the column matrix's depth x 32 block is gathered from the input
-// straight into a bf16 B panel (through an fp32 stage of one depth pass, in L1), and every 32-channel
-// block of the output is taken from it with the sums kept in the tiles over the whole depth.
+// 3x3 convolutions (stride 1, padding 1) on AMX tiles, for bf16 mode where the CPU has amx_bf16.
 //
-// Why not im2col then gemm_amx.hpp's GEMM: there, a band's column matrix (up to 4 MiB of fp32) is
-// written whole, then read again to be packed as bf16 panels, and each 256-deep pass stores and
-// re-reads C. With AMX the products themselves are cheap (a layer of 8-64 output channels uses each
-// column 8-64 times), so those passes over memory were most of the layer's time (perf, Xeon family 6
-// model 207: im2col copies and B packing 30 %, the tiles 13 % of a width/8 bf16 training step).
+// The forward and the input gradient are direct convolutions, with no column matrix at all: the
+// input is laid out as bf16 channel pairs with a zero border, and for each of the 9 taps the B tile
+// (16 channel pairs x 16 output pixels) is read from that layout at an offset, its rows a channel-pair
+// plane apart. Before, im2col wrote a band's columns (up to 4 MiB of fp32), which were read again to
+// be packed as bf16 panels, and each 256-deep pass stored and re-read C: with AMX the products are
+// cheap (a width/8 layer uses each column 8-64 times), so those passes over memory were most of the
+// layer's time (perf, Xeon family 6 model 207: im2col copies and B packing 30 %, the tiles 13 % of a
+// width/8 bf16 training step). Gathering the columns per 32-column panel into L1 instead was tried
+// and measured slower than the direct layout (width/8 bf16 eval 44 ms against 15.6 ms).
+//
+// The weight gradient's product (columns x dz^T, its depth the pixels) still takes the columns, as
+// bf16 pair rows that A tiles load straight from, with dz^T as B panels packed once per band.
 //
 // Written over a tile-operations type like gemm_on (HardwareTiles, or EmulatedTiles to test the
-// gathering, packing and loop on any machine with avx512_bf16).
+// layouts and loops on any machine with avx512_bf16).
 
 #include <algorithm>
 #include <cstdint>
@@ -22,152 +26,154 @@
 VGG_INTRINSICS_BEGIN
 namespace vgg::cpu::amx {
 
-/// Depth pairs of a conv's whole depth, padded to whole tiles.
-constexpr Index conv_depth_pairs(Index depth) { return padded_pairs(depth); }
-/// uint32s of a conv's weights packed for conv3x3_forward_on: 32-row blocks of all depth pairs.
-constexpr Index conv_packed_weights_size(Index cout, Index depth) {
-  return (cout + kBlock - 1) / kBlock * kBlock * conv_depth_pairs(depth);
+/// Channel pairs of the direct convolution's input (conv3x3_direct_on): cin / 2 rounded up, and past
+/// one tile's 16 pairs, to whole tiles.
+constexpr Index direct_pairs(Index cin) {
+  const Index pairs = (cin + 1) / 2;
+  return pairs <= kTilePairs ? pairs : (pairs + kTilePairs - 1) / kTilePairs * kTilePairs;
 }
-/// uint32s of a thread's B panel (all depth pairs x 32 columns).
-constexpr Index conv_panel_size(Index depth) { return conv_depth_pairs(depth) * bf16::kNr; }
-/// floats of a thread's stage (one depth pass x 32 columns) and C staging block, side by side.
-inline constexpr Index kConvStageFloats = kKc * bf16::kNr + kStagingFloats;
-/// uint32s of op(B) (k x n) packed by pack_panels_padded (B panels, depth padded to whole tiles).
+/// Depth pairs per tile step of the direct convolution.
+constexpr int direct_step_pairs(Index cin) { return int(std::min<Index>(direct_pairs(cin), kTilePairs)); }
+/// uint32s of weights packed by pack_direct_weights: 9 taps x round_up(cout, 32) rows x pairs.
+constexpr Index direct_weights_size(Index cout, Index cin) {
+  return 9 * ((cout + kBlock - 1) / kBlock * kBlock) * direct_pairs(cin);
+}
+/// uint32s of a padded input band (pad_input_band) of `images` images, `rows` output rows of w
+/// pixels: (rows + 2) x (w + 2) per channel pair, and 32 words of slack (a B tile of the last
+/// columns reads up to 16 words past a row's end).
+constexpr Index direct_band_size(Index images, Index cin, Index rows, Index w) {
+  return images * direct_pairs(cin) * (rows + 2) * (w + 2) + 32;
+}
+/// uint32s of op(B) (k x n) packed by pack_bt_panels_padded (B panels, depth padded to whole tiles).
 constexpr Index panels_padded_size(Index k, Index n) { return (n + kBlock - 1) / kBlock * kBlock * padded_pairs(k); }
-/// uint32s of one column slice of W^T packed by pack_weights_t (32-row blocks over cout's pairs).
-constexpr Index weights_t_slice_size(Index rows, Index cout) {
-  return (rows + kBlock - 1) / kBlock * kBlock * padded_pairs(cout);
-}
 
 #ifdef VGG_BF16_KERNELS
-/// The weights (cout x depth, row-major: a conv's [cout][cin][3][3]) packed for conv3x3_forward_on:
-/// block i0 of 32 rows at dst + i0 * conv_depth_pairs(depth), each row its depth pairs (zero beyond).
-/// With parts > 1, only part `part` of the blocks, so that threads can pack it together.
-inline void pack_conv_weights(const float* weight, Index cout, Index depth, std::uint32_t* dst, int part = 0,
-                              int parts = 1) {
-  for (Index i0 = Index(part) * kBlock; i0 < cout; i0 += Index(parts) * kBlock)
-    pack_a<false>(weight, depth, i0, int(std::min<Index>(kBlock, cout - i0)), 0, depth,
-                  dst + i0 * conv_depth_pairs(depth));
-}
 
-/// stage[d - p0][c] (32 floats a row) = column j0 + c of the column matrix at depth d, for d in
-/// [p0, p1), c < nr; 0 for c >= nr. Columns are images side by side, `cols` each (rows [r0, r0 +
-/// cols / w) of w pixels); image i at x + i * image_stride; depth d = ci * 9 + ky * 3 + kx reads
-/// pixel (r + ky - 1, x + kx - 1) of channel ci, 0 outside the image.
-VGG_TARGET_BF16 inline void gather_columns(const float* x, Index image_stride, int h, int w, int r0, Index cols, Index j0,
-                                           int nr, Index p0, Index p1, float* stage) {
-  const Index plane = Index(h) * w;
-  int jj = 0;
-  while (jj < nr) {  // runs of columns within one output row
-    const Index j = j0 + jj, p = j % cols;
-    const int r = r0 + int(p / w), c = int(p % w), len = std::min(nr - jj, w - c);
-    const float* xi = x + j / cols * image_stride;
-    int ci = int(p0 / 9), ky = int(p0 % 9) / 3, kx = int(p0 % 3);
-    for (Index d = p0; d < p1; ++d) {
-      float* dst = stage + (d - p0) * bf16::kNr + jj;
-      const int sr = r + ky - 1, first = c + kx - 1;  // source row, source column of lane 0
-      for (int v = 0; v * 16 < len; ++v) {
-        const int lane0 = 16 * v, count = std::min(16, len - lane0);
-        const __mmask16 store = __mmask16((1u << count) - 1u);
-        __mmask16 load = 0;
-        if (sr >= 0 && sr < h) {  // lanes whose column first + lane0 + l lies in [0, w)
-          const int lo = std::max(0, -(first + lane0)), hi = std::min(count, w - (first + lane0));
-          if (hi > lo) load = __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u));
-        }
-        // A lane masked off reads nothing; a row outside the image reads from xi (no address outside).
-        const float* src = load ? xi + ci * plane + Index(sr) * w + first + lane0 : xi;
-        const __m512 values = _mm512_maskz_loadu_ps(load, src);
-        _mm512_mask_storeu_ps(dst + lane0, store, values);
-      }
-      if (++kx == 3) {
-        kx = 0;
-        if (++ky == 3) {
-          ky = 0;
-          ++ci;
-        }
-      }
-    }
-    jj += len;
+// ---- the direct convolution: no columns at all ----
+// The input is laid out as bf16 channel pairs ([pair][row][column], one uint32 per pixel and pair,
+// with a zero border), so that for tap (ky, kx) the B tile of 16 output pixels x 16 channel pairs is
+// the band itself, read at an offset (ky rows, kx columns) with a channel-pair plane as its row
+// stride: nothing is gathered per tap. The weights are packed per tap, [tap][cout][pair]. A C tile
+// pair covers 32 output channels x two runs of 16 pixels (within a row, or two short rows).
+
+/// The weights (cout x cin x 3 x 3) packed for conv3x3_direct_on: row tap * round_up(cout, 32) + co,
+/// word q = the bf16 pair (channel 2q, channel 2q + 1) of tap (ky * 3 + kx), zero beyond cin and cout.
+/// With InputGradient, the weights of the input gradient's convolution instead (of dz, cout channels
+/// in, cin out): the kernel turned 180 degrees, its channels swapped. With parts > 1, only every
+/// parts-th row from `part`.
+template <bool InputGradient = false>
+inline void pack_direct_weights(const float* weight, int cout, int cin, std::uint32_t* dst, int part = 0,
+                                int parts = 1) {
+  const int out = InputGradient ? cin : cout, in = InputGradient ? cout : cin;
+  const Index pairs = direct_pairs(in), rows = (out + kBlock - 1) / kBlock * kBlock;
+  for (Index row = part; row < 9 * rows; row += parts) {
+    const Index tap = row / rows, o = row % rows;
+    const auto at = [&](Index i) {
+      if (o >= out || i >= in) return 0.0f;
+      return InputGradient ? weight[(i * cin + o) * 9 + 8 - tap] : weight[(o * cin + i) * 9 + tap];
+    };
+    for (Index q = 0; q < pairs; ++q) dst[row * pairs + q] = bf16::pair(at(2 * q), at(2 * q + 1));
   }
-  if (nr < bf16::kNr)
-    for (Index d = p0; d < p1; ++d) std::fill(stage + (d - p0) * bf16::kNr + nr, stage + (d - p0 + 1) * bf16::kNr, 0.0f);
 }
 
-/// panel[q][c] (32 uint32s a row) for the kc rows of stage: the bf16 pair (row 2q, row 2q + 1), as
-/// bf16::pack_b packs a B panel (the odd tail's second half 0). requires: panel 64-byte aligned.
-inline void stage_to_panel(const float* stage, Index kc, std::uint32_t* panel) {
-  bf16::pack_b(stage, bf16::kNr, 0, kc, 0, bf16::kNr, panel);
-}
-
-/// y (cout x group_cols, row stride ldy) = epilogue(W * columns): the conv's output for a group of
-/// images' bands (see gather_columns), with bias and, with relu, max(0, .) (NaN passes, as in the
-/// other kernels). weights: pack_conv_weights's. requires: panel holds conv_panel_size(cin * 9),
-/// stage kConvStageFloats, both 64-byte aligned; Tiles usable (HardwareTiles: amx_ready()).
-template <class Tiles>
-inline void conv3x3_forward_on(Tiles& tiles, const float* x, Index image_stride, int cin, int h, int w, int r0,
-                               Index cols, Index group_cols, int cout, const std::uint32_t* weights, const float* bias,
-                               bool relu, float* y, Index ldy, std::uint32_t* panel, float* stage) {
-  const Index depth = Index(cin) * 9, pairs = conv_depth_pairs(depth);
-  float* staging = stage + kKc * bf16::kNr;
-  tiles.begin();
-  for (Index j0 = 0; j0 < group_cols; j0 += bf16::kNr) {
-    const int nr = int(std::min<Index>(bf16::kNr, group_cols - j0));
-    for (Index p0 = 0; p0 < depth; p0 += kKc) {
-      const Index p1 = std::min(depth, p0 + kKc);
-      gather_columns(x, image_stride, h, w, r0, cols, j0, nr, p0, p1, stage);
-      stage_to_panel(stage, p1 - p0, panel + p0 / 2 * bf16::kNr);
+/// band[((i * pairs + q) * (rows + 2) + rr) * (w + 2) + cc] = the bf16 pair (channel 2q, 2q + 1) of
+/// image i's pixel (r0 - 1 + rr, cc - 1), zero outside the image and beyond cin; rows = r1 - r0,
+/// pairs = direct_pairs(cin); image i at x + i * image_stride, its channels channel_stride apart
+/// (0: h * w). The slack after it is zeroed.
+VGG_TARGET_BF16 inline void pad_input_band(const float* x, Index image_stride, int images, int cin, int h, int w,
+                                           int r0, int r1, std::uint32_t* band, Index channel_stride = 0) {
+  alignas(64) static constexpr std::uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                                21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                                11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i interleave = _mm512_load_si512(kInterleave);
+  const Index pairs = direct_pairs(cin), prow = w + 2, pplane = Index(r1 - r0 + 2) * prow;
+  const Index plane = channel_stride ? channel_stride : Index(h) * w;
+  for (int i = 0; i < images; ++i)
+    for (Index q = 0; q < pairs; ++q) {
+      std::uint32_t* dst = band + (i * pairs + q) * pplane;
+      const float* even = x + i * image_stride + 2 * q * plane;
+      for (int rr = 0; rr < r1 - r0 + 2; ++rr) {
+        std::uint32_t* row = dst + rr * prow;
+        const int sr = r0 - 1 + rr;
+        row[0] = row[w + 1] = 0;
+        if (sr < 0 || sr >= h || 2 * q >= cin) {
+          std::fill(row + 1, row + 1 + w, 0u);
+          continue;
+        }
+        const float* lo_src = even + Index(sr) * w;
+        for (int c0 = 0; c0 < w; c0 += 16) {
+          const __mmask16 lanes = w - c0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (w - c0)) - 1u);
+          const __m512 lo = _mm512_maskz_loadu_ps(lanes, lo_src + c0);
+          const __m512 hi = 2 * q + 1 < cin ? _mm512_maskz_loadu_ps(lanes, lo_src + plane + c0) : _mm512_setzero_ps();
+          const __m512i words = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+          _mm512_mask_storeu_epi32(row + 1 + c0, lanes, words);
+        }
+      }
     }
-    // Zero, not just any value: a stale NaN pattern times the zero-padded weights would still be NaN.
-    std::memset(panel + (depth + 1) / 2 * bf16::kNr, 0, std::size_t(pairs - (depth + 1) / 2) * bf16::kNr * 4);
-    for (Index i0 = 0; i0 < cout; i0 += kBlock) {
+  std::fill(band + images * pairs * pplane, band + images * pairs * pplane + 32, 0u);
+}
+
+/// y = epilogue(conv3x3(x) + bias) for a band of images (pad_input_band's band of rows r1 - r0 = rows
+/// of w pixels, images side by side: output column j = i * rows * w + r * w + c, row stride ldy),
+/// with relu max(0, .) (NaN passes). weights: pack_direct_weights'. requires: staging kStagingFloats;
+/// Tiles usable (HardwareTiles: amx_ready()).
+template <class Tiles>
+inline void conv3x3_direct_on(Tiles& tiles, const std::uint32_t* band, int images, int cin, int rows, int w, int cout,
+                              const std::uint32_t* weights, const float* bias, bool relu, float* y, Index ldy,
+                              float* staging) {
+  const Index pairs = direct_pairs(cin), step_pairs = direct_step_pairs(cin), co_rows = (cout + kBlock - 1) / kBlock * kBlock;
+  const Index prow = w + 2, pplane = Index(rows + 2) * prow, runs_per_row = (w + 15) / 16;
+  const Index runs = Index(images) * rows * runs_per_row;
+  // Run s: image, output row, first column; its B origin (tap 0, pair 0) and its first output column.
+  const auto origin = [&](Index s, Index& column, int& count) {
+    const Index i = s / (rows * runs_per_row), rest = s % (rows * runs_per_row);
+    const Index r = rest / runs_per_row, c0 = rest % runs_per_row * 16;
+    column = (i * rows + r) * w + c0;
+    count = int(std::min<Index>(16, w - c0));
+    return band + i * pairs * pplane + r * prow + c0;
+  };
+  tiles.begin(int(step_pairs));
+  for (Index s = 0; s < runs; s += 2) {
+    Index column0 = 0, column1 = 0;
+    int count0 = 0, count1 = 0;
+    const std::uint32_t* b0 = origin(s, column0, count0);
+    const std::uint32_t* b1 = s + 1 < runs ? origin(s + 1, column1, count1) : b0;  // no second run: not stored
+    for (Index co0 = 0; co0 < cout; co0 += kBlock) {
       tiles.zero_c();
-      const std::uint32_t* a_block = weights + i0 * pairs;
-      for (Index q0 = 0; q0 < pairs; q0 += kTilePairs)
-        tiles.step(a_block + q0, pairs * 4, panel + q0 * bf16::kNr, bf16::kNr * 4);
+      for (int tap = 0; tap < 9; ++tap) {
+        const Index offset = tap / 3 * prow + tap % 3;
+        const std::uint32_t* a = weights + (tap * co_rows + co0) * pairs;
+        for (Index q0 = 0; q0 < pairs; q0 += step_pairs)
+          tiles.step(a + q0, pairs * 4, b0 + offset + q0 * pplane, b1 + offset + q0 * pplane, pplane * 4);
+      }
       tiles.store_c(staging);
-      store_block(staging, y + i0 * ldy + j0, ldy, int(std::min<Index>(kBlock, cout - i0)), nr,
-                  Epilogue{1.0f, false, bias ? bias + i0 : nullptr, relu});
+      const int mr = int(std::min<Index>(kBlock, cout - co0));
+      const Epilogue e{1.0f, false, bias ? bias + co0 : nullptr, relu};
+      store_block(staging, y + co0 * ldy + column0, ldy, mr, count0, e);
+      if (count1) store_block(staging + 16, y + co0 * ldy + column1, ldy, mr, count1, e);
     }
   }
   tiles.end();
 }
 
-// ---- the backward's products on AMX tiles, nothing packed per product ----
-// The weight gradient is taken transposed, dW^T = columns * dz^T, from the columns as bf16 pair rows
-// (im2col3x3_bf16_rows: the depth of this product, pixels, runs along their rows, so A tiles load
-// straight from them) and dz^T as B panels packed once per band; the input gradient's W^T is packed
-// once per backward and dz as B panels once per band for all column slices. Depths are padded with
-// zeros to whole tiles in both operands, and the sums stay in the tiles over the whole depth.
+// ---- the weight gradient's product on AMX tiles, nothing packed per product ----
+// Taken transposed, dW^T = columns * dz^T, from the columns as bf16 pair rows (im2col3x3_bf16_rows:
+// the depth of this product, pixels, runs along their rows, so A tiles load straight from them) and
+// dz^T as B panels packed once per band. Depths are padded with zeros to whole tiles in both
+// operands, and the sums stay in the tiles over the whole depth.
 
 
-/// op(B) (k x n) as 32-column panels, panel j0 / 32 at dst + j0 / 32 * 32 * padded_pairs(k), each
-/// [pair][32] with its pairs zero from (k + 1) / 2 on; op(B) is B (row-major k x n) or, with TransB,
-/// B^T (B stored n x k). ldb: B's row stride.
-template <bool TransB>
-VGG_TARGET_BF16 inline void pack_panels_padded(const float* b, Index ldb, Index k, Index n, std::uint32_t* dst) {
+/// op(B) = B^T (B stored n x k, row stride ldb) as 32-column panels, panel j0 / 32 at dst + j0 / 32 *
+/// 32 * padded_pairs(k), each [pair][32] as bf16::pack_bt packs it, its pairs zero from (k + 1) / 2 on.
+inline void pack_bt_panels_padded(const float* b, Index ldb, Index k, Index n, std::uint32_t* dst) {
   const Index pairs = (k + 1) / 2, padded = padded_pairs(k);
   for (Index j0 = 0; j0 < n; j0 += bf16::kNr) {
     std::uint32_t* panel = dst + j0 / bf16::kNr * bf16::kNr * padded;
     const int nr = int(std::min<Index>(bf16::kNr, n - j0));
-    for (Index p0 = 0; p0 < k; p0 += kKc) {
-      const Index kc = std::min(kKc, k - p0);
-      if constexpr (TransB)
-        bf16::pack_bt(b, ldb, p0, kc, j0, nr, panel + p0 / 2 * bf16::kNr);
-      else
-        bf16::pack_b(b, ldb, p0, kc, j0, nr, panel + p0 / 2 * bf16::kNr);
-    }
+    for (Index p0 = 0; p0 < k; p0 += kKc)
+      bf16::pack_bt(b, ldb, p0, std::min(kKc, k - p0), j0, nr, panel + p0 / 2 * bf16::kNr);
     std::memset(panel + pairs * bf16::kNr, 0, std::size_t(padded - pairs) * bf16::kNr * 4);
   }
-}
-
-/// Rows [d0, d0 + rows) of W^T (weight: cout x depth, row-major) in 32-row blocks, block i0 at dst +
-/// i0 * padded_pairs(cout), each row cout's pairs, zero beyond (rows beyond `rows` zero too). With
-/// parts > 1, only part `part` of the blocks.
-inline void pack_weights_t(const float* weight, Index cout, Index depth, Index d0, Index rows, std::uint32_t* dst,
-                           int part = 0, int parts = 1) {
-  for (Index i0 = Index(part) * kBlock; i0 < rows; i0 += Index(parts) * kBlock)
-    pack_a<true>(weight + d0, depth, i0, int(std::min<Index>(kBlock, rows - i0)), 0, cout,
-                 dst + i0 * padded_pairs(cout));
 }
 
 /// Zeroes words [(k + 1) / 2, padded_pairs(k)) of `rows` pair rows (row stride `stride`): the tile

@@ -50,16 +50,6 @@ constexpr Index padded_pairs(Index kc) { return ((kc + 1) / 2 + kTilePairs - 1) 
 constexpr Index packed_a_size(Index m) { return (m + kBlock - 1) / kBlock * kBlock * padded_pairs(kKc); }
 /// floats of the kernel's C staging block.
 inline constexpr Index kStagingFloats = kBlock * kBlock;
-/// uint32s of all of an m x k op(A) packed for this kernel (pack_a_whole): every depth pass's
-/// 32-row blocks, each pass given a whole pass's room.
-constexpr Index packed_a_whole_size(Index m, Index k) {
-  return (m + kBlock - 1) / kBlock * kBlock * ((k + kKc - 1) / kKc) * padded_pairs(kKc);
-}
-/// Where depth pass p0 (a multiple of kKc) starts in pack_a_whole's output.
-constexpr Index packed_a_pass_offset(Index m, Index p0) {
-  return (m + kBlock - 1) / kBlock * kBlock * (p0 / kKc) * padded_pairs(kKc);
-}
-
 
 #ifdef VGG_AMX_KERNELS
 using avx512::Epilogue;
@@ -72,11 +62,12 @@ struct HardwareTiles {
     std::uint16_t bytes_per_row[16] = {};
     std::uint8_t rows[16] = {};
   };
-  VGG_TARGET_AMX void begin() {
+  /// Tiles for steps of `pairs` depth pairs (1-16): A tiles 16 rows x pairs, B tiles pairs rows.
+  VGG_TARGET_AMX void begin(int pairs = kTilePairs) {
     Config config;
     for (int t = 0; t < 8; ++t) {
-      config.bytes_per_row[t] = 64;
-      config.rows[t] = 16;
+      config.bytes_per_row[t] = t >= 4 && t < 6 ? std::uint16_t(4 * pairs) : std::uint16_t(64);
+      config.rows[t] = t >= 6 ? std::uint8_t(pairs) : std::uint8_t(16);
     }
     _tile_loadconfig(&config);
   }
@@ -90,10 +81,15 @@ struct HardwareTiles {
   /// C(2x2 tiles) += A(rows 0-15, 16-31) x B(columns 0-15, 16-31) for one 16-pair step; a_stride and
   /// b_stride in bytes.
   VGG_TARGET_AMX void step(const std::uint32_t* a, Index a_stride, const std::uint32_t* b, Index b_stride) {
+    step(a, a_stride, b, b + 16, b_stride);
+  }
+  /// The same with C's two column halves from two B tiles anywhere (b0: columns 0-15, b1: 16-31).
+  VGG_TARGET_AMX void step(const std::uint32_t* a, Index a_stride, const std::uint32_t* b0, const std::uint32_t* b1,
+                           Index b_stride) {
     _tile_loadd(4, a, a_stride);
     _tile_loadd(5, a + 16 * (a_stride / 4), a_stride);
-    _tile_loadd(6, b, b_stride);
-    _tile_loadd(7, b + 16, b_stride);
+    _tile_loadd(6, b0, b_stride);
+    _tile_loadd(7, b1, b_stride);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     _tile_dpbf16ps(2, 5, 6);
@@ -112,15 +108,20 @@ struct HardwareTiles {
 /// What the tile instructions compute, in plain C++: the reference the hardware is checked against.
 struct EmulatedTiles {
   float c[kBlock][kBlock] = {};
-  void begin() {}
+  int pairs = kTilePairs;
+  void begin(int step_pairs = kTilePairs) { pairs = step_pairs; }
   void end() {}
   void zero_c() { std::memset(c, 0, sizeof c); }
   void step(const std::uint32_t* a, Index a_stride, const std::uint32_t* b, Index b_stride) {
+    step(a, a_stride, b, b + 16, b_stride);
+  }
+  void step(const std::uint32_t* a, Index a_stride, const std::uint32_t* b0, const std::uint32_t* b1, Index b_stride) {
     const Index as = a_stride / 4, bs = b_stride / 4;
     for (int i = 0; i < kBlock; ++i)
       for (int j = 0; j < kBlock; ++j) {
         float sum = c[i][j];
-        for (int q = 0; q < kTilePairs; ++q) {
+        const std::uint32_t* b = j < 16 ? b0 : b1 - 16;
+        for (int q = 0; q < pairs; ++q) {
           const std::uint32_t x = a[i * as + q], y = b[q * bs + j];
           // TDPBF16PS: inputs and output with denormals flushed to zero, round to nearest even.
           sum = flush(sum + flush(bf16::from_bf16(std::uint16_t(x))) * flush(bf16::from_bf16(std::uint16_t(y))));
@@ -166,20 +167,6 @@ VGG_TARGET_BF16 inline void pack_a(const float* a, Index lda, Index i0, int mr, 
   }
 }
 
-/// All of op(A) (m x k) packed as gemm_on's a_prepacked reads it, pass by pass: pass p0 at
-/// packed_a_pass_offset(m, p0), its 32-row block i0 at + i0 * padded_pairs(kc). For weights shared
-/// by many products (a layer's bands: packed once per call, not once per product). With parts > 1,
-/// packs only part `part` of the blocks, so that threads can pack it together.
-template <bool TransA>
-inline void pack_a_whole(const float* a, Index lda, Index m, Index k, std::uint32_t* dst, int part = 0, int parts = 1) {
-  const Index blocks = (m + kBlock - 1) / kBlock, passes = (k + kKc - 1) / kKc;
-  for (Index job = part; job < blocks * passes; job += parts) {
-    const Index p0 = job / blocks * kKc, i0 = job % blocks * kBlock, kc = std::min(kKc, k - p0);
-    pack_a<TransA>(a, lda, i0, int(std::min<Index>(kBlock, m - i0)), p0, kc,
-                   dst + packed_a_pass_offset(m, p0) + i0 * padded_pairs(kc));
-  }
-}
-
 /// C block (rows < mr, columns < nr, ldc) = epilogue(staged 32 x 32 block).
 VGG_TARGET_BF16 inline void store_block(const float* staged, float* c, Index ldc, int mr, int nr, const Epilogue& e) {
   const __m512 alpha = _mm512_set1_ps(e.alpha), zero = _mm512_setzero_ps();
@@ -198,23 +185,18 @@ VGG_TARGET_BF16 inline void store_block(const float* staged, float* c, Index ldc
 }
 
 /// C (m x n, ldc) = out(alpha * op(A) * op(B)) on the tiles `Tiles` gives; the operands, layouts and
-/// epilogue are bf16::gemm's. With a_prepacked (pack_a_whole of op(A)), A is read from there and a
-/// and a_pack are not used. requires: a_pack holds packed_a_size(m), b_pack bf16::packed_b_size(),
+/// epilogue are bf16::gemm's. requires: a_pack holds packed_a_size(m), b_pack bf16::packed_b_size(),
 /// staging kStagingFloats, all 64-byte aligned; Tiles usable (HardwareTiles: amx_ready()).
 template <bool TransA, bool TransB, class Tiles>
 inline void gemm_on(Tiles& tiles, Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb,
                     float* c, Index ldc, std::uint32_t* a_pack, std::uint32_t* b_pack, float* staging,
-                    const Epilogue& out, const std::uint32_t* a_prepacked = nullptr) {
+                    const Epilogue& out) {
   tiles.begin();
   for (Index p0 = 0; p0 < k; p0 += kKc) {
     const Index kc = std::min(kKc, k - p0), pairs = (kc + 1) / 2, padded = padded_pairs(kc);
     const Epilogue e{out.alpha, out.accumulate || p0 > 0, p0 == 0 ? out.bias : nullptr, out.relu && p0 + kc == k};
-    const std::uint32_t* a_pass = a_pack;
-    if (a_prepacked)
-      a_pass = a_prepacked + packed_a_pass_offset(m, p0);
-    else
-      for (Index i0 = 0; i0 < m; i0 += kBlock)
-        pack_a<TransA>(a, lda, i0, int(std::min<Index>(kBlock, m - i0)), p0, kc, a_pack + i0 * padded);
+    for (Index i0 = 0; i0 < m; i0 += kBlock)
+      pack_a<TransA>(a, lda, i0, int(std::min<Index>(kBlock, m - i0)), p0, kc, a_pack + i0 * padded);
     for (Index j0 = 0; j0 < n; j0 += kBlock) {
       const int nr = int(std::min<Index>(kBlock, n - j0));
       if constexpr (TransB)
@@ -225,7 +207,7 @@ inline void gemm_on(Tiles& tiles, Index m, Index n, Index k, const float* a, Ind
       std::memset(b_pack + pairs * bf16::kNr, 0, std::size_t(padded - pairs) * bf16::kNr * 4);
       for (Index i0 = 0; i0 < m; i0 += kBlock) {
         tiles.zero_c();
-        const std::uint32_t* a_block = a_pass + i0 * padded;
+        const std::uint32_t* a_block = a_pack + i0 * padded;
         for (Index q0 = 0; q0 < padded; q0 += kTilePairs)
           tiles.step(a_block + q0, padded * 4, b_pack + q0 * bf16::kNr, bf16::kNr * 4);
         tiles.store_c(staging);
@@ -319,23 +301,21 @@ constexpr Index bf16_b_pack_size() { return bf16::packed_b_size() + kStagingFloa
 
 #ifdef VGG_BF16_KERNELS
 /// The bf16 product the layers call: bf16::gemm's contract, run on AMX tiles where amx_ready() (A
-/// from amx_packed, pack_a_whole's layout, where given, else packed again by rows; a_packed, the
-/// vdpbf16ps kernel's layout, is then not used) and by vdpbf16ps elsewhere (amx_packed not used).
-/// requires: a_pack holds bf16_a_pack_size(m) and b_pack bf16_b_pack_size() uint32s, 64-byte
-/// aligned; bf16::bf16_gemm_available().
+/// packed again by rows; a_packed, the vdpbf16ps kernel's layout, is then not used) and by vdpbf16ps
+/// elsewhere. requires: a_pack holds bf16_a_pack_size(m) and b_pack bf16_b_pack_size() uint32s,
+/// 64-byte aligned; bf16::bf16_gemm_available().
 template <bool TransA, bool TransB = false>
 inline void bf16_gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
                       Index ldc, std::uint32_t* a_pack, std::uint32_t* b_pack, const avx512::Epilogue& out,
-                      const std::uint32_t* a_packed = nullptr, const std::uint32_t* amx_packed = nullptr) {
+                      const std::uint32_t* a_packed = nullptr) {
 #ifdef VGG_AMX_KERNELS
   if (amx_ready()) {
     HardwareTiles tiles;
     gemm_on<TransA, TransB>(tiles, m, n, k, a, lda, b, ldb, c, ldc, a_pack, b_pack,
-                            reinterpret_cast<float*>(b_pack + bf16::packed_b_size()), out, amx_packed);
+                            reinterpret_cast<float*>(b_pack + bf16::packed_b_size()), out);
     return;
   }
 #endif
-  (void)amx_packed;
   bf16::gemm<TransA, TransB>(m, n, k, a, lda, b, ldb, c, ldc, a_pack, b_pack, out, a_packed);
 }
 #endif
