@@ -220,8 +220,10 @@ TEST_CASE("AMX bf16 GEMM on the tiles matches the references") {
 /// against the adjoint of the forward's columns. The input band and the weights start as stale NaN
 /// pairs: every word the kernel reads must be written. Output columns past the band are left alone.
 template <class Tiles>
-void check_amx_conv(int images, int cin, int cout, int h, int w, int r0, int r1, bool relu, unsigned seed) {
+void check_amx_conv(int images, int cin, int cout, int h, int w, int r0, int r1, bool relu, unsigned seed,
+                    long cout_chunk = 0) {
 #ifdef VGG_BF16_KERNELS
+  CAPTURE(cout_chunk);
   CAPTURE(images);
   CAPTURE(cin);
   CAPTURE(cout);
@@ -247,13 +249,15 @@ void check_amx_conv(int images, int cin, int cout, int h, int w, int r0, int r1,
   const long band_size = amx::direct_band_size(images, most, r1 - r0, w);
   band.reserve(std::size_t(band_size));
   packed.reserve(std::size_t(amx::direct_weights_size(most, most)));
-  staging.reserve(std::size_t(amx::kStagingFloats));
+  const long staging_size = amx::kStagingFloats;
+  staging.reserve(std::size_t(staging_size));
   const long ldy = n + 3;  // a row stride of the caller's choosing
 
   for (const bool input_gradient : {false, true}) {
     CAPTURE(input_gradient);
     const int in = input_gradient ? cout : cin, out = input_gradient ? cin : cout;
     std::fill(band.data(), band.data() + band_size, 0xFFFFFFFFu);
+    std::fill(staging.data(), staging.data() + staging_size, std::numeric_limits<float>::quiet_NaN());
     std::fill(packed.data(), packed.data() + amx::direct_weights_size(most, most), 0xFFFFFFFFu);
     if (input_gradient)  // dz as the backward keeps a group: images side by side in each channel's row
       amx::pad_input_band(dz_side.data(), plane, images, in, h, w, r0, r1, band.data(), images * plane);
@@ -268,7 +272,7 @@ void check_amx_conv(int images, int cin, int cout, int h, int w, int r0, int r1,
     Tiles tiles;
     amx::conv3x3_direct_on(tiles, band.data(), images, in, r1 - r0, w, out, packed.data(),
                            input_gradient ? nullptr : bias.data(), relu && !input_gradient, y.data(), ldy,
-                           staging.data());
+                           staging.data(), cout_chunk);
     double worst = 0;
     bool padding_kept = true;
     for (long o = 0; o < out; ++o) {
@@ -322,6 +326,12 @@ void check_amx_conv_cases() {
   check_amx_conv<Tiles>(2, 1, 16, 3, 3, 0, 3, true, 950);
   check_amx_conv<Tiles>(1, 40, 24, 5, 16, 0, 5, true, 960);  // 20 channel pairs: two tile steps, padded
   check_amx_conv<Tiles>(3, 12, 32, 4, 17, 1, 3, false, 970);
+  // Deeper (several tile steps per tap; output channels in chunks where L2 is small), and an odd
+  // number of runs.
+  check_amx_conv<Tiles>(2, 100, 40, 6, 20, 1, 5, true, 980);
+  check_amx_conv<Tiles>(1, 96, 70, 5, 9, 0, 5, false, 990);
+  check_amx_conv<Tiles>(1, 96, 70, 5, 9, 0, 5, true, 991, 32);  // three chunks of output channels
+  check_amx_conv<Tiles>(2, 40, 100, 4, 20, 0, 4, false, 992, 64);
 }
 
 /// The weight gradient's tile loop (gemm_rows_panels_on) on `Tiles`: A (m x k) as pair rows, B^T

@@ -38,6 +38,13 @@ constexpr int direct_step_pairs(Index cin) { return int(std::min<Index>(direct_p
 constexpr Index direct_weights_size(Index cout, Index cin) {
   return 9 * ((cout + kBlock - 1) / kBlock * kBlock) * direct_pairs(cin);
 }
+/// Output channels per chunk of conv3x3_direct_on: whole 32-channel blocks whose packed weights
+/// (9 taps x 32 rows x pairs words each) take at most a quarter of L2, at least one block.
+inline Index direct_cout_chunk(Index cout, Index cin) {
+  const Index block_bytes = 9 * kBlock * direct_pairs(cin) * 4;
+  const Index blocks = std::max<Index>(1, Index(cpu_info().cache.l2) / 4 / block_bytes);
+  return std::min(blocks * kBlock, (cout + kBlock - 1) / kBlock * kBlock);
+}
 /// uint32s of a padded input band (pad_input_band) of `images` images, `rows` output rows of w
 /// pixels: (rows + 2) x (w + 2) per channel pair, and 32 words of slack (a B tile of the last
 /// columns reads up to 16 words past a row's end).
@@ -116,11 +123,11 @@ VGG_TARGET_BF16 inline void pad_input_band(const float* x, Index image_stride, i
 /// y = epilogue(conv3x3(x) + bias) for a band of images (pad_input_band's band of rows r1 - r0 = rows
 /// of w pixels, images side by side: output column j = i * rows * w + r * w + c, row stride ldy),
 /// with relu max(0, .) (NaN passes). weights: pack_direct_weights'. requires: staging kStagingFloats;
-/// Tiles usable (HardwareTiles: amx_ready()).
+/// Tiles usable (HardwareTiles: amx_ready()); cout_chunk a multiple of 32 (0: direct_cout_chunk's).
 template <class Tiles>
 inline void conv3x3_direct_on(Tiles& tiles, const std::uint32_t* band, int images, int cin, int rows, int w, int cout,
                               const std::uint32_t* weights, const float* bias, bool relu, float* y, Index ldy,
-                              float* staging) {
+                              float* staging, Index cout_chunk = 0) {
   const Index pairs = direct_pairs(cin), step_pairs = direct_step_pairs(cin), co_rows = (cout + kBlock - 1) / kBlock * kBlock;
   const Index prow = w + 2, pplane = Index(rows + 2) * prow, runs_per_row = (w + 15) / 16;
   const Index runs = Index(images) * rows * runs_per_row;
@@ -132,13 +139,18 @@ inline void conv3x3_direct_on(Tiles& tiles, const std::uint32_t* band, int image
     count = int(std::min<Index>(16, w - c0));
     return band + i * pairs * pplane + r * prow + c0;
   };
+  // Output channels in chunks whose weights stay in L2 while every run of the band passes (with the
+  // runs outer, a 512-channel layer read its 4.7 MB of weights from L3 once per 32 pixels); within a
+  // chunk, each run pair's B tiles are reused across its blocks.
+  const Index chunk = cout_chunk > 0 ? cout_chunk : direct_cout_chunk(cout, cin);
   tiles.begin(int(step_pairs));
+  for (Index chunk0 = 0; chunk0 < cout; chunk0 += chunk)
   for (Index s = 0; s < runs; s += 2) {
     Index column0 = 0, column1 = 0;
     int count0 = 0, count1 = 0;
     const std::uint32_t* b0 = origin(s, column0, count0);
     const std::uint32_t* b1 = s + 1 < runs ? origin(s + 1, column1, count1) : b0;  // no second run: not stored
-    for (Index co0 = 0; co0 < cout; co0 += kBlock) {
+    for (Index co0 = chunk0; co0 < std::min<Index>(cout, chunk0 + chunk); co0 += kBlock) {
       tiles.zero_c();
       for (int tap = 0; tap < 9; ++tap) {
         const Index offset = tap / 3 * prow + tap % 3;
