@@ -34,14 +34,22 @@ constexpr Index direct_pairs(Index cin) {
 }
 /// Depth pairs per tile step of the direct convolution.
 constexpr int direct_step_pairs(Index cin) { return int(std::min<Index>(direct_pairs(cin), kTilePairs)); }
-/// uint32s of weights packed by pack_direct_weights: 9 taps x round_up(cout, 32) rows x pairs.
+/// uint32s from one row of pack_direct_weights' weights to the next: the pairs, and where they are
+/// an even number of 64-byte lines, one line more. An A tile's 16 rows are 16 consecutive rows; at a
+/// power of two bytes apart (1 KiB for 512 channels) they fell into 4 of L1d's 64 sets.
+constexpr Index direct_weight_stride(Index cin) {
+  const Index pairs = direct_pairs(cin);
+  return pairs % kTilePairs == 0 && pairs / kTilePairs % 2 == 0 ? pairs + kTilePairs : pairs;
+}
+/// uint32s of weights packed by pack_direct_weights: 9 taps x round_up(cout, 32) rows x
+/// direct_weight_stride(cin).
 constexpr Index direct_weights_size(Index cout, Index cin) {
-  return 9 * ((cout + kBlock - 1) / kBlock * kBlock) * direct_pairs(cin);
+  return 9 * ((cout + kBlock - 1) / kBlock * kBlock) * direct_weight_stride(cin);
 }
 /// Output channels per chunk of conv3x3_direct_on: whole 32-channel blocks whose packed weights
-/// (9 taps x 32 rows x pairs words each) take at most a quarter of L2, at least one block.
+/// (9 taps x 32 rows x direct_weight_stride words each) take at most a quarter of L2, at least one block.
 inline Index direct_cout_chunk(Index cout, Index cin) {
-  const Index block_bytes = 9 * kBlock * direct_pairs(cin) * 4;
+  const Index block_bytes = 9 * kBlock * direct_weight_stride(cin) * 4;
   const Index blocks = std::max<Index>(1, Index(cpu_info().cache.l2) / 4 / block_bytes);
   return std::min(blocks * kBlock, (cout + kBlock - 1) / kBlock * kBlock);
 }
@@ -63,8 +71,9 @@ constexpr Index panels_padded_size(Index k, Index n) { return (n + kBlock - 1) /
 // stride: nothing is gathered per tap. The weights are packed per tap, [tap][cout][pair]. A C tile
 // pair covers 32 output channels x two runs of 16 pixels (within a row, or two short rows).
 
-/// The weights (cout x cin x 3 x 3) packed for conv3x3_direct_on: row tap * round_up(cout, 32) + co,
-/// word q = the bf16 pair (channel 2q, channel 2q + 1) of tap (ky * 3 + kx), zero beyond cin and cout.
+/// The weights (cout x cin x 3 x 3) packed for conv3x3_direct_on: row tap * round_up(cout, 32) + co
+/// (direct_weight_stride(cin) words each), word q = the bf16 pair (channel 2q, channel 2q + 1) of tap
+/// (ky * 3 + kx), zero beyond cin and cout and in the stride's padding.
 /// With InputGradient, the weights of the input gradient's convolution instead (of dz, cout channels
 /// in, cin out): the kernel turned 180 degrees, its channels swapped. With parts > 1, only every
 /// parts-th row from `part`.
@@ -72,14 +81,16 @@ template <bool InputGradient = false>
 inline void pack_direct_weights(const float* weight, int cout, int cin, std::uint32_t* dst, int part = 0,
                                 int parts = 1) {
   const int out = InputGradient ? cin : cout, in = InputGradient ? cout : cin;
-  const Index pairs = direct_pairs(in), rows = (out + kBlock - 1) / kBlock * kBlock;
+  const Index pairs = direct_pairs(in), stride = direct_weight_stride(in), rows = (out + kBlock - 1) / kBlock * kBlock;
   for (Index row = part; row < 9 * rows; row += parts) {
     const Index tap = row / rows, o = row % rows;
     const auto at = [&](Index i) {
       if (o >= out || i >= in) return 0.0f;
       return InputGradient ? weight[(i * cin + o) * 9 + 8 - tap] : weight[(o * cin + i) * 9 + tap];
     };
-    for (Index q = 0; q < pairs; ++q) dst[row * pairs + q] = bf16::pair(at(2 * q), at(2 * q + 1));
+    std::uint32_t* out_row = dst + row * stride;
+    for (Index q = 0; q < pairs; ++q) out_row[q] = bf16::pair(at(2 * q), at(2 * q + 1));
+    std::fill(out_row + pairs, out_row + stride, 0u);
   }
 }
 
@@ -129,6 +140,7 @@ inline void conv3x3_direct_on(Tiles& tiles, const std::uint32_t* band, int image
                               const std::uint32_t* weights, const float* bias, bool relu, float* y, Index ldy,
                               float* staging, Index cout_chunk = 0) {
   const Index pairs = direct_pairs(cin), step_pairs = direct_step_pairs(cin), co_rows = (cout + kBlock - 1) / kBlock * kBlock;
+  const Index a_stride = direct_weight_stride(cin);
   const Index prow = w + 2, pplane = Index(rows + 2) * prow, runs_per_row = (w + 15) / 16;
   const Index runs = Index(images) * rows * runs_per_row;
   // Run s: image, output row, first column; its B origin (tap 0, pair 0) and its first output column.
@@ -154,9 +166,9 @@ inline void conv3x3_direct_on(Tiles& tiles, const std::uint32_t* band, int image
       tiles.zero_c();
       for (int tap = 0; tap < 9; ++tap) {
         const Index offset = tap / 3 * prow + tap % 3;
-        const std::uint32_t* a = weights + (tap * co_rows + co0) * pairs;
+        const std::uint32_t* a = weights + (tap * co_rows + co0) * a_stride;
         for (Index q0 = 0; q0 < pairs; q0 += step_pairs)
-          tiles.step(a + q0, pairs * 4, b0 + offset + q0 * pplane, b1 + offset + q0 * pplane, pplane * 4);
+          tiles.step(a + q0, a_stride * 4, b0 + offset + q0 * pplane, b1 + offset + q0 * pplane, pplane * 4);
       }
       tiles.store_c(staging);
       const int mr = int(std::min<Index>(kBlock, cout - co0));
