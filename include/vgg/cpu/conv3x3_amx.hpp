@@ -75,22 +75,33 @@ constexpr Index panels_padded_size(Index k, Index n) { return (n + kBlock - 1) /
 /// (direct_weight_stride(cin) words each), word q = the bf16 pair (channel 2q, channel 2q + 1) of tap
 /// (ky * 3 + kx), zero beyond cin and cout and in the stride's padding.
 /// With InputGradient, the weights of the input gradient's convolution instead (of dz, cout channels
-/// in, cin out): the kernel turned 180 degrees, its channels swapped. With parts > 1, only every
-/// parts-th row from `part`.
+/// in, cin out): the kernel turned 180 degrees, its channels swapped. With parts > 1, only the rows
+/// of the part-th of `parts` equal ranges of output channels (all nine taps of each).
 template <bool InputGradient = false>
 inline void pack_direct_weights(const float* weight, int cout, int cin, std::uint32_t* dst, int part = 0,
                                 int parts = 1) {
   const int out = InputGradient ? cin : cout, in = InputGradient ? cout : cin;
   const Index pairs = direct_pairs(in), stride = direct_weight_stride(in), rows = (out + kBlock - 1) / kBlock * kBlock;
-  for (Index row = part; row < 9 * rows; row += parts) {
-    const Index tap = row / rows, o = row % rows;
-    const auto at = [&](Index i) {
-      if (o >= out || i >= in) return 0.0f;
-      return InputGradient ? weight[(i * cin + o) * 9 + 8 - tap] : weight[(o * cin + i) * 9 + tap];
+  // Per output channel, each input channel's nine taps are read once, as the 9 floats they are
+  // stored as, and spread over the nine tap rows (reading them per tap row read the weights 9 times).
+  const Index per_part = (rows + parts - 1) / parts;
+  for (Index o = part * per_part; o < std::min(rows, (part + 1) * per_part); ++o) {
+    for (int tap = 0; tap < 9; ++tap) {  // what the loop below leaves: padding, channels past `in`
+      std::uint32_t* row = dst + (tap * rows + o) * stride;
+      std::fill(row + (o < out ? in / 2 : 0), row + stride, 0u);
+    }
+    if (o >= out) continue;
+    const auto taps_of = [&](Index i) {  // the 9 taps of input channel i for output channel o
+      return InputGradient ? weight + (i * cin + o) * 9 : weight + (o * cin + i) * 9;
     };
-    std::uint32_t* out_row = dst + row * stride;
-    for (Index q = 0; q < pairs; ++q) out_row[q] = bf16::pair(at(2 * q), at(2 * q + 1));
-    std::fill(out_row + pairs, out_row + stride, 0u);
+    for (Index q = 0; 2 * q < in; ++q) {
+      const float* even = taps_of(2 * q);
+      const float* odd = 2 * q + 1 < in ? taps_of(2 * q + 1) : nullptr;
+      for (int tap = 0; tap < 9; ++tap) {
+        const int k = InputGradient ? 8 - tap : tap;
+        dst[(tap * rows + o) * stride + q] = bf16::pair(even[k], odd ? odd[k] : 0.0f);
+      }
+    }
   }
 }
 
