@@ -81,7 +81,7 @@ template <bool InputGradient = false>
 inline void pack_direct_weights(const float* weight, int cout, int cin, std::uint32_t* dst, int part = 0,
                                 int parts = 1) {
   const int out = InputGradient ? cin : cout, in = InputGradient ? cout : cin;
-  const Index pairs = direct_pairs(in), stride = direct_weight_stride(in), rows = (out + kBlock - 1) / kBlock * kBlock;
+  const Index stride = direct_weight_stride(in), rows = (out + kBlock - 1) / kBlock * kBlock;
   // Per output channel, each input channel's nine taps are read once, as the 9 floats they are
   // stored as, and spread over the nine tap rows (reading them per tap row read the weights 9 times).
   const Index per_part = (rows + parts - 1) / parts;

@@ -12,9 +12,10 @@
 // `EmulatedTiles` computes what they compute (the Intel SDM's TDPBF16PS: per output, two bf16
 // products added in turn in fp32), so the packing, the loop and the epilogue are tested on every
 // machine with avx512_bf16 (tests/core/test_bf16.cpp), and on an AMX machine the hardware is tested
-// against them. No machine of this project's pool has shown amx_bf16 yet (the Xeon kind's virtual
-// machine hides it), so `amx_ready()` also runs a start-up self-check: a product on the tiles against
-// the same product emulated; a mismatch keeps the vdpbf16ps kernel and says why.
+// against them. Hosts of the same CPU model differ (some Xeon family 6 model 207 virtual machines hide
+// amx_bf16, one showed it and ran these kernels, 2026-12-07), so `amx_ready()` also runs a start-up
+// self-check: a product on the tiles against the same product emulated; a mismatch keeps the
+// vdpbf16ps kernel and says why. The convolutions' own tile kernels are in conv3x3_amx.hpp.
 
 #include <algorithm>
 #include <cmath>
