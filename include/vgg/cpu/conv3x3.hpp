@@ -485,8 +485,9 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
     // The input gradient's products on the same kernel, when one depth pass covers cout: W^T packed
     // once for all bands by all threads, dz packed once per band as B panels for all column slices.
     bool prepacked = false;
-    // On AMX, every product of the backward on the tiles, nothing packed per product: W^T packed once
-    // per backward (per column slice, amx_packed_weights_t), dz and dz^T once per band.
+    // On AMX, every product of the backward on the tiles, nothing packed per product: the input
+    // gradient's direct-convolution weights packed once per backward, dz^T once per band, and dz
+    // padded per image and band for the input gradient's direct convolution.
     bool amx_tiles = false;
 #ifdef VGG_BF16_KERNELS
     if constexpr (!Plain) {
@@ -581,15 +582,16 @@ inline void conv3x3_relu_backward(const float* x, const float* weight, const flo
 #ifdef VGG_BF16_KERNELS
         if (amx_tiles) {  // dz^T as the tiles read it (depth padded to whole tiles)
           amx::pack_bt_panels_padded(dzb, dz_stride, group_cols, g.cout, ws.gradient_panels[std::size_t(tid)].data());
-          if (dx)  // dx's rows of this band by a direct convolution of dz, image by image (written, not added)
+          if (dx) {  // dx's rows of this band by a direct convolution of dz, image by image (written, not added)
+            std::uint32_t* band_dz = ws.amx_bands[std::size_t(tid)].data();
+            amx::HardwareTiles tiles;
             for (long i = first; i < last; ++i) {
-              std::uint32_t* band_dz = ws.amx_bands[std::size_t(tid)].data();
               amx::pad_input_band(dz + (i - first) * plane, 0, 1, g.cout, g.h, g.w, r0, r1, band_dz, dz_stride);
-              amx::HardwareTiles tiles;
               amx::conv3x3_direct_on(tiles, band_dz, 1, g.cout, r1 - r0, g.w, g.cin, ws.packed_weights_t_bf16.data(),
                                      nullptr, false, dx + i * g.cin * plane + long(r0) * g.w, plane,
                                      ws.amx_stages[std::size_t(tid)].data());
             }
+          }
         } else if (transposed) {  // dz^T as B panels, once for all slices
           bf16::pack_bt_panels(dzb, dz_stride, group_cols, g.cout, ws.gradient_panels[std::size_t(tid)].data());
           if (prepacked)  // and dz itself, the input gradient's B

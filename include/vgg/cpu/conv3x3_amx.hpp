@@ -26,6 +26,8 @@
 VGG_INTRINSICS_BEGIN
 namespace vgg::cpu::amx {
 
+/// n rounded up to whole 32-row (or 32-column) blocks of C.
+constexpr Index whole_blocks(Index n) { return (n + kBlock - 1) / kBlock * kBlock; }
 /// Channel pairs of the direct convolution's input (conv3x3_direct_on): cin / 2 rounded up, and past
 /// one tile's 16 pairs, to whole tiles.
 constexpr Index direct_pairs(Index cin) {
@@ -44,14 +46,14 @@ constexpr Index direct_weight_stride(Index cin) {
 /// uint32s of weights packed by pack_direct_weights: 9 taps x round_up(cout, 32) rows x
 /// direct_weight_stride(cin).
 constexpr Index direct_weights_size(Index cout, Index cin) {
-  return 9 * ((cout + kBlock - 1) / kBlock * kBlock) * direct_weight_stride(cin);
+  return 9 * whole_blocks(cout) * direct_weight_stride(cin);
 }
 /// Output channels per chunk of conv3x3_direct_on: whole 32-channel blocks whose packed weights
 /// (9 taps x 32 rows x direct_weight_stride words each) take at most a quarter of L2, at least one block.
 inline Index direct_cout_chunk(Index cout, Index cin) {
   const Index block_bytes = 9 * kBlock * direct_weight_stride(cin) * 4;
   const Index blocks = std::max<Index>(1, Index(cpu_info().cache.l2) / 4 / block_bytes);
-  return std::min(blocks * kBlock, (cout + kBlock - 1) / kBlock * kBlock);
+  return std::min(blocks * kBlock, whole_blocks(cout));
 }
 /// uint32s of a padded input band (pad_input_band) of `images` images, `rows` output rows of w
 /// pixels: (rows + 2) x (w + 2) per channel pair, and 32 words of slack (a B tile of the last
@@ -60,7 +62,7 @@ constexpr Index direct_band_size(Index images, Index cin, Index rows, Index w) {
   return images * direct_pairs(cin) * (rows + 2) * (w + 2) + 32;
 }
 /// uint32s of op(B) (k x n) packed by pack_bt_panels_padded (B panels, depth padded to whole tiles).
-constexpr Index panels_padded_size(Index k, Index n) { return (n + kBlock - 1) / kBlock * kBlock * padded_pairs(k); }
+constexpr Index panels_padded_size(Index k, Index n) { return whole_blocks(n) * padded_pairs(k); }
 
 #ifdef VGG_BF16_KERNELS
 
@@ -81,7 +83,7 @@ template <bool InputGradient = false>
 inline void pack_direct_weights(const float* weight, int cout, int cin, std::uint32_t* dst, int part = 0,
                                 int parts = 1) {
   const int out = InputGradient ? cin : cout, in = InputGradient ? cout : cin;
-  const Index stride = direct_weight_stride(in), rows = (out + kBlock - 1) / kBlock * kBlock;
+  const Index stride = direct_weight_stride(in), rows = whole_blocks(out);
   // Per output channel, each input channel's nine taps are read once, as the 9 floats they are
   // stored as, and spread over the nine tap rows (reading them per tap row read the weights 9 times).
   const Index per_part = (rows + parts - 1) / parts;
@@ -150,7 +152,7 @@ template <class Tiles>
 inline void conv3x3_direct_on(Tiles& tiles, const std::uint32_t* band, int images, int cin, int rows, int w, int cout,
                               const std::uint32_t* weights, const float* bias, bool relu, float* y, Index ldy,
                               float* staging, Index cout_chunk = 0) {
-  const Index pairs = direct_pairs(cin), step_pairs = direct_step_pairs(cin), co_rows = (cout + kBlock - 1) / kBlock * kBlock;
+  const Index pairs = direct_pairs(cin), step_pairs = direct_step_pairs(cin), co_rows = whole_blocks(cout);
   const Index a_stride = direct_weight_stride(cin);
   const Index prow = w + 2, pplane = Index(rows + 2) * prow, runs_per_row = (w + 15) / 16;
   const Index runs = Index(images) * rows * runs_per_row;
@@ -196,7 +198,6 @@ inline void conv3x3_direct_on(Tiles& tiles, const std::uint32_t* band, int image
 // the depth of this product, pixels, runs along their rows, so A tiles load straight from them) and
 // dz^T as B panels packed once per band. Depths are padded with zeros to whole tiles in both
 // operands, and the sums stay in the tiles over the whole depth.
-
 
 /// op(B) = B^T (B stored n x k, row stride ldb) as 32-column panels, panel j0 / 32 at dst + j0 / 32 *
 /// 32 * padded_pairs(k), each [pair][32] as bf16::pack_bt packs it, its pairs zero from (k + 1) / 2 on.
