@@ -2,8 +2,12 @@
 // AVX-512 kernel that vgg::cpu::gemm takes where it is built, against the plain path (Eigen 3.4's
 // packed kernels, driven as gemm_eigen drives them), and the bf16 kernel (gemm_bf16.hpp) where the
 // CPU has AVX512-BF16, registered beside each fp32 shape. Counter: GFLOP/s (2 m n k per product).
+// Also full-width VGG-11's first classifier layer (25088 -> 4096) at 1-16 images, on 2 threads as
+// the layer runs: the few-row kernel (W read row by row) against the GEMM, fp32 and bf16; counter
+// GB/s of W read.
 //
 //   build/benchmarks/bench_gemm --benchmark_counters_tabular=true
+//   build/benchmarks/bench_gemm --benchmark_filter=linear/
 #include <benchmark/benchmark.h>
 
 #include <vgg/cpu/gemm_amx.hpp>
@@ -164,9 +168,51 @@ void kernel_only(benchmark::State& state) {
 }
 #endif
 
+/// linear_forward of full-width VGG-11's first classifier layer for range(0) images, range(1) 1:
+/// bf16 mode; label few_rows or gemm (LinearWorkspace::few_rows_max 0).
+void linear_layer(benchmark::State& state, bool few_rows) {
+  constexpr int in = 25088, out = 4096, threads = 2;
+  const int n = int(state.range(0));
+  const bool bf16 = state.range(1) != 0;
+  vgg::Buffer<float> x(std::size_t(n) * in), w(std::size_t(out) * in), b(out), y(std::size_t(n) * out);
+  vgg::Rng rng(8);
+  for (long i = 0; i < long(n) * in; ++i) x.data()[i] = rng.uniform(-1.0f, 1.0f);
+  for (long i = 0; i < long(out) * in; ++i) w.data()[i] = rng.uniform(-0.01f, 0.01f);
+  for (int i = 0; i < out; ++i) b.data()[i] = 0.0f;
+  vgg::cpu::LinearWorkspace ws;
+  ws.reserve(n, in, out, threads);
+  ws.set_bf16(bf16);
+  ws.few_rows_max = few_rows ? vgg::cpu::few_rows::kMaxRows : 0;
+  for (auto _ : state) {
+    vgg::cpu::linear_forward(x.data(), w.data(), b.data(), y.data(), n, in, out, true, ws, threads);
+    benchmark::ClobberMemory();
+  }
+  state.counters["GB/s"] = benchmark::Counter(4e-9 * double(in) * out, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void register_linear() {
+  if (!vgg::cpu::kFastKernels) return;
+  for (const bool bf16 : {false, true}) {
+    if (bf16 && !vgg::cpu::bf16::bf16_gemm_available()) continue;
+    const std::string precision = bf16 ? "bf16" : "fp32";
+    for (const int n : {1, 4, 8, 16}) {
+      if (n <= vgg::cpu::few_rows::kMaxRows)
+        benchmark::RegisterBenchmark(("linear/fc1/" + precision + "/few_rows").c_str(), linear_layer, true)
+            ->Args({n, bf16})
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      benchmark::RegisterBenchmark(("linear/fc1/" + precision + "/gemm").c_str(), linear_layer, false)
+          ->Args({n, bf16})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  register_linear();
 #ifdef VGG_FAST_KERNELS
   benchmark::RegisterBenchmark("kernel_8x32/packed", kernel_only);
 #endif

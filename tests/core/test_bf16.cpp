@@ -20,6 +20,7 @@
 #include "vgg/cpu/gemm_amx.hpp"
 #include "vgg/cpu/gemm_bf16.hpp"
 #include "vgg/cpu/im2col.hpp"
+#include "vgg/cpu/linear.hpp"
 #include "vgg/vgg.hpp"
 
 namespace {
@@ -461,6 +462,98 @@ std::vector<std::uint32_t> pack_b_panel(const float* b, long ldb, long p0, long 
 std::vector<std::uint32_t> words(const std::uint32_t* p, long at, long count) { return {p + at, p + at + count}; }
 
 }  // namespace
+
+/// pack_row_pairs<R>'s words, one by one: dst[q * R + r] = pair(row r's depths 2q and 2q + 1), zero
+/// for rows >= valid and depths >= kc.
+template <int R>
+std::vector<std::uint32_t> row_pairs_reference(const float* src, long ld, int valid, long kc) {
+  const long pairs = (kc + 1) / 2;
+  std::vector<std::uint32_t> out(std::size_t(pairs * R));
+  for (long q = 0; q < pairs; ++q)
+    for (int r = 0; r < R; ++r) {
+      const auto at = [&](long p) { return r < valid && p < kc ? src[r * ld + p] : 0.0f; };
+      out[std::size_t(q * R + r)] = bf16::pair(at(2 * q), at(2 * q + 1));
+    }
+  return out;
+}
+
+template <int R>
+void check_row_pairs() {
+  // Depths under one 32-float step, odd, one step exactly, several with a tail; all rows valid or not.
+  for (const long kc : {1L, 7L, 31L, 32L, 33L, 64L, 255L, 256L}) {
+    for (const int valid : {R, R - 1, 5, 1}) {
+      CAPTURE(R);
+      CAPTURE(kc);
+      CAPTURE(valid);
+      const long ld = kc + 3;
+      const auto src = ref::random_vector(std::size_t(R * ld), unsigned(kc * 40 + valid));
+      const long pairs = (kc + 1) / 2;
+      std::vector<std::uint32_t> dst(std::size_t((pairs + 16) * R), 0xDEADBEEFu);
+      bf16::pack_row_pairs<R>(src.data(), ld, valid, kc, dst.data());
+      CHECK(std::vector<std::uint32_t>(dst.begin(), dst.begin() + pairs * R) ==
+            row_pairs_reference<R>(src.data(), ld, valid, kc));
+      // Nothing past the last pair is written.
+      CHECK(std::all_of(dst.begin() + pairs * R, dst.end(), [](std::uint32_t w) { return w == 0xDEADBEEFu; }));
+    }
+  }
+}
+
+TEST_CASE("row pairs (the packing of A, and of B^T for the linear layers) are the scalar pairs, transposed") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; bf16 row pairs not checked\n");
+    return;
+  }
+  check_row_pairs<bf16::kMr>();  // through the buffer
+  check_row_pairs<bf16::kNr>();  // in registers, two 16 x 16 transposes
+  check_row_pairs<16>();
+}
+
+TEST_CASE("bf16 linear forward of a few rows (W rounded in registers) follows the bf16 references") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; the bf16 few-row linear forward not checked\n");
+    return;
+  }
+  unsigned seed = 70;
+  for (const int in : {1, 31, 32, 33, 100, 700})
+    for (const int n : {1, 3, 8})
+      for (const int out : {1, 5}) {
+        CAPTURE(in);
+        CAPTURE(n);
+        CAPTURE(out);
+        const auto x = ref::random_vector(std::size_t(n) * in, seed++);
+        const auto w = ref::random_vector(std::size_t(out) * in, seed++);
+        const auto b = ref::random_vector(std::size_t(out), seed++, -0.5f, 0.5f);
+        vgg::cpu::LinearWorkspace ws;
+        ws.reserve(n, in, out, 2);
+        ws.set_bf16(true);
+        std::vector<float> y(std::size_t(n) * out);
+        vgg::cpu::linear_forward<vgg::cpu::KernelPath::avx512>(x.data(), w.data(), b.data(), y.data(), n, in, out,
+                                                               false, ws, 2);
+        double worst_tight = 0, worst_loose = 0;
+        for (int i = 0; i < n; ++i)
+          for (int o = 0; o < out; ++o) {
+            double rounded = 0, exact = 0, magnitude = 0;
+            for (int p = 0; p < in; ++p) {
+              const float xv = x[std::size_t(i) * in + p], wv = w[std::size_t(o) * in + p];
+              rounded += double(bf16::round_to_bf16(xv)) * double(bf16::round_to_bf16(wv));
+              exact += double(xv) * double(wv);
+              magnitude += std::fabs(double(xv) * double(wv));
+            }
+            const double got = y[std::size_t(i) * out + o], scale = magnitude + 1.0;
+            worst_tight = std::max(worst_tight, std::fabs(got - (rounded + b[std::size_t(o)])) / (scale * (in + 2) * 0x1p-24));
+            worst_loose = std::max(worst_loose, std::fabs(got - (exact + b[std::size_t(o)])) /
+                                                    (scale * (0x1p-7 + 0x1p-16 + (in + 2) * 0x1p-24)));
+          }
+        CHECK(worst_tight <= 1.0);  // the products of bf16-rounded operands, summed in fp32
+        CHECK(worst_loose <= 1.0);  // within bf16's precision of the fp32 product
+        // The few-row kernel ran (not the GEMM): its own result, bit for bit.
+        vgg::Buffer<std::uint32_t> pairs(std::size_t(n) * std::size_t(vgg::cpu::few_rows::pairs(in)));
+        vgg::cpu::few_rows::pack_rows_bf16(x.data(), in, n, in, pairs.data());
+        std::vector<float> alone(std::size_t(n) * out);
+        vgg::cpu::few_rows::linear(x.data(), in, n, w.data(), in, b.data(), alone.data(), out, 0, out, pairs.data());
+        CHECK(ref::max_abs_diff(y, alone.data()) == 0.0f);
+      }
+}
 
 TEST_CASE("B panels packed whole are pack_b's panels bit for bit") {
   if (!bf16::bf16_gemm_available()) {

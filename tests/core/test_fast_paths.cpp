@@ -146,6 +146,50 @@ TEST_CASE("AVX-512 GEMM matches Eigen's on edge-cutting shapes" * doctest::skip(
   }
 }
 
+/// The linear forward of n rows on the AVX-512 path (the few-row kernel where n <= 8, else the GEMM)
+/// against the plain path; and, where n <= 8, the very result of the few-row kernel called alone.
+void check_linear(int n, int in, int out, bool relu, int threads, unsigned seed) {
+  CAPTURE(n);
+  CAPTURE(in);
+  CAPTURE(out);
+  CAPTURE(relu);
+  CAPTURE(threads);
+  const auto x = ref::random_vector(std::size_t(n) * in, seed);
+  const auto w = ref::random_vector(std::size_t(out) * in, seed + 1);
+  const auto b = ref::random_vector(std::size_t(out), seed + 2);
+  vgg::cpu::LinearWorkspace ws;
+  ws.reserve(n, in, out, threads);
+  std::vector<float> fast(std::size_t(n) * out, 7.0f), plain = fast;
+  vgg::cpu::linear_forward<vgg::cpu::KernelPath::avx512>(x.data(), w.data(), b.data(), fast.data(), n, in, out, relu, ws,
+                                                         threads);
+  vgg::cpu::linear_forward<vgg::cpu::KernelPath::plain>(x.data(), w.data(), b.data(), plain.data(), n, in, out, relu,
+                                                        ws, threads);
+  // Both sum in fp32, in different orders: in roundings of 2^-24 of the sum of magnitudes (< in).
+  CHECK(ref::max_abs_diff(fast, plain.data()) <= float(in + 2) * 0x1p-24f * float(in));
+#ifdef VGG_FAST_KERNELS
+  if (n <= vgg::cpu::few_rows::kMaxRows) {
+    std::vector<float> alone(std::size_t(n) * out);
+    vgg::cpu::few_rows::linear(x.data(), in, n, w.data(), in, b.data(), alone.data(), out, 0, out);
+    if (relu)
+      for (float& v : alone) v = std::max(v, 0.0f);
+    CHECK(ref::max_abs_diff(fast, alone.data()) == 0.0f);
+  }
+#endif
+}
+
+TEST_CASE("linear forward of a few rows (W read row by row) and of many (GEMM) match the plain path" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  unsigned seed = 900;
+  // Depths under, at and over a vector, with a tail; odd and single output counts; 1 to 9 rows.
+  for (const int in : {1, 15, 16, 17, 100, 300})
+    for (const int out : {1, 2, 3, 33})
+      for (const int n : {1, 2, 5, 8, 9}) {
+        check_linear(n, in, out, (seed & 1) != 0, 1 + int(seed % 3), seed);
+        ++seed;
+      }
+  check_linear(3, 3136, 512, true, 2, seed++);  // the recipe's first classifier layer
+}
+
 TEST_CASE("fast convolution forward and backward match the plain path" * doctest::skip(!vgg::cpu::kFastKernels)) {
   unsigned seed = 100;
   const ConvCase cases[] = {

@@ -84,28 +84,37 @@ inline std::uint32_t pair(float even, float odd) {
 
 /// dst[q * R + r] = the depth pair (2q, 2q + 1) of row r, for rows r < R of a row-major matrix whose
 /// depth runs along its rows (src + r * ld), q < ceil(kc / 2); zero for rows >= valid and depth >= kc.
-/// Rows are rounded 32 floats at a time (vcvtne2ps2bf16, in order: word 2q is depth 2q) and the
-/// rows x 16 pairs block is then transposed through a small buffer.
+/// Rows are rounded 32 floats at a time (vcvtne2ps2bf16, in order: word 2q is depth 2q), and each
+/// 16 rows x 16 pairs block is then transposed in registers (R a multiple of 16: the linear layers'
+/// weights, read once per forward, spent most of a full-width bf16 forward in a scalar transpose),
+/// or through a small buffer (R = 8).
 template <int R>
 VGG_TARGET_BF16 inline void pack_row_pairs(const float* src, Index ld, int valid, Index kc, std::uint32_t* dst) {
-  alignas(64) std::uint32_t block[R][16];
   const Index pairs = (kc + 1) / 2;
   for (Index q0 = 0; q0 < pairs; q0 += 16) {
     const Index count = std::min<Index>(32, kc - 2 * q0);
     const __mmask16 lo_lanes = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
     const __mmask16 hi_lanes = count >= 32 ? __mmask16(0xFFFF) : count <= 16 ? __mmask16(0) : __mmask16((1u << (count - 16)) - 1u);
-    for (int r = 0; r < R; ++r) {
-      if (r >= valid) {
-        _mm512_store_si512(block[r], _mm512_setzero_si512());
-        continue;
-      }
+    const auto words = [&](int r) {
+      if (r >= valid) return _mm512_setzero_si512();
       const float* row = src + r * ld + 2 * q0;
       const __m512 lo = _mm512_maskz_loadu_ps(lo_lanes, row), hi = _mm512_maskz_loadu_ps(hi_lanes, row + 16);
-      _mm512_store_si512(block[r], (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    }
+      return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    };
     const int n = int(std::min<Index>(16, pairs - q0));
-    for (int qq = 0; qq < n; ++qq)
-      for (int r = 0; r < R; ++r) dst[(q0 + qq) * R + r] = block[r][qq];
+    if constexpr (R % 16 == 0) {
+      for (int r0 = 0; r0 < R; r0 += 16) {
+        __m512 block[16];  // the fp32 packing's transpose, moving words as they are
+        for (int r = 0; r < 16; ++r) block[r] = _mm512_castsi512_ps(words(r0 + r));
+        avx512::transpose16x16(block);
+        for (int qq = 0; qq < n; ++qq) _mm512_storeu_ps(dst + (q0 + qq) * R + r0, block[qq]);
+      }
+    } else {
+      alignas(64) std::uint32_t block[R][16];
+      for (int r = 0; r < R; ++r) _mm512_store_si512(block[r], words(r));
+      for (int qq = 0; qq < n; ++qq)
+        for (int r = 0; r < R; ++r) dst[(q0 + qq) * R + r] = block[r][qq];
+    }
   }
 }
 

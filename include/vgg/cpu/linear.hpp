@@ -1,13 +1,18 @@
 #pragma once
 // CPU kernel: fully connected layer y = x W^T + b (optionally ReLU), W stored out x in as in
-// PyTorch. Threads split the output features; each runs its own single-threaded GEMM.
+// PyTorch. Threads split the output features; each runs its own single-threaded GEMM, or, for a
+// few rows of x on the AVX-512 path, reads its rows of W once as they are (linear_few_rows.hpp).
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
+#include "vgg/buffer.hpp"
 #include "vgg/cpu/gemm.hpp"
+#include "vgg/cpu/linear_few_rows.hpp"
 #include "vgg/cpu/parallel.hpp"
 
 namespace vgg::cpu {
@@ -17,7 +22,21 @@ struct LinearWorkspace {
   void reserve(int batch, int in, int out, int threads) {
     if (int(plans.size()) < threads) plans.resize(std::size_t(threads));
     for (auto& p : plans) p.reserve(batch, out, in);
+#ifdef VGG_BF16_KERNELS
+    // bf16 mode's few-row forward rounds x once per call: room for it wherever bf16 can run.
+    if (bf16::bf16_gemm_available()) {
+      const std::size_t words = std::size_t(std::min(batch, few_rows::kMaxRows)) * std::size_t(few_rows::pairs(in));
+      if (words > x_pairs.capacity()) {
+        x_pairs.reserve(words);
+        std::memset(x_pairs.data(), 0, words * sizeof(std::uint32_t));  // no first touch in a step
+      }
+    }
+#endif
   }
+  /// Rows of x up to which the AVX-512 path's forward reads W row by row instead of the GEMM
+  /// (0: always the GEMM; for benchmarks and tests that compare the two).
+  int few_rows_max = few_rows::kMaxRows;
+  Buffer<std::uint32_t> x_pairs;  // x as bf16 pairs, for bf16 mode's few-row forward
   // Backward: dW = dz^T x (out x in, depth batch) and dx = dz W (batch x in, depth out).
   std::vector<GemmPlan> weight_plans, input_plans;
   void reserve_backward(int batch, int in, int out, int threads) {
@@ -41,6 +60,28 @@ struct LinearWorkspace {
 template <KernelPath Path = fastest_path>
 inline void linear_forward(const float* x, const float* weight, const float* bias, float* y, int n, int in, int out,
                            bool relu, LinearWorkspace& ws, int threads) {
+#ifdef VGG_FAST_KERNELS
+  if constexpr (Path == KernelPath::avx512) {
+    if (n >= 1 && n <= std::min(ws.few_rows_max, few_rows::kMaxRows)) {
+      const std::uint32_t* x_pairs = nullptr;
+#ifdef VGG_BF16_KERNELS
+      if (ws.plans.front().bf16()) {  // bf16 mode: x rounded once, here, for every thread
+        few_rows::pack_rows_bf16(x, in, n, in, ws.x_pairs.data());
+        x_pairs = ws.x_pairs.data();
+      }
+#endif
+#pragma omp parallel num_threads(threads)
+      {
+        const Range mine = split(out, omp_get_thread_num(), omp_get_num_threads());
+        few_rows::linear(x, in, n, weight, in, bias, y, out, mine.begin, mine.end, x_pairs);
+        if (relu)
+          for (int i = 0; i < n; ++i)
+            for (long j = mine.begin; j < mine.end; ++j) y[long(i) * out + j] = std::max(y[long(i) * out + j], 0.0f);
+      }
+      return;
+    }
+  }
+#endif
 #pragma omp parallel num_threads(threads)
   {
     const int tid = omp_get_thread_num();
