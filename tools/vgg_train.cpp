@@ -21,6 +21,7 @@
 #include <vgg/health.hpp>
 #include <vgg/io/checkpoint.hpp>
 #include <vgg/io/fine_tune.hpp>
+#include <vgg/cpu/product_rates.hpp>
 #include <vgg/vgg.hpp>
 
 #include <cerrno>
@@ -238,6 +239,21 @@ vgg::Precision precision_used(Net& net) {
   return vgg::Precision::fp32;
 }
 
+/// Where bf16 mode runs on the vdpbf16ps kernel (no AMX tiles), a second line when that kernel
+/// multiplies slower than the fp32 one on this core (measured now, a few ms); "" otherwise.
+template <class Net>
+std::string bf16_cost_note([[maybe_unused]] Net& net) {
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+  if constexpr (Net::backend::device == vgg::Device::cpu) {
+    if (precision_used(net) == vgg::Precision::bf16 && !vgg::cpu::amx::amx_ready()) {
+      const std::string note = vgg::cpu::bf16_slower_note(vgg::cpu::measure_product_rates());
+      if (!note.empty()) return "note: " + note;
+    }
+  }
+#endif
+  return "";
+}
+
 /// Buffers are sized for the batch, so a batch larger than the data set is capped to it.
 std::size_t effective_batch(const Options& o, std::size_t samples, const char* what, bool report = true) {
   const std::size_t batch = std::min<std::size_t>(std::size_t(o.batch_size), samples);
@@ -326,6 +342,7 @@ int train(const Options& o, Optimizer optimizer) {
   if (o.threads > 0) net->set_threads(o.threads);
   const std::string kernels = apply_precision(o, *net);
   if (root) std::cout << kernels << std::endl;
+  if (const std::string cost = bf16_cost_note(*net); root && !cost.empty()) std::cout << cost << std::endl;
 
   const std::size_t samples = o.limit == 0 ? train_set.size() : std::min(o.limit, train_set.size());
   const std::size_t train_batch = effective_batch(o, samples, "training images", root);

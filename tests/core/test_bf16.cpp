@@ -21,6 +21,7 @@
 #include "vgg/cpu/gemm_bf16.hpp"
 #include "vgg/cpu/im2col.hpp"
 #include "vgg/cpu/linear.hpp"
+#include "vgg/cpu/product_rates.hpp"
 #include "vgg/vgg.hpp"
 
 namespace {
@@ -553,6 +554,32 @@ TEST_CASE("bf16 linear forward of a few rows (W rounded in registers) follows th
         vgg::cpu::few_rows::linear(x.data(), in, n, w.data(), in, b.data(), alone.data(), out, 0, out, pairs.data());
         CHECK(ref::max_abs_diff(y, alone.data()) == 0.0f);
       }
+}
+
+TEST_CASE("the bf16 cost note speaks only where bf16 products are the slower ones") {
+  // The rates measured on the Xeon family 6 model 207 with AMX hidden: a note naming both.
+  const std::string slower = vgg::cpu::bf16_slower_note({235.0, 121.0});
+  CHECK(slower.find("121 GFLOP/s") != std::string::npos);
+  CHECK(slower.find("235") != std::string::npos);
+  CHECK(vgg::cpu::bf16_slower_note({235.0, 300.0}).empty());  // bf16 faster: nothing to say
+  CHECK(vgg::cpu::bf16_slower_note({235.0, 235.0}).empty());
+  CHECK(vgg::cpu::bf16_slower_note({0.0, 121.0}).empty());  // unknown rates: no claim
+  CHECK(vgg::cpu::bf16_slower_note({235.0, std::nan("")}).empty());
+}
+
+TEST_CASE("the product rates are measured where bf16 products run") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; the product rates not measured\n");
+    return;
+  }
+#if defined(VGG_FAST_KERNELS) && defined(VGG_BF16_KERNELS)
+  const vgg::cpu::ProductRates r = vgg::cpu::measure_product_rates();
+  MESSAGE("fp32 8x32 kernel " << r.fp32_gflops << " GFLOP/s, vdpbf16ps kernel " << r.bf16_gflops << " GFLOP/s");
+  CHECK(std::isfinite(r.fp32_gflops));
+  CHECK(std::isfinite(r.bf16_gflops));
+  CHECK(r.fp32_gflops > 0);
+  CHECK(r.bf16_gflops > 0);
+#endif
 }
 
 TEST_CASE("B panels packed whole are pack_b's panels bit for bit") {
