@@ -14,6 +14,7 @@
 
 #include "vgg/cpu/cpu_info.hpp"
 #include "vgg/cpu/kernel_path.hpp"
+#include "vgg/cpu/transpose16x16.hpp"
 
 VGG_INTRINSICS_BEGIN
 namespace vgg::cpu {
@@ -153,31 +154,6 @@ inline void pack_b_edge(const float* b, Index ldb, Index p0, Index kc, Index j0,
     _mm512_store_ps(dst + p * kNr, _mm512_maskz_loadu_ps(m0, src));
     _mm512_store_ps(dst + p * kNr + 16, _mm512_maskz_loadu_ps(m1, src + 16));
   }
-}
-
-/// In-register transpose of 16 vectors (rows) into 16 vectors (columns).
-inline void transpose16x16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-  }
-  // r[4q + s] now holds, in each 128-bit lane L, column 4L + s of rows 4q .. 4q + 3 (q = row quad).
-  for (int s = 0; s < 4; ++s) {
-    const __m512 a = _mm512_shuffle_f32x4(r[s], r[4 + s], 0x88), b = _mm512_shuffle_f32x4(r[s], r[4 + s], 0xDD);
-    const __m512 c = _mm512_shuffle_f32x4(r[8 + s], r[12 + s], 0x88), d = _mm512_shuffle_f32x4(r[8 + s], r[12 + s], 0xDD);
-    t[s] = _mm512_shuffle_f32x4(a, c, 0x88);       // column s
-    t[8 + s] = _mm512_shuffle_f32x4(a, c, 0xDD);   // column 8 + s
-    t[4 + s] = _mm512_shuffle_f32x4(b, d, 0x88);   // column 4 + s
-    t[12 + s] = _mm512_shuffle_f32x4(b, d, 0xDD);  // column 12 + s
-  }
-  for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
 /// Packs op(B) = B^T for a row-major B stored n x k (ldb): dst[p][jj] = b[(j0 + jj) * ldb + p0 + p]

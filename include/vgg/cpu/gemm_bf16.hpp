@@ -16,6 +16,7 @@
 
 #include "vgg/cpu/cpu_info.hpp"
 #include "vgg/cpu/gemm_avx512.hpp"
+#include "vgg/cpu/transpose16x16.hpp"
 
 #if defined(__x86_64__) && ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10) || \
                             (defined(__clang__) && __clang_major__ >= 11))
@@ -82,6 +83,15 @@ inline std::uint32_t pair(float even, float odd) {
   return std::uint32_t(to_bf16(even)) | (std::uint32_t(to_bf16(odd)) << 16);
 }
 
+/// Row r's depths [2 q0, 2 q0 + 32) as 16 bf16 pairs, zero for rows >= valid and where the masks say.
+VGG_TARGET_BF16 inline __m512i row_pair_words(const float* src, Index ld, int r, int valid, Index q0, __mmask16 lo_lanes,
+                                              __mmask16 hi_lanes) {
+  if (r >= valid) return _mm512_setzero_si512();
+  const float* row = src + r * ld + 2 * q0;
+  const __m512 lo = _mm512_maskz_loadu_ps(lo_lanes, row), hi = _mm512_maskz_loadu_ps(hi_lanes, row + 16);
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
 /// dst[q * R + r] = the depth pair (2q, 2q + 1) of row r, for rows r < R of a row-major matrix whose
 /// depth runs along its rows (src + r * ld), q < ceil(kc / 2); zero for rows >= valid and depth >= kc.
 /// Rows are rounded 32 floats at a time (vcvtne2ps2bf16, in order: word 2q is depth 2q), and each
@@ -95,23 +105,18 @@ VGG_TARGET_BF16 inline void pack_row_pairs(const float* src, Index ld, int valid
     const Index count = std::min<Index>(32, kc - 2 * q0);
     const __mmask16 lo_lanes = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
     const __mmask16 hi_lanes = count >= 32 ? __mmask16(0xFFFF) : count <= 16 ? __mmask16(0) : __mmask16((1u << (count - 16)) - 1u);
-    const auto words = [&](int r) {
-      if (r >= valid) return _mm512_setzero_si512();
-      const float* row = src + r * ld + 2 * q0;
-      const __m512 lo = _mm512_maskz_loadu_ps(lo_lanes, row), hi = _mm512_maskz_loadu_ps(hi_lanes, row + 16);
-      return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-    };
     const int n = int(std::min<Index>(16, pairs - q0));
     if constexpr (R % 16 == 0) {
       for (int r0 = 0; r0 < R; r0 += 16) {
         __m512 block[16];  // the fp32 packing's transpose, moving words as they are
-        for (int r = 0; r < 16; ++r) block[r] = _mm512_castsi512_ps(words(r0 + r));
-        avx512::transpose16x16(block);
+        for (int r = 0; r < 16; ++r)
+          block[r] = _mm512_castsi512_ps(row_pair_words(src, ld, r0 + r, valid, q0, lo_lanes, hi_lanes));
+        transpose16x16(block);
         for (int qq = 0; qq < n; ++qq) _mm512_storeu_ps(dst + (q0 + qq) * R + r0, block[qq]);
       }
     } else {
       alignas(64) std::uint32_t block[R][16];
-      for (int r = 0; r < R; ++r) _mm512_store_si512(block[r], words(r));
+      for (int r = 0; r < R; ++r) _mm512_store_si512(block[r], row_pair_words(src, ld, r, valid, q0, lo_lanes, hi_lanes));
       for (int qq = 0; qq < n; ++qq)
         for (int r = 0; r < R; ++r) dst[(q0 + qq) * R + r] = block[r][qq];
     }

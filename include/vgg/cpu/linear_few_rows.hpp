@@ -70,6 +70,30 @@ VGG_TARGET_BF16 inline void pack_rows_bf16(const float* x, Index ldx, int n, Ind
 }
 
 namespace detail {
+/// The first `count` of 16 lanes (none for count <= 0).
+constexpr __mmask16 lanes_up_to(int count) {
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
+}
+
+/// One step of dot_rows_bf16: depths [p, p + 32) of both rows, where the masks allow. (A function,
+/// not a lambda: a lambda would not inherit the target attribute.)
+template <int N>
+[[gnu::always_inline]] VGG_TARGET_BF16 inline void dot_step_bf16(const std::uint32_t* x_pairs, Index x_stride,
+                                                                 const float* w0, const float* w1, Index p,
+                                                                 __mmask16 lo, __mmask16 hi, __mmask16 words,
+                                                                 __m512 a0[N], __m512 a1[N]) {
+  for (const float* row : {w0 + p, w0 + p + 16, w1 + p, w1 + p + 16})  // two lines per row
+    _mm_prefetch(reinterpret_cast<const char*>(row) + kPrefetchBytes, _MM_HINT_T0);
+  const __m512bh v0 = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, w0 + p + 16), _mm512_maskz_loadu_ps(lo, w0 + p));
+  const __m512bh v1 = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, w1 + p + 16), _mm512_maskz_loadu_ps(lo, w1 + p));
+#pragma GCC unroll 8  // the accumulators stay in registers only if unrolled
+  for (int i = 0; i < N; ++i) {
+    const __m512bh xi = (__m512bh)_mm512_maskz_loadu_epi32(words, x_pairs + i * x_stride + p / 2);
+    a0[i] = _mm512_dpbf16_ps(a0[i], v0, xi);
+    a1[i] = _mm512_dpbf16_ps(a1[i], v1, xi);
+  }
+}
+
 /// dot_rows_fp32 with bf16 products: w's rows rounded to bf16 32 at a time, x's rows given as pairs
 /// (row i at x_pairs + i * x_stride).
 template <int N>
@@ -78,24 +102,13 @@ VGG_TARGET_BF16 inline void dot_rows_bf16(const std::uint32_t* x_pairs, Index x_
   __m512 a0[N], a1[N];
 #pragma GCC unroll 8
   for (int i = 0; i < N; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
-  const auto step = [&](Index p, __mmask16 lo, __mmask16 hi, __mmask16 words) {
-    for (const float* row : {w0 + p, w0 + p + 16, w1 + p, w1 + p + 16})  // two lines per row
-      _mm_prefetch(reinterpret_cast<const char*>(row) + kPrefetchBytes, _MM_HINT_T0);
-    const __m512bh v0 = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, w0 + p + 16), _mm512_maskz_loadu_ps(lo, w0 + p));
-    const __m512bh v1 = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, w1 + p + 16), _mm512_maskz_loadu_ps(lo, w1 + p));
-#pragma GCC unroll 8  // the accumulators stay in registers only if unrolled
-    for (int i = 0; i < N; ++i) {
-      const __m512bh xi = (__m512bh)_mm512_maskz_loadu_epi32(words, x_pairs + i * x_stride + p / 2);
-      a0[i] = _mm512_dpbf16_ps(a0[i], v0, xi);
-      a1[i] = _mm512_dpbf16_ps(a1[i], v1, xi);
-    }
-  };
   Index p = 0;
-  for (; p + 32 <= k; p += 32) step(p, __mmask16(0xFFFF), __mmask16(0xFFFF), __mmask16(0xFFFF));
+  for (; p + 32 <= k; p += 32)
+    dot_step_bf16<N>(x_pairs, x_stride, w0, w1, p, __mmask16(0xFFFF), __mmask16(0xFFFF), __mmask16(0xFFFF), a0, a1);
   if (p < k) {
     const int count = int(k - p);
-    step(p, avx512::first_lanes(std::min(16, count)), avx512::first_lanes(std::max(0, count - 16)),
-         avx512::first_lanes((count + 1) / 2));
+    dot_step_bf16<N>(x_pairs, x_stride, w0, w1, p, lanes_up_to(count), lanes_up_to(count - 16),
+                     lanes_up_to((count + 1) / 2), a0, a1);
   }
 #pragma GCC unroll 8
   for (int i = 0; i < N; ++i) {
