@@ -586,6 +586,51 @@ TEST_CASE("the product rates are measured where bf16 products run") {
 #endif
 }
 
+/// pack_direct_weights' words, one by one, from its contract.
+std::vector<std::uint32_t> direct_weights_reference(const std::vector<float>& weight, int cout, int cin,
+                                                    bool input_gradient) {
+  const int out = input_gradient ? cin : cout, in = input_gradient ? cout : cin;
+  const long stride = amx::direct_weight_stride(in), rows = amx::whole_blocks(out);
+  std::vector<std::uint32_t> words(std::size_t(amx::direct_weights_size(out, in)), 0u);
+  for (int tap = 0; tap < 9; ++tap)
+    for (int o = 0; o < out; ++o)
+      for (int q = 0; 2 * q < in; ++q) {
+        const auto w = [&](int i) -> float {
+          if (i >= in) return 0.0f;
+          const int k = input_gradient ? 8 - tap : tap;  // turned 180 degrees, channels swapped
+          return input_gradient ? weight[std::size_t((i * cin + o) * 9 + k)] : weight[std::size_t((o * cin + i) * 9 + k)];
+        };
+        words[std::size_t((tap * rows + o) * stride + q)] = bf16::pair(w(2 * q), w(2 * q + 1));
+      }
+  return words;
+}
+
+TEST_CASE("the direct convolution's weights are packed word for word as their contract says") {
+  if (!bf16::bf16_gemm_available()) {
+    std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; the AMX weight packing not checked\n");
+    return;
+  }
+  // One channel, odd channel counts, a partial 16-pair step, several steps, padded strides.
+  for (const auto& [cout, cin] : {std::pair<int, int>{5, 1}, {7, 3}, {33, 37}, {40, 64}, {3, 70}, {64, 512}})
+    for (const bool input_gradient : {false, true})
+      for (const int parts : {1, 2}) {
+        CAPTURE(cout);
+        CAPTURE(cin);
+        CAPTURE(input_gradient);
+        CAPTURE(parts);
+        const auto weight = ref::random_vector(std::size_t(cout) * cin * 9, unsigned(cout * 1000 + cin));
+        const int out = input_gradient ? cin : cout, in = input_gradient ? cout : cin;
+        std::vector<std::uint32_t> packed(std::size_t(amx::direct_weights_size(out, in)), 0xDEADBEEFu);
+        for (int part = 0; part < parts; ++part) {
+          if (input_gradient)
+            amx::pack_direct_weights<true>(weight.data(), cout, cin, packed.data(), part, parts);
+          else
+            amx::pack_direct_weights(weight.data(), cout, cin, packed.data(), part, parts);
+        }
+        CHECK(packed == direct_weights_reference(weight, cout, cin, input_gradient));
+      }
+}
+
 TEST_CASE("B panels packed whole are pack_b's panels bit for bit") {
   if (!bf16::bf16_gemm_available()) {
     std::printf("VGG_SKIPPED: this CPU has no AVX512-BF16; bf16 B panels not checked\n");
