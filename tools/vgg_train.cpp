@@ -342,7 +342,8 @@ int train(const Options& o, Optimizer optimizer) {
   if (o.threads > 0) net->set_threads(o.threads);
   const std::string kernels = apply_precision(o, *net);
   if (root) std::cout << kernels << std::endl;
-  if (const std::string cost = bf16_cost_note(*net); root && !cost.empty()) std::cout << cost << std::endl;
+  if (root)  // the probe's few ms only where its line is printed
+    if (const std::string cost = bf16_cost_note(*net); !cost.empty()) std::cout << cost << std::endl;
 
   const std::size_t samples = o.limit == 0 ? train_set.size() : std::min(o.limit, train_set.size());
   const std::size_t train_batch = effective_batch(o, samples, "training images", root);

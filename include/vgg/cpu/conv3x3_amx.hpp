@@ -84,10 +84,7 @@ VGG_TARGET_BF16 inline __m512i gather_tap_pairs(const float* first, Index channe
   const __m512i even_index = _mm512_add_epi32(_mm512_mullo_epi32(j, _mm512_set1_epi32(int(2 * channel_stride))),
                                               _mm512_set1_epi32(k));
   const __m512i odd_index = _mm512_add_epi32(even_index, _mm512_set1_epi32(int(channel_stride)));
-  const auto lanes = [](int count) {
-    return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
-  };
-  const __mmask16 even_lanes = lanes((channels + 1) / 2), odd_lanes = lanes(channels / 2);
+  const __mmask16 even_lanes = avx512::first_lanes((channels + 1) / 2), odd_lanes = avx512::first_lanes(channels / 2);
   const __m512 zero = _mm512_setzero_ps();
   const __m512 even = _mm512_mask_i32gather_ps(zero, even_lanes, even_index, first, 4);
   const __m512 odd = _mm512_mask_i32gather_ps(zero, odd_lanes, odd_index, first, 4);
@@ -118,7 +115,7 @@ VGG_TARGET_BF16 inline void pack_direct_weights(const float* weight, int cout, i
     if (o >= out) continue;
     const float* base = InputGradient ? weight + o * 9 : weight + o * Index(cin) * 9;
     for (Index q0 = 0; q0 < pairs; q0 += 16) {
-      const __mmask16 words = pairs - q0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (pairs - q0)) - 1u);
+      const __mmask16 words = avx512::first_lanes(int(std::min<Index>(16, pairs - q0)));
       for (int tap = 0; tap < 9; ++tap) {
         const int k = InputGradient ? 8 - tap : tap;
         const __m512i packed = gather_tap_pairs(base + 2 * q0 * channel_stride, channel_stride, k, int(in - 2 * q0));

@@ -52,10 +52,15 @@ struct Epilogue {
 /// Floats that pack_a_whole writes for an m x k op(A).
 inline Index packed_a_size(Index m, Index k) { return (m + kMr - 1) / kMr * kMr * k; }
 
-#ifdef VGG_FAST_KERNELS
-inline __mmask16 first_lanes(int count) {
+#ifdef VGG_TARGET_AVX512F
+/// The first `count` of 16 lanes (none for count <= 0). Plain integer code: the bf16 kernels, built
+/// on any x86-64 target, use it too.
+constexpr __mmask16 first_lanes(int count) {
   return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
 }
+#endif
+
+#ifdef VGG_FAST_KERNELS
 
 /// How the kernel finds A(i, p): interleaved (a[p * stride + i]: a packed tile, or a transposed
 /// row-major A read in place) or by rows (a[i * stride + p]: a row-major A read in place).

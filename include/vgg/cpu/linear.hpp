@@ -73,10 +73,7 @@ inline void linear_forward(const float* x, const float* weight, const float* bia
 #pragma omp parallel num_threads(threads)
       {
         const Range mine = split(out, omp_get_thread_num(), omp_get_num_threads());
-        few_rows::linear(x, in, n, weight, in, bias, y, out, mine.begin, mine.end, x_pairs);
-        if (relu)
-          for (int i = 0; i < n; ++i)
-            for (long j = mine.begin; j < mine.end; ++j) y[long(i) * out + j] = std::max(y[long(i) * out + j], 0.0f);
+        few_rows::linear(x, in, n, weight, in, bias, y, out, mine.begin, mine.end, x_pairs, relu);
       }
       return;
     }

@@ -31,14 +31,26 @@ inline constexpr int kMaxRows = 8;
 /// Xeon family 6 model 207), 2 KiB taken from the middle; DRAM latency times bandwidth per stream.
 inline constexpr Index kPrefetchBytes = 2048;
 
+#if defined(VGG_FAST_KERNELS) || defined(VGG_BF16_KERNELS)
+namespace detail {
+/// out[i][0] and out[i][1] = the lane sums of a0[i] and a1[i]: both dot_rows_* end so.
+template <int N>
+VGG_TARGET_AVX512F inline void reduce_rows(const __m512 a0[N], const __m512 a1[N], float out[N][2]) {
+#pragma GCC unroll 8
+  for (int i = 0; i < N; ++i) {
+    out[i][0] = _mm512_reduce_add_ps(a0[i]);
+    out[i][1] = _mm512_reduce_add_ps(a1[i]);
+  }
+}
+}  // namespace detail
+#endif
+
 #ifdef VGG_FAST_KERNELS
 namespace detail {
 /// out[i][r] = sum_p x[i][p] * w_r[p], p < k, for rows w_0, w_1 (w_1 may equal w_0) and N rows of x.
 template <int N>
 inline void dot_rows_fp32(const float* x, Index ldx, const float* w0, const float* w1, Index k, float out[N][2]) {
-  __m512 a0[N], a1[N];
-#pragma GCC unroll 8
-  for (int i = 0; i < N; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
+  __m512 a0[N] = {}, a1[N] = {};  // zeros
   const auto step = [&](Index p, __mmask16 lanes) {
     _mm_prefetch(reinterpret_cast<const char*>(w0 + p) + kPrefetchBytes, _MM_HINT_T0);  // one line per row
     _mm_prefetch(reinterpret_cast<const char*>(w1 + p) + kPrefetchBytes, _MM_HINT_T0);
@@ -53,28 +65,19 @@ inline void dot_rows_fp32(const float* x, Index ldx, const float* w0, const floa
   Index p = 0;
   for (; p + 16 <= k; p += 16) step(p, __mmask16(0xFFFF));
   if (p < k) step(p, avx512::first_lanes(int(k - p)));
-#pragma GCC unroll 8
-  for (int i = 0; i < N; ++i) {
-    out[i][0] = _mm512_reduce_add_ps(a0[i]);
-    out[i][1] = _mm512_reduce_add_ps(a1[i]);
-  }
+  reduce_rows<N>(a0, a1, out);
 }
 }  // namespace detail
 #endif
 
 #ifdef VGG_BF16_KERNELS
-/// x's rows as bf16 depth pairs (pack_row's words), row i at dst + i * pairs(k), for linear_bf16.
+/// x's rows as bf16 depth pairs (pack_row's words), row i at dst + i * pairs(k), for linear's bf16 mode.
 inline Index pairs(Index k) { return (k + 1) / 2; }
 VGG_TARGET_BF16 inline void pack_rows_bf16(const float* x, Index ldx, int n, Index k, std::uint32_t* dst) {
   for (int i = 0; i < n; ++i) bf16::pack_row(x + i * ldx, k, dst + i * pairs(k));
 }
 
 namespace detail {
-/// The first `count` of 16 lanes (none for count <= 0).
-constexpr __mmask16 lanes_up_to(int count) {
-  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
-}
-
 /// One step of dot_rows_bf16: depths [p, p + 32) of both rows, where the masks allow. (A function,
 /// not a lambda: a lambda would not inherit the target attribute.)
 template <int N>
@@ -99,22 +102,16 @@ template <int N>
 template <int N>
 VGG_TARGET_BF16 inline void dot_rows_bf16(const std::uint32_t* x_pairs, Index x_stride, const float* w0,
                                           const float* w1, Index k, float out[N][2]) {
-  __m512 a0[N], a1[N];
-#pragma GCC unroll 8
-  for (int i = 0; i < N; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
+  __m512 a0[N] = {}, a1[N] = {};  // zeros
   Index p = 0;
   for (; p + 32 <= k; p += 32)
     dot_step_bf16<N>(x_pairs, x_stride, w0, w1, p, __mmask16(0xFFFF), __mmask16(0xFFFF), __mmask16(0xFFFF), a0, a1);
   if (p < k) {
     const int count = int(k - p);
-    dot_step_bf16<N>(x_pairs, x_stride, w0, w1, p, lanes_up_to(count), lanes_up_to(count - 16),
-                     lanes_up_to((count + 1) / 2), a0, a1);
+    dot_step_bf16<N>(x_pairs, x_stride, w0, w1, p, avx512::first_lanes(count),
+                     avx512::first_lanes(count - 16), avx512::first_lanes((count + 1) / 2), a0, a1);
   }
-#pragma GCC unroll 8
-  for (int i = 0; i < N; ++i) {
-    out[i][0] = _mm512_reduce_add_ps(a0[i]);
-    out[i][1] = _mm512_reduce_add_ps(a1[i]);
-  }
+  reduce_rows<N>(a0, a1, out);
 }
 }  // namespace detail
 #endif
@@ -122,10 +119,11 @@ VGG_TARGET_BF16 inline void dot_rows_bf16(const std::uint32_t* x_pairs, Index x_
 #ifdef VGG_FAST_KERNELS
 /// y[i][o] = bias[o] + x[i] . w[o] for i < n, o in [o0, o1): x n x k (ldx), w out x k (row-major,
 /// PyTorch's layout), y n x ldy; bias may be null. With x_pairs (pack_rows_bf16 of x), bf16
-/// products summed in fp32 (requires bf16::bf16_gemm_available()); else fp32.
+/// products summed in fp32 (requires bf16::bf16_gemm_available()); else fp32. With relu, max(y, 0)
+/// (a NaN passes, as in the GEMM path's ReLU).
 /// requires: 1 <= n <= kMaxRows.
 inline void linear(const float* x, Index ldx, int n, const float* w, Index k, const float* bias, float* y, Index ldy,
-                   Index o0, Index o1, [[maybe_unused]] const std::uint32_t* x_pairs = nullptr) {
+                   Index o0, Index o1, [[maybe_unused]] const std::uint32_t* x_pairs = nullptr, bool relu = false) {
   const auto run = [&]<int N>() {
     for (Index o = o0; o < o1; o += 2) {
       const float* w0 = w + o * k;
@@ -138,7 +136,10 @@ inline void linear(const float* x, Index ldx, int n, const float* w, Index k, co
 #endif
         detail::dot_rows_fp32<N>(x, ldx, w0, w1, k, out);
       for (int i = 0; i < N; ++i)
-        for (int r = 0; r < 2 && o + r < o1; ++r) y[i * ldy + o + r] = (bias ? bias[o + r] : 0.0f) + out[i][r];
+        for (int r = 0; r < 2 && o + r < o1; ++r) {
+          const float v = (bias ? bias[o + r] : 0.0f) + out[i][r];
+          y[i * ldy + o + r] = relu ? std::max(v, 0.0f) : v;
+        }
     }
   };
   switch (n) {
