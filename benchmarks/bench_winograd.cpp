@@ -257,7 +257,7 @@ void register_all() {
   for (int i = 0; i < int(std::size(kLayers)); ++i) {
     const std::string name = kLayers[i].name;
     benchmark::RegisterBenchmark(("direct/" + name).c_str(), BM_direct)->Args({i, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
-    for (int chunk : {0, 64, 128, 256})
+    for (int chunk : {0, 32, 64, 128, 256})
       benchmark::RegisterBenchmark(("winograd/" + name).c_str(), BM_winograd)
           ->Args({i, chunk, 0})
           ->Unit(benchmark::kMillisecond)

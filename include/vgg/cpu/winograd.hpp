@@ -61,13 +61,15 @@ struct WinogradGeometry {
   constexpr long tiles_h() const { return (h + 1) / 2; }
   constexpr long tiles_w() const { return (w + 1) / 2; }
   constexpr long tiles_per_image() const { return tiles_h() * tiles_w(); }
-  /// Tiles per chunk at most: V (16 x cin) and M (16 x cout) of a chunk fill about an L2, in whole
-  /// 32-column GEMM panels, 32 to 256.
+  /// Tiles per chunk at most: V (16 x cin) and M (16 x cout) of a chunk fill about half an L2, in
+  /// whole 32-column GEMM panels, 32 to 256. Half, because the same L2 also holds U's panels (256 KiB
+  /// at 64 -> 64 channels), the input rows the transform reads and the output rows it writes: chunks
+  /// that filled the whole L2 ran 10-18 % slower (bench_winograd on the Xeon, docs/PERFORMANCE.md).
   long max_chunk() const {
     if (chunk_override > 0) return (chunk_override + 31) / 32 * 32;
     const long l2 = std::max(cpu_info().cache.l2, 256L << 10);
     const long per_tile = long(kWinogradPoints) * (cin + cout) * long(sizeof(float));
-    return std::clamp<long>(l2 / per_tile / 32 * 32, 32, 256);
+    return std::clamp<long>(l2 / 2 / per_tile / 32 * 32, 32, 256);
   }
 };
 
