@@ -53,6 +53,12 @@ namespace vgg::cpu {
 /// Transform points of F(2x2, 3x3): a 4x4 input tile.
 inline constexpr int kWinogradPoints = 16;
 
+/// Floats between one transform point's matrix (V[p] or M[p]) and the next beyond the matrix itself:
+/// one cache line. Without it the 16 points' matrices lie a multiple of 4 KiB apart whenever
+/// channels x chunk is a multiple of 1024, so the transforms' 16 stores (input) or loads (output)
+/// per channel all fall into one set of the L1d (12 ways on both CPU kinds of the pool).
+inline constexpr long kWinogradPointPad = 16;
+
 /// A Winograd convolution's shape: cin -> cout channels on h x w images.
 struct WinogradGeometry {
   int cin, cout, h, w;
@@ -61,6 +67,9 @@ struct WinogradGeometry {
   constexpr long tiles_h() const { return (h + 1) / 2; }
   constexpr long tiles_w() const { return (w + 1) / 2; }
   constexpr long tiles_per_image() const { return tiles_h() * tiles_w(); }
+  /// Floats from V[p] to V[p + 1] (input_point_stride) and M[p] to M[p + 1] for rows ld floats apart.
+  constexpr long input_point_stride(long ld) const { return long(cin) * ld + kWinogradPointPad; }
+  constexpr long output_point_stride(long ld) const { return long(cout) * ld + kWinogradPointPad; }
   /// Tiles per chunk at most: V (16 x cin) and M (16 x cout) of a chunk fill about half an L2, in
   /// whole 32-column GEMM panels, 32 to 256. Half, because the same L2 also holds U's panels (256 KiB
   /// at 64 -> 64 channels), the input rows the transform reads and the output rows it writes: chunks
@@ -259,8 +268,8 @@ struct WinogradWorkspace {
       plans.resize(std::size_t(threads));
     }
     for (int t = 0; t < threads; ++t) {
-      transformed_inputs[std::size_t(t)].reserve(std::size_t(kWinogradPoints * g.cin * chunk));
-      products[std::size_t(t)].reserve(std::size_t(kWinogradPoints * g.cout * chunk));
+      transformed_inputs[std::size_t(t)].reserve(std::size_t(kWinogradPoints * g.input_point_stride(chunk)));
+      products[std::size_t(t)].reserve(std::size_t(kWinogradPoints * g.output_point_stride(chunk)));
       plans[std::size_t(t)].reserve(g.cout, chunk, g.cin);
     }
   }
@@ -319,7 +328,7 @@ inline void clear_cut_winner_rows(std::uint32_t* winners, const WinogradGeometry
 inline void winograd_input_run_plain(const float* x, const WinogradGeometry& g, const TileRun& run, float* v,
                                      long ld, long t0) {
   const long plane = long(g.h) * g.w;
-  const long channel_stride = ld, point_stride = long(g.cin) * ld;
+  const long channel_stride = ld, point_stride = g.input_point_stride(ld);
   for (int ci = 0; ci < g.cin; ++ci) {
     const float* xc = x + (run.image * g.cin + ci) * plane;
     for (long k = 0; k < run.count; ++k) {
@@ -353,7 +362,7 @@ inline void winograd_input_run_plain(const float* x, const WinogradGeometry& g, 
 inline void winograd_output_run_plain(const float* m, const float* bias, bool relu, const WinogradGeometry& g,
                                       const TileRun& run, float* y, long ld, long t0, float* pooled,
                                       std::uint32_t* winners) {
-  const long plane = long(g.h) * g.w, point_stride = long(g.cout) * ld;
+  const long plane = long(g.h) * g.w, point_stride = g.output_point_stride(ld);
   const long pw = g.w / 2, pooled_plane = long(g.h / 2) * pw;
   const long row_words = winner_row_words(g.w), winner_plane = winner_plane_words(g.h, g.w);
   const bool whole = whole_row(run, g);
@@ -419,7 +428,7 @@ inline __mmask16 lanes_between(long lo, long hi) {
 /// masked loads (zeros outside the image), split into even and odd columns by permutes.
 inline void winograd_input_run_avx512(const float* x, const WinogradGeometry& g, const TileRun& run, float* v,
                                       long ld, long t0) {
-  const long plane = long(g.h) * g.w, point_stride = long(g.cin) * ld;
+  const long plane = long(g.h) * g.w, point_stride = g.input_point_stride(ld);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   for (long k0 = 0; k0 < run.count; k0 += 16) {
@@ -462,7 +471,7 @@ inline void winograd_input_run_avx512(const float* x, const WinogradGeometry& g,
 inline void winograd_output_run_avx512(const float* m, const float* bias, bool relu, const WinogradGeometry& g,
                                        const TileRun& run, float* y, long ld, long t0, float* pooled,
                                        std::uint32_t* winners) {
-  const long plane = long(g.h) * g.w, point_stride = long(g.cout) * ld;
+  const long plane = long(g.h) * g.w, point_stride = g.output_point_stride(ld);
   const long pw = g.w / 2, pooled_plane = long(g.h / 2) * pw;
   const long row_words = winner_row_words(g.w), winner_plane = winner_plane_words(g.h, g.w);
   if (pooled && 2 * run.ty + 1 >= g.h) return;  // an odd last row of tiles has no pooling window
@@ -591,8 +600,8 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
         detail::winograd_input_run_plain(x, g, run, v, ld, t0);
       });
       for (int p = 0; p < kWinogradPoints; ++p) {
-        const float* vp = v + p * long(g.cin) * ld;
-        float* mp = m + p * long(g.cout) * ld;
+        const float* vp = v + p * g.input_point_stride(ld);
+        float* mp = m + p * g.output_point_stride(ld);
 #ifdef VGG_FAST_KERNELS
         if constexpr (Path == KernelPath::avx512) {
 #ifdef VGG_BF16_KERNELS
