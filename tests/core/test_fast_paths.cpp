@@ -9,6 +9,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <utility>
 #include <vector>
 
 #include "reference.hpp"
@@ -239,4 +240,50 @@ TEST_CASE("fast max-pool forward and backward match the plain path, ties include
       vgg::cpu::maxpool2x2_backward_plain(x.data(), dy.data(), dx_plain.data(), planes, h, w, threads);
       CHECK(ref::max_abs_diff(dx_plain, dx_fast.data()) == 0.0f);
     }
+}
+
+namespace {
+// im2col3x3 by its definition: col[(d - d0) * ld + (r - r0) * w + x] = in[ci][r + ky - 1][x + kx - 1],
+// zero outside the image.
+std::vector<float> im2col_by_definition(const std::vector<float>& in, int h, int w, int r0, int r1, long ld,
+                                        long d0, long d1) {
+  std::vector<float> col(std::size_t((d1 - d0) * ld), -7.0f);  // the stride's padding is left as it was
+  for (long d = d0; d < d1; ++d) {
+    const int ci = int(d / 9), ky = int(d % 9) / 3, kx = int(d % 3);
+    for (int r = r0; r < r1; ++r)
+      for (int x = 0; x < w; ++x) {
+        const int yy = r + ky - 1, xx = x + kx - 1;
+        col[std::size_t((d - d0) * ld + long(r - r0) * w + x)] =
+            yy >= 0 && yy < h && xx >= 0 && xx < w ? in[std::size_t((long(ci) * h + yy) * w + xx)] : 0.0f;
+      }
+  }
+  return col;
+}
+}  // namespace
+
+// im2col3x3 copies each tap's run with its own vector loop on the AVX-512 path (not memcpy): runs of
+// every length mod 64 and 16, rows cut at the image's top and bottom, depth ranges starting mid
+// channel, against the definition.
+TEST_CASE("im2col3x3 matches its definition for every run length") {
+  for (int w : {1, 2, 3, 7, 14, 16, 17, 31, 33, 64, 65, 97}) {
+    for (int h : {1, 2, 5}) {
+      const int cin = 2;
+      const auto in = ref::random_vector(std::size_t(cin) * h * w, unsigned(w * 10 + h));
+      for (auto [r0, r1] : {std::pair{0, h}, std::pair{h / 2, h}, std::pair{0, (h + 1) / 2}}) {
+        if (r1 <= r0) continue;
+        for (auto [d0, d1] : {std::pair{0L, 18L}, std::pair{4L, 13L}}) {
+          CAPTURE(w);
+          CAPTURE(h);
+          CAPTURE(r0);
+          CAPTURE(r1);
+          CAPTURE(d0);
+          const long ld = long(r1 - r0) * w + 3;
+          const auto want = im2col_by_definition(in, h, w, r0, r1, ld, d0, d1);
+          std::vector<float> got(want.size(), -7.0f);
+          vgg::cpu::im2col3x3(in.data(), cin, h, w, r0, r1, got.data(), ld, d0, d1);
+          CHECK(got == want);
+        }
+      }
+    }
+  }
 }
