@@ -1116,3 +1116,159 @@ TEST_CASE("Conv3x3Relu in bf16 mode on an AMX machine runs direct, not Winograd"
   CHECK(ref::max_abs_diff(fp32_direct.pooled, fp32_winograd.pooled.data()) > 0.0f);
 #endif
 }
+
+namespace {
+/// Weight and bias gradients of a stride-1 pad-1 convolution for output gradient dz, in double.
+void naive_weight_grad(const std::vector<float>& x, const std::vector<float>& dz, int n, int cin, int cout, int h,
+                       int wd, std::vector<float>& dw, std::vector<float>& db) {
+  dw.assign(std::size_t(cout) * cin * 9, 0.0f);
+  db.assign(std::size_t(cout), 0.0f);
+  for (int co = 0; co < cout; ++co) {
+    double b = 0.0;
+    for (int i = 0; i < n; ++i)
+      for (int p = 0; p < h * wd; ++p) b += dz[(std::size_t(i) * cout + co) * h * wd + p];
+    db[std::size_t(co)] = float(b);
+    for (int ci = 0; ci < cin; ++ci)
+      for (int ky = 0; ky < 3; ++ky)
+        for (int kx = 0; kx < 3; ++kx) {
+          double acc = 0.0;  // dw(ky, kx) = sum dz(r, c) x(r + ky - 1, c + kx - 1)
+          for (int i = 0; i < n; ++i)
+            for (int r = 0; r < h; ++r)
+              for (int c = 0; c < wd; ++c) {
+                const int sy = r + ky - 1, sx = c + kx - 1;
+                if (sy < 0 || sy >= h || sx < 0 || sx >= wd) continue;
+                acc += double(dz[((std::size_t(i) * cout + co) * h + r) * wd + c]) *
+                       x[((std::size_t(i) * cin + ci) * h + sy) * wd + sx];
+              }
+          dw[((std::size_t(co) * cin + ci) * 3 + ky) * 3 + kx] = float(acc);
+        }
+  }
+}
+
+/// The weight gradient's bound, as the forward's: |B^T x B| <= 4 max|x|, |A dz A^T| <= 4 max|dz|, each
+/// of the 16 sums adds `terms` products (relative error ~ terms eps), and G^T m G adds 9 of them with
+/// coefficients whose absolute values sum to 2.25.
+float weight_grad_tolerance(long terms, float max_x, float max_dz) {
+  return 2.25f * 16.0f * float(terms + 6) * FLT_EPSILON * max_x * max_dz;
+}
+
+template <KernelPath Path>
+void check_weight_grad(int n, int cin, int cout, int h, int wd, int threads, bool relu, long chunk) {
+  CAPTURE(n);
+  CAPTURE(cin);
+  CAPTURE(cout);
+  CAPTURE(h);
+  CAPTURE(wd);
+  CAPTURE(threads);
+  CAPTURE(relu);
+  CAPTURE(chunk);
+  const auto x = ref::random_vector(std::size_t(n) * cin * h * wd, unsigned(cin * 7 + h));
+  const auto dy = ref::random_vector(std::size_t(n) * cout * h * wd, unsigned(cout * 5 + wd));
+  // y: the layer's ReLU output, with zeros (a dead unit), negative zeros and a NaN (which passes).
+  auto y = ref::random_vector(dy.size(), 99);
+  for (float& e : y) e = std::max(e, 0.0f);
+  if (y.size() > 3) {
+    y[1] = -0.0f;
+    y[2] = std::nanf("");
+  }
+  std::vector<float> dz = dy;
+  if (relu)
+    for (std::size_t i = 0; i < dz.size(); ++i)
+      if (y[i] <= 0.0f) dz[i] = 0.0f;
+  std::vector<float> want_w, want_b;
+  naive_weight_grad(x, dz, n, cin, cout, h, wd, want_w, want_b);
+
+  const vgg::cpu::WinogradGeometry g{cin, cout, h, wd, chunk};
+  vgg::cpu::WinogradWorkspace ws;
+  ws.reserve_weight_grad(g, threads);
+  std::vector<float> got_w(want_w.size(), -7.0f), got_b(want_b.size(), -7.0f), dy_io = dy;
+  vgg::cpu::winograd_conv3x3_weight_grad<Path>(x.data(), relu ? y.data() : nullptr, dy_io.data(), got_w.data(),
+                                              got_b.data(), n, g, ws, threads);
+  const long terms = long(n) * g.tiles_per_image();
+  CHECK(ref::max_abs_diff(want_w, got_w.data()) <= weight_grad_tolerance(terms, max_abs(x), max_abs(dz)));
+  CHECK(ref::max_abs_diff(want_b, got_b.data()) <= float(terms + 4) * 4.0f * FLT_EPSILON * max_abs(dz) + 1e-6f);
+  CHECK(ref::max_abs_diff(dz, dy_io.data()) == 0.0f);  // dz = dy * (y > 0) left in dy (dy as it was without y)
+}
+
+template <KernelPath Path>
+void weight_grad_shapes() {
+  for (int threads : {1, 2, 3}) {
+    check_weight_grad<Path>(2, 3, 5, 7, 9, threads, true, 32);  // odd edges: tiles over the border
+    check_weight_grad<Path>(1, 1, 1, 1, 1, threads, false, 0);  // one pixel
+    check_weight_grad<Path>(3, 16, 8, 12, 34, threads, true, 32);  // rows over 16 tiles, chunks cut rows
+    check_weight_grad<Path>(2, 8, 16, 11, 6, threads, false, 0);  // cin < cout: the other orientation
+    check_weight_grad<Path>(2, 17, 17, 5, 5, threads, true, 64);
+  }
+}
+}  // namespace
+
+TEST_CASE("Winograd's weight and bias gradients match a naive correlation on odd sizes (plain path)") {
+  weight_grad_shapes<KernelPath::plain>();
+}
+
+TEST_CASE("Winograd's weight and bias gradients match a naive correlation on odd sizes (AVX-512 path)" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+#ifdef VGG_FAST_KERNELS
+  weight_grad_shapes<KernelPath::avx512>();
+#endif
+}
+
+namespace {
+/// A narrow layer (its Winograd products' sums fit the cache: weight_grad_fits) takes its weight and
+/// bias gradients by Winograd along with dx, pooled or not: against the direct path within the
+/// weight gradient's bound (the ReLU masks and winners agree here, so dz is the same), and not equal
+/// to it (Winograd did run).
+template <int In, int Out, bool Pooled>
+void check_narrow_layer_gradients(unsigned seed) {
+  using B = vgg::cpu::Backend;
+  constexpr int H = 32, W = 32, n = 2;
+  static_assert(n * (H / 2) * (W / 2) >= B::kWinogradAmortisingTiles);
+  REQUIRE(vgg::cpu::WinogradGeometry{In, Out, H, W}.weight_grad_fits());
+  vgg::Conv3x3Relu<In, Out, H, W, B> layer;
+  B::Context exec;
+  exec.set_threads(2);
+  vgg::Rng rng(seed);
+  layer.reset_parameters(rng, exec);
+  layer.reserve(exec, n, Pooled);
+  layer.reserve_backward(exec, n, Pooled);
+  const vgg::RunContext train{vgg::Mode::train, 1, 0, 0};
+  const auto x = ref::random_vector(std::size_t(n) * In * H * W, seed + 1);
+  const std::size_t out_size = std::size_t(n) * Out * (Pooled ? (H / 2) * (W / 2) : H * W);
+  const auto dy = ref::random_vector(out_size, seed + 2);
+  struct Pass {
+    std::vector<float> y, dx, wg, bg;
+  };
+  auto pass = [&](bool winograd) {
+    exec.set_winograd(winograd);
+    Pass p{std::vector<float>(out_size), std::vector<float>(x.size()), {}, {}};
+    std::vector<float> dz = dy;
+    if constexpr (Pooled) {
+      layer.forward_pooled(exec, x.data(), p.y.data(), n, train);
+      layer.backward_pooled(exec, x.data(), dy.data(), p.dx.data(), n, train);
+    } else {
+      layer.forward(exec, x.data(), p.y.data(), n, train);
+      layer.backward(exec, x.data(), p.y.data(), dz.data(), p.dx.data(), n, train);
+    }
+    p.wg.assign(layer.weight_grad().begin(), layer.weight_grad().end());
+    p.bg.assign(layer.bias_grad().begin(), layer.bias_grad().end());
+    return p;
+  };
+  const Pass direct = pass(false), wino = pass(true);
+  const long terms = long(n) * H * W;
+  const float wg_tol = weight_grad_tolerance(terms, max_abs(x), max_abs(dy));
+  MESSAGE("max |dW winograd - dW direct| = " << ref::max_abs_diff(direct.wg, wino.wg.data()) << " (bound " << wg_tol
+                                             << ")");
+  CHECK(ref::max_abs_diff(direct.wg, wino.wg.data()) <= wg_tol);
+  CHECK(ref::max_abs_diff(direct.wg, wino.wg.data()) > 0.0f);  // not the direct path's sums
+  CHECK(ref::max_abs_diff(direct.bg, wino.bg.data()) <= float(terms) * FLT_EPSILON * max_abs(dy));
+  const std::vector<float> w(layer.weight().begin(), layer.weight().end());
+  CHECK(ref::max_abs_diff(direct.dx, wino.dx.data()) <= winograd_tolerance(Out, max_abs(w), max_abs(dy)));
+}
+}  // namespace
+
+TEST_CASE("a narrow Conv3x3Relu takes its weight and bias gradients by Winograd, pooled or not" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  check_narrow_layer_gradients<32, 32, false>(40);
+  check_narrow_layer_gradients<16, 32, true>(41);  // cin < cout: the products the other way round
+  check_narrow_layer_gradients<32, 16, true>(42);
+}

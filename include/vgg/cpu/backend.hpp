@@ -137,6 +137,10 @@ struct BasicBackend {
         winograd_ws_.reserve(winograd_input_grad_geometry(winograd_geometry(s)), ctx.threads());
         weights_seen_.reserve(std::size_t(9) * s.cin * s.cout);
         input_grad_threads_ = std::max(input_grad_threads_, ctx.threads());
+        if (winograd_geometry(s).weight_grad_fits()) {
+          winograd_ws_.reserve_weight_grad(winograd_geometry(s), ctx.threads());
+          weight_grad_threads_ = std::max(weight_grad_threads_, ctx.threads());
+        }
         touch_winograd_buffers();
       }
     }
@@ -153,6 +157,12 @@ struct BasicBackend {
     bool use_winograd_input_grad(const Context& ctx, const ConvShape& s, bool pooled = false, int n = 0) const {
       return winograd_rule(s) && ctx.winograd() && winograd_in_precision(ctx) && input_grad_threads_ >= ctx.threads() &&
              (!pooled || std::size_t(n) * s.cout * s.h * s.w <= pooled_output_grads_.capacity());
+    }
+    /// Whether this layer's weight and bias gradients take Winograd (winograd_conv3x3_weight_grad)
+    /// along with its input gradient (so, by the same batch rule): in fp32 (bf16 mode keeps the
+    /// direct path's bf16 products) and where the products' sums fit the cache (weight_grad_fits).
+    bool use_winograd_weight_grad(const Context& ctx, const ConvShape& s) const {
+      return !uses_bf16(ctx) && weight_grad_threads_ >= ctx.threads() && winograd_geometry(s).weight_grad_fits();
     }
     /// The filter transformed for `weight`, or null where the direct path is the faster choice for
     /// this call. The transform is redone only when the weights differ from the copy it was made from
@@ -231,6 +241,8 @@ struct BasicBackend {
       for (auto& b : winograd_ws_.transformed_inputs) touch(b);
       for (auto& b : winograd_ws_.products) touch(b);
       for (auto& plan : winograd_ws_.plans) plan.touch();
+      for (auto& b : winograd_ws_.weight_products) touch(b);
+      for (auto& b : winograd_ws_.bias_lanes) touch(b);
       weights_valid_ = filter_valid_ = input_grad_filter_valid_ = false;
     }
     static bool amortised(const ConvShape& s, int n) {
@@ -241,7 +253,7 @@ struct BasicBackend {
     WinogradFilter<Path> filter_, input_grad_filter_;
     WinogradWorkspace winograd_ws_;
     vgg::Buffer<float> weights_seen_, pooled_output_grads_;
-    int winograd_threads_ = 0, input_grad_threads_ = 0;
+    int winograd_threads_ = 0, input_grad_threads_ = 0, weight_grad_threads_ = 0;
     bool weights_valid_ = false, filter_valid_ = false, input_grad_filter_valid_ = false;
   };
 
@@ -340,6 +352,13 @@ struct BasicBackend {
         dx && ws.use_winograd_input_grad(ctx, s)
             ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads(), uses_bf16(ctx))
             : nullptr;
+    if (u && ws.use_winograd_weight_grad(ctx, s)) {  // every gradient by Winograd, no column matrix
+      cpu::winograd_conv3x3_weight_grad<Path>(x, y, dy, weight_grad, bias_grad, n, winograd_geometry(s),
+                                              ws.winograd_workspace(), ctx.threads());
+      cpu::winograd_conv3x3_input_grad<Path>(dy, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(),
+                                             ctx.threads());
+      return;
+    }
     cpu::conv3x3_relu_backward<Path>(x, weight, y, dy, u ? nullptr : dx, weight_grad, bias_grad, n, geometry(s),
                                      ws.get(), ctx.threads());
     if (u)
@@ -361,6 +380,16 @@ struct BasicBackend {
       return;
     }
     float* dz = ws.pooled_output_grads();
+    if constexpr (Path == KernelPath::avx512) {  // (Winograd runs on this path only)
+      if (ws.use_winograd_weight_grad(ctx, s)) {  // dz from the winners, then every gradient by Winograd
+        cpu::conv3x3_relu_pool_unpool<Path>(state.get(), dy_pooled, dz, n, geometry(s), ctx.threads());
+        cpu::winograd_conv3x3_weight_grad<Path>(x, nullptr, dz, weight_grad, bias_grad, n, winograd_geometry(s),
+                                                ws.winograd_workspace(), ctx.threads());
+        cpu::winograd_conv3x3_input_grad<Path>(dz, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(),
+                                               ctx.threads());
+        return;
+      }
+    }
     cpu::conv3x3_relu_pool_backward_dz<Path>(x, weight, state.get(), dy_pooled, dz, weight_grad, bias_grad, n,
                                              geometry(s), ws.get(), ctx.threads());
     cpu::winograd_conv3x3_input_grad<Path>(dz, *u, dx, n, winograd_geometry(s), ws.winograd_workspace(uses_bf16(ctx)),

@@ -725,6 +725,27 @@ inline void conv3x3_relu_pool_backward_dz(const float* x, const float* weight, c
                                             nullptr, weight_grad, bias_grad, n, g, ws, threads, dz);
 }
 
+/// dz (n x cout x h x w, written whole) = the gradient behind a fused pool and its ReLU, rebuilt from
+/// the winner masks the AVX-512 path's forward kept: for a weight and input gradient taken elsewhere
+/// (Winograd's). On the plain path (no winner masks) it is never called.
+template <KernelPath Path = fastest_path>
+inline void conv3x3_relu_pool_unpool([[maybe_unused]] const PoolState<Path>& state,
+                                     [[maybe_unused]] const float* dy_pooled, [[maybe_unused]] float* dz,
+                                     [[maybe_unused]] int n, [[maybe_unused]] const Conv3x3Geometry& g,
+                                     [[maybe_unused]] int threads) {
+  static_assert(Path == KernelPath::avx512, "vgg::cpu::conv3x3_relu_pool_unpool reads winner masks: AVX-512 path only");
+#ifdef VGG_FAST_KERNELS
+  const long plane = g.plane(), pooled_plane = long(g.h / 2) * (g.w / 2), planes = long(n) * g.cout;
+  const long winner_plane = winner_plane_words(g.h, g.w);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long q = 0; q < planes; ++q) {
+    const long i = q / g.cout, co = q % g.cout;
+    unpool_from_winners_plane(state.winners() + i * g.winner_image_words() + co * winner_plane,
+                              dy_pooled + q * pooled_plane, dz + q * plane, g.h, g.w);
+  }
+#endif
+}
+
 }  // namespace vgg::cpu
 VGG_INTRINSICS_END
 

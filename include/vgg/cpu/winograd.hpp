@@ -31,6 +31,11 @@
 // The input gradient of a stride-1 pad-1 3x3 convolution is the same convolution of the output
 // gradient with the filter rotated 180 degrees and in/out channels swapped: the forward runs it, with
 // the filter transformed that way (winograd_transform_filter_input_grad).
+//
+// The weight gradient is the forward's transpose: dW = G^T [sum over tiles of (A dz A^T) . (B^T x B)] G
+// (winograd_conv3x3_weight_grad), 16 products per tile and channel pair, summed by 16 GEMMs per chunk
+// into per-thread sums, for layers whose sums fit a quarter of the L2 (the narrow ones); the wide
+// layers keep the direct path's weight gradient, whose column slices stream better there.
 
 #include <omp.h>
 
@@ -67,6 +72,14 @@ struct WinogradGeometry {
   constexpr long tiles_h() const { return (h + 1) / 2; }
   constexpr long tiles_w() const { return (w + 1) / 2; }
   constexpr long tiles_per_image() const { return tiles_h() * tiles_w(); }
+  /// Whether the weight gradient by Winograd (winograd_conv3x3_weight_grad) suits this layer: each
+  /// thread's 16 products of cout x cin, accumulated over all its tiles, stay within a quarter of
+  /// the L2 (the width/8 net's layers on both CPU kinds; 64 x 128 channels on a 2 MiB L2). Wider
+  /// layers would stream them from memory once per chunk.
+  bool weight_grad_fits() const {
+    const long l2 = std::max(cpu_info().cache.l2, 256L << 10);
+    return long(kWinogradPoints) * cin * cout * long(sizeof(float)) <= l2 / 4;
+  }
   /// Floats from V[p] to V[p + 1] (input_point_stride) and M[p] to M[p + 1] for rows ld floats apart.
   constexpr long input_point_stride(long ld) const { return long(cin) * ld + kWinogradPointPad; }
   constexpr long output_point_stride(long ld) const { return long(cout) * ld + kWinogradPointPad; }
@@ -260,6 +273,23 @@ struct WinogradWorkspace {
   bool bf16 = false;
   std::vector<Buffer<float>> transformed_inputs, products;  // per thread: V and M of one chunk
   std::vector<GemmPlan> plans;
+  /// Per thread, for the weight gradient (winograd_conv3x3_weight_grad): the 16 points' products
+  /// summed over the thread's tiles, and the bias gradient's 16 lanes per output channel.
+  std::vector<Buffer<float>> weight_products, bias_lanes;
+  /// requires: reserve(g, threads) (the chunk buffers and plans the weight gradient shares).
+  void reserve_weight_grad(const WinogradGeometry& g, int threads) {
+    reserve(g, threads);
+    if (int(weight_products.size()) < threads) {
+      weight_products.resize(std::size_t(threads));
+      bias_lanes.resize(std::size_t(threads));
+    }
+    const long side = std::max(g.cin, g.cout);
+    for (int t = 0; t < threads; ++t) {
+      weight_products[std::size_t(t)].reserve(std::size_t(kWinogradPoints) * g.cin * g.cout);
+      bias_lanes[std::size_t(t)].reserve(std::size_t(16) * g.cout);
+      plans[std::size_t(t)].reserve(side, side, g.max_chunk());
+    }
+  }
   void reserve(const WinogradGeometry& g, int threads) {
     const long chunk = g.max_chunk();
     if (int(transformed_inputs.size()) < threads) {
@@ -545,6 +575,120 @@ inline void winograd_output_run_avx512(const float* m, const float* bias, bool r
 }
 #endif
 
+/// Z[p][co][t0 + k] = (A dz A^T)[p] for the run's tiles k, every output channel, where dz is the
+/// tile's 2x2 of the output gradient (zeros outside the image) and A = [1 0; 1 1; 1 -1; 0 -1]: the
+/// transform of the weight gradient's second operand. With y, dz = dy where y > 0 (the ReLU's
+/// gradient; a NaN output passes, as in torch), written back into dy. bias_lanes[co * 16 + l] gathers
+/// the sum of dz (plain path: lane 0 only). Plain scalar code.
+inline void winograd_gradient_run_plain(float* dy, const float* y, const WinogradGeometry& g, const TileRun& run,
+                                        float* z, long ld, long t0, float* bias_lanes) {
+  const long plane = long(g.h) * g.w, point_stride = g.output_point_stride(ld);
+  for (int co = 0; co < g.cout; ++co) {
+    float* dyc = dy + (run.image * g.cout + co) * plane;
+    const float* yc = y ? y + (run.image * g.cout + co) * plane : nullptr;
+    for (long k = 0; k < run.count; ++k) {
+      const long y0 = 2 * run.ty, x0 = 2 * (run.tx0 + k);
+      float d[2][2];
+      for (int r = 0; r < 2; ++r)
+        for (int c = 0; c < 2; ++c) {
+          const long yy = y0 + r, xx = x0 + c;
+          if (yy >= g.h || xx >= g.w) {
+            d[r][c] = 0.0f;
+            continue;
+          }
+          float& v = dyc[yy * g.w + xx];
+          if (yc && yc[yy * g.w + xx] <= 0.0f) v = 0.0f;
+          d[r][c] = v;
+        }
+      bias_lanes[co * 16] += d[0][0] + d[0][1] + d[1][0] + d[1][1];
+      const float t[4][2] = {{d[0][0], d[0][1]},
+                             {d[0][0] + d[1][0], d[0][1] + d[1][1]},
+                             {d[0][0] - d[1][0], d[0][1] - d[1][1]},
+                             {-d[1][0], -d[1][1]}};
+      float* dst = z + co * ld + t0 + k;
+      for (int i = 0; i < 4; ++i) {
+        dst[(i * 4 + 0) * point_stride] = t[i][0];
+        dst[(i * 4 + 1) * point_stride] = t[i][0] + t[i][1];
+        dst[(i * 4 + 2) * point_stride] = t[i][0] - t[i][1];
+        dst[(i * 4 + 3) * point_stride] = -t[i][1];
+      }
+    }
+  }
+}
+
+#ifdef VGG_FAST_KERNELS
+/// winograd_gradient_run_plain, 16 tiles to a vector: a tile row's 32 gradient columns split into
+/// even and odd columns by permutes; every lane of bias_lanes gathers.
+inline void winograd_gradient_run_avx512(float* dy, const float* y, const WinogradGeometry& g, const TileRun& run,
+                                         float* z, long ld, long t0, float* bias_lanes) {
+  const long plane = long(g.h) * g.w, point_stride = g.output_point_stride(ld);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512 zero = _mm512_setzero_ps();
+  const bool second_row = 2 * run.ty + 1 < g.h;
+  for (long k0 = 0; k0 < run.count; k0 += 16) {
+    const long x0 = 2 * (run.tx0 + k0);
+    const long columns = std::min(2 * (run.count - k0), g.w - x0);  // inside the image and the run
+    const __mmask16 lo = lanes_between(0, columns), hi = lanes_between(0, columns - 16);
+    const __mmask16 store = lanes_between(0, run.count - k0);
+    for (int co = 0; co < g.cout; ++co) {
+      float* row0 = dy + (run.image * g.cout + co) * plane + 2 * run.ty * g.w + x0;
+      const float* yrow0 = y ? y + (run.image * g.cout + co) * plane + 2 * run.ty * g.w + x0 : nullptr;
+      __m512 e[2], o[2];  // e[r]: the tiles' even columns of row r, o[r]: their odd columns
+      for (int r = 0; r < 2; ++r) {
+        if (r == 1 && !second_row) {
+          e[1] = o[1] = zero;
+          break;
+        }
+        float* row = row0 + r * g.w;
+        __m512 a = _mm512_maskz_loadu_ps(lo, row), b = _mm512_maskz_loadu_ps(hi, row + 16);
+        if (yrow0) {  // dz = dy where y > 0 (not where y <= 0: a NaN passes), stored back
+          const float* yr = yrow0 + r * g.w;
+          const __mmask16 pass_lo = _mm512_mask_cmp_ps_mask(lo, _mm512_maskz_loadu_ps(lo, yr), zero, _CMP_NLE_UQ);
+          const __mmask16 pass_hi =
+              _mm512_mask_cmp_ps_mask(hi, _mm512_maskz_loadu_ps(hi, yr + 16), zero, _CMP_NLE_UQ);
+          a = _mm512_maskz_mov_ps(pass_lo, a);
+          b = _mm512_maskz_mov_ps(pass_hi, b);
+          _mm512_mask_storeu_ps(row, lo, a);
+          _mm512_mask_storeu_ps(row + 16, hi, b);
+        }
+        e[r] = _mm512_permutex2var_ps(a, even, b);
+        o[r] = _mm512_permutex2var_ps(a, odd, b);
+      }
+      float* lanes = bias_lanes + co * 16;
+      _mm512_storeu_ps(lanes, _mm512_add_ps(_mm512_loadu_ps(lanes),
+                                            _mm512_add_ps(_mm512_add_ps(e[0], o[0]), _mm512_add_ps(e[1], o[1]))));
+      const __m512 t[4][2] = {{e[0], o[0]},
+                              {_mm512_add_ps(e[0], e[1]), _mm512_add_ps(o[0], o[1])},
+                              {_mm512_sub_ps(e[0], e[1]), _mm512_sub_ps(o[0], o[1])},
+                              {_mm512_sub_ps(zero, e[1]), _mm512_sub_ps(zero, o[1])}};
+      float* dst = z + co * ld + t0 + k0;
+      for (int i = 0; i < 4; ++i) {
+        _mm512_mask_storeu_ps(dst + (i * 4 + 0) * point_stride, store, t[i][0]);
+        _mm512_mask_storeu_ps(dst + (i * 4 + 1) * point_stride, store, _mm512_add_ps(t[i][0], t[i][1]));
+        _mm512_mask_storeu_ps(dst + (i * 4 + 2) * point_stride, store, _mm512_sub_ps(t[i][0], t[i][1]));
+        _mm512_mask_storeu_ps(dst + (i * 4 + 3) * point_stride, store, _mm512_sub_ps(zero, t[i][1]));
+      }
+    }
+  }
+}
+#endif
+
+/// The 3x3 weight gradient from the 16 summed products m[p] (p = 4i + j): G^T m G, row-major.
+inline void winograd_weight_grad_tile(const float m[16], float* dw) {
+  float s[3][4];  // G^T m
+  for (int j = 0; j < 4; ++j) {
+    s[0][j] = m[j] + 0.5f * (m[4 + j] + m[8 + j]);
+    s[1][j] = 0.5f * (m[4 + j] - m[8 + j]);
+    s[2][j] = 0.5f * (m[4 + j] + m[8 + j]) + m[12 + j];
+  }
+  for (int a = 0; a < 3; ++a) {  // (G^T m) G
+    dw[a * 3 + 0] = s[a][0] + 0.5f * (s[a][1] + s[a][2]);
+    dw[a * 3 + 1] = 0.5f * (s[a][1] - s[a][2]);
+    dw[a * 3 + 2] = 0.5f * (s[a][1] + s[a][2]) + s[a][3];
+  }
+}
+
 /// Calls f(run, t0) for the tile runs of tiles [begin, end), t0 counting from begin.
 template <class F>
 inline void for_each_tile_run(const WinogradGeometry& g, long begin, long end, F f) {
@@ -628,6 +772,92 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
 #endif
         detail::winograd_output_run_plain(m, bias, relu, g, run, y, ld, t0, pooled, winners);
       });
+    }
+  }
+}
+
+/// The weight and bias gradients of a layer of geometry g (cin -> cout) by F(2x2, 3x3) in its
+/// transposed form: for y = A^T [(G w G^T) . (B^T x B)] A per tile, dL/dw = G^T [sum over tiles of
+/// (A dz A^T) . (B^T x B)] G. Per chunk of tiles a thread transforms x (as the forward does) and dz,
+/// and adds 16 products (cout x chunk) x (chunk x cin) into its own sums; the threads' sums are
+/// added and transformed at the end. 16 multiplications per tile and channel pair instead of 36,
+/// and no column matrix. weight_grad (cout x cin x 3 x 3) and bias_grad (cout; may be null) are
+/// written, not added to. With y (the layer's ReLU output), dz = dy where y > 0 is computed on the
+/// way and left in dy, for the input gradient; without, dy is dz already (a pooled layer's, rebuilt
+/// from the pool's winners).
+/// requires: ws.reserve_weight_grad(g, t) with t >= threads; x is n x cin x h x w, dy n x cout x h x w.
+template <KernelPath Path = fastest_path>
+inline void winograd_conv3x3_weight_grad(const float* x, const float* y, float* dy, float* weight_grad,
+                                         float* bias_grad, int n, const WinogradGeometry& g, WinogradWorkspace& ws,
+                                         int threads) {
+  static_assert(Path == KernelPath::plain || kFastKernels,
+                "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
+  const long total = long(n) * g.tiles_per_image(), max_chunk = g.max_chunk();
+  const long pairs = long(g.cin) * g.cout, products = kWinogradPoints * pairs;
+  // Chunks as the forward takes them (every chunk's operands in half the L2).
+  long chunks = std::max(1L, (total + max_chunk - 1) / max_chunk);
+  chunks = (chunks + threads - 1) / threads * threads;
+  const long per_chunk = std::max(16L, std::min(max_chunk, ((total + chunks - 1) / chunks + 15) / 16 * 16));
+  chunks = (total + per_chunk - 1) / per_chunk;
+  const long ld = per_chunk;
+  // The products' orientation: the wider operand along the kernel's 32-column side.
+  const bool cout_rows = g.cin >= g.cout;
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+    float* v = ws.transformed_inputs[std::size_t(tid)].data();
+    float* z = ws.products[std::size_t(tid)].data();
+    float* sums = ws.weight_products[std::size_t(tid)].data();
+    float* lanes = ws.bias_lanes[std::size_t(tid)].data();
+    GemmPlan& plan = ws.plans[std::size_t(tid)];
+    std::fill(sums, sums + products, 0.0f);
+    std::fill(lanes, lanes + 16L * g.cout, 0.0f);
+    const Range mine = split(chunks, tid, nth);
+    for (long c = mine.begin; c < mine.end; ++c) {
+      const long begin = c * per_chunk, end = std::min(total, begin + per_chunk), cols = end - begin;
+      detail::for_each_tile_run(g, begin, end, [&](const detail::TileRun& run, long t0) {
+#ifdef VGG_FAST_KERNELS
+        if constexpr (Path == KernelPath::avx512) {
+          detail::winograd_input_run_avx512(x, g, run, v, ld, t0);
+          detail::winograd_gradient_run_avx512(dy, y, g, run, z, ld, t0, lanes);
+          return;
+        }
+#endif
+        detail::winograd_input_run_plain(x, g, run, v, ld, t0);
+        detail::winograd_gradient_run_plain(dy, y, g, run, z, ld, t0, lanes);
+      });
+      for (int p = 0; p < kWinogradPoints; ++p) {
+        const float* vp = v + p * g.input_point_stride(ld);
+        const float* zp = z + p * g.output_point_stride(ld);
+        float* sp = sums + p * pairs;
+        if (cout_rows)  // S[p] (cout x cin) += Z[p] V[p]^T
+          gemm<false, true, Path>(g.cout, g.cin, cols, zp, ld, vp, ld, sp, g.cin, plan);
+        else  // S[p] (cin x cout) += V[p] Z[p]^T
+          gemm<false, true, Path>(g.cin, g.cout, cols, vp, ld, zp, ld, sp, g.cout, plan);
+      }
+    }
+#pragma omp barrier
+    // Every thread's sums added in thread order (the same result for any schedule), transformed.
+    const Range my_pairs = split(pairs, tid, nth);
+    for (long q = my_pairs.begin; q < my_pairs.end; ++q) {
+      const long co = q / g.cin, ci = q % g.cin, at = cout_rows ? co * g.cin + ci : ci * g.cout + co;
+      float m[kWinogradPoints] = {};
+      for (int t = 0; t < nth; ++t) {
+        const float* st = ws.weight_products[std::size_t(t)].data();
+        for (int p = 0; p < kWinogradPoints; ++p) m[p] += st[p * pairs + at];
+      }
+      detail::winograd_weight_grad_tile(m, weight_grad + q * 9);
+    }
+    if (bias_grad) {
+      const Range my_channels = split(g.cout, tid, nth);
+      for (long co = my_channels.begin; co < my_channels.end; ++co) {
+        float b = 0.0f;
+        for (int t = 0; t < nth; ++t) {
+          const float* lt = ws.bias_lanes[std::size_t(t)].data() + co * 16;
+          for (int l = 0; l < 16; ++l) b += lt[l];
+        }
+        bias_grad[co] = b;
+      }
     }
   }
 }
