@@ -161,6 +161,7 @@ void BM_pooled_backward(benchmark::State& state) {
   u.reserve(l.cout, l.cin);
   vgg::cpu::WinogradWorkspace wws;
   wws.reserve(vgg::cpu::winograd_input_grad_geometry(wg), kThreads);
+  wws.reserve_weight_grad(wg, kThreads);
   const auto x = random_vector(std::size_t(l.batch) * l.cin * l.hw * l.hw, 1, 1.0f);
   const auto w = random_vector(std::size_t(l.cout) * l.cin * 9, 2, 0.05f);
   const auto b = random_vector(std::size_t(l.cout), 3, 0.1f);
@@ -175,9 +176,14 @@ void BM_pooled_backward(benchmark::State& state) {
     if (mode < 2) {
       vgg::cpu::conv3x3_relu_pool_backward(x.data(), w.data(), pool_state, dy.data(), mode ? dx.data() : nullptr,
                                            dw.data(), db.data(), l.batch, g, ws, kThreads);
-    } else {
+    } else if (mode == 2) {
       vgg::cpu::conv3x3_relu_pool_backward_dz(x.data(), w.data(), pool_state, dy.data(), dz.data(), dw.data(),
                                               db.data(), l.batch, g, ws, kThreads);
+      vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), l.batch, wg, wws, kThreads);
+    } else {  // every gradient by Winograd (the narrow layers' path): dz from the winners first
+      vgg::cpu::conv3x3_relu_pool_unpool(pool_state, dy.data(), dz.data(), l.batch, g, kThreads);
+      vgg::cpu::winograd_conv3x3_weight_grad(x.data(), nullptr, dz.data(), dw.data(), db.data(), l.batch, wg, wws,
+                                             kThreads);
       vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), l.batch, wg, wws, kThreads);
     }
     benchmark::DoNotOptimize(dw.data());
@@ -275,7 +281,7 @@ void register_all() {
           ->Arg(i)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
-      for (int mode : {0, 1, 2})
+      for (int mode : {0, 1, 2, 3})
         benchmark::RegisterBenchmark(("pooled_backward/" + name).c_str(), BM_pooled_backward)
             ->Args({i, mode})
             ->Unit(benchmark::kMillisecond)

@@ -137,7 +137,7 @@ struct BasicBackend {
         winograd_ws_.reserve(winograd_input_grad_geometry(winograd_geometry(s)), ctx.threads());
         weights_seen_.reserve(std::size_t(9) * s.cin * s.cout);
         input_grad_threads_ = std::max(input_grad_threads_, ctx.threads());
-        if (winograd_geometry(s).weight_grad_fits()) {
+        if (winograd_geometry(s).weight_grad_fits(ctx.threads())) {
           winograd_ws_.reserve_weight_grad(winograd_geometry(s), ctx.threads());
           weight_grad_threads_ = std::max(weight_grad_threads_, ctx.threads());
         }
@@ -162,7 +162,8 @@ struct BasicBackend {
     /// along with its input gradient (so, by the same batch rule): in fp32 (bf16 mode keeps the
     /// direct path's bf16 products) and where the products' sums fit the cache (weight_grad_fits).
     bool use_winograd_weight_grad(const Context& ctx, const ConvShape& s) const {
-      return !uses_bf16(ctx) && weight_grad_threads_ >= ctx.threads() && winograd_geometry(s).weight_grad_fits();
+      return !uses_bf16(ctx) && weight_grad_threads_ >= ctx.threads() &&
+             winograd_geometry(s).weight_grad_fits(ctx.threads());
     }
     /// The filter transformed for `weight`, or null where the direct path is the faster choice for
     /// this call. The transform is redone only when the weights differ from the copy it was made from

@@ -34,8 +34,7 @@
 //
 // The weight gradient is the forward's transpose: dW = G^T [sum over tiles of (A dz A^T) . (B^T x B)] G
 // (winograd_conv3x3_weight_grad), 16 products per tile and channel pair, summed by 16 GEMMs per chunk
-// into per-thread sums, for layers whose sums fit a quarter of the L2 (the narrow ones); the wide
-// layers keep the direct path's weight gradient, whose column slices stream better there.
+// into per-thread sums, where the threads' sums fit half the L3 (weight_grad_fits).
 
 #include <omp.h>
 
@@ -72,13 +71,16 @@ struct WinogradGeometry {
   constexpr long tiles_h() const { return (h + 1) / 2; }
   constexpr long tiles_w() const { return (w + 1) / 2; }
   constexpr long tiles_per_image() const { return tiles_h() * tiles_w(); }
-  /// Whether the weight gradient by Winograd (winograd_conv3x3_weight_grad) suits this layer: each
-  /// thread's 16 products of cout x cin, accumulated over all its tiles, stay within a quarter of
-  /// the L2 (the width/8 net's layers on both CPU kinds; 64 x 128 channels on a 2 MiB L2). Wider
-  /// layers would stream them from memory once per chunk.
-  bool weight_grad_fits() const {
-    const long l2 = std::max(cpu_info().cache.l2, 256L << 10);
-    return long(kWinogradPoints) * cin * cout * long(sizeof(float)) <= l2 / 4;
+  /// Whether the weight gradient by Winograd (winograd_conv3x3_weight_grad) suits this layer on
+  /// `threads` threads: their sums of the 16 products (16 x cout x cin floats each, read and written
+  /// by every chunk's GEMMs) stay within half the L3 (a quarter of the L2 where cpuid gives no L3).
+  /// Within that, every layer measured gained over the direct path's weight gradient, 512 x 512
+  /// channels included (bench_winograd pooled_backward, docs/PERFORMANCE.md); beyond it, the sums
+  /// would stream from memory once per chunk.
+  bool weight_grad_fits(int threads) const {
+    const long sums = long(threads) * kWinogradPoints * cin * cout * long(sizeof(float));
+    const long l3 = cpu_info().cache.l3;
+    return l3 > 0 ? sums <= l3 / 2 : sums <= std::max(cpu_info().cache.l2, 256L << 10) / 4;
   }
   /// Floats from V[p] to V[p + 1] (input_point_stride) and M[p] to M[p + 1] for rows ld floats apart.
   constexpr long input_point_stride(long ld) const { return long(cin) * ld + kWinogradPointPad; }
