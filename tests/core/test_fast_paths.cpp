@@ -287,3 +287,35 @@ TEST_CASE("im2col3x3 matches its definition for every run length") {
     }
   }
 }
+
+// The shallow layers' forward straight from the input rows (conv3x3_direct.hpp, 2-8 input channels),
+// without a ReLU as a conv before batch norm runs it: rows shorter and longer than its 32-pixel step,
+// one-pixel images, output channels not a multiple of its 8, against the plain path.
+TEST_CASE("the direct forward of a shallow conv matches the plain path without a ReLU" *
+          doctest::skip(!vgg::cpu::kFastKernels)) {
+  unsigned seed = 300;
+  for (auto [n, cin, cout, h, w] : {std::array{2, 2, 5, 3, 1}, std::array{1, 8, 16, 5, 33}, std::array{3, 3, 9, 1, 7},
+                                    std::array{2, 5, 8, 6, 64}, std::array{1, 7, 17, 4, 70}}) {
+    for (int threads : {1, 2}) {
+      CAPTURE(cin);
+      CAPTURE(cout);
+      CAPTURE(h);
+      CAPTURE(w);
+      CAPTURE(threads);
+      const vgg::cpu::Conv3x3Geometry g{cin, cout, h, w};
+      REQUIRE(g.direct_rows());
+      const auto x = ref::random_vector(std::size_t(n) * cin * h * w, seed++);
+      const auto wt = ref::random_vector(std::size_t(cout) * cin * 9, seed++);
+      const auto b = ref::random_vector(std::size_t(cout), seed++);
+      vgg::cpu::Conv3x3Workspace ws_fast, ws_plain;
+      ws_fast.reserve(g, threads);
+      ws_plain.reserve(g, threads);
+      std::vector<float> y_fast(std::size_t(n) * cout * h * w, -7.0f), y_plain(y_fast.size(), -9.0f);
+      vgg::cpu::conv3x3_forward(x.data(), wt.data(), b.data(), y_fast.data(), n, g, ws_fast, threads);
+      vgg::cpu::conv3x3_forward<vgg::cpu::KernelPath::plain>(x.data(), wt.data(), b.data(), y_plain.data(), n, g,
+                                                             ws_plain, threads);
+      CHECK(ref::max_abs_diff(y_plain, y_fast.data()) <= 1e-5f * std::max(1.0f, max_abs(y_plain)));
+      CHECK(*std::min_element(y_fast.begin(), y_fast.end()) < 0.0f);  // no ReLU applied
+    }
+  }
+}

@@ -25,6 +25,7 @@
 
 #include "vgg/buffer.hpp"
 #include "vgg/cpu/conv3x3_amx.hpp"
+#include "vgg/cpu/conv3x3_direct.hpp"
 #include "vgg/cpu/conv3x3_one_channel.hpp"
 #include "vgg/cpu/cpu_info.hpp"
 #include "vgg/cpu/gemm.hpp"
@@ -81,6 +82,9 @@ struct Conv3x3Geometry {
   constexpr long plane() const { return long(h) * w; }
   /// Row stride of a band's column buffer on the fast path: whole cache lines (16 floats), so that
   /// the GEMM's in-place loads of B never split a line (196- and 252-column bands otherwise do).
+  /// Whether the AVX-512 fp32 forward takes conv3x3_direct_rows (no column matrix): 2-8 input
+  /// channels, where the column matrix cost about what the GEMM did (bench_winograd direct/w8_conv2).
+  constexpr bool direct_rows() const { return cin > 1 && cin <= 8; }
   static constexpr long column_stride(long cols) { return kFastKernels ? (cols + 15) / 16 * 16 : cols; }
   /// Rows per band at most: at least 256 columns, so that wide layers still give the GEMM long panels,
   /// and up to budget.band_bytes / (depth * 4 bytes) columns for shallow layers (measured); at least
@@ -363,6 +367,12 @@ inline void conv3x3_relu_forward(const float* x, const float* weight, const floa
         const bool staged = Pooled || last - first > 1;
         float* dst = staged ? ws.band_outputs[std::size_t(tid)].data() : out;
         const long m_padded = avx512::packed_a_size(g.cout, 1);
+        if (!ws.bf16 && g.direct_rows()) {  // few input channels: straight from the input rows, no columns
+          for (long i = first; i < last; ++i)
+            avx512::conv3x3_direct_rows(x + i * g.cin * plane, ws.packed_weights.data(), bias, Relu,
+                                        dst + (i - first) * cols, staged ? group_cols : plane, g.cin, g.cout, g.h,
+                                        g.w, r0, r1);
+        } else
 #ifdef VGG_BF16_KERNELS
         if (ws.bf16 && amx::amx_ready()) {  // a direct convolution on the tiles: no columns
           amx::HardwareTiles tiles;
