@@ -106,6 +106,14 @@ struct BasicBackend {
     return Path == KernelPath::avx512 && s.cin >= kWinogradMinChannels && s.cout >= kWinogradMinChannels;
   }
   static constexpr int kWinogradMinChannels = 16;
+  /// Whether a layer's input gradient runs by Winograd: where winograd_rule takes the layer, and also
+  /// with 8 input channels (the width/8 net's block 2), whose input gradient is a convolution of its
+  /// 16 output channels into 8: that layer's backward 21.7 against 23.2 ms with the direct path's
+  /// input gradient (bench_winograd pooled_backward w8_conv2, modes 2 and 1, Xeon), although its
+  /// forward and weight gradient stay direct.
+  static constexpr bool winograd_input_grad_rule(const ConvShape& s) {
+    return winograd_rule(s) || (Path == KernelPath::avx512 && s.cin >= 8 && s.cout >= kWinogradMinChannels);
+  }
   /// The tiles (2x2 outputs) a batch needs for a new filter transform to pay for itself in one call.
   /// Both the transform and what Winograd saves per tile grow with C_in x C_out, so the break-even is
   /// a tile count: 200-350 measured (bench_winograd: conv5 and conv7, forward and input gradient, on
@@ -131,13 +139,13 @@ struct BasicBackend {
     /// never stores it whole).
     void reserve_backward(const Context& ctx, const ConvShape& s, int batch, bool pooled) {
       ws_.reserve_backward(geometry(s), ctx.threads(), pooled);
-      if (winograd_rule(s)) {
+      if (winograd_input_grad_rule(s)) {
         if (pooled) pooled_output_grads_.reserve(std::size_t(batch) * s.cout * s.h * s.w);
         input_grad_filter_.reserve(s.cout, s.cin);
         winograd_ws_.reserve(winograd_input_grad_geometry(winograd_geometry(s)), ctx.threads());
         weights_seen_.reserve(std::size_t(9) * s.cin * s.cout);
         input_grad_threads_ = std::max(input_grad_threads_, ctx.threads());
-        if (winograd_geometry(s).weight_grad_fits(ctx.threads())) {
+        if (winograd_rule(s) && winograd_geometry(s).weight_grad_fits(ctx.threads())) {
           winograd_ws_.reserve_weight_grad(winograd_geometry(s), ctx.threads());
           weight_grad_threads_ = std::max(weight_grad_threads_, ctx.threads());
         }
@@ -155,14 +163,14 @@ struct BasicBackend {
     /// Whether an input gradient of this layer takes Winograd now; for a pooled layer, a batch of n
     /// (the full-size gradient behind the pool must fit).
     bool use_winograd_input_grad(const Context& ctx, const ConvShape& s, bool pooled = false, int n = 0) const {
-      return winograd_rule(s) && ctx.winograd() && winograd_in_precision(ctx) && input_grad_threads_ >= ctx.threads() &&
+      return winograd_input_grad_rule(s) && ctx.winograd() && winograd_in_precision(ctx) && input_grad_threads_ >= ctx.threads() &&
              (!pooled || std::size_t(n) * s.cout * s.h * s.w <= pooled_output_grads_.capacity());
     }
     /// Whether this layer's weight and bias gradients take Winograd (winograd_conv3x3_weight_grad)
     /// along with its input gradient (so, by the same batch rule): in fp32 (bf16 mode keeps the
     /// direct path's bf16 products) and where the products' sums fit the cache (weight_grad_fits).
     bool use_winograd_weight_grad(const Context& ctx, const ConvShape& s) const {
-      return !uses_bf16(ctx) && weight_grad_threads_ >= ctx.threads() &&
+      return winograd_rule(s) && !uses_bf16(ctx) && weight_grad_threads_ >= ctx.threads() &&
              winograd_geometry(s).weight_grad_fits(ctx.threads());
     }
     /// The filter transformed for `weight`, or null where the direct path is the faster choice for
