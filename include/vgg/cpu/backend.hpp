@@ -379,7 +379,8 @@ struct BasicBackend {
                                          float* weight_grad, float* bias_grad, int n) {
     ws.get().set_bf16(uses_bf16(ctx));
     // Where the rule picks the layer, dx by Winograd from the whole dz (rebuilt from the pool state, as
-    // the direct backward does band by band), the weight and bias gradients by the direct path.
+    // the direct backward does band by band), and the weight and bias gradients by Winograd too where
+    // use_winograd_weight_grad says, by the direct path otherwise.
     const WinogradFilter<Path>* u = dx && ws.use_winograd_input_grad(ctx, s, /*pooled=*/true, n)
                                         ? ws.winograd_input_grad_filter(weight, s, n, ctx.threads(), uses_bf16(ctx))
                                         : nullptr;
