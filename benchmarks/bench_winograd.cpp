@@ -146,9 +146,10 @@ void BM_winograd_pooled(benchmark::State& state) {
 }
 
 /// A pooled layer's backward from its winner masks: range(1) = 0, the direct fused backward without
-/// dx; 1, with dx (the difference is what dx costs there); 2, cpu::Backend's Winograd way: the whole
-/// dz rebuilt and left in a buffer with the weight and bias gradients, then dx by Winograd from it
-/// (filter transform outside the loop).
+/// dx; 1, with dx (the difference is what dx costs there); 2, the whole dz rebuilt and left in a
+/// buffer with the direct weight and bias gradients, then dx by Winograd from it (filter transform
+/// outside the loop; cpu::Backend's way where its weight gradient stays direct); 3, dz rebuilt from
+/// the winners, then the weight, bias and input gradients by Winograd (its fp32 way elsewhere).
 void BM_pooled_backward(benchmark::State& state) {
   const Layer& l = kLayers[state.range(0)];
   const vgg::cpu::Conv3x3Geometry g{l.cin, l.cout, l.hw, l.hw};
@@ -180,11 +181,13 @@ void BM_pooled_backward(benchmark::State& state) {
       vgg::cpu::conv3x3_relu_pool_backward_dz(x.data(), w.data(), pool_state, dy.data(), dz.data(), dw.data(),
                                               db.data(), l.batch, g, ws, kThreads);
       vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), l.batch, wg, wws, kThreads);
-    } else {  // every gradient by Winograd (the narrow layers' path): dz from the winners first
+    } else {  // every gradient by Winograd (the network's fp32 path): dz from the winners first
+#ifdef VGG_FAST_KERNELS  // (winner masks: the AVX-512 path's pool state; mode 3 is registered there only)
       vgg::cpu::conv3x3_relu_pool_unpool(pool_state, dy.data(), dz.data(), l.batch, g, kThreads);
       vgg::cpu::winograd_conv3x3_weight_grad(x.data(), nullptr, dz.data(), dw.data(), db.data(), l.batch, wg, wws,
                                              kThreads);
       vgg::cpu::winograd_conv3x3_input_grad(dz.data(), u, dx.data(), l.batch, wg, wws, kThreads);
+#endif
     }
     benchmark::DoNotOptimize(dw.data());
   }
@@ -282,10 +285,11 @@ void register_all() {
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
       for (int mode : {0, 1, 2, 3})
-        benchmark::RegisterBenchmark(("pooled_backward/" + name).c_str(), BM_pooled_backward)
-            ->Args({i, mode})
-            ->Unit(benchmark::kMillisecond)
-            ->UseRealTime();
+        if (mode < 3 || vgg::cpu::kFastKernels)
+          benchmark::RegisterBenchmark(("pooled_backward/" + name).c_str(), BM_pooled_backward)
+              ->Args({i, mode})
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
     }
     for (int with_dx : {0, 1})
       benchmark::RegisterBenchmark(("direct_backward/" + name).c_str(), BM_direct_backward)
