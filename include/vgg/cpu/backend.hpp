@@ -161,9 +161,11 @@ struct BasicBackend {
       return winograd_rule(s) && ctx.winograd() && winograd_in_precision(ctx) && winograd_threads_ >= ctx.threads();
     }
     /// Whether an input gradient of this layer takes Winograd now; for a pooled layer, a batch of n
-    /// (the full-size gradient behind the pool must fit).
+    /// (the full-size gradient behind the pool must fit). The 8-input-channel layers in fp32 only
+    /// (where it was measured).
     bool use_winograd_input_grad(const Context& ctx, const ConvShape& s, bool pooled = false, int n = 0) const {
-      return winograd_input_grad_rule(s) && ctx.winograd() && winograd_in_precision(ctx) && input_grad_threads_ >= ctx.threads() &&
+      return winograd_input_grad_rule(s) && (winograd_rule(s) || !uses_bf16(ctx)) && ctx.winograd() &&
+             winograd_in_precision(ctx) && input_grad_threads_ >= ctx.threads() &&
              (!pooled || std::size_t(n) * s.cout * s.h * s.w <= pooled_output_grads_.capacity());
     }
     /// Whether this layer's weight and bias gradients take Winograd (winograd_conv3x3_weight_grad)
