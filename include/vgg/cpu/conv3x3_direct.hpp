@@ -36,11 +36,11 @@ inline void conv3x3_direct_rows(const float* in, const float* packed, const floa
       __mmask16 lo[3], hi[3];
       for (int kx = 0; kx < 3; ++kx) {
         const int first = x0 + kx - 1;
-        lo[kx] = first_lanes(std::clamp(w - first, 0, 16)) & ~first_lanes(std::clamp(-first, 0, 16));
-        hi[kx] = first_lanes(std::clamp(w - first - 16, 0, 16)) & ~first_lanes(std::clamp(-first - 16, 0, 16));
+        lo[kx] = first_lanes(w - first) & ~first_lanes(-first);  // (first_lanes clamps to 0 .. 16)
+        hi[kx] = first_lanes(w - first - 16) & ~first_lanes(-first - 16);
       }
       const int count = std::min(kNr, w - x0);
-      const __mmask16 store_lo = first_lanes(std::min(count, 16)), store_hi = first_lanes(std::max(count - 16, 0));
+      const __mmask16 store_lo = first_lanes(count), store_hi = first_lanes(count - 16);
       for (int q = 0; q < cout; q += kMr) {
         const float* a = packed + long(q) * depth;
         __m512 c[kMr][2];

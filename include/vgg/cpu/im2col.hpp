@@ -31,7 +31,7 @@ inline void copy_run(float* dst, const float* src, long count) {
     _mm512_storeu_ps(dst + i + 48, d);
   }
   for (; i < count; i += 16) {
-    const __mmask16 m = count - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (count - i)) - 1u);
+    const __mmask16 m = avx512::first_lanes(int(std::min<long>(count - i, 16)));
     _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
   }
 #else

@@ -691,6 +691,19 @@ inline void winograd_weight_grad_tile(const float m[16], float* dw) {
   }
 }
 
+/// How a pass splits its `total` tiles: `count` chunks of `per_chunk` tiles (the last may be short),
+/// as few as max_chunk allows, a multiple of the thread count (balanced), equal in size, whole
+/// vectors of 16 tiles. per_chunk is also the row stride of the chunk's V, M and Z matrices.
+struct ChunkSplit {
+  long per_chunk, count;
+};
+inline ChunkSplit split_chunks(long total, long max_chunk, int threads) {
+  long chunks = std::max(1L, (total + max_chunk - 1) / max_chunk);
+  chunks = (chunks + threads - 1) / threads * threads;
+  const long per_chunk = std::max(16L, std::min(max_chunk, ((total + chunks - 1) / chunks + 15) / 16 * 16));
+  return {per_chunk, (total + per_chunk - 1) / per_chunk};
+}
+
 /// Calls f(run, t0) for the tile runs of tiles [begin, end), t0 counting from begin.
 template <class F>
 inline void for_each_tile_run(const WinogradGeometry& g, long begin, long end, F f) {
@@ -718,13 +731,9 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
                                      bool relu = false, float* pooled = nullptr, std::uint32_t* winners = nullptr) {
   static_assert(Path == KernelPath::plain || kFastKernels,
                 "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
-  const long total = long(n) * g.tiles_per_image(), max_chunk = g.max_chunk();
+  const long total = long(n) * g.tiles_per_image();
   if (total == 0) return;
-  // Chunks: as few as max_chunk allows, a multiple of the thread count (balanced), equal in size.
-  long chunks = (total + max_chunk - 1) / max_chunk;
-  chunks = (chunks + threads - 1) / threads * threads;
-  const long per_chunk = std::min(max_chunk, ((total + chunks - 1) / chunks + 15) / 16 * 16);
-  chunks = (total + per_chunk - 1) / per_chunk;
+  const auto [per_chunk, chunks] = detail::split_chunks(total, g.max_chunk(), threads);
   const long ld = per_chunk;  // row stride of V's and M's matrices
   if (winners) detail::clear_cut_winner_rows(winners, g, per_chunk, total);
 #pragma omp parallel num_threads(threads)
@@ -794,13 +803,10 @@ inline void winograd_conv3x3_weight_grad(const float* x, const float* y, float* 
                                          int threads) {
   static_assert(Path == KernelPath::plain || kFastKernels,
                 "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
-  const long total = long(n) * g.tiles_per_image(), max_chunk = g.max_chunk();
+  const long total = long(n) * g.tiles_per_image();
   const long pairs = long(g.cin) * g.cout, products = kWinogradPoints * pairs;
   // Chunks as the forward takes them (every chunk's operands in half the L2).
-  long chunks = std::max(1L, (total + max_chunk - 1) / max_chunk);
-  chunks = (chunks + threads - 1) / threads * threads;
-  const long per_chunk = std::max(16L, std::min(max_chunk, ((total + chunks - 1) / chunks + 15) / 16 * 16));
-  chunks = (total + per_chunk - 1) / per_chunk;
+  const auto [per_chunk, chunks] = detail::split_chunks(total, g.max_chunk(), threads);
   const long ld = per_chunk;
   // The products' orientation: the wider operand along the kernel's 32-column side.
   const bool cout_rows = g.cin >= g.cout;
