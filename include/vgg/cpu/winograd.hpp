@@ -733,7 +733,9 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
                 "vgg::cpu: the AVX-512 kernel path is not compiled into this program");
   const long total = long(n) * g.tiles_per_image();
   if (total == 0) return;
-  const auto [per_chunk, chunks] = detail::split_chunks(total, g.max_chunk(), threads);
+  // (Plain variables, not a structured binding: clang 14 cannot name one inside an OpenMP region.)
+  const detail::ChunkSplit split_tiles = detail::split_chunks(total, g.max_chunk(), threads);
+  const long per_chunk = split_tiles.per_chunk, chunks = split_tiles.count;
   const long ld = per_chunk;  // row stride of V's and M's matrices
   if (winners) detail::clear_cut_winner_rows(winners, g, per_chunk, total);
 #pragma omp parallel num_threads(threads)
@@ -806,7 +808,8 @@ inline void winograd_conv3x3_weight_grad(const float* x, const float* y, float* 
   const long total = long(n) * g.tiles_per_image();
   const long pairs = long(g.cin) * g.cout, products = kWinogradPoints * pairs;
   // Chunks as the forward takes them (every chunk's operands in half the L2).
-  const auto [per_chunk, chunks] = detail::split_chunks(total, g.max_chunk(), threads);
+  const detail::ChunkSplit split_tiles = detail::split_chunks(total, g.max_chunk(), threads);
+  const long per_chunk = split_tiles.per_chunk, chunks = split_tiles.count;
   const long ld = per_chunk;
   // The products' orientation: the wider operand along the kernel's 32-column side.
   const bool cout_rows = g.cin >= g.cout;
