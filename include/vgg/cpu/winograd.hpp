@@ -309,8 +309,11 @@ struct WinogradWorkspace {
 
 namespace detail {
 /// A run of `count` tiles in one tile row: image i, tile row ty, tile columns tx0 .. tx0 + count.
+/// The input transform also takes `rows` consecutive tile rows at once (each whole, so count is the
+/// row's width, and tile row ty + r's tiles follow row ty + r - 1's): adjacent tile rows share two
+/// input rows, whose horizontal half of the transform it then computes once.
 struct TileRun {
-  long image, ty, tx0, count;
+  long image, ty, tx0, count, rows = 1;
 };
 
 /// Whether the run covers its tile row whole: it alone writes the row's winner words.
@@ -363,8 +366,8 @@ inline void winograd_input_run_plain(const float* x, const WinogradGeometry& g, 
   const long channel_stride = ld, point_stride = g.input_point_stride(ld);
   for (int ci = 0; ci < g.cin; ++ci) {
     const float* xc = x + (run.image * g.cin + ci) * plane;
-    for (long k = 0; k < run.count; ++k) {
-      const long y0 = 2 * run.ty - 1, x0 = 2 * (run.tx0 + k) - 1;
+    for (long rk = 0; rk < run.rows * run.count; ++rk) {
+      const long k = rk % run.count, y0 = 2 * (run.ty + rk / run.count) - 1, x0 = 2 * (run.tx0 + k) - 1;
       float d[4][4];
       for (int r = 0; r < 4; ++r)
         for (int c = 0; c < 4; ++c) {
@@ -378,7 +381,7 @@ inline void winograd_input_run_plain(const float* x, const WinogradGeometry& g, 
         t[2][c] = d[2][c] - d[1][c];
         t[3][c] = d[1][c] - d[3][c];
       }
-      float* dst = v + ci * channel_stride + t0 + k;
+      float* dst = v + ci * channel_stride + t0 + rk;
       for (int r = 0; r < 4; ++r) {
         dst[(r * 4 + 0) * point_stride] = t[r][0] - t[r][2];
         dst[(r * 4 + 1) * point_stride] = t[r][1] + t[r][2];
@@ -457,7 +460,8 @@ inline __mmask16 lanes_between(long lo, long hi) {
 }
 
 /// winograd_input_run_plain, 16 tiles to a vector: each input row's 34 columns come in by four
-/// masked loads (zeros outside the image), split into even and odd columns by permutes.
+/// masked loads (zeros outside the image), split into even and odd columns by permutes and combined
+/// (d B); that half of the transform is kept for the next tile row of the run, which shares the row.
 inline void winograd_input_run_avx512(const float* x, const WinogradGeometry& g, const TileRun& run, float* v,
                                       long ld, long t0) {
   const long plane = long(g.h) * g.w, point_stride = g.input_point_stride(ld);
@@ -470,29 +474,38 @@ inline void winograd_input_run_avx512(const float* x, const WinogradGeometry& g,
     const __mmask16 store = lanes_between(0, run.count - k0);
     for (int ci = 0; ci < g.cin; ++ci) {
       const float* xc = x + (run.image * g.cin + ci) * plane;
-      __m512 h[4][4];  // h[r][j]: row r of the tiles, times B (columns)
-      for (int r = 0; r < 4; ++r) {
-        const long yy = 2 * run.ty - 1 + r;
+      // h(yy, out): input row yy of the 16 tiles times B (its four columns), zeros outside the image.
+      auto h = [&](long yy, __m512 out[4]) {
         if (yy < 0 || yy >= g.h) {
-          for (int j = 0; j < 4; ++j) h[r][j] = _mm512_setzero_ps();
-          continue;
+          for (int j = 0; j < 4; ++j) out[j] = _mm512_setzero_ps();
+          return;
         }
         const float* row = xc + yy * g.w + base;  // masked lanes are never read
         const __m512 a = _mm512_maskz_loadu_ps(m0, row), b = _mm512_maskz_loadu_ps(m16, row + 16);
         const __m512 a2 = _mm512_maskz_loadu_ps(m2, row + 2), b2 = _mm512_maskz_loadu_ps(m18, row + 18);
         const __m512 c0 = _mm512_permutex2var_ps(a, even, b), c1 = _mm512_permutex2var_ps(a, odd, b);
         const __m512 c2 = _mm512_permutex2var_ps(a2, even, b2), c3 = _mm512_permutex2var_ps(a2, odd, b2);
-        h[r][0] = _mm512_sub_ps(c0, c2);
-        h[r][1] = _mm512_add_ps(c1, c2);
-        h[r][2] = _mm512_sub_ps(c2, c1);
-        h[r][3] = _mm512_sub_ps(c1, c3);
-      }
+        out[0] = _mm512_sub_ps(c0, c2);
+        out[1] = _mm512_add_ps(c1, c2);
+        out[2] = _mm512_sub_ps(c2, c1);
+        out[3] = _mm512_sub_ps(c1, c3);
+      };
+      __m512 h0[4], h1[4], h2[4], h3[4];  // rows 0-3 of the current tile row
+      h(2 * run.ty - 1, h0);
+      h(2 * run.ty, h1);
       float* dst = v + ci * ld + t0 + k0;
-      for (int j = 0; j < 4; ++j) {
-        _mm512_mask_storeu_ps(dst + (0 * 4 + j) * point_stride, store, _mm512_sub_ps(h[0][j], h[2][j]));
-        _mm512_mask_storeu_ps(dst + (1 * 4 + j) * point_stride, store, _mm512_add_ps(h[1][j], h[2][j]));
-        _mm512_mask_storeu_ps(dst + (2 * 4 + j) * point_stride, store, _mm512_sub_ps(h[2][j], h[1][j]));
-        _mm512_mask_storeu_ps(dst + (3 * 4 + j) * point_stride, store, _mm512_sub_ps(h[1][j], h[3][j]));
+      for (long r = 0; r < run.rows; ++r, dst += run.count) {
+        h(2 * (run.ty + r) + 1, h2);
+        h(2 * (run.ty + r) + 2, h3);
+        float* d = dst;
+        for (int j = 0; j < 4; ++j, d += point_stride) _mm512_mask_storeu_ps(d, store, _mm512_sub_ps(h0[j], h2[j]));
+        for (int j = 0; j < 4; ++j, d += point_stride) _mm512_mask_storeu_ps(d, store, _mm512_add_ps(h1[j], h2[j]));
+        for (int j = 0; j < 4; ++j, d += point_stride) _mm512_mask_storeu_ps(d, store, _mm512_sub_ps(h2[j], h1[j]));
+        for (int j = 0; j < 4; ++j, d += point_stride) _mm512_mask_storeu_ps(d, store, _mm512_sub_ps(h1[j], h3[j]));
+        for (int j = 0; j < 4; ++j) {
+          h0[j] = h2[j];
+          h1[j] = h3[j];
+        }
       }
     }
   }
@@ -704,15 +717,17 @@ inline ChunkSplit split_chunks(long total, long max_chunk, int threads) {
   return {per_chunk, (total + per_chunk - 1) / per_chunk};
 }
 
-/// Calls f(run, t0) for the tile runs of tiles [begin, end), t0 counting from begin.
+/// Calls f(run, t0) for the tile runs of tiles [begin, end), t0 counting from begin. With
+/// whole_rows, consecutive whole tile rows of one image come as one run of several rows.
 template <class F>
-inline void for_each_tile_run(const WinogradGeometry& g, long begin, long end, F f) {
+inline void for_each_tile_run(const WinogradGeometry& g, long begin, long end, F f, bool whole_rows = false) {
   const long tw = g.tiles_w(), per_image = g.tiles_per_image();
   for (long t = begin; t < end;) {
     const long image = t / per_image, in_image = t % per_image, ty = in_image / tw, tx = in_image % tw;
     const long count = std::min(end - t, tw - tx);
-    f(TileRun{image, ty, tx, count}, t - begin);
-    t += count;
+    const long rows = whole_rows && tx == 0 && count == tw ? std::min((end - t) / tw, g.tiles_h() - ty) : 1;
+    f(TileRun{image, ty, tx, count, rows}, t - begin);
+    t += rows * count;
   }
 }
 }  // namespace detail
@@ -747,15 +762,18 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
     const Range mine = split(chunks, tid, nth);
     for (long c = mine.begin; c < mine.end; ++c) {
       const long begin = c * per_chunk, end = std::min(total, begin + per_chunk), cols = end - begin;
-      detail::for_each_tile_run(g, begin, end, [&](const detail::TileRun& run, long t0) {
+      detail::for_each_tile_run(
+          g, begin, end,
+          [&](const detail::TileRun& run, long t0) {
 #ifdef VGG_FAST_KERNELS
-        if constexpr (Path == KernelPath::avx512) {
-          detail::winograd_input_run_avx512(x, g, run, v, ld, t0);
-          return;
-        }
+            if constexpr (Path == KernelPath::avx512) {
+              detail::winograd_input_run_avx512(x, g, run, v, ld, t0);
+              return;
+            }
 #endif
-        detail::winograd_input_run_plain(x, g, run, v, ld, t0);
-      });
+            detail::winograd_input_run_plain(x, g, run, v, ld, t0);
+          },
+          true);
       for (int p = 0; p < kWinogradPoints; ++p) {
         const float* vp = v + p * g.input_point_stride(ld);
         float* mp = m + p * g.output_point_stride(ld);
@@ -826,15 +844,25 @@ inline void winograd_conv3x3_weight_grad(const float* x, const float* y, float* 
     const Range mine = split(chunks, tid, nth);
     for (long c = mine.begin; c < mine.end; ++c) {
       const long begin = c * per_chunk, end = std::min(total, begin + per_chunk), cols = end - begin;
+      detail::for_each_tile_run(
+          g, begin, end,
+          [&](const detail::TileRun& run, long t0) {
+#ifdef VGG_FAST_KERNELS
+            if constexpr (Path == KernelPath::avx512) {
+              detail::winograd_input_run_avx512(x, g, run, v, ld, t0);
+              return;
+            }
+#endif
+            detail::winograd_input_run_plain(x, g, run, v, ld, t0);
+          },
+          true);
       detail::for_each_tile_run(g, begin, end, [&](const detail::TileRun& run, long t0) {
 #ifdef VGG_FAST_KERNELS
         if constexpr (Path == KernelPath::avx512) {
-          detail::winograd_input_run_avx512(x, g, run, v, ld, t0);
           detail::winograd_gradient_run_avx512(dy, y, g, run, z, ld, t0, lanes);
           return;
         }
 #endif
-        detail::winograd_input_run_plain(x, g, run, v, ld, t0);
         detail::winograd_gradient_run_plain(dy, y, g, run, z, ld, t0, lanes);
       });
       for (int p = 0; p < kWinogradPoints; ++p) {
