@@ -730,6 +730,24 @@ inline void for_each_tile_run(const WinogradGeometry& g, long begin, long end, F
     t += rows * count;
   }
 }
+
+/// V = the input transform of tiles [begin, end) (V[p][ci][t - begin]), whole tile rows taken
+/// together so that the AVX-512 path computes each shared input row once.
+template <KernelPath Path>
+inline void winograd_input_chunk(const float* x, const WinogradGeometry& g, long begin, long end, float* v, long ld) {
+  for_each_tile_run(
+      g, begin, end,
+      [&](const TileRun& run, long t0) {
+#ifdef VGG_FAST_KERNELS
+        if constexpr (Path == KernelPath::avx512) {
+          winograd_input_run_avx512(x, g, run, v, ld, t0);
+          return;
+        }
+#endif
+        winograd_input_run_plain(x, g, run, v, ld, t0);
+      },
+      /*whole_rows=*/true);
+}
 }  // namespace detail
 
 /// y = conv3x3(x) + bias (then ReLU where relu) for n images, NCHW, by F(2x2, 3x3) Winograd, with
@@ -762,18 +780,7 @@ inline void winograd_conv3x3_forward(const float* x, const WinogradFilter<Path>&
     const Range mine = split(chunks, tid, nth);
     for (long c = mine.begin; c < mine.end; ++c) {
       const long begin = c * per_chunk, end = std::min(total, begin + per_chunk), cols = end - begin;
-      detail::for_each_tile_run(
-          g, begin, end,
-          [&](const detail::TileRun& run, long t0) {
-#ifdef VGG_FAST_KERNELS
-            if constexpr (Path == KernelPath::avx512) {
-              detail::winograd_input_run_avx512(x, g, run, v, ld, t0);
-              return;
-            }
-#endif
-            detail::winograd_input_run_plain(x, g, run, v, ld, t0);
-          },
-          true);
+      detail::winograd_input_chunk<Path>(x, g, begin, end, v, ld);
       for (int p = 0; p < kWinogradPoints; ++p) {
         const float* vp = v + p * g.input_point_stride(ld);
         float* mp = m + p * g.output_point_stride(ld);
@@ -844,18 +851,7 @@ inline void winograd_conv3x3_weight_grad(const float* x, const float* y, float* 
     const Range mine = split(chunks, tid, nth);
     for (long c = mine.begin; c < mine.end; ++c) {
       const long begin = c * per_chunk, end = std::min(total, begin + per_chunk), cols = end - begin;
-      detail::for_each_tile_run(
-          g, begin, end,
-          [&](const detail::TileRun& run, long t0) {
-#ifdef VGG_FAST_KERNELS
-            if constexpr (Path == KernelPath::avx512) {
-              detail::winograd_input_run_avx512(x, g, run, v, ld, t0);
-              return;
-            }
-#endif
-            detail::winograd_input_run_plain(x, g, run, v, ld, t0);
-          },
-          true);
+      detail::winograd_input_chunk<Path>(x, g, begin, end, v, ld);
       detail::for_each_tile_run(g, begin, end, [&](const detail::TileRun& run, long t0) {
 #ifdef VGG_FAST_KERNELS
         if constexpr (Path == KernelPath::avx512) {
