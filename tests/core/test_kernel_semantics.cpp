@@ -241,9 +241,10 @@ TEST_CASE("one-channel conv + ReLU + pool: weight gradient from PyTorch's winner
   // only in the first row of the second band, or the last of the first (which the other band reads
   // too, as the edge of its taps); 4: some
   // pixels are infinite (0 x inf is NaN); 5: huge finite pixels, which channel 1 (taps 2 and -2)
-  // turns into inf - inf = NaN. Whether such a sum overflows depends on its order (and on FMA
-  // contraction), so mode 5 takes the conv output from the unfused kernel (the same sums) and
-  // checks the pool behind it; modes 4 and 5 leave the weight gradient (sums of inf) unchecked.
+  // overflows to +-inf. Which sums overflow depends on their order, so mode 5 takes the conv output
+  // from the unfused kernel (the same FMA chains) and checks the pool behind it; it holds no NaN,
+  // since a chain of FMAs cannot make one from finite inputs (each rounds once, and an infinite
+  // partial sum stays so). Modes 4 and 5 leave the weight gradient (sums of inf) unchecked.
   struct Case {
     int cout, h, w;
   };
@@ -282,9 +283,14 @@ TEST_CASE("one-channel conv + ReLU + pool: weight gradient from PyTorch's winner
                                                    c.w, 0, c.h);
       std::vector<float> pooled_expected, dz;
       reference_pool(relu_z, dy, Plane{c.cout, c.h, c.w}, /*relu=*/true, pooled_expected, dz);
-      long nan_windows = 0;
-      for (float v : pooled_expected) nan_windows += std::isnan(v);
-      CHECK((nan_windows > 0) == (mode != 0 && ((mode != 3 && mode != 6) || band_edge_nan)));  // the case has what it says
+      long nan_windows = 0, infinite_windows = 0;
+      for (float v : pooled_expected) {
+        nan_windows += std::isnan(v);
+        infinite_windows += std::isinf(v);
+      }
+      // The case has what it says.
+      CHECK((nan_windows > 0) == (mode != 0 && mode != 5 && ((mode != 3 && mode != 6) || band_edge_nan)));
+      if (mode == 5) CHECK(infinite_windows > 0);
       std::vector<float> dw_expected(weight.size(), 0.0f), db_expected(bias.size(), 0.0f);
       for (int co = 0; co < c.cout; ++co)
         for (int r = 0; r < c.h; ++r)

@@ -39,19 +39,14 @@ inline void one_channel_taps(const float* x, int h, int w, int r, int x0, int co
   }
 }
 
-/// bias + the nine taps weighted by w[0..8] (before the ReLU), in three interleaved chains: a single
-/// chain of nine FMAs made each output channel latency-bound.
-inline __m512 one_channel_sum(const __m512 v[9], const float* w, float bias) {
-  __m512 a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[0]), v[0], _mm512_set1_ps(bias));
-  __m512 a1 = _mm512_mul_ps(_mm512_set1_ps(w[1]), v[1]);
-  __m512 a2 = _mm512_mul_ps(_mm512_set1_ps(w[2]), v[2]);
-  a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[3]), v[3], a0);
-  a1 = _mm512_fmadd_ps(_mm512_set1_ps(w[4]), v[4], a1);
-  a2 = _mm512_fmadd_ps(_mm512_set1_ps(w[5]), v[5], a2);
-  a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[6]), v[6], a0);
-  a1 = _mm512_fmadd_ps(_mm512_set1_ps(w[7]), v[7], a1);
-  a2 = _mm512_fmadd_ps(_mm512_set1_ps(w[8]), v[8], a2);
-  return _mm512_add_ps(_mm512_add_ps(a0, a1), a2);
+/// bias + the nine taps weighted by w[0..8] (before the ReLU) as one chain of nine FMAs: the fused
+/// kernel forms two rows of two channels at once, four independent chains, so that no operation is
+/// spent joining partial sums (the FMAs are the layer's useful work; every other vector operation
+/// competes with them for the FP ports).
+inline __m512 one_channel_chain(const __m512 v[9], const float* w, float bias) {
+  __m512 s = _mm512_fmadd_ps(_mm512_set1_ps(w[0]), v[0], _mm512_set1_ps(bias));
+  for (int k = 1; k < 9; ++k) s = _mm512_fmadd_ps(_mm512_set1_ps(w[k]), v[k], s);
+  return s;
 }
 
 /// Stores 16 outputs (or the first `count`): streamed past the caches when a whole aligned line,
@@ -75,13 +70,20 @@ inline void conv3x3_relu_one_channel(const float* x, const float* weight, const 
       const int count = std::min(16, w - x0);
       __m512 taps[9];
       one_channel_taps(x, h, w, r, x0, count, taps);
-      for (int co = 0; co < cout; ++co) {
-        // max(0, sum), in this order: MAXPS returns its second operand where one is NaN, and
-        // torch's ReLU keeps NaN.
-        const __m512 sum = one_channel_sum(taps, weight + co * 9, bias[co]);
-        const __m512 a = Relu ? _mm512_max_ps(_mm512_setzero_ps(), sum) : sum;
-        store_output(y + co * plane + long(r) * w + x0, a, count);
+      // Two channels at a time: two independent chains (one_channel_chain) per iteration.
+      // max(0, sum), in this order: MAXPS returns its second operand where one is NaN, and torch's
+      // ReLU keeps NaN.
+      auto output = [&](int co, __m512 sum) {
+        store_output(y + co * plane + long(r) * w + x0, Relu ? _mm512_max_ps(_mm512_setzero_ps(), sum) : sum, count);
+      };
+      int co = 0;
+      for (; co + 1 < cout; co += 2) {
+        const __m512 s0 = one_channel_chain(taps, weight + co * 9, bias[co]);
+        const __m512 s1 = one_channel_chain(taps, weight + co * 9 + 9, bias[co + 1]);
+        output(co, s0);
+        output(co + 1, s1);
       }
+      if (co < cout) output(co, one_channel_chain(taps, weight + co * 9, bias[co]));
     }
   _mm_sfence();  // streamed stores are visible before the threads meet again
 }
@@ -126,20 +128,41 @@ inline bool one_channel_outputs_finite(const float* x, const float* weight, cons
   return _mm512_reduce_max_epu32(largest) <= std::bit_cast<std::uint32_t>(0x1p60f) << 1;
 }
 
+/// The window maxima of one channel's segment from its rows a and b before the ReLU (lanes 2l and
+/// 2l + 1 both hold window l's), and the winner bits: the elements equal to a positive maximum.
+struct WindowMaxima {
+  __m512 m;
+  __mmask16 top_bits, bottom_bits;
+};
+inline WindowMaxima window_maxima(__m512 a, __m512 b, __mmask16 windows) {
+  const __m512 column_max = _mm512_max_ps(a, b);
+  const __m512 m = _mm512_max_ps(column_max, _mm512_permute_ps(column_max, 0xB1));
+  // The ReLU commutes with the max, so it is taken once, on the pooled value. A winner is an element
+  // equal to max(m, the least positive float), which no element of a window with m <= 0 can equal
+  // (one compare fewer per channel than testing m > 0).
+  const __m512 positive_max = _mm512_max_ps(m, _mm512_set1_ps(std::numeric_limits<float>::denorm_min()));
+  return {m, _mm512_mask_cmp_ps_mask(windows, a, positive_max, _CMP_EQ_OQ),
+          _mm512_mask_cmp_ps_mask(windows, b, positive_max, _CMP_EQ_OQ)};
+}
+
 /// Pooled rows [r0 / 2, r1 / 2) of pooled = maxpool2x2(relu(conv3x3(x) + bias)) for a one-channel
 /// image x (h x w), and their winner masks (winners: cout planes of winner_plane_words(h, w)).
 /// The full-size output is formed two rows at a time in registers and never stored; the window
 /// maximum is taken in place (each lane pair holds it twice), so the winner bits are two compares.
-/// Segments holding a NaN go as in PyTorch; they are looked for only where some input or
-/// weight is not small and finite (MayHoldNaN; see one_channel_outputs_finite).
+/// Channels go in pairs: one permute gathers both channels' eight pooled values into one vector,
+/// and one max takes their ReLU. Segments holding a NaN go as in PyTorch; they are looked for only
+/// where some input or weight is not small and finite (MayHoldNaN; see one_channel_outputs_finite).
 /// requires: r0 even.
 template <bool MayHoldNaN>
 inline void conv3x3_relu_pool_one_channel_rows(const float* x, const float* weight, const float* bias, float* pooled,
                                                std::uint32_t* winners, int cout, int h, int w, int r0, int r1) {
   const int ow = w / 2;
   const long pooled_plane = long(h / 2) * ow, row_words = winner_row_words(w), winner_plane = winner_plane_words(h, w);
-  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14);
-  const __m512 least_positive = _mm512_set1_ps(std::numeric_limits<float>::denorm_min());
+  // Lanes 0-7: the windows of the first operand (its even lanes); 8-15: those of the second.
+  const __m512i pair_evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  // Lanes 0-7 of the first operand as they are, then the second's windows.
+  const __m512i after_staged = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512 zero = _mm512_setzero_ps();
   // Whole pooled lines streamed (below) where there are many planes and the lines are aligned
   // (then every segment holds 8 whole windows, and every pair of segments one line).
   constexpr int kMaxStaged = 128;
@@ -163,42 +186,88 @@ inline void conv3x3_relu_pool_one_channel_rows(const float* x, const float* weig
       const long bottom_offset = row_words;  // the bottom row's words: n uint32, i.e. row_words uint16, on
       const bool clear_next = x0 % 32 == 0 && x0 + 17 >= w;  // the last segment: clear the words' other half
       const __mmask16 store = first_lanes(pooled_count), windows = first_lanes(2 * pooled_count);
-      for (int co = 0; co < cout; ++co) {
-        const float* wc = weight + co * 9;
-        const __m512 a = one_channel_sum(top, wc, bias[co]), b = one_channel_sum(bottom, wc, bias[co]);
-        const __m512 column_max = _mm512_max_ps(a, b);
-        const __m512 m = _mm512_max_ps(column_max, _mm512_permute_ps(column_max, 0xB1));  // lanes 2l, 2l + 1: window l
-        // The ReLU commutes with the max, so it is taken once, on the pooled value. A winner is an
-        // element equal to a positive maximum: equal to max(m, the least positive float), which no
-        // element of a window with m <= 0 can equal (one compare fewer per channel than m > 0).
-        const __m512 positive_max = _mm512_max_ps(m, least_positive);
-        __mmask16 top_bits = _mm512_mask_cmp_ps_mask(windows, a, positive_max, _CMP_EQ_OQ);
-        __mmask16 bottom_bits = _mm512_mask_cmp_ps_mask(windows, b, positive_max, _CMP_EQ_OQ);
-        __m512 value = _mm512_max_ps(_mm512_permutexvar_ps(evens, m), _mm512_setzero_ps());
+      const bool first_half = x0 % 32 == 0;
+      // Channel co's segment: its maxima, its winner bits stored; a NaN's segment (MayHoldNaN) in nan.
+      auto channel = [&](int co, const __m512& a, const __m512& b, bool& has_nan, PooledSegment& nan) {
+        WindowMaxima s = window_maxima(a, b, windows);
+        has_nan = false;
         if constexpr (MayHoldNaN) {
           if (_mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) != 0) {  // a NaN: PyTorch's choice
-            const PooledSegment nan_path = relu_pool_nan_segment(a, b, pooled_count);
-            value = nan_path.value;
-            top_bits = nan_path.top_bits;
-            bottom_bits = nan_path.bottom_bits;
+            nan = relu_pool_nan_segment(a, b, pooled_count);
+            s.top_bits = nan.top_bits;
+            s.bottom_bits = nan.bottom_bits;
+            has_nan = true;
           }
         }
         std::uint16_t* out = masks + co * winner_plane * 2;
-        out[0] = std::uint16_t(top_bits);
-        out[bottom_offset] = std::uint16_t(bottom_bits);
+        out[0] = std::uint16_t(s.top_bits);
+        out[bottom_offset] = std::uint16_t(s.bottom_bits);
         if (clear_next) out[1] = out[bottom_offset + 1] = 0;
+        return s.m;
+      };
+      // Stores channel co's pooled values (ReLU taken), from lanes `lane` .. lane + 7 of value.
+      auto store_pooled = [&](int co, __m512 value, int lane) {
         float* dst = pooled + co * pooled_plane + at;
-        if (stream_lines) {
+        if (!stream_lines) {
+          // A masked store whose lanes 8-15 land at dst: the address is formed as an integer
+          // (it may lie before the buffer), and masked-off lanes are never accessed.
+          float* base = reinterpret_cast<float*>(reinterpret_cast<std::uintptr_t>(dst) - std::uintptr_t(lane) * 4);
+          _mm512_mask_storeu_ps(base, __mmask16(store << lane), value);
+        } else if (first_half) {
           // Many planes (64 at width 1), each written half a line per segment: a line's first half
           // waits in L1, and the whole line is streamed past the caches with the second, so that
           // no line is read for ownership first.
-          if (x0 % 32 == 0)
-            _mm256_store_ps(staging + co * 8, _mm512_castps512_ps256(value));
-          else
-            _mm512_stream_ps(dst - 8, _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_load_ps(staging + co * 8)),
-                                                         _mm512_castps512_ps256(value), 1));
+          _mm256_store_ps(staging + co * 8, lane == 0 ? _mm512_castps512_ps256(value) : _mm512_extractf32x8_ps(value, 1));
         } else {
-          _mm512_mask_storeu_ps(dst, store, value);
+          _mm512_stream_ps(dst - 8, value);  // lane is 8 here: the line is staged half + value's high half
+        }
+      };
+      // A channel's pooled values in lanes 8-15 after its staged half line (a line's second half),
+      // the ReLU taken on the new half only (the staged one holds it, and maybe a NaN to keep).
+      auto line = [&](int co, __m512 m) {
+        const __m512 joined = _mm512_permutex2var_ps(_mm512_castps256_ps512(_mm256_load_ps(staging + co * 8)), after_staged, m);
+        return _mm512_mask_max_ps(joined, 0xFF00, joined, zero);
+      };
+      int co = 0;
+      for (; co + 1 < cout; co += 2) {
+        const float *w0 = weight + co * 9, *w1 = w0 + 9;
+        const __m512 a0 = one_channel_chain(top, w0, bias[co]), b0 = one_channel_chain(bottom, w0, bias[co]);
+        const __m512 a1 = one_channel_chain(top, w1, bias[co + 1]), b1 = one_channel_chain(bottom, w1, bias[co + 1]);
+        bool nan0, nan1;
+        PooledSegment n0, n1;
+        const __m512 m0 = channel(co, a0, b0, nan0, n0), m1 = channel(co + 1, a1, b1, nan1, n1);
+        if (stream_lines && !first_half) {
+          __m512 v0 = line(co, m0), v1 = line(co + 1, m1);
+          if (nan0) v0 = _mm512_insertf32x8(v0, _mm512_castps512_ps256(n0.value), 1);
+          if (nan1) v1 = _mm512_insertf32x8(v1, _mm512_castps512_ps256(n1.value), 1);
+          store_pooled(co, v0, 8);
+          store_pooled(co + 1, v1, 8);
+        } else {
+          __m512 value = _mm512_max_ps(_mm512_permutex2var_ps(m0, pair_evens, m1), zero);
+          if (nan0) value = _mm512_mask_mov_ps(value, 0x00FF, n0.value);
+          if (nan1) value = _mm512_insertf32x8(value, _mm512_castps512_ps256(n1.value), 1);
+          if (stream_lines) {
+            _mm512_store_ps(staging + co * 8, value);  // both channels' halves (co even: aligned)
+          } else {
+            store_pooled(co, value, 0);
+            store_pooled(co + 1, value, 8);
+          }
+        }
+      }
+      if (co < cout) {  // an odd channel count's last channel
+        const float* wc = weight + co * 9;
+        const __m512 a = one_channel_chain(top, wc, bias[co]), b = one_channel_chain(bottom, wc, bias[co]);
+        bool has_nan;
+        PooledSegment n;
+        const __m512 m = channel(co, a, b, has_nan, n);
+        if (stream_lines && !first_half) {
+          __m512 v = line(co, m);
+          if (has_nan) v = _mm512_insertf32x8(v, _mm512_castps512_ps256(n.value), 1);
+          store_pooled(co, v, 8);
+        } else {
+          __m512 value = _mm512_max_ps(_mm512_permutex2var_ps(m, pair_evens, m), zero);
+          if (has_nan) value = _mm512_mask_mov_ps(value, 0x00FF, n.value);
+          store_pooled(co, value, 0);
         }
       }
     }
