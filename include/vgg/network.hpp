@@ -30,6 +30,7 @@
 #include "vgg/classifier.hpp"
 #include "vgg/context.hpp"
 #include "vgg/default_backend.hpp"
+#include "vgg/function_ref.hpp"
 #include "vgg/layer.hpp"
 #include "vgg/loss.hpp"
 #include "vgg/layers/adaptive_avgpool2d.hpp"
@@ -480,21 +481,17 @@ class Network {
   /// Visits (value, grad) of every parameter tensor in network order, without allocating: for
   /// optimizers, which run every step (they skip parameter_frozen tensors, whose grad may be empty
   /// or stale). Both are in the backend's memory; grad is empty before the first backward pass.
+  /// f is called through a FunctionRef (function_ref.hpp): its body is compiled once, not per layer.
   template <class F>
   void for_each_parameter_data(F&& f) {
-    std::apply([&](auto&... layer) {
-      (layer.for_each_parameter([&](int, const char*, const TensorShape&, std::span<float> value, std::span<float> grad) {
-        f(value, grad);
-      }),
-       ...);
-    }, layers_);
+    visit_parameter_data(FunctionRef<void(std::span<float>, std::span<float>)>(f));
   }
 
   /// Visits every parameter tensor with its state_dict name, in network order (value and grad in the
   /// backend's memory: see copy_parameters_to_host for a host copy).
   template <class F>
   void for_each_parameter(F&& f) {
-    visit_parameters(f, std::make_index_sequence<num_layers>{});
+    visit_parameters(FunctionRef<void(const ParameterView&)>(f));
   }
 
   /// Visits every state tensor that is not a parameter (batch norm's running_mean and running_var)
@@ -502,12 +499,12 @@ class Network {
   /// see these; checkpoints save and load them.
   template <class F>
   void for_each_state(F&& f) {
-    [&]<std::size_t... I>(std::index_sequence<I...>) { (visit_state<I>(f), ...); }(std::make_index_sequence<num_layers>{});
+    visit_states(FunctionRef<void(const StateView&)>(f));
   }
   /// Visits every integer counter of the state (batch norm's num_batches_tracked), on the host.
   template <class F>
   void for_each_counter(F&& f) {
-    [&]<std::size_t... I>(std::index_sequence<I...>) { (visit_counters<I>(f), ...); }(std::make_index_sequence<num_layers>{});
+    visit_counters(FunctionRef<void(const CounterView&)>(f));
   }
 
   /// Copies every parameter, in network order (as for_each_parameter visits them), into `host`:
@@ -571,7 +568,7 @@ class Network {
     return group_name(places[I].group) + "." + std::to_string(places[I].position + module) + "." + suffix;
   }
   template <std::size_t I, class F>
-  void visit_state(F& f) {
+  void visit_layer_state(F& f) {
     if constexpr (has_state<std::tuple_element_t<I, layer_types>>)
       std::get<I>(layers_).for_each_state([&](int module, const char* suffix, const TensorShape& shape,
                                               std::span<float> value) {
@@ -579,7 +576,7 @@ class Network {
       });
   }
   template <std::size_t I, class F>
-  void visit_counters(F& f) {
+  void visit_layer_counters(F& f) {
     if constexpr (has_state<std::tuple_element_t<I, layer_types>>)
       std::get<I>(layers_).for_each_counter([&](int module, const char* suffix, std::int64_t& value) {
         f(CounterView{tensor_name<I>(module, suffix), &value});
@@ -773,13 +770,29 @@ class Network {
     return dx;
   }
 
-  template <class F, std::size_t... I>
-  void visit_parameters(F& f, std::index_sequence<I...>) {
-    (std::get<I>(layers_).for_each_parameter(
-         [&](int module, const char* suffix, const TensorShape& shape, std::span<float> value, std::span<float> grad) {
-           f(ParameterView{tensor_name<I>(module, suffix), shape.to_vector(), value, grad});
-         }),
-     ...);
+  // The visitors' expansions over the layers, one per network type (not per callback type).
+  VGG_NOT_SPECIALISED void visit_parameter_data(FunctionRef<void(std::span<float>, std::span<float>)> f) {
+    std::apply([&](auto&... layer) {
+      (layer.for_each_parameter([&](int, const char*, const TensorShape&, std::span<float> value, std::span<float> grad) {
+        f(value, grad);
+      }),
+       ...);
+    }, layers_);
+  }
+  VGG_NOT_SPECIALISED void visit_parameters(FunctionRef<void(const ParameterView&)> f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (std::get<I>(layers_).for_each_parameter(
+           [&](int module, const char* suffix, const TensorShape& shape, std::span<float> value, std::span<float> grad) {
+             f(ParameterView{tensor_name<I>(module, suffix), shape.to_vector(), value, grad});
+           }),
+       ...);
+    }(std::make_index_sequence<num_layers>{});
+  }
+  VGG_NOT_SPECIALISED void visit_states(FunctionRef<void(const StateView&)> f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) { (visit_layer_state<I>(f), ...); }(std::make_index_sequence<num_layers>{});
+  }
+  VGG_NOT_SPECIALISED void visit_counters(FunctionRef<void(const CounterView&)> f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) { (visit_layer_counters<I>(f), ...); }(std::make_index_sequence<num_layers>{});
   }
 
   template <class F, std::size_t... I>
