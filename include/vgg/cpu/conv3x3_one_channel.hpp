@@ -205,7 +205,8 @@ inline void conv3x3_relu_pool_one_channel_rows(const float* x, const float* weig
         if (clear_next) out[1] = out[bottom_offset + 1] = 0;
         return s.m;
       };
-      // Stores channel co's pooled values (ReLU taken), from lanes `lane` .. lane + 7 of value.
+      // Stores channel co's pooled values (ReLU taken), from lanes `lane` .. lane + 7 of value:
+      // unstreamed, or (stream_lines, lane 8) a whole line of the staged half and value's high half.
       auto store_pooled = [&](int co, __m512 value, int lane) {
         float* dst = pooled + co * pooled_plane + at;
         if (!stream_lines) {
@@ -213,13 +214,11 @@ inline void conv3x3_relu_pool_one_channel_rows(const float* x, const float* weig
           // (it may lie before the buffer), and masked-off lanes are never accessed.
           float* base = reinterpret_cast<float*>(reinterpret_cast<std::uintptr_t>(dst) - std::uintptr_t(lane) * 4);
           _mm512_mask_storeu_ps(base, __mmask16(store << lane), value);
-        } else if (first_half) {
-          // Many planes (64 at width 1), each written half a line per segment: a line's first half
-          // waits in L1, and the whole line is streamed past the caches with the second, so that
-          // no line is read for ownership first.
-          _mm256_store_ps(staging + co * 8, lane == 0 ? _mm512_castps512_ps256(value) : _mm512_extractf32x8_ps(value, 1));
         } else {
-          _mm512_stream_ps(dst - 8, value);  // lane is 8 here: the line is staged half + value's high half
+          // Many planes (64 at width 1), each written half a line per segment: a line's first half
+          // waits in L1 (staging), and the whole line is streamed past the caches with the second,
+          // so that no line is read for ownership first.
+          _mm512_stream_ps(dst - 8, value);
         }
       };
       // A channel's pooled values in lanes 8-15 after its staged half line (a line's second half),
@@ -228,46 +227,36 @@ inline void conv3x3_relu_pool_one_channel_rows(const float* x, const float* weig
         const __m512 joined = _mm512_permutex2var_ps(_mm512_castps256_ps512(_mm256_load_ps(staging + co * 8)), after_staged, m);
         return _mm512_mask_max_ps(joined, 0xFF00, joined, zero);
       };
-      int co = 0;
-      for (; co + 1 < cout; co += 2) {
-        const float *w0 = weight + co * 9, *w1 = w0 + 9;
+      for (int co = 0; co < cout; co += 2) {
+        // An odd count's last channel is paired with itself, and stored once.
+        const bool pair = co + 1 < cout;
+        const int c1 = pair ? co + 1 : co;
+        const float *w0 = weight + co * 9, *w1 = weight + c1 * 9;
         const __m512 a0 = one_channel_chain(top, w0, bias[co]), b0 = one_channel_chain(bottom, w0, bias[co]);
-        const __m512 a1 = one_channel_chain(top, w1, bias[co + 1]), b1 = one_channel_chain(bottom, w1, bias[co + 1]);
+        const __m512 a1 = one_channel_chain(top, w1, bias[c1]), b1 = one_channel_chain(bottom, w1, bias[c1]);
         bool nan0, nan1;
         PooledSegment n0, n1;
-        const __m512 m0 = channel(co, a0, b0, nan0, n0), m1 = channel(co + 1, a1, b1, nan1, n1);
+        const __m512 m0 = channel(co, a0, b0, nan0, n0), m1 = channel(c1, a1, b1, nan1, n1);
         if (stream_lines && !first_half) {
-          __m512 v0 = line(co, m0), v1 = line(co + 1, m1);
+          __m512 v0 = line(co, m0);
           if (nan0) v0 = _mm512_insertf32x8(v0, _mm512_castps512_ps256(n0.value), 1);
-          if (nan1) v1 = _mm512_insertf32x8(v1, _mm512_castps512_ps256(n1.value), 1);
           store_pooled(co, v0, 8);
-          store_pooled(co + 1, v1, 8);
+          if (pair) {
+            __m512 v1 = line(c1, m1);
+            if (nan1) v1 = _mm512_insertf32x8(v1, _mm512_castps512_ps256(n1.value), 1);
+            store_pooled(c1, v1, 8);
+          }
         } else {
           __m512 value = _mm512_max_ps(_mm512_permutex2var_ps(m0, pair_evens, m1), zero);
           if (nan0) value = _mm512_mask_mov_ps(value, 0x00FF, n0.value);
           if (nan1) value = _mm512_insertf32x8(value, _mm512_castps512_ps256(n1.value), 1);
           if (stream_lines) {
-            _mm512_store_ps(staging + co * 8, value);  // both channels' halves (co even: aligned)
+            // Both channels' halves (co even: aligned; an odd count's last fills an unused slot).
+            _mm512_store_ps(staging + co * 8, value);
           } else {
             store_pooled(co, value, 0);
-            store_pooled(co + 1, value, 8);
+            if (pair) store_pooled(c1, value, 8);
           }
-        }
-      }
-      if (co < cout) {  // an odd channel count's last channel
-        const float* wc = weight + co * 9;
-        const __m512 a = one_channel_chain(top, wc, bias[co]), b = one_channel_chain(bottom, wc, bias[co]);
-        bool has_nan;
-        PooledSegment n;
-        const __m512 m = channel(co, a, b, has_nan, n);
-        if (stream_lines && !first_half) {
-          __m512 v = line(co, m);
-          if (has_nan) v = _mm512_insertf32x8(v, _mm512_castps512_ps256(n.value), 1);
-          store_pooled(co, v, 8);
-        } else {
-          __m512 value = _mm512_max_ps(_mm512_permutex2var_ps(m, pair_evens, m), zero);
-          if (has_nan) value = _mm512_mask_mov_ps(value, 0x00FF, n.value);
-          store_pooled(co, value, 0);
         }
       }
     }
