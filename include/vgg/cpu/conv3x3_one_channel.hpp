@@ -53,7 +53,7 @@ inline __m512 one_channel_chain(const __m512 v[9], const float* w, float bias) {
 /// chains of one_channel_chain in lockstep, so that consecutive FMAs are independent. Each weight
 /// feeds two FMAs; read twice (the compiler cannot tell the bottom rows' pointers from the top
 /// rows'), it folds into both as an embedded broadcast ({1to16}) instead of costing a vbroadcastss
-/// that competes with the FMAs for the FP ports (14 % off conv1's forward, AMD EPYC family 25
+/// that competes with the FMAs for the FP ports (12-13 % off conv1's forward, AMD EPYC family 25
 /// model 17). The sums are one_channel_chain's, in its order.
 struct ChannelPairRows {
   __m512 top0, bottom0, top1, bottom1;
