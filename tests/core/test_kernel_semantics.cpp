@@ -249,7 +249,7 @@ TEST_CASE("one-channel conv + ReLU + pool: weight gradient from PyTorch's winner
     int cout, h, w;
   };
   // Channel counts: odd (the fused kernel takes channels in pairs), and 32 or 33 with aligned lines
-  // of 32 windows (its streamed-line path, where an odd last channel goes alone).
+  // of 32 windows (its streamed-line path, where an odd last channel is paired with itself).
   for (const Case c : {Case{3, 2, 6}, Case{3, 5, 34}, Case{3, 4, 50}, Case{3, 3, 224}, Case{3, 6, 35},
                        Case{32, 4, 64}, Case{33, 4, 64}, Case{3, 19, 40}})
     for (int mode = 0; mode < 7; ++mode) {

@@ -40,8 +40,8 @@ inline void one_channel_taps(const float* x, int h, int w, int r, int x0, int co
 }
 
 /// bias + the nine taps weighted by w[0..8] (before the ReLU) as one chain of nine FMAs: the fused
-/// kernel forms two rows of two channels at once, four independent chains, so that no operation is
-/// spent joining partial sums (the FMAs are the layer's useful work; every other vector operation
+/// kernel forms two rows of two channels at once, four independent chains (one_channel_pair_rows),
+/// so that no operation is spent joining partial sums (the FMAs are the layer's useful work; every other vector operation
 /// competes with them for the FP ports).
 inline __m512 one_channel_chain(const __m512 v[9], const float* w, float bias) {
   __m512 s = _mm512_fmadd_ps(_mm512_set1_ps(w[0]), v[0], _mm512_set1_ps(bias));

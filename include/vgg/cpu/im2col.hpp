@@ -38,6 +38,26 @@ inline void copy_run(float* dst, const float* src, long count) {
   std::memcpy(dst, src, sizeof(float) * std::size_t(count));
 #endif
 }
+
+/// Where column-matrix row d (tap ky = d % 9 / 3, kx = d % 3) of band rows [r0, r1) reads its input
+/// plane: its columns [0, head) and [head + body, (r1 - r0) * w) lie above or below the image (0);
+/// column head + p reads plane[src0 + p] for p in [begin, end) (the run clipped at the plane's ends),
+/// except the column that the shift wrapped across a row edge (x = 0 for kx = 0, x = w - 1 for kx =
+/// 2), which is 0. body = 0 when no row of the band reads inside the image.
+struct TapRun {
+  int kx;
+  long head, body, src0, begin, end;
+};
+inline TapRun tap_run(long d, int h, int w, int r0, int r1) {
+  const int ky = int(d % 9) / 3, kx = int(d % 3);
+  // Output rows whose source row r + ky - 1 lies inside the image: [first, last).
+  const int first = std::max(r0, 1 - ky), last = std::min(r1, h + 1 - ky);
+  if (first >= last) return {kx, 0, 0, 0, 0, 0};
+  const long head = long(first - r0) * w, body = long(last - first) * w;
+  const long src0 = long(first + ky - 1) * w + (kx - 1);
+  // kx = 0 at the plane's start, kx = 2 at its end.
+  return {kx, head, body, src0, std::max(0L, -src0), std::min(body, long(h) * w - src0)};
+}
 }  // namespace detail
 
 /// Rows [d0, d1) of the band's column matrix (all cin*9 of them when d1 < 0):
@@ -54,28 +74,21 @@ inline void im2col3x3(const float* in, int cin, int h, int w, int r0, int r1, fl
   if (d1 < 0) d1 = long(cin) * 9;
   for (long d = d0; d < d1; ++d) {
     const float* plane = in + d / 9 * h * w;
-    const int ky = int(d % 9) / 3, kx = int(d % 3);
     float* dst = col + (d - d0) * ld;
-    // Output rows whose source row r + ky - 1 lies inside the image: [first, last).
-    const int first = std::max(r0, 1 - ky), last = std::min(r1, h + 1 - ky);
-    if (first >= last) {
+    const detail::TapRun run = detail::tap_run(d, h, w, r0, r1);
+    if (run.body == 0) {
       std::fill(dst, dst + cols, 0.0f);
       continue;
     }
-    const long head = long(first - r0) * w, body = long(last - first) * w;
-    std::fill(dst, dst + head, 0.0f);                // rows above the image
-    std::fill(dst + head + body, dst + cols, 0.0f);  // rows below it
+    std::fill(dst, dst + run.head, 0.0f);                    // rows above the image
+    std::fill(dst + run.head + run.body, dst + cols, 0.0f);  // rows below it
     // dst[(r - r0)*w + x] = plane[(r + ky - 1)*w + x + kx - 1]: one run, clipped at the plane's ends.
-    float* out = dst + head;
-    const long src0 = long(first + ky - 1) * w + (kx - 1);
-    long begin = 0, end = body;
-    if (src0 + begin < 0) begin = -src0;                     // kx = 0 at the plane's start
-    if (src0 + end > long(h) * w) end = long(h) * w - src0;  // kx = 2 at the plane's end
-    detail::copy_run(out + begin, plane + src0 + begin, end - begin);
-    if (kx == 0)
-      for (long r = 0; r < body; r += w) out[r] = 0.0f;  // x = 0 reads x - 1 = -1
-    else if (kx == 2)
-      for (long r = w - 1; r < body; r += w) out[r] = 0.0f;  // x = w - 1 reads x + 1 = w
+    float* out = dst + run.head;
+    detail::copy_run(out + run.begin, plane + run.src0 + run.begin, run.end - run.begin);
+    if (run.kx == 0)
+      for (long r = 0; r < run.body; r += w) out[r] = 0.0f;  // x = 0 reads x - 1 = -1
+    else if (run.kx == 2)
+      for (long r = w - 1; r < run.body; r += w) out[r] = 0.0f;  // x = w - 1 reads x + 1 = w
   }
 }
 
@@ -105,15 +118,11 @@ VGG_TARGET_BF16 inline void im2col3x3_bf16_rows(const float* in, long image_stri
   // above, copies every column twice more: the width/8 net's bf16 weight gradients took 3-13 %
   // longer that way (AMD EPYC family 25 model 17; docs/PERFORMANCE.md).
   for (long d = d0; d < d1; ++d) {
-    const int ky = int(d % 9) / 3, kx = int(d % 3);
-    // im2col3x3's run: output rows [first, last) read input rows first + ky - 1 ..., shifted by kx - 1.
-    const int first = std::max(r0, 1 - ky), last = std::min(r1, h + 1 - ky);
-    const long head = std::max(0L, long(first - r0) * w), body = std::max(0L, long(last - first) * w);
-    const long src0 = long(first + ky - 1) * w + (kx - 1);
+    const detail::TapRun run = detail::tap_run(d, h, w, r0, r1);
     // Column p of an image reads plane[src0 - head + p] for p in [begin, end), else 0.
-    const long begin = head + std::max(0L, -src0), end = head + std::min(body, long(h) * w - src0);
-    // The wrapped column: x = 0 for kx = 0, x = w - 1 for kx = 2, i.e. p with p % w == edge.
-    const long edge = kx == 0 ? 0 : kx == 2 ? w - 1 : -1;
+    const long head = run.head, src0 = run.src0, begin = head + run.begin, end = head + run.end;
+    // The wrapped column: p with p % w == edge (head is whole rows).
+    const long edge = run.kx == 0 ? 0 : run.kx == 2 ? w - 1 : -1;
     for (int i = 0; i < images; ++i) {
       const float* plane = in + i * image_stride + d / 9 * long(h) * w;
       std::uint32_t* out = rows + (d - d0) * row_stride + i * cols / 2;
